@@ -1,0 +1,162 @@
+"""Capacity of a region against a no-op Serve app, through the same ingress and load generator.
+
+Method (docs/benchmarks.md): wrk (a C load generator, outside the server processes) posts
+OpenRTB bodies with unique ids to one app at a paced offered rate, stepping the rate up until a
+step fails; a step passes when the achieved rate is at least 90% of the offered one, p99 is
+under the SLO, there are no errors and the bidder reports no late answers. Capacity is the
+highest passing achieved rate; then each app runs at 50% of its own capacity for the latency
+figures. The noop app and the region run side by side in the same Ray instance, in one run, so
+only their ratio is quoted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from fleet.sim.traffic import RequestFactory
+
+LUA = Path(__file__).with_name("wrk_openrtb.lua")
+
+
+@dataclass
+class Step:
+    offered: float
+    achieved: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    late: int
+    passed: bool
+
+
+def ensure_wrk() -> str:
+    exe = shutil.which("wrk")
+    if exe is None:
+        from fleet.bootstrap import apt_install
+
+        apt_install("wrk")
+        exe = shutil.which("wrk")
+    return exe
+
+
+def write_bodies(region: str, n: int, seed: int = 11) -> Path:
+    """Request bodies, one per line, with the id replaced by a placeholder for wrk to fill."""
+    factory = RequestFactory(region, seed)
+    fd, name = tempfile.mkstemp(prefix=f"bodies-{region}-", suffix=".jsonl")
+    with os.fdopen(fd, "w") as fh:
+        for _ in range(n):
+            req = factory.request()
+            req["id"] = "__ID__"
+            fh.write(msgspec.json.encode(req).decode() + "\n")
+    return Path(name)
+
+
+def _late(base: str, prefix: str | None) -> int:
+    if prefix is None:
+        return 0
+    stats = httpx.get(f"{base}{prefix}/stats", timeout=5).json()["bidder"]
+    return int(stats.get("late_suppressed", 0))
+
+
+def wrk_step(wrk: str, url: str, bodies: Path, rate: float, seconds: float, connections: int,
+             base: str, stats_prefix: str | None, slo_ms: float) -> Step:
+    delay_ms = max(0, int(round(connections * 1000.0 / rate)))
+    late0 = _late(base, stats_prefix)
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", "-s", str(LUA), url,
+         "--", str(bodies), str(delay_ms), uuid.uuid4().hex[:8]],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    late = _late(base, stats_prefix) - late0
+    achieved = r["requests"] / (r["duration_us"] / 1e6)
+    errors = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["status_errors"] + r["timeouts"]
+    p99 = r["p99_us"] / 1000.0
+    passed = achieved >= 0.9 * rate and p99 <= slo_ms and errors == 0 and late == 0
+    return Step(rate, round(achieved, 1), r["p50_us"] / 1000.0, p99, errors, late, passed)
+
+
+def find_capacity(run_step, start: float, factor: float = 1.4, refine: int = 3,
+                  limit: float = 50_000, log=print) -> tuple[float, list[Step]]:
+    """Step up geometrically until a step fails, then bisect between the last pass and fail."""
+    steps: list[Step] = []
+    rate, good, bad = start, None, None
+    while rate <= limit:
+        s = run_step(rate)
+        steps.append(s)
+        log(f"  offered {s.offered:8.0f}/s  achieved {s.achieved:8.0f}/s  p50 {s.p50_ms:6.2f} ms  "
+            f"p99 {s.p99_ms:6.2f} ms  errors {s.errors}  late {s.late}  {'ok' if s.passed else 'FAIL'}")
+        if s.passed:
+            good = s.offered
+            rate *= factor
+        else:
+            bad = s.offered
+            break
+    if good is not None and bad is not None:
+        for _ in range(refine):
+            mid = (good + bad) / 2
+            s = run_step(mid)
+            steps.append(s)
+            log(f"  offered {s.offered:8.0f}/s  achieved {s.achieved:8.0f}/s  p50 {s.p50_ms:6.2f} ms  "
+                f"p99 {s.p99_ms:6.2f} ms  errors {s.errors}  late {s.late}  {'ok' if s.passed else 'FAIL'}")
+            good, bad = (mid, bad) if s.passed else (good, mid)
+    capacity = max((s.achieved for s in steps if s.passed), default=0.0)
+    return capacity, steps
+
+
+def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_ms: float,
+                 step_s: float, connections: int, start_rate: float, out: Path, log=print) -> dict:
+    """``targets``: label -> (route prefix, prefix whose /stats counts late answers, or None).
+
+    The first target is the reference (the noop app), the second the system under test.
+    """
+    wrk = ensure_wrk()
+    bodies = write_bodies(region, 4000)
+    results: dict = {}
+    try:
+        for label, (prefix, stats_prefix) in targets.items():
+            url = f"{base}{prefix}/openrtb2/bid"
+            log(f"{label}: {url}")
+
+            def step(rate, _url=url, _sp=stats_prefix):
+                return wrk_step(wrk, _url, bodies, rate, step_s, connections, base, _sp, slo_ms)
+
+            step(start_rate)  # warm-up, not recorded
+            capacity, steps = find_capacity(step, start_rate, log=log)
+            half = step(capacity / 2) if capacity else None
+            if half is not None:
+                log(f"  at 50% ({capacity / 2:.0f}/s): p50 {half.p50_ms:.2f} ms  p99 {half.p99_ms:.2f} ms")
+            results[label] = {
+                "capacity_rps": capacity,
+                "half_load": asdict(half) if half else None,
+                "steps": [asdict(s) for s in steps],
+            }
+    finally:
+        bodies.unlink(missing_ok=True)
+    labels = list(targets)
+    ref, sut = results[labels[0]], results[labels[1]]
+    doc = {
+        "benchmark": "capacity",
+        "region": region,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count()},
+        "method": {"generator": "wrk -t1 paced by delay()", "connections": connections,
+                   "step_s": step_s, "slo_p99_ms": slo_ms, "pass": "achieved>=90% offered, p99<=SLO, 0 errors, 0 late"},
+        "reference": labels[0],
+        "results": results,
+        "ratio_capacity": round(sut["capacity_rps"] / ref["capacity_rps"], 3) if ref["capacity_rps"] else None,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    return doc

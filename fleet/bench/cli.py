@@ -1,0 +1,82 @@
+"""``fleet bench ...``: benchmarks that write ``bench/results/*.json``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+from fleet.config import REPO_ROOT, load_regions
+
+RESULTS = REPO_ROOT / "bench" / "results"
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks (results in bench/results/, summary in docs/benchmarks.md)."""
+
+
+@bench.command("targeting")
+@click.option("--campaigns", default=10_000, show_default=True)
+@click.option("--requests", default=5_000, show_default=True)
+def bench_targeting(campaigns, requests):
+    """Targeting stage over a synthetic catalog, against a linear scan in the same run."""
+    from fleet.bench.targeting import run_targeting
+
+    run_targeting(campaigns, requests, RESULTS / f"targeting-{campaigns}.json")
+
+
+@bench.command("capacity")
+@click.option("--region", default="us-east", show_default=True)
+@click.option("--slo-ms", default=15.0, show_default=True, help="p99 limit for a passing step.")
+@click.option("--step-s", default=5.0, show_default=True)
+@click.option("--connections", default=32, show_default=True)
+@click.option("--start-rate", default=300.0, show_default=True)
+@click.option("--port", default=8123, show_default=True, help="Ingress port of the bench's own Ray.")
+def bench_capacity(region, slo_ms, step_s, connections, start_rate, port):
+    """One region's capacity against a no-op Serve app, same ingress, same wrk, same run.
+
+    Starts its own local Ray (HAProxy ingress, throughput settings) with the region and the noop
+    app on one replica each, unless RAY_ADDRESS is set, and stops what it started.
+    """
+    import ray
+    from ray import serve
+
+    from fleet.bench.capacity import run_capacity
+    from fleet.cli import wait_ready
+    from fleet.config import RegionAppArgs
+    from fleet.runtime import local
+    from fleet.serve import noop_app, region_app
+
+    spec = load_regions().regions[region]
+    started = False
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.update(local.SERVE_ENV)
+        ray.init(include_dashboard=False, log_to_driver=False)
+        started = True
+    else:
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(region_app.build_app(RegionAppArgs(region=region)), name=f"bench-{region}",
+                  route_prefix=spec.route_prefix, blocking=False)
+        serve.run(noop_app.build_app({"max_ongoing_requests": spec.max_ongoing_requests}),
+                  name="bench-noop", route_prefix="/bench-noop", blocking=False)
+        base = f"http://127.0.0.1:{port}"
+        if not wait_ready(base, [spec.route_prefix], 180):
+            raise click.ClickException("region did not become ready")
+        time.sleep(2)
+        run_capacity(
+            base,
+            {"noop": ("/bench-noop", None), region: (spec.route_prefix, spec.route_prefix)},
+            region, slo_ms=slo_ms, step_s=step_s, connections=connections, start_rate=start_rate,
+            out=RESULTS / f"capacity-{region}.json", log=click.echo,
+        )
+    finally:
+        serve.delete(f"bench-{region}")
+        serve.delete("bench-noop")
+        if started:
+            serve.shutdown()
+            ray.shutdown()

@@ -1,0 +1,208 @@
+"""The ``fleet`` command: up, down, status, sim, bench.
+
+``up`` uses REDIS_URL and RAY_ADDRESS when set and starts local ones otherwise (the embedded
+default), deploys ``serve_config.yaml``, waits for every region, prints the endpoints, sends a
+short burst of simulated exchange traffic, and stays in the foreground until interrupted
+(``--detach`` returns instead). ``down`` stops only what ``up`` started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+import httpx
+import yaml
+
+from fleet.config import REPO_ROOT, load_regions, resolve
+from fleet.runtime import local
+
+
+def _serve_config(path: str) -> dict:
+    with open(resolve(path)) as fh:
+        return yaml.safe_load(fh)
+
+
+def _http_base(cfg: dict) -> str:
+    opts = cfg.get("http_options", {})
+    host = opts.get("host", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://{host}:{opts.get('port', 8000)}"
+
+
+def wait_ready(base: str, prefixes: list[str], timeout: float) -> bool:
+    """Every region's ``/ready`` answers 200 (so the ingress routes to a live replica)."""
+    pending = set(prefixes)
+    end = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while pending and time.monotonic() < end:
+            for p in list(pending):
+                try:
+                    if client.get(f"{base}{p}/ready").status_code == 200:
+                        pending.discard(p)
+                except httpx.HTTPError:
+                    pass
+            if pending:
+                time.sleep(0.5)
+    return not pending
+
+
+def _regions_of(cfg: dict) -> dict[str, str]:
+    return {app["name"]: app["route_prefix"] for app in cfg["applications"]}
+
+
+@click.group()
+def main() -> None:
+    """Edge bidder fleet on Ray Serve."""
+
+
+@main.command()
+@click.option("--config", "config_path", default="serve_config.yaml", show_default=True)
+@click.option("--detach", is_flag=True, help="Return once every region is ready.")
+@click.option("--burst/--no-burst", default=True, show_default=True,
+              help="Send a short burst of simulated exchange traffic once ready.")
+@click.option("--burst-requests", default=300, show_default=True, help="Requests per region.")
+@click.option("--burst-rate", default=150.0, show_default=True, help="Requests/s per region.")
+@click.option("--num-cpus", type=int, default=None, help="CPUs for a local Ray head.")
+@click.option("--timeout", default=240.0, show_default=True, help="Seconds to wait for readiness.")
+def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout):
+    """Start (or join) Ray and Redis, deploy every region, and show it working."""
+    if local.State.load() is not None:
+        raise click.ClickException("the fleet is already up (see .fleet/state.json): run `fleet down` first")
+    cfg = _serve_config(config_path)
+    state = local.State(http=_http_base(cfg), apps=[a["name"] for a in cfg["applications"]])
+    try:
+        if os.environ.get("REDIS_URL"):
+            state.redis_url = os.environ["REDIS_URL"]
+            click.echo(f"redis: using REDIS_URL {state.redis_url}")
+        else:
+            state.redis_url, state.redis_pid, _ = local.start_redis(local.STATE_DIR / "redis")
+            click.echo(f"redis: started {state.redis_url} (pid {state.redis_pid})")
+        state.save()
+        os.environ["REDIS_URL"] = state.redis_url
+        if os.environ.get("RAY_ADDRESS"):
+            state.ray_address = os.environ["RAY_ADDRESS"]
+            click.echo(f"ray: joining RAY_ADDRESS {state.ray_address}")
+        else:
+            click.echo("ray: starting a local head (HAProxy ingress, throughput-optimised Serve)")
+            local.start_ray(num_cpus=num_cpus)
+            state.ray_started, state.ray_address = True, "auto"
+        state.save()
+        dashboard = os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265")
+        click.echo(f"serve: deploying {config_path}")
+        subprocess.run([local.venv_bin("serve"), "deploy", str(resolve(config_path)), "-a", dashboard],
+                       check=True, stdout=subprocess.DEVNULL, cwd=REPO_ROOT)
+        regions = _regions_of(cfg)
+        if not wait_ready(state.http, list(regions.values()), timeout):
+            raise click.ClickException("regions did not become ready in time (see `serve status`)")
+    except BaseException:
+        _down(state)
+        raise
+    click.echo("\nregional endpoints:")
+    for name, prefix in regions.items():
+        click.echo(f"  {name:<14} POST {state.http}{prefix}/openrtb2/bid")
+    click.echo(f"  notices        GET  {state.http}/<region>/notice/{{win|bill|loss}}?...")
+    if burst:
+        from fleet.sim.burst import format_table, run_burst
+
+        click.echo(f"\nburst: {burst_requests} requests per region at {burst_rate:.0f}/s ...")
+        tallies = asyncio.run(run_burst(state.http, regions, burst_requests, burst_rate))
+        click.echo(format_table(tallies))
+    if detach:
+        click.echo("\nfleet is up (detached); `fleet down` stops it")
+        return
+    click.echo("\nfleet is up; Ctrl-C stops it")
+    stop = {"now": False}
+
+    def _stop(*_):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stop["now"]:
+        time.sleep(0.5)
+    click.echo("\nstopping ...")
+    _down(state)
+
+
+def _down(state: local.State) -> None:
+    if state.ray_started:
+        local.stop_ray()
+    elif state.ray_address and state.apps:
+        # A cluster we joined: remove our applications, leave the rest alone.
+        try:
+            import ray
+            from ray import serve
+
+            ray.init(address=state.ray_address, ignore_reinit_error=True, log_to_driver=False)
+            for app in state.apps:
+                serve.delete(app)
+            ray.shutdown()
+        except Exception as exc:  # keep going: Redis must still be stopped
+            click.echo(f"could not delete applications: {exc}", err=True)
+    if state.redis_pid:
+        local.stop_pid(state.redis_pid)
+    local.State.clear()
+
+
+@main.command()
+def down():
+    """Stop what `fleet up` started (and nothing else)."""
+    state = local.State.load()
+    if state is None:
+        click.echo("nothing to stop")
+        return
+    _down(state)
+    click.echo("fleet stopped")
+
+
+@main.command()
+def status():
+    """Readiness and per-replica counters of every region."""
+    state = local.State.load()
+    base = state.http if state else "http://127.0.0.1:8000"
+    regions = load_regions().regions
+    with httpx.Client(timeout=2.0) as client:
+        for name, spec in regions.items():
+            try:
+                ready = client.get(f"{base}{spec.route_prefix}/ready").status_code == 200
+                stats = client.get(f"{base}{spec.route_prefix}/stats").json() if ready else {}
+            except httpx.HTTPError:
+                ready, stats = False, {}
+            click.echo(f"{name:<14} {'ready' if ready else 'DOWN':<6} {stats.get('bidder', {})}")
+
+
+@main.group()
+def sim():
+    """Simulated exchange traffic."""
+
+
+@sim.command("burst")
+@click.option("--requests", "n", default=300, show_default=True)
+@click.option("--rate", default=150.0, show_default=True)
+@click.option("--base", default=None, help="Ingress URL (default: the running fleet's).")
+@click.option("--seed", default=1, show_default=True)
+def sim_burst(n, rate, base, seed):
+    """Send a burst to every region of serve_config.yaml and print the tally."""
+    from fleet.sim.burst import format_table, run_burst
+
+    cfg = _serve_config("serve_config.yaml")
+    state = local.State.load()
+    base = base or (state.http if state else _http_base(cfg))
+    tallies = asyncio.run(run_burst(base, _regions_of(cfg), n, rate, seed))
+    click.echo(format_table(tallies))
+    if any(t.answered < t.sent for t in tallies):
+        sys.exit(1)
+
+
+from fleet.bench.cli import bench  # noqa: E402  (registers `fleet bench ...`)
+
+main.add_command(bench)
+
+if __name__ == "__main__":
+    main()

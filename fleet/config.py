@@ -1,0 +1,130 @@
+"""Typed configuration: ``regions.yaml`` read into pydantic models.
+
+The same models are the typed arguments of the Serve app builders, so a bad value in
+``serve_config.yaml`` or ``regions.yaml`` fails the deploy with a clear message instead of a
+replica crash loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("admission", "enrichment", "targeting", "pacing", "pricing", "auction", "respond")
+
+
+def resolve(path: str | Path) -> Path:
+    """Relative paths are relative to the repository, wherever the replica's cwd is."""
+    p = Path(path)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TierPolicy(Strict):
+    """Stage budgets as shares of the request's budget, and how to recognise the tier."""
+
+    min_floor_usd: float = 0.0
+    deals: bool = False
+    budgets: dict[str, float]
+
+    @model_validator(mode="after")
+    def _check(self) -> "TierPolicy":
+        unknown = set(self.budgets) - set(STAGES)
+        if unknown:
+            raise ValueError(f"unknown stages in budgets: {sorted(unknown)}")
+        total = sum(self.budgets.values())
+        if not 0 < total <= 1.0 + 1e-9:
+            raise ValueError(f"stage budget shares must sum to (0, 1], got {total}")
+        return self
+
+
+class AdmissionPolicy(Strict):
+    dedup_window_s: float = 60.0
+    dedup_capacity: int = 200_000
+    blocked_publishers: list[str] = []
+    blocked_domains: list[str] = []
+    crawler_ua_patterns: list[str] = []
+    datacenter_cidrs: list[str] = []
+
+
+class RegionSpec(Strict):
+    route_prefix: str
+    max_tmax_ms: int = Field(gt=0)
+    network_allowance_ms: int = Field(ge=0)
+    replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    num_cpus: float = Field(default=0.0, ge=0)
+    cache_shards: int = Field(default=2, ge=1)
+    budget_share: float = Field(gt=0, le=1)
+    public_url: str = "http://127.0.0.1:8000"
+    exchanges: list[str] = []
+
+    @model_validator(mode="after")
+    def _prefix(self) -> "RegionSpec":
+        if not self.route_prefix.startswith("/") or self.route_prefix.endswith("/"):
+            raise ValueError("route_prefix must start with '/' and not end with it")
+        return self
+
+
+class Defaults(Strict):
+    tmax_ms: int = 120
+    max_body_bytes: int = 64 * 1024
+    currency: str = "USD"
+    seat: str = "fleet"
+    catalog: str = "fleet/campaigns/catalog.yaml"
+    first_price_shade: float = Field(default=0.85, gt=0, le=1)
+
+
+class RegionsFile(Strict):
+    defaults: Defaults = Defaults()
+    regions: dict[str, RegionSpec]
+    latency_ms: dict[str, dict[str, float]]
+    tiers: dict[str, TierPolicy]
+    admission: AdmissionPolicy = AdmissionPolicy()
+    currencies: dict[str, float]  # value of one unit in the fleet currency
+
+    @model_validator(mode="after")
+    def _check(self) -> "RegionsFile":
+        names = set(self.regions)
+        for src, row in self.latency_ms.items():
+            if src not in names or set(row) != names:
+                raise ValueError(f"latency_ms row {src!r} must name exactly the regions {sorted(names)}")
+        if set(self.latency_ms) != names:
+            raise ValueError("latency_ms needs one row per region")
+        if self.defaults.currency not in self.currencies:
+            raise ValueError("the fleet currency must be in the currency table")
+        share = sum(r.budget_share for r in self.regions.values())
+        if abs(share - 1.0) > 1e-6:
+            raise ValueError(f"budget_share over regions must sum to 1, got {share}")
+        if not self.tiers:
+            raise ValueError("at least one tier policy is required")
+        return self
+
+    def tier_for(self, has_deals: bool, floor_usd: float) -> str:
+        """The first tier (in file order, richest first) that the impression qualifies for."""
+        for name, tier in self.tiers.items():
+            if (tier.deals and has_deals) or floor_usd >= tier.min_floor_usd:
+                return name
+        return next(reversed(self.tiers))
+
+
+class RegionAppArgs(BaseModel):
+    """Typed args of the region app builder, as written in ``serve_config.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    region: str
+    regions_file: str = "regions.yaml"
+    catalog: str | None = None
+
+
+@functools.lru_cache(maxsize=8)
+def load_regions(path: str = "regions.yaml") -> RegionsFile:
+    with open(resolve(path)) as fh:
+        return RegionsFile.model_validate(yaml.safe_load(fh))

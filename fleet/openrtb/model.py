@@ -1,0 +1,227 @@
+"""OpenRTB 2.5/2.6 wire model: only the fields the bidder reads.
+
+msgspec structs ignore unknown fields (the spec asks bidders to be tolerant) and reject wrong
+types in the fields declared here, which is what turns a malformed request into a 400. Enumerated
+values are plain ints so an unknown enum value is carried, not rejected. Defaults follow the spec.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Ext(msgspec.Struct, omit_defaults=True):
+    """The ``ext`` objects the bidder reads (2.5 carried GDPR and consent here)."""
+
+    gdpr: int | None = None
+    consent: str | None = None
+    us_privacy: str | None = None
+
+
+class Format(msgspec.Struct):
+    w: int = 0
+    h: int = 0
+
+
+class Banner(msgspec.Struct):
+    w: int | None = None
+    h: int | None = None
+    format: list[Format] = []
+    battr: list[int] = []
+    pos: int | None = None
+
+    def sizes(self) -> list[tuple[int, int]]:
+        out = [(f.w, f.h) for f in self.format]
+        if self.w and self.h and (self.w, self.h) not in out:
+            out.append((self.w, self.h))
+        return out
+
+
+class Video(msgspec.Struct):
+    mimes: list[str] = []
+    minduration: int | None = None
+    maxduration: int | None = None
+    protocols: list[int] = []
+    w: int | None = None
+    h: int | None = None
+    battr: list[int] = []
+    placement: int | None = None
+    plcmt: int | None = None
+
+
+class Audio(msgspec.Struct):
+    mimes: list[str] = []
+    minduration: int | None = None
+    maxduration: int | None = None
+    battr: list[int] = []
+
+
+class Native(msgspec.Struct):
+    request: str = ""
+    ver: str | None = None
+    battr: list[int] = []
+
+
+class Deal(msgspec.Struct):
+    id: str
+    bidfloor: float = 0.0
+    bidfloorcur: str = "USD"
+    at: int | None = None
+    wseat: list[str] = []
+
+
+class Pmp(msgspec.Struct):
+    private_auction: int = 0
+    deals: list[Deal] = []
+
+
+class Imp(msgspec.Struct):
+    id: str
+    banner: Banner | None = None
+    video: Video | None = None
+    audio: Audio | None = None
+    native: Native | None = None
+    pmp: Pmp | None = None
+    tagid: str | None = None
+    bidfloor: float = 0.0
+    bidfloorcur: str = "USD"
+    instl: int = 0
+    secure: int | None = None
+
+    def formats(self) -> tuple[str, ...]:
+        return tuple(
+            name
+            for name, obj in (
+                ("banner", self.banner),
+                ("video", self.video),
+                ("native", self.native),
+                ("audio", self.audio),
+            )
+            if obj is not None
+        )
+
+
+class Publisher(msgspec.Struct):
+    id: str | None = None
+    name: str | None = None
+    domain: str | None = None
+
+
+class Site(msgspec.Struct):
+    id: str | None = None
+    domain: str | None = None
+    page: str | None = None
+    cat: list[str] = []
+    publisher: Publisher | None = None
+
+
+class App(msgspec.Struct):
+    id: str | None = None
+    bundle: str | None = None
+    domain: str | None = None
+    storeurl: str | None = None
+    cat: list[str] = []
+    publisher: Publisher | None = None
+
+
+class Geo(msgspec.Struct):
+    country: str | None = None
+    region: str | None = None
+    utcoffset: int | None = None
+
+
+class Device(msgspec.Struct):
+    ua: str | None = None
+    ip: str | None = None
+    ipv6: str | None = None
+    devicetype: int | None = None
+    os: str | None = None
+    lmt: int | None = None
+    dnt: int | None = None
+    ifa: str | None = None
+    geo: Geo | None = None
+
+
+class Segment(msgspec.Struct):
+    id: str | None = None
+
+
+class Data(msgspec.Struct):
+    id: str | None = None
+    segment: list[Segment] = []
+
+
+class User(msgspec.Struct):
+    id: str | None = None
+    buyeruid: str | None = None
+    consent: str | None = None
+    data: list[Data] = []
+    ext: Ext | None = None
+
+
+class Regs(msgspec.Struct):
+    coppa: int = 0
+    gdpr: int | None = None
+    us_privacy: str | None = None
+    ext: Ext | None = None
+
+
+class Source(msgspec.Struct):
+    tid: str | None = None
+
+
+class BidRequest(msgspec.Struct):
+    id: str
+    imp: list[Imp]
+    site: Site | None = None
+    app: App | None = None
+    device: Device | None = None
+    user: User | None = None
+    regs: Regs | None = None
+    source: Source | None = None
+    test: int = 0
+    at: int = 2
+    tmax: int | None = None
+    cur: list[str] = []
+    bcat: list[str] = []
+    badv: list[str] = []
+    bapp: list[str] = []
+
+
+# --- response --------------------------------------------------------------------------
+
+
+class Bid(msgspec.Struct, omit_defaults=True):
+    id: str
+    impid: str
+    price: float
+    adid: str | None = None
+    nurl: str | None = None
+    burl: str | None = None
+    lurl: str | None = None
+    adm: str | None = None
+    adomain: list[str] = []
+    bundle: str | None = None
+    cid: str | None = None
+    crid: str | None = None
+    cat: list[str] = []
+    attr: list[int] = []
+    dealid: str | None = None
+    w: int | None = None
+    h: int | None = None
+    mtype: int | None = None
+    ext: dict | None = None
+
+
+class SeatBid(msgspec.Struct, omit_defaults=True):
+    bid: list[Bid]
+    seat: str | None = None
+
+
+class BidResponse(msgspec.Struct, omit_defaults=True):
+    id: str
+    seatbid: list[SeatBid] = []
+    bidid: str | None = None
+    cur: str = "USD"
+    nbr: int | None = None
+    ext: dict | None = None

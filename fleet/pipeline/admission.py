@@ -1,0 +1,107 @@
+"""Stage 1, admission: cheap rejections before any other work.
+
+Order is by cost: request-id dedup (a dict lookup), blocked publishers and domains (set lookups),
+crawler user agents (one compiled regex), data-centre IPs (a bisect over sorted ranges). Each
+rejection carries its OpenRTB no-bid reason code.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import re
+import time
+from collections import OrderedDict
+
+from fleet.config import AdmissionPolicy
+from fleet.openrtb.model import BidRequest
+from fleet.openrtb.nbr import NBR
+
+
+class Rejected(Exception):
+    def __init__(self, nbr: NBR, reason: str):
+        super().__init__(reason)
+        self.nbr = nbr
+        self.reason = reason
+
+
+class DedupWindow:
+    """Request ids seen within the window, bounded in memory (oldest evicted first)."""
+
+    def __init__(self, window_s: float, capacity: int, clock=time.monotonic):
+        self.window_s = window_s
+        self.capacity = capacity
+        self.clock = clock
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def seen(self, key: str) -> bool:
+        t = self.clock()
+        seen = self._seen
+        while seen:
+            oldest_key, oldest_t = next(iter(seen.items()))
+            if t - oldest_t <= self.window_s and len(seen) < self.capacity:
+                break
+            seen.popitem(last=False)
+        if key in seen:
+            return True
+        seen[key] = t
+        return False
+
+
+class IpRanges:
+    """Membership in a set of CIDR ranges, by bisect over merged sorted intervals."""
+
+    def __init__(self, cidrs: list[str]):
+        self._tables = {}
+        for version in (4, 6):
+            nets = sorted(
+                n for n in (ipaddress.ip_network(c, strict=False) for c in cidrs) if n.version == version
+            )
+            starts, ends = [], []
+            for n in ipaddress.collapse_addresses(nets):
+                starts.append(int(n.network_address))
+                ends.append(int(n.broadcast_address))
+            self._tables[version] = (starts, ends)
+
+    def __contains__(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        starts, ends = self._tables[addr.version]
+        value = int(addr)
+        i = bisect.bisect_right(starts, value) - 1
+        return i >= 0 and value <= ends[i]
+
+
+class Admission:
+    def __init__(self, policy: AdmissionPolicy):
+        self.dedup = DedupWindow(policy.dedup_window_s, policy.dedup_capacity)
+        self.blocked_publishers = frozenset(policy.blocked_publishers)
+        self.blocked_domains = frozenset(d.lower() for d in policy.blocked_domains)
+        self.crawler = (
+            re.compile("|".join(re.escape(p) for p in policy.crawler_ua_patterns), re.IGNORECASE)
+            if policy.crawler_ua_patterns
+            else None
+        )
+        self.datacenter = IpRanges(policy.datacenter_cidrs)
+
+    def check(self, req: BidRequest) -> None:
+        """Raise ``Rejected`` with the reason code, or return when the request may go on."""
+        if self.dedup.seen(req.id):
+            raise Rejected(NBR.INVALID_REQUEST, "duplicate request id")
+        inventory = req.site if req.site is not None else req.app
+        if inventory is not None:
+            pub = inventory.publisher
+            if pub is not None and pub.id in self.blocked_publishers:
+                raise Rejected(NBR.BLOCKED_PUBLISHER, "blocked publisher")
+            domain = inventory.domain or (pub.domain if pub is not None else None)
+            if domain and domain.lower() in self.blocked_domains:
+                raise Rejected(NBR.BLOCKED_PUBLISHER, "blocked domain")
+        dev = req.device
+        if dev is not None:
+            if dev.ua and self.crawler is not None and self.crawler.search(dev.ua):
+                raise Rejected(NBR.KNOWN_WEB_SPIDER, "crawler user agent")
+            ip = dev.ip or dev.ipv6
+            if ip and ip in self.datacenter:
+                raise Rejected(NBR.DATACENTER_IP, "data-centre IP")

@@ -1,0 +1,272 @@
+"""One region's request path, stages 1-8, in-process and without Ray.
+
+``RegionBidder.bid`` takes the raw HTTP facts and returns an ``Answer`` (status, body, headers).
+It never raises for bad input: malformed bodies are 400/413, rejections and empty auctions are
+204 with a reason, and an answer that would leave after the deadline becomes a no-bid. The Serve
+deployment in ``fleet.serve.region_app`` is a thin wrapper around this class.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from fleet.campaigns.catalog import Campaign, Creative
+from fleet.config import RegionsFile
+from fleet.openrtb import codec
+from fleet.openrtb.model import BidRequest, Imp
+from fleet.openrtb.nbr import NBR
+from fleet.pipeline.admission import Admission, Rejected
+from fleet.pipeline.auction import Offer, choose
+from fleet.pipeline.creative_fit import SlotRules
+from fleet.pipeline.deadline import Deadline, now
+from fleet.pipeline.enrichment import UserContext, enrich
+from fleet.pipeline.pacing import FrequencyCounter, LocalBudget
+from fleet.pipeline.pricing import meet_floor, rule_price
+from fleet.pipeline.respond import BidIds, build_response
+from fleet.pipeline.targeting import CampaignIndex, ImpFacts
+
+JSON = "application/json"
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+    degraded: tuple[str, ...] = ()
+    spent: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
+
+
+class RegionBidder:
+    """The in-process bid path of one region replica."""
+
+    def __init__(
+        self,
+        region: str,
+        config: RegionsFile,
+        campaigns: list[Campaign],
+        *,
+        replicas: int | None = None,
+        max_candidates: int = 32,
+        clock=time.time,
+    ):
+        spec = config.regions[region]
+        self.region = region
+        self.config = config
+        self.spec = spec
+        self.base_url = spec.public_url.rstrip("/") + spec.route_prefix
+        self.clock = clock
+        self.max_candidates = max_candidates  # per imp, best max bid first (see targeting)
+        self.index = CampaignIndex(campaigns)
+        self.admission = Admission(config.admission)
+        self.budget = LocalBudget(spec.budget_share / (replicas or spec.replicas), clock=clock)
+        self.freq = FrequencyCounter(clock=clock)
+        self.ids = BidIds()
+        self.rates = config.currencies
+        self.fleet_cur = config.defaults.currency
+        self.stats: Counter[str] = Counter()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _to_fleet(self, amount: float, cur: str) -> float | None:
+        rate = self.rates.get(cur.upper() if cur else self.fleet_cur)
+        return None if rate is None else amount * rate
+
+    def _response_currency(self, req: BidRequest) -> str | None:
+        if not req.cur or self.fleet_cur in req.cur:
+            return self.fleet_cur
+        for c in req.cur:
+            if c.upper() in self.rates:
+                return c.upper()
+        return None
+
+    def _no_bid(self, nbr: NBR, reason: str, dl: Deadline | None = None) -> Answer:
+        self.stats["nobid"] += 1
+        self.stats[f"nobid.{reason}"] += 1
+        headers = {"x-openrtb-nbr": str(int(nbr)), "x-fleet-reason": reason}
+        degraded = tuple(dl.degraded) if dl is not None else ()
+        if degraded:
+            headers["x-fleet-degraded"] = ",".join(degraded)
+        return Answer(204, b"", headers, reason, degraded, self._spent(dl))
+
+    @staticmethod
+    def _spent(dl: Deadline | None) -> dict[str, float]:
+        if dl is None:
+            return {}
+        dl.finish()
+        return {**dl.spent, "total": now() - dl.arrival}
+
+    def clock_dt(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
+
+    def _facts(self, req: BidRequest, imp: Imp, user: UserContext, when: dt.datetime) -> ImpFacts:
+        dev = req.device
+        inv = req.site if req.site is not None else req.app
+        domain = None
+        publisher = None
+        if inv is not None:
+            domain = req.site.domain if req.site is not None else (req.app.bundle or req.app.domain)
+            publisher = inv.publisher.id if inv.publisher is not None else None
+        pmp = imp.pmp
+        formats = imp.formats()
+        return ImpFacts(
+            country=dev.geo.country if dev is not None and dev.geo is not None else None,
+            device_type=dev.devicetype if dev is not None else None,
+            os=dev.os if dev is not None else None,
+            domain=domain.lower() if domain else None,
+            publisher=publisher,
+            formats=formats,
+            banner_sizes=tuple(imp.banner.sizes()) if formats == ("banner",) else (),
+            deal_ids=tuple(d.id for d in pmp.deals) if pmp is not None else (),
+            private_auction=bool(pmp is not None and pmp.private_auction == 1),
+            segments=user.segments,
+            when=when,
+        )
+
+    # -- the path -----------------------------------------------------------------------
+
+    def bid(
+        self,
+        body: bytes,
+        *,
+        content_encoding: str | None = None,
+        accept_encoding: str | None = None,
+        version: str | None = None,
+        arrival: float | None = None,
+    ) -> Answer:
+        arrival = now() if arrival is None else arrival
+        self.stats["requests"] += 1
+        defaults = self.config.defaults
+        # 1 admission: decode and validate, then the cheap rejections.
+        try:
+            ver = codec.check_version(version)
+            req = codec.decode_request(body, content_encoding, defaults.max_body_bytes)
+        except codec.RequestError as exc:
+            self.stats[f"http.{exc.status}"] += 1
+            err = codec.encode_response_error(exc.reason, exc.nbr)
+            return Answer(exc.status, err, {"content-type": JSON}, exc.reason)
+        dl = Deadline.plan(arrival, req.tmax, defaults.tmax_ms, self.spec.max_tmax_ms,
+                           self.spec.network_allowance_ms)
+        if dl.budget_s <= 0:
+            return self._no_bid(NBR.TECHNICAL_ERROR, "tmax_below_allowance", dl)
+        try:
+            self.admission.check(req)
+        except Rejected as exc:
+            return self._no_bid(exc.nbr, exc.reason.replace(" ", "_"), dl)
+        cur = self._response_currency(req)
+        if cur is None:
+            return self._no_bid(NBR.INVALID_REQUEST, "no_supported_currency", dl)
+
+        # Floors in the fleet currency, per imp; the tier comes from the richest imp.
+        floors: dict[str, float] = {}
+        for imp in req.imp:
+            f = self._to_fleet(imp.bidfloor, imp.bidfloorcur)
+            if f is not None:
+                floors[imp.id] = f
+        has_deals = any(imp.pmp is not None and imp.pmp.deals for imp in req.imp)
+        tier = self.config.tier_for(has_deals, max(floors.values(), default=0.0))
+        dl.set_tier(tier, self.config.tiers[tier])
+
+        # 2 enrichment
+        dl.start("enrichment")
+        user = enrich(req)
+        if user.contextual_only:
+            self.stats[f"privacy.{user.reason}"] += 1
+
+        # 3 targeting
+        dl.start("targeting")
+        wall = self.clock()
+        when = dt.datetime.fromtimestamp(wall, dt.timezone.utc)  # one clock read per request
+        # (imp, campaign, creative, deal id, floor, auction type) per eligible pairing
+        candidates: list[tuple[Imp, Campaign, Creative, str | None, float, int]] = []
+        truncated = False
+        for imp in req.imp:
+            if imp.id not in floors:
+                self.stats["imp.unknown_floor_currency"] += 1
+                continue
+            facts = self._facts(req, imp, user, when)
+            rules = SlotRules(imp, req)
+            deals = {d.id: d for d in imp.pmp.deals} if imp.pmp is not None else {}
+            found = 0
+            for n, c in enumerate(self.index.iter_matches(self.index.match(facts))):
+                if found >= self.max_candidates:
+                    break
+                if n & 15 == 15 and dl.over():
+                    truncated = True
+                    break
+                deal_id, floor, at = None, floors[imp.id], req.at
+                if c.targeting.deals:
+                    # A deal's own floor and auction type replace the imp's (section 3.2.12).
+                    deal = next((deals[d] for d in c.targeting.deals if d in deals), None)
+                    if deal is None or (deal.wseat and defaults.seat not in deal.wseat):
+                        continue
+                    floor = self._to_fleet(deal.bidfloor, deal.bidfloorcur)
+                    if floor is None:
+                        continue
+                    deal_id, at = deal.id, deal.at or req.at
+                cr = rules.first_fit(c)
+                if cr is not None:
+                    candidates.append((imp, c, cr, deal_id, floor, at))
+                    found += 1
+        if truncated:
+            dl.degrade("targeting_truncated")
+
+        # 4 pacing: frequency caps and the local budget allowance (at the campaign's cap).
+        dl.start("pacing")
+        paced = [
+            cand for cand in candidates
+            if self.freq.allowed(user.user_id, cand[1], wall)
+            and self.budget.can_spend(cand[1], cand[1].strategy.max_bid / 1000.0, wall)
+        ]
+
+        # 5 pricing: rule price (the model replaces this behind the same contract).
+        dl.start("pricing")
+        offers: dict[str, list[Offer]] = {}
+        shade = defaults.first_price_shade
+        for imp, c, cr, deal_id, floor, at in paced:
+            price = rule_price(c, first_price=at != 2, shade=shade, contextual_only=user.contextual_only)
+            bid = meet_floor(price, floor, c.strategy.max_bid)
+            if bid is None or bid <= 0:
+                continue
+            offers.setdefault(imp.id, []).append(
+                Offer(imp.id, c, cr, bid, price.value, deal_id, price.source)
+            )
+
+        # 7 auction
+        dl.start("auction")
+        winners = choose(offers)
+        if not winners:
+            return self._no_bid(NBR.UNKNOWN, "no_eligible_bid" if not candidates else "no_bid_above_floor", dl)
+
+        # 8 respond
+        dl.start("respond")
+        imps = {imp.id: imp for imp in req.imp}
+        ext = {"fleet": {"region": self.region, "tier": tier, "pricing": "rule"}}
+        if dl.degraded:
+            ext["fleet"]["degraded"] = list(dl.degraded)
+        if user.contextual_only:
+            ext["fleet"]["contextual"] = user.reason
+        resp = build_response(
+            req.id, winners, imps, base_url=self.base_url, region=self.region,
+            seat=defaults.seat, currency=cur, rate=1.0 / self.rates[cur], ids=self.ids,
+            ts_ms=int(wall * 1000), ext=ext,
+        )
+        out, gz = codec.maybe_gzip(codec.encode_response(resp), accept_encoding)
+        dl.finish()
+        if dl.expired():
+            self.stats["late_suppressed"] += 1
+            return self._no_bid(NBR.TECHNICAL_ERROR, "deadline", dl)
+        # Only a bid that leaves reserves tentative spend and counts toward frequency caps.
+        for o in winners.values():
+            self.budget.reserve(o.campaign, o.price / 1000.0, wall)
+            self.freq.record(user.user_id, o.campaign, wall)
+        self.stats["bids"] += len(winners)
+        self.stats["answered_bid"] += 1
+        headers = {"content-type": JSON, "x-openrtb-version": ver}
+        if gz:
+            headers["content-encoding"] = "gzip"
+        return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl))

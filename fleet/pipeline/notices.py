@@ -1,0 +1,114 @@
+"""Win, billing and loss notices: validate what the exchange substituted, then count.
+
+The bid path puts the bid's identity and the OpenRTB macros in every notice URL; here the
+exchange's call comes back. An unsubstituted macro, a missing identity field, a price that is not
+a finite non-negative number, or a notice for another region is a 400 that creates nothing.
+(Signing, durability and idempotent spend are the ledger's work.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+KINDS = ("win", "bill", "loss")
+IDENTITY = ("bid", "c", "cr", "r", "t")
+
+
+class NoticeError(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    kind: str
+    bid_id: str
+    campaign: str
+    creative: str
+    region: str
+    bid_ts_ms: int
+    auction_id: str | None
+    imp_id: str | None
+    price: float | None  # clearing price (win/bill) or minimum to win (loss), CPM
+    currency: str | None
+    loss_reason: int | None
+
+
+def _price(raw: str | None, required: bool) -> float | None:
+    if raw is None or raw == "":
+        if required:
+            raise NoticeError(400, "missing price")
+        return None
+    if raw.startswith("${"):
+        if required:
+            raise NoticeError(400, "price macro not substituted")
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise NoticeError(400, "price is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise NoticeError(400, "price must be finite and non-negative")
+    return value
+
+
+def parse_notice(kind: str, query: str, region: str) -> Notice:
+    if kind not in KINDS:
+        raise NoticeError(404, f"unknown notice kind {kind!r}")
+    q = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    missing = [k for k in IDENTITY if not q.get(k)]
+    if missing:
+        raise NoticeError(400, f"missing identity fields {missing}")
+    if q["r"] != region:
+        raise NoticeError(400, "notice for another region")
+    try:
+        ts = int(q["t"])
+    except ValueError:
+        raise NoticeError(400, "bad bid time") from None
+    loss = None
+    if kind == "loss":
+        lr = q.get("lr", "")
+        if lr and not lr.startswith("${"):
+            try:
+                loss = int(lr)
+            except ValueError:
+                raise NoticeError(400, "loss reason is not an integer") from None
+    auc = q.get("auc")
+    imp = q.get("imp")
+    return Notice(
+        kind=kind,
+        bid_id=q["bid"],
+        campaign=q["c"],
+        creative=q["cr"],
+        region=q["r"],
+        bid_ts_ms=ts,
+        auction_id=None if not auc or auc.startswith("${") else auc,
+        imp_id=None if not imp or imp.startswith("${") else imp,
+        price=_price(q.get("px"), required=kind != "loss"),
+        currency=q.get("cur") if q.get("cur") and not q["cur"].startswith("${") else None,
+        loss_reason=loss,
+    )
+
+
+class NoticeCounter:
+    """Counts valid and refused notices per kind (the ledger replaces this with events)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.spend_cpm: Counter[str] = Counter()
+
+    def handle(self, kind: str, query: str, region: str) -> tuple[int, str]:
+        try:
+            n = parse_notice(kind, query, region)
+        except NoticeError as exc:
+            self.counts[f"{kind}.refused"] += 1
+            return exc.status, exc.reason
+        self.counts[kind] += 1
+        if kind == "bill" and n.price is not None:
+            self.spend_cpm[n.campaign] += n.price
+        return 200, ""

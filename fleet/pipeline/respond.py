@@ -1,0 +1,149 @@
+"""Stage 8, respond: the BidResponse, its markup and the notice URLs the exchange will call.
+
+Markup is built for the winning offers only (never for candidates that lost). Notice URLs point
+at this region's ``/notice/{win|bill|loss}`` endpoints and carry the OpenRTB substitution macros
+for the exchange to fill, plus the bid's own identity so a notice can be tied back to the bid.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import os
+from urllib.parse import quote
+
+import msgspec
+
+from fleet.openrtb.model import Bid, BidResponse, Imp, SeatBid
+from fleet.pipeline.auction import Offer
+
+MTYPE = {"banner": 1, "video": 2, "audio": 3, "native": 4}
+
+
+class BidIds:
+    """Unique, cheap bid ids: a per-process random tag and a counter."""
+
+    def __init__(self) -> None:
+        self.tag = os.urandom(5).hex()
+        self._n = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self.tag}{next(self._n):x}"
+
+
+def notice_urls(base: str, bid_id: str, offer: Offer, region: str, ts_ms: int) -> tuple[str, str, str]:
+    """nurl, burl, lurl with ${...} macros left for the exchange to substitute."""
+    ident = (
+        f"bid={bid_id}&c={quote(offer.campaign.id)}&cr={quote(offer.creative.id)}"
+        f"&r={region}&t={ts_ms}&auc=${{AUCTION_ID}}&imp=${{AUCTION_IMP_ID}}"
+    )
+    priced = ident + "&px=${AUCTION_PRICE}&cur=${AUCTION_CURRENCY}"
+    return (
+        f"{base}/notice/win?{priced}",
+        f"{base}/notice/bill?{priced}",
+        f"{base}/notice/loss?{ident}&lr=${{AUCTION_LOSS}}&px=${{AUCTION_MIN_TO_WIN}}",
+    )
+
+
+def _native_asset_ids(imp: Imp) -> tuple[int | None, int | None]:
+    """The request's title and main-image asset ids (Native 1.2), tolerant of both wrappings."""
+    try:
+        spec = msgspec.json.decode(imp.native.request) if imp.native and imp.native.request else {}
+    except msgspec.DecodeError:
+        return None, None
+    if isinstance(spec, dict) and isinstance(spec.get("native"), dict):
+        spec = spec["native"]
+    title = image = None
+    assets = spec.get("assets", []) if isinstance(spec, dict) else []
+    for a in assets if isinstance(assets, list) else []:
+        if not isinstance(a, dict) or not isinstance(a.get("id"), int):
+            continue
+        if title is None and isinstance(a.get("title"), dict):
+            title = a["id"]
+        elif image is None and isinstance(a.get("img"), dict):
+            image = a["id"]
+    return title, image
+
+
+def markup(offer: Offer, imp: Imp) -> str:
+    cr = offer.creative
+    click = html.escape(cr.click_url, quote=True)
+    if cr.format == "banner":
+        img = html.escape(cr.image_url or f"https://cdn.advertiser.example/{cr.id}.png", quote=True)
+        return (
+            f'<a href="{click}" target="_blank"><img src="{img}" width="{cr.w}" '
+            f'height="{cr.h}" alt="{html.escape(cr.title)}"></a>'
+        )
+    if cr.format in ("video", "audio"):
+        dur = f"00:00:{cr.duration_s:02d}" if cr.duration_s < 60 else f"00:{cr.duration_s // 60:02d}:{cr.duration_s % 60:02d}"
+        size = f' width="{cr.w}" height="{cr.h}"' if cr.format == "video" else ""
+        version = "4.0" if cr.format == "video" else "4.1"
+        return (
+            f'<VAST version="{version}"><Ad id="{html.escape(cr.id)}"><InLine>'
+            f"<AdSystem>fleet</AdSystem><AdTitle>{html.escape(cr.title or cr.id)}</AdTitle>"
+            f"<Impression/><Creatives><Creative id=\"{html.escape(cr.id)}\"><Linear>"
+            f"<Duration>{dur}</Duration><MediaFiles>"
+            f'<MediaFile delivery="progressive" type="{html.escape(cr.mime)}"{size}>'
+            f"<![CDATA[{cr.media_url}]]></MediaFile></MediaFiles>"
+            f"<VideoClicks><ClickThrough><![CDATA[{cr.click_url}]]></ClickThrough></VideoClicks>"
+            f"</Linear></Creative></Creatives></InLine></Ad></VAST>"
+        )
+    title_id, image_id = _native_asset_ids(imp)
+    assets = [
+        {"id": 1 if title_id is None else title_id, "title": {"text": cr.title or cr.id}},
+        {
+            "id": 2 if image_id is None else image_id,
+            "img": {"url": cr.image_url or f"https://cdn.advertiser.example/{cr.id}.png",
+                    "w": cr.w or 1200, "h": cr.h or 627},
+        },
+    ]
+    return msgspec.json.encode(
+        {"native": {"ver": "1.2", "assets": assets, "link": {"url": cr.click_url}}}
+    ).decode()
+
+
+def build_response(
+    request_id: str,
+    winners: dict[str, Offer],
+    imps: dict[str, Imp],
+    *,
+    base_url: str,
+    region: str,
+    seat: str,
+    currency: str,
+    rate: float,
+    ids: BidIds,
+    ts_ms: int,
+    ext: dict | None,
+) -> BidResponse:
+    """``rate`` converts fleet-currency prices into the response currency (units per USD)."""
+    bids = []
+    for imp_id, o in winners.items():
+        bid_id = ids()
+        nurl, burl, lurl = notice_urls(base_url, bid_id, o, region, ts_ms)
+        cr, imp = o.creative, imps[imp_id]
+        bids.append(
+            Bid(
+                id=bid_id,
+                impid=imp_id,
+                price=round(o.price * rate, 6),
+                adid=cr.id,
+                nurl=nurl,
+                burl=burl,
+                lurl=lurl,
+                adm=markup(o, imp),
+                adomain=o.campaign.adomain,
+                bundle=cr.bundle,
+                cid=o.campaign.id,
+                crid=cr.id,
+                cat=cr.cat or o.campaign.cat,
+                attr=cr.attr,
+                dealid=o.deal_id,
+                w=cr.w or None,
+                h=cr.h or None,
+                mtype=MTYPE[cr.format],
+            )
+        )
+    return BidResponse(
+        id=request_id, seatbid=[SeatBid(bid=bids, seat=seat)], bidid=ids(), cur=currency, ext=ext
+    )

@@ -1,0 +1,135 @@
+"""Local services for the embedded default: a Redis and a Ray head, and a record of what we started.
+
+``fleet up`` starts only what is not configured (``REDIS_URL``, ``RAY_ADDRESS``) and writes what
+it started to ``.fleet/state.json``; ``fleet down`` reads that file and stops exactly those, so a
+Ray cluster or Redis that someone else runs is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fleet.config import REPO_ROOT
+
+STATE_DIR = REPO_ROOT / ".fleet"
+STATE_FILE = STATE_DIR / "state.json"
+
+# The ingress settings chosen on purpose (docs/ingress.md): HAProxy in front, replicas serving
+# HTTP directly, and Serve's throughput-optimised defaults.
+SERVE_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+}
+
+
+@dataclass
+class State:
+    redis_url: str = ""
+    redis_pid: int = 0  # non-zero only when we started it
+    ray_address: str = ""
+    ray_started: bool = False
+    apps: list[str] = field(default_factory=list)
+    http: str = "http://127.0.0.1:8000"
+
+    def save(self) -> None:
+        STATE_DIR.mkdir(exist_ok=True)
+        STATE_FILE.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls) -> "State | None":
+        if not STATE_FILE.exists():
+            return None
+        return cls(**json.loads(STATE_FILE.read_text()))
+
+    @staticmethod
+    def clear() -> None:
+        STATE_FILE.unlink(missing_ok=True)
+
+
+def free_port(preferred: int | None = None) -> int:
+    if preferred is not None:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def start_redis(data_dir: Path, port: int | None = None) -> tuple[str, int, subprocess.Popen]:
+    """A local redis-server with append-only persistence in ``data_dir``; returns url and pid."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server not found: run `python3 fleet/bootstrap.py setup` or set REDIS_URL")
+    port = port or free_port(6390)  # 6379 is the Ray GCS port
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+         "--appendonly", "yes", "--save", "", "--protected-mode", "yes", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    if not wait_port("127.0.0.1", port, 10):
+        proc.kill()
+        raise RuntimeError("redis-server did not start")
+    return f"redis://127.0.0.1:{port}/0", proc.pid, proc
+
+
+def stop_pid(pid: int, timeout: float = 10) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def venv_bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def start_ray(num_cpus: int | None = None, dashboard: bool = True, env: dict | None = None) -> str:
+    """``ray start --head`` with the Serve ingress settings in the cluster's environment."""
+    cmd = [venv_bin("ray"), "start", "--head", "--disable-usage-stats",
+           f"--include-dashboard={'true' if dashboard else 'false'}", "--dashboard-host=127.0.0.1"]
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    subprocess.run(cmd, check=True, env={**os.environ, **SERVE_ENV, **(env or {})},
+                   stdout=subprocess.DEVNULL)
+    return "auto"
+
+
+def stop_ray() -> None:
+    subprocess.run([venv_bin("ray"), "stop"], check=False, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)

@@ -1,0 +1,71 @@
+"""The OpenRTB fixture corpus, in-process and through the real Serve ingress."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from corpus import check_answer, wire
+from conftest import load_fixtures
+from fleet.campaigns.catalog import load_catalog
+from fleet.pipeline.bidder import RegionBidder
+
+REQUESTS = load_fixtures("requests")
+MALFORMED = load_fixtures("malformed")
+
+
+@pytest.fixture(scope="module")
+def bidders(regions):
+    catalog = load_catalog(regions.defaults.catalog)
+    return {name: RegionBidder(name, regions, catalog) for name in regions.regions}
+
+
+def _bid(bidder, body, headers):
+    return bidder.bid(body, content_encoding=headers.get("content-encoding"),
+                      accept_encoding=headers.get("accept-encoding"),
+                      version=headers.get("x-openrtb-version"))
+
+
+@pytest.mark.parametrize("name,case", REQUESTS, ids=[n for n, _ in REQUESTS])
+def test_request_in_process(bidders, name, case):
+    body, headers = wire(case)
+    a = _bid(bidders[case["region"]], body, headers)
+    check_answer(case, a.status, a.headers, a.body)
+
+
+@pytest.mark.parametrize("name,case", MALFORMED, ids=[n for n, _ in MALFORMED])
+def test_malformed_in_process(bidders, name, case):
+    body, headers = wire(case)
+    a = _bid(bidders["us-east"], body, headers)
+    assert a.status == case["expect_status"], a.reason
+    assert a.reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,case", REQUESTS, ids=[n for n, _ in REQUESTS])
+def test_request_over_http(fleet_http, regions, name, case):
+    body, headers = wire(case)
+    prefix = regions.regions[case["region"]].route_prefix
+    r = httpx.post(f"{fleet_http}{prefix}/openrtb2/bid", content=body, headers=headers, timeout=10)
+    check_answer(case, r.status_code, dict(r.headers), r.content)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,case", MALFORMED, ids=[n for n, _ in MALFORMED])
+def test_malformed_over_http(fleet_http, name, case):
+    body, headers = wire(case)
+    r = httpx.post(f"{fleet_http}/us-east/openrtb2/bid", content=body, headers=headers, timeout=10)
+    assert r.status_code == case["expect_status"], r.text[:200]
+    assert r.json()["error"]
+
+
+@pytest.mark.slow
+def test_duplicate_request_id_over_http(fleet_http):
+    case = dict(REQUESTS)["banner_site_us"]
+    body, headers = wire({**case, "request": {**case["request"], "id": "dup-over-http"}})
+    first = httpx.post(f"{fleet_http}/us-east/openrtb2/bid", content=body, headers=headers)
+    second = httpx.post(f"{fleet_http}/us-east/openrtb2/bid", content=body, headers=headers)
+    assert first.status_code == 200
+    assert second.status_code == 204
+    assert second.headers["x-openrtb-nbr"] == "2"
+    assert second.headers["x-fleet-reason"] == "duplicate_request_id"
