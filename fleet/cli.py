@@ -67,7 +67,7 @@ def main() -> None:
 @click.option("--burst/--no-burst", default=True, show_default=True,
               help="Send a short burst of simulated exchange traffic once ready.")
 @click.option("--burst-requests", default=300, show_default=True, help="Requests per region.")
-@click.option("--burst-rate", default=150.0, show_default=True, help="Requests/s per region.")
+@click.option("--burst-rate", default=100.0, show_default=True, help="Requests/s per region.")
 @click.option("--num-cpus", type=int, default=None, help="CPUs for a local Ray head.")
 @click.option("--timeout", default=240.0, show_default=True, help="Seconds to wait for readiness.")
 def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout):

@@ -28,6 +28,16 @@ def bench_targeting(campaigns, requests):
     run_targeting(campaigns, requests, RESULTS / f"targeting-{campaigns}.json")
 
 
+@bench.command("ingress")
+@click.option("--seconds", default=8.0, show_default=True)
+@click.option("--connections", default=8, show_default=True)
+def bench_ingress(seconds, connections):
+    """Noop app through Serve's Python proxy vs HAProxy ingress (one Ray at a time)."""
+    from fleet.bench.ingress import run_ingress
+
+    run_ingress(RESULTS / "ingress.json", seconds, connections, log=click.echo)
+
+
 @bench.command("capacity")
 @click.option("--region", default="us-east", show_default=True)
 @click.option("--slo-ms", default=15.0, show_default=True, help="p99 limit for a passing step.")

@@ -1,5 +1,7 @@
 -- wrk script for `fleet bench capacity`: POSTs OpenRTB bodies with unique ids at a paced rate.
--- args: <bodies file> <delay ms per connection> <run nonce>
+-- args: <bodies file> <mean delay ms per connection> <run nonce>
+-- Delays are exponential (each connection a Poisson source): equal fixed delays would keep all
+-- connections in lockstep and turn a paced load into bursts of one request per connection.
 -- Each body line holds "__ID__" where the request id goes; ids are unique per thread and run.
 local bodies, n, delay_ms, nonce, tid = {}, 0, 0, "x", 0
 local threads = {}
@@ -16,6 +18,7 @@ function init(args)
   f:close()
   delay_ms = tonumber(args[2])
   nonce = args[3]
+  math.randomseed(os.time() * 1000 + tid)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["x-openrtb-version"] = "2.6"
@@ -29,7 +32,8 @@ function request()
 end
 
 function delay()
-  return delay_ms
+  if delay_ms <= 0 then return 0 end
+  return math.floor(-math.log(1 - math.random()) * delay_ms + 0.5)
 end
 
 function done(summary, latency, requests)

@@ -105,6 +105,11 @@ def stop_pid(pid: int, timeout: float = 10) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child: reap it
+                return
+        except ChildProcessError:
+            pass  # started by another `fleet` process
+        try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return

@@ -1,0 +1,90 @@
+"""Arbitrary JSON and mutated valid requests never produce a 5xx (or an exception)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import load_fixtures
+from fleet.campaigns.catalog import load_catalog
+from fleet.pipeline.bidder import RegionBidder
+
+ALLOWED = {200, 204, 400, 413}
+SEEDS = [case["request"] for _, case in load_fixtures("requests")]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@st.composite
+def mutated_requests(draw):
+    """A valid corpus request with a few fields deleted, retyped or replaced by arbitrary JSON."""
+    req = copy.deepcopy(draw(st.sampled_from(SEEDS)))
+    req["id"] = f"fz-{draw(st.integers(0, 2**62))}"
+    for _ in range(draw(st.integers(1, 4))):
+        # Walk to a random container inside the request.
+        node = req
+        for _ in range(draw(st.integers(0, 4))):
+            keys = list(node) if isinstance(node, dict) else list(range(len(node))) if isinstance(node, list) else []
+            children = [k for k in keys if isinstance(node[k], (dict, list)) and node[k]]
+            if not children:
+                break
+            node = node[draw(st.sampled_from(children))]
+        if isinstance(node, dict) and node:
+            key = draw(st.sampled_from(sorted(node)))
+            if draw(st.booleans()):
+                del node[key]
+            else:
+                node[key] = draw(json_values)
+        elif isinstance(node, list) and node:
+            node[draw(st.integers(0, len(node) - 1))] = draw(json_values)
+    return req
+
+
+@pytest.fixture(scope="module")
+def bidder(regions):
+    return RegionBidder("us-east", regions, load_catalog(regions.defaults.catalog))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=json_values)
+def test_arbitrary_json_in_process(bidder, value):
+    a = bidder.bid(json.dumps(value).encode(), version="2.6")
+    assert a.status in ALLOWED
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(req=mutated_requests())
+def test_mutated_requests_in_process(bidder, req):
+    a = bidder.bid(json.dumps(req).encode(), version="2.6")
+    assert a.status in ALLOWED
+    if a.status == 200:
+        json.loads(a.body)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=200))
+def test_arbitrary_bytes_in_process(bidder, raw):
+    assert bidder.bid(raw, version="2.6").status in ALLOWED
+    assert bidder.bid(raw, content_encoding="gzip", version="2.6").status in ALLOWED
+
+
+@pytest.mark.slow
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(req=mutated_requests(), value=json_values)
+def test_fuzz_over_http_never_5xx(fleet_http, req, value):
+    with httpx.Client(base_url=fleet_http, timeout=10) as client:
+        headers = {"content-type": "application/json", "x-openrtb-version": "2.6"}
+        r1 = client.post("/eu-west/openrtb2/bid", content=json.dumps(req), headers=headers)
+        r2 = client.post("/eu-west/openrtb2/bid", content=json.dumps(value), headers=headers)
+    assert r1.status_code in ALLOWED, r1.text[:200]
+    assert r2.status_code in ALLOWED, r2.text[:200]

@@ -1,0 +1,94 @@
+"""Notice URLs: macros left for the exchange, then validated and counted when they come back."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from fleet.pipeline.notices import NoticeCounter, NoticeError, parse_notice
+
+Q = "bid=b1&c=c-banner-us&cr=cr-1&r=us-east&t=1700000000000&auc=a1&imp=1"
+
+
+def test_parse_win_bill_loss():
+    win = parse_notice("win", Q + "&px=1.25&cur=USD", "us-east")
+    assert (win.kind, win.price, win.currency, win.campaign) == ("win", 1.25, "USD", "c-banner-us")
+    loss = parse_notice("loss", Q + "&lr=102&px=${AUCTION_MIN_TO_WIN}", "us-east")
+    assert loss.loss_reason == 102 and loss.price is None
+
+
+@pytest.mark.parametrize(
+    "kind,query,status",
+    [
+        ("win", Q + "&px=${AUCTION_PRICE}", 400),  # macro never substituted
+        ("bill", Q, 400),  # no price at all
+        ("win", Q + "&px=NaN", 400),
+        ("win", Q + "&px=-1", 400),
+        ("win", "c=x&px=1", 400),  # identity missing
+        ("win", Q.replace("r=us-east", "r=eu-west") + "&px=1", 400),
+        ("loss", Q + "&lr=abc", 400),
+        ("click2", Q, 404),
+    ],
+)
+def test_bad_notices_are_refused(kind, query, status):
+    with pytest.raises(NoticeError) as exc:
+        parse_notice(kind, query, "us-east")
+    assert exc.value.status == status
+
+
+def test_counter_counts_valid_and_refused():
+    n = NoticeCounter()
+    assert n.handle("bill", Q + "&px=2.5", "us-east") == (200, "")
+    assert n.handle("bill", Q + "&px=${AUCTION_PRICE}", "us-east")[0] == 400
+    assert n.counts["bill"] == 1 and n.counts["bill.refused"] == 1
+    assert n.spend_cpm["c-banner-us"] == 2.5
+
+
+def _substitute(url: str, price: str) -> str:
+    return (url.replace("${AUCTION_PRICE}", price).replace("${AUCTION_CURRENCY}", "USD")
+            .replace("${AUCTION_ID}", "auc-1").replace("${AUCTION_IMP_ID}", "1")
+            .replace("${AUCTION_LOSS}", "102").replace("${AUCTION_MIN_TO_WIN}", "3.1"))
+
+
+@pytest.mark.slow
+def test_notice_urls_from_a_real_bid_come_back(fleet_http):
+    req = {"id": "notice-roundtrip", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}],
+           "device": {"geo": {"country": "USA"}}}
+    r = httpx.post(f"{fleet_http}/us-east/openrtb2/bid", json=req, headers={"x-openrtb-version": "2.6"})
+    assert r.status_code == 200
+    bid = r.json()["seatbid"][0]["bid"][0]
+    before = httpx.get(f"{fleet_http}/us-east/stats").json()["notices"]
+    with httpx.Client(timeout=5) as client:
+        for key in ("nurl", "burl", "lurl"):
+            u = urlsplit(_substitute(bid[key], "1.75"))
+            assert u.path.startswith("/us-east/notice/")
+            assert client.get(f"{fleet_http}{u.path}?{u.query}").status_code == 200
+        raw = urlsplit(bid["burl"])  # the exchange forgot to substitute
+        refused = client.get(f"{fleet_http}{raw.path}?{raw.query}")
+        assert refused.status_code == 400 and "macro" in refused.json()["error"]
+    after = httpx.get(f"{fleet_http}/us-east/stats").json()["notices"]
+    for kind in ("win", "bill", "loss"):
+        assert after.get(kind, 0) == before.get(kind, 0) + 1
+    assert after.get("bill.refused", 0) == before.get("bill.refused", 0) + 1
+
+
+@pytest.mark.slow
+def test_frequency_cap_over_http(fleet_http):
+    def ask(n):
+        req = {"id": f"fcap-{n}", "imp": [{"id": "1", "banner": {"w": 970, "h": 90}}],
+               "user": {"id": "fcap-user"}, "device": {"geo": {"country": "USA"}}}
+        return httpx.post(f"{fleet_http}/us-east/openrtb2/bid", content=json.dumps(req),
+                          headers={"x-openrtb-version": "2.6"})
+
+    statuses = [ask(n).status_code for n in range(3)]
+    assert statuses == [200, 200, 204]  # c-capped: 2 per hour per user
+
+
+@pytest.mark.slow
+def test_unknown_routes_and_methods(fleet_http):
+    assert httpx.get(f"{fleet_http}/us-east/openrtb2/bid").status_code == 405
+    assert httpx.get(f"{fleet_http}/us-east/nope").status_code == 404
+    assert httpx.get(f"{fleet_http}/us-east/ready").json()["campaigns"] > 0

@@ -1,0 +1,90 @@
+"""The CLI's state record, the burst against every region, and the benchmark's search logic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fleet.bench.capacity import Step, find_capacity, write_bodies
+from fleet.cli import main
+from fleet.openrtb.codec import decode_request
+from fleet.runtime import local
+
+
+def test_state_roundtrip_and_down_without_state(tmp_path, monkeypatch):
+    monkeypatch.setattr(local, "STATE_DIR", tmp_path)
+    monkeypatch.setattr(local, "STATE_FILE", tmp_path / "state.json")
+    assert local.State.load() is None
+    result = CliRunner().invoke(main, ["down"])
+    assert result.exit_code == 0 and "nothing to stop" in result.output
+    s = local.State(redis_url="redis://127.0.0.1:1/0", redis_pid=0, apps=["us-east"])
+    s.save()
+    assert local.State.load() == s
+    local.State.clear()
+    assert local.State.load() is None
+
+
+def test_redis_is_started_and_stopped(tmp_path):
+    url, pid, proc = local.start_redis(tmp_path / "redis")
+    import redis
+
+    r = redis.Redis.from_url(url)
+    assert r.ping()
+    local.stop_pid(pid)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+
+
+def test_find_capacity_steps_up_then_bisects():
+    true_capacity = 1000.0
+
+    def step(rate):
+        ok = rate <= true_capacity
+        return Step(rate, rate if ok else true_capacity, 1.0, 2.0 if ok else 50.0, 0, 0, ok)
+
+    cap, steps = find_capacity(step, 200, factor=2.0, refine=4, log=lambda *_: None)
+    assert 900 <= cap <= 1000
+    assert [s.offered for s in steps[:5]] == [200, 400, 800, 1600, 1600]  # a failure is retried
+    assert not steps[3].passed and not steps[4].passed
+
+
+def test_find_capacity_survives_one_noisy_step():
+    calls = []
+
+    def step(rate):
+        calls.append(rate)
+        noisy = rate == 400 and calls.count(400) == 1  # one stall, the retry is clean
+        ok = rate <= 1000 and not noisy
+        return Step(rate, rate, 1.0, 30.0 if not ok else 2.0, 0, 0, ok)
+
+    cap, _ = find_capacity(step, 200, factor=2.0, refine=2, log=lambda *_: None)
+    assert cap >= 800
+
+
+def test_bench_bodies_are_valid_requests_once_an_id_is_set():
+    path = write_bodies("eu-west", 50)
+    try:
+        lines = path.read_text().splitlines()
+        assert len(lines) == 50
+        for line in lines:
+            assert line.count("__ID__") == 1
+            req = decode_request(line.replace("__ID__", "abc").encode(), None, 1 << 20)
+            assert req.id == "abc"
+    finally:
+        path.unlink()
+
+
+@pytest.mark.slow
+def test_burst_reaches_every_region(fleet_http, regions):
+    from fleet.sim.burst import format_table, run_burst
+
+    prefixes = {n: r.route_prefix for n, r in regions.regions.items()}
+    tallies = asyncio.run(run_burst(fleet_http, prefixes, n=60, rate=60, seed=42))
+    table = format_table(tallies)
+    for t in tallies:
+        assert t.answered == t.sent == 60, table
+        assert t.statuses[200] > 0, table  # the fleet does bid on plausible traffic
+    assert all(name in table for name in prefixes)
