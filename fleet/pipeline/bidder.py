@@ -51,7 +51,7 @@ class RegionBidder:
         campaigns: list[Campaign],
         *,
         replicas: int | None = None,
-        max_candidates: int = 32,
+        max_candidates: int = 16,
         clock=time.time,
     ):
         spec = config.regions[region]
