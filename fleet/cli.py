@@ -52,6 +52,20 @@ def wait_ready(base: str, prefixes: list[str], timeout: float) -> bool:
     return not pending
 
 
+def deploy(config_path: str, dashboard: str, timeout: float = 120.0) -> None:
+    """``serve deploy``, retried while the dashboard's REST API is still starting."""
+    end = time.monotonic() + timeout
+    while True:
+        env = os.environ if os.environ.get("RAY_ADDRESS") else {**os.environ, **local.ray_env()}
+        proc = subprocess.run([local.venv_bin("serve"), "deploy", str(resolve(config_path)), "-a", dashboard],
+                              capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+        if proc.returncode == 0:
+            return
+        if time.monotonic() > end:
+            raise click.ClickException(f"serve deploy failed:\n{proc.stderr[-2000:]}")
+        time.sleep(2.0)
+
+
 def _regions_of(cfg: dict) -> dict[str, str]:
     return {app["name"]: app["route_prefix"] for app in cfg["applications"]}
 
@@ -95,8 +109,7 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
         state.save()
         dashboard = os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265")
         click.echo(f"serve: deploying {config_path}")
-        subprocess.run([local.venv_bin("serve"), "deploy", str(resolve(config_path)), "-a", dashboard],
-                       check=True, stdout=subprocess.DEVNULL, cwd=REPO_ROOT)
+        deploy(config_path, dashboard)
         regions = _regions_of(cfg)
         if not wait_ready(state.http, list(regions.values()), timeout):
             raise click.ClickException("regions did not become ready in time (see `serve status`)")
@@ -198,6 +211,47 @@ def sim_burst(n, rate, base, seed):
     click.echo(format_table(tallies))
     if any(t.answered < t.sent for t in tallies):
         sys.exit(1)
+
+
+@sim.command("run")
+@click.option("--duration", default=180.0, show_default=True, help="Seconds (one compressed day).")
+@click.option("--rate", default=60.0, show_default=True, help="Mean auctions/s over all regions.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--drop-rate", default=0.05, show_default=True)
+@click.option("--dup-rate", default=0.05, show_default=True)
+@click.option("--late-rate", default=0.05, show_default=True)
+@click.option("--label", default="rule", show_default=True, help="Names the result files.")
+@click.option("--base", default=None, help="Ingress URL (default: the running fleet's).")
+@click.option("--up", "bring_up", is_flag=True, help="Bring the fleet up first and down after.")
+def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, label, base, bring_up):
+    """Simulated exchanges against the fleet, then the economic scorecard (bench/results/)."""
+    from fleet.sim.exchange import SimConfig
+    from fleet.sim.run import run_sim
+
+    ctx = click.get_current_context()
+    if bring_up and local.State.load() is None:
+        ctx.invoke(up, detach=True, burst=False)
+    try:
+        state = local.State.load()
+        base = base or (state.http if state else _http_base(_serve_config("serve_config.yaml")))
+        cfg = SimConfig(base_url=base, duration_s=duration, rate=rate, seed=seed, drop_rate=drop_rate,
+                        dup_rate=dup_rate, late_rate=late_rate)
+        doc = run_sim(cfg, REPO_ROOT / "bench" / "results", label=label, progress=click.echo)
+    finally:
+        if bring_up:
+            ctx.invoke(down)
+    card = doc["scorecard"]
+    click.echo(f"\ntraffic: {doc['traffic']}")
+    click.echo(f"notices delivered: {doc['notices']['delivered']}")
+    for who in ("fleet", "oracle"):
+        s = card[who]
+        click.echo(f"{who:<7} wins {s['wins']:6d}  spend ${s['spend_usd']:9.2f}  value ${s['value_usd']:9.2f}  "
+                   f"value/$ {s['value_per_dollar']:.3f}  clicks/$ {s['clicks_per_dollar']:.3f}  "
+                   f"surplus ${s['surplus_usd']:9.2f}  win rate {s['win_rate']:.3f}")
+    click.echo(f"fleet / oracle: {card['fleet_vs_oracle']}")
+    for k, b in card["by_latency"].items():
+        click.echo(f"  {k:>10}: {b}")
+    click.echo(f"results: bench/results/sim-{label}.json and .png plots")
 
 
 from fleet.bench.cli import bench  # noqa: E402  (registers `fleet bench ...`)

@@ -32,9 +32,9 @@ def regions():
 @pytest.fixture(scope="session")
 def fleet_http():
     """Base URL of a live fleet: every region deployed on a real Ray Serve HAProxy ingress."""
-    from fleet.runtime.local import SERVE_ENV, free_port
+    from fleet.runtime.local import free_port, ray_env
 
-    os.environ.update(SERVE_ENV)
+    os.environ.update(ray_env())
     import ray
     from ray import serve
 

@@ -63,7 +63,7 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port):
     spec = load_regions().regions[region]
     started = False
     if not os.environ.get("RAY_ADDRESS"):
-        os.environ.update(local.SERVE_ENV)
+        os.environ.update(local.ray_env())
         ray.init(include_dashboard=False, log_to_driver=False)
         started = True
     else:

@@ -15,6 +15,8 @@ import time
 import uuid
 from pathlib import Path
 
+from fleet.runtime.local import ray_env
+
 MODES = {
     "python-proxy": {},
     "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
@@ -65,6 +67,7 @@ def run_ingress(out: Path, seconds: float = 8.0, connections: int = 8, port: int
     rows = []
     for mode, env in MODES.items():
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+        clean.update({k: v for k, v in ray_env().items() if k.startswith("RAY_AUTH")})
         proc = subprocess.run(
             [sys.executable, "-m", "fleet.bench.ingress", mode, str(port), str(seconds), str(connections)],
             env={**clean, **env}, capture_output=True, text=True, check=True,

@@ -1,4 +1,4 @@
-"""Win, billing and loss notices: validate what the exchange substituted, then count.
+"""Win, billing, loss and click notices: validate what the exchange substituted, then count.
 
 The bid path puts the bid's identity and the OpenRTB macros in every notice URL; here the
 exchange's call comes back. An unsubstituted macro, a missing identity field, a price that is not
@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-KINDS = ("win", "bill", "loss")
+KINDS = ("win", "bill", "loss", "click")
 IDENTITY = ("bid", "c", "cr", "r", "t")
 
 
@@ -89,7 +89,7 @@ def parse_notice(kind: str, query: str, region: str) -> Notice:
         bid_ts_ms=ts,
         auction_id=None if not auc or auc.startswith("${") else auc,
         imp_id=None if not imp or imp.startswith("${") else imp,
-        price=_price(q.get("px"), required=kind != "loss"),
+        price=_price(q.get("px"), required=kind in ("win", "bill")),
         currency=q.get("cur") if q.get("cur") and not q["cur"].startswith("${") else None,
         loss_reason=loss,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +30,22 @@ SERVE_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
 }
+TOKEN_FILE = STATE_DIR / "ray_auth_token"
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for a local Ray we start and for the clients that talk to it.
+
+    Ray 2.60 turns token authentication on whenever it finds a token, and its CLI clients then
+    need it too; so the embedded cluster always runs with a token of its own, kept in
+    ``.fleet/ray_auth_token`` (mode 600, ignored by git), rather than depending on whatever
+    ``~/.ray`` happens to hold.
+    """
+    if not TOKEN_FILE.exists():
+        STATE_DIR.mkdir(exist_ok=True)
+        TOKEN_FILE.write_text(secrets.token_hex(32))
+        TOKEN_FILE.chmod(0o600)
+    return {**SERVE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(TOKEN_FILE)}
 
 
 @dataclass
@@ -130,11 +147,11 @@ def start_ray(num_cpus: int | None = None, dashboard: bool = True, env: dict | N
            f"--include-dashboard={'true' if dashboard else 'false'}", "--dashboard-host=127.0.0.1"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
-    subprocess.run(cmd, check=True, env={**os.environ, **SERVE_ENV, **(env or {})},
+    subprocess.run(cmd, check=True, env={**os.environ, **ray_env(), **(env or {})},
                    stdout=subprocess.DEVNULL)
     return "auto"
 
 
 def stop_ray() -> None:
     subprocess.run([venv_bin("ray"), "stop"], check=False, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+                   stderr=subprocess.DEVNULL, env={**os.environ, **ray_env()})

@@ -1,0 +1,268 @@
+"""The simulated exchanges: open-loop traffic over HTTP, auctions decided by the market, notices.
+
+A separate process from the fleet (it is the ``fleet sim run`` command) that talks to it only over
+HTTP. Exchanges sit in regions; each auction goes to the exchange's own region and the round trip
+between them (``regions.yaml``'s latency matrix) is added as simulated network time against tmax.
+Traffic follows a diurnal curve compressed into the run, with bursts, at a set mean rate.
+
+After each auction the exchange behaves like a real one: win notice (``nurl``) and billing notice
+(``burl``, once the ad renders) with ``${AUCTION_PRICE}`` and friends substituted, a loss notice
+(``lurl``) with the loss reason and the price to beat, and a click notice drawn from the true
+click probability. Some notices are dropped, some duplicated, some sent late, at set rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from fleet.campaigns.catalog import Campaign
+from fleet.sim.market import Market, Opportunity, resolve
+
+
+@dataclass
+class SimConfig:
+    base_url: str = "http://127.0.0.1:8000"
+    duration_s: float = 180.0
+    rate: float = 60.0  # mean auctions per second over all regions
+    seed: int = 7
+    drop_rate: float = 0.05  # notices never sent
+    dup_rate: float = 0.05  # notices sent twice
+    late_rate: float = 0.05  # notices sent late, by late_min_s to late_max_s
+    late_min_s: float = 2.0
+    late_max_s: float = 10.0
+    render_rate: float = 0.97  # won impressions that render (and bill)
+    burst_every_s: float = 45.0  # mean time between traffic bursts
+    burst_len_s: float = 6.0
+    burst_factor: float = 2.0
+    diurnal_amplitude: float = 0.6
+    grace_s: float = 12.0  # time after the last auction for late notices
+    concurrency: int = 256
+
+
+@dataclass
+class AuctionRecord:
+    """What the exchange knows about one auction (the scorecard's raw material)."""
+
+    opp: Opportunity
+    t: float  # seconds into the run
+    status: int = 0  # 200, 204, 4xx/5xx, 0 = transport error
+    server_ms: float = 0.0  # measured HTTP round trip on loopback
+    network_ms: float = 0.0  # simulated RTT exchange <-> region
+    late: bool = False
+    bid_price: float = 0.0
+    campaign_id: str | None = None
+    won: bool = False
+    price: float = 0.0  # clearing CPM
+    clicked: bool = False
+    true_ctr: float = 0.0
+
+    @property
+    def latency_ms(self) -> float:
+        return self.server_ms + self.network_ms
+
+
+def substitute(url: str, *, auction_id: str, imp_id: str, price: float | None = None,
+               loss: int | None = None, min_to_win: float | None = None) -> str:
+    """Fill the OpenRTB macros the way an exchange does."""
+    subs = {"${AUCTION_ID}": auction_id, "${AUCTION_IMP_ID}": imp_id, "${AUCTION_CURRENCY}": "USD",
+            "${AUCTION_PRICE}": "" if price is None else f"{price:.4f}",
+            "${AUCTION_LOSS}": "" if loss is None else str(loss),
+            "${AUCTION_MIN_TO_WIN}": "" if min_to_win is None else f"{min_to_win:.4f}"}
+    for k, v in subs.items():
+        url = url.replace(k, v)
+    return url
+
+
+class Exchanges:
+    """Drives one simulated run against the fleet and keeps the exchange-side ledger."""
+
+    def __init__(self, market: Market, regions, campaigns: list[Campaign], cfg: SimConfig, progress=print):
+        self.market = market
+        self.regions = regions  # RegionsFile
+        self.campaigns = {c.id: c for c in campaigns}
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.records: list[AuctionRecord] = []
+        self.notices: Counter[str] = Counter()  # delivered (HTTP 200) per kind
+        self.notice_outcomes: Counter[str] = Counter()  # planned/dropped/duplicated/late per kind
+        self.notice_errors: Counter[str] = Counter()
+        self.progress = progress
+        self._pending: list = []  # heap of (due, seq, kind, url)
+        self._seq = 0
+        names = list(regions.regions)
+        self.region_weights = [regions.regions[n].budget_share for n in names]
+        self.region_names = names
+        self.bursts = self._plan_bursts()
+
+    # -- traffic shape ---------------------------------------------------------------------
+
+    def _plan_bursts(self) -> list[tuple[float, float]]:
+        out, t = [], 0.0
+        r = random.Random(self.cfg.seed + 1)
+        while True:
+            t += r.expovariate(1.0 / self.cfg.burst_every_s)
+            if t >= self.cfg.duration_s:
+                return out
+            out.append((t, t + self.cfg.burst_len_s))
+
+    def rate_at(self, t: float) -> float:
+        """Diurnal curve over one compressed day (trough at the start), times bursts."""
+        day = 1.0 - self.cfg.diurnal_amplitude * math.cos(2 * math.pi * t / self.cfg.duration_s)
+        burst = self.cfg.burst_factor if any(a <= t < b for a, b in self.bursts) else 1.0
+        return self.cfg.rate * day * burst
+
+    def arrivals(self) -> list[float]:
+        """Non-homogeneous Poisson arrival times by thinning (open loop: fixed in advance)."""
+        peak = self.cfg.rate * (1 + self.cfg.diurnal_amplitude) * self.cfg.burst_factor
+        r = random.Random(self.cfg.seed + 2)
+        out, t = [], 0.0
+        while True:
+            t += r.expovariate(peak)
+            if t >= self.cfg.duration_s:
+                return out
+            if r.random() < self.rate_at(t) / peak:
+                out.append(t)
+
+    # -- one auction -----------------------------------------------------------------------
+
+    async def auction(self, session: aiohttp.ClientSession, rec: AuctionRecord) -> None:
+        opp = rec.opp
+        spec = self.regions.regions[opp.region]
+        url = f"{self.cfg.base_url}{spec.route_prefix}/openrtb2/bid"
+        body = msgspec.json.encode(opp.to_openrtb())
+        headers = {"content-type": "application/json", "x-openrtb-version": "2.6"}
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, data=body, headers=headers) as resp:
+                payload = await resp.read()
+                rec.status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            rec.status = 0
+            return
+        rec.server_ms = (time.perf_counter() - t0) * 1000
+        rec.late = rec.latency_ms > opp.tmax
+        if rec.status != 200 or rec.late:
+            return  # a late answer is a no-bid to the exchange
+        bid = msgspec.json.decode(payload)["seatbid"][0]["bid"][0]
+        rec.bid_price = float(bid["price"])
+        rec.campaign_id = bid.get("cid")
+        campaign = self.campaigns.get(rec.campaign_id)
+        rec.won, rec.price = resolve(rec.bid_price, opp.competing, opp.floor, opp.at)
+        ident = {"auction_id": opp.request_id, "imp_id": bid["impid"]}
+        if rec.won:
+            self._notice("win", substitute(bid["nurl"], price=rec.price, **ident))
+            if self.rng.random() < self.cfg.render_rate:
+                self._notice("bill", substitute(bid["burl"], price=rec.price, **ident))
+                if campaign is not None:
+                    rec.true_ctr = self.market.ctr(opp, campaign)
+                    if self.rng.random() < rec.true_ctr:
+                        rec.clicked = True
+                        click = substitute(bid["burl"], price=rec.price, **ident).replace("/notice/bill?", "/notice/click?")
+                        self._notice("click", click)
+        else:
+            self._notice("loss", substitute(bid["lurl"], loss=102, min_to_win=max(opp.competing, opp.floor), **ident))
+
+    def _notice(self, kind: str, url: str) -> None:
+        """Schedule a notice with the exchange's imperfections: drop, duplicate, delay."""
+        self.notice_outcomes[f"{kind}.planned"] += 1
+        r = self.rng
+        if r.random() < self.cfg.drop_rate:
+            self.notice_outcomes[f"{kind}.dropped"] += 1
+            return
+        delay = 0.0
+        if r.random() < self.cfg.late_rate:
+            delay = r.uniform(self.cfg.late_min_s, self.cfg.late_max_s)
+            self.notice_outcomes[f"{kind}.late"] += 1
+        copies = 2 if r.random() < self.cfg.dup_rate else 1
+        if copies == 2:
+            self.notice_outcomes[f"{kind}.duplicated"] += 1
+        due = time.perf_counter() + delay
+        for i in range(copies):
+            self._seq += 1
+            heapq.heappush(self._pending, (due + 0.2 * i, self._seq, kind, url))
+
+    async def _send_notices(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        sem = asyncio.Semaphore(64)
+
+        async def send(kind: str, url: str) -> None:
+            u = urlsplit(url)
+            async with sem:
+                try:
+                    async with session.get(f"{self.cfg.base_url}{u.path}?{u.query}") as resp:
+                        await resp.read()
+                        if resp.status == 200:
+                            self.notices[kind] += 1
+                        else:
+                            self.notice_errors[f"{kind}.{resp.status}"] += 1
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    self.notice_errors[f"{kind}.transport"] += 1
+
+        tasks: set[asyncio.Task] = set()
+        while not (stop.is_set() and not self._pending):
+            now = time.perf_counter()
+            while self._pending and self._pending[0][0] <= now:
+                _, _, kind, url = heapq.heappop(self._pending)
+                t = asyncio.create_task(send(kind, url))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            await asyncio.sleep(0.02)
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> list[AuctionRecord]:
+        cfg = self.cfg
+        times = self.arrivals()
+        connector = aiohttp.TCPConnector(limit=cfg.concurrency)
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        stop = asyncio.Event()
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            notifier = asyncio.create_task(self._send_notices(session, stop))
+            start = time.perf_counter()
+            inflight: set[asyncio.Task] = set()
+            next_report = 5.0
+            for t in times:
+                delay = start + t - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                region = self.rng.choices(self.region_names, self.region_weights)[0]
+                opp = self.market.opportunity(self.rng, region)
+                src = region  # the exchange sits in the region it sends to
+                rec = AuctionRecord(opp=opp, t=t, network_ms=self.regions.latency_ms[src][region])
+                self.records.append(rec)
+                task = asyncio.create_task(self.auction(session, rec))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                if t >= next_report:
+                    next_report += 5.0
+                    self.progress(self.status_line(t))
+            if inflight:
+                await asyncio.gather(*inflight)
+            grace_end = time.perf_counter() + cfg.grace_s
+            while self._pending and time.perf_counter() < grace_end:
+                await asyncio.sleep(0.1)
+            stop.set()
+            await notifier
+        self.progress(self.status_line(cfg.duration_s) + "  done")
+        return self.records
+
+    def status_line(self, t: float) -> str:
+        recs = self.records
+        answered = sum(1 for r in recs if r.status in (200, 204))
+        bids = sum(1 for r in recs if r.status == 200 and not r.late)
+        wins = sum(1 for r in recs if r.won)
+        spend = sum(r.price for r in recs if r.won) / 1000
+        return (f"[{t:6.1f}s / {self.cfg.duration_s:.0f}s] rate {self.rate_at(min(t, self.cfg.duration_s - 1e-6)):5.1f}/s  "
+                f"auctions {len(recs):6d}  answered {answered:6d}  bids {bids:6d}  wins {wins:5d}  "
+                f"spend ${spend:8.2f}  notices {sum(self.notices.values()):6d}")
