@@ -122,6 +122,8 @@ class RegionAppArgs(BaseModel):
     region: str
     regions_file: str = "regions.yaml"
     catalog: str | None = None
+    model: str | None = None  # "name/version" under models/; None prices by rule
+    model_backend: str = "auto"  # auto | onnx-cpu | onnx-cuda | xgboost-cpu | xgboost-cuda
 
 
 @functools.lru_cache(maxsize=8)

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.config import REPO_ROOT, RegionAppArgs, load_regions
+from fleet.config import REPO_ROOT, load_regions
 
 FIXTURES = Path(__file__).parent / "fixtures"
+MODEL = "ctr/v1"  # the committed default model version
 
 
 def load_fixtures(kind: str) -> list[tuple[str, dict]]:
@@ -27,6 +28,34 @@ def load_fixtures(kind: str) -> list[tuple[str, dict]]:
 @pytest.fixture(scope="session")
 def regions():
     return load_regions()
+
+
+def serve_test_config(model_version: str = MODEL) -> dict:
+    """serve_config.yaml as ``serve deploy`` would apply it, with two changes for the tests.
+
+    The three regions price by rule (the fixture corpus states rule prices exactly); a fourth
+    application serves us-east with model pricing under /model/us-east.
+    """
+    cfg = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    for app in cfg["applications"]:
+        app["args"]["model"] = None
+        for d in app.get("deployments", []):
+            d["user_config"] = {"model": None}
+    cfg["applications"].append({
+        "name": "model-us-east", "route_prefix": "/model/us-east",
+        "import_path": "fleet.serve.region_app:build_app", "args": {"region": "us-east"},
+        "deployments": [{"name": "ingress-us-east", "user_config": {"model": model_version}}],
+    })
+    cfg.pop("http_options", None)
+    return cfg
+
+
+def deploy_config(cfg: dict) -> None:
+    """What ``serve deploy`` does through the dashboard: apply a declarative config."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(cfg))
 
 
 @pytest.fixture(scope="session")
@@ -39,19 +68,15 @@ def fleet_http():
     from ray import serve
 
     from fleet.cli import wait_ready
-    from fleet.serve import region_app
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        cfg = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
-        for app in cfg["applications"]:
-            serve.run(region_app.build_app(RegionAppArgs(**app["args"])), name=app["name"],
-                      route_prefix=app["route_prefix"], blocking=False)
+        deploy_config(serve_test_config())
         base = f"http://127.0.0.1:{port}"
-        prefixes = [a["route_prefix"] for a in cfg["applications"]]
+        prefixes = [a["route_prefix"] for a in serve_test_config()["applications"]]
         assert wait_ready(base, prefixes, 180), "regions did not become ready"
         yield base
     finally:

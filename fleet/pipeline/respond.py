@@ -142,6 +142,7 @@ def build_response(
                 w=cr.w or None,
                 h=cr.h or None,
                 mtype=MTYPE[cr.format],
+                ext={"pricing": o.source},  # the model version (or rule) that priced this bid
             )
         )
     return BidResponse(

@@ -7,18 +7,24 @@ and turn its ``Answer`` into a response. Routes under the region's prefix:
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+import numpy as np
+
 from fleet.campaigns.catalog import load_catalog
 from fleet.config import RegionAppArgs, load_regions
+from fleet.ml.features import N_FEATURES
 from fleet.pipeline.bidder import RegionBidder
 from fleet.pipeline.deadline import now
 from fleet.pipeline.notices import NoticeCounter
 
 _json = msgspec.json.Encoder()
+log = logging.getLogger("ray.serve")
 
 
 def _json_response(status: int, obj) -> Response:
@@ -50,12 +56,46 @@ class RegionIngress:
         self.notices = NoticeCounter()
         self.max_body = config.defaults.max_body_bytes
         self.prefix = config.regions[a.region].route_prefix
+        self.backend = a.model_backend
+        self.model_error = ""  # the model comes with user_config: see reconfigure
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside Serve (plain-Python use)
+            self.replica = "local"
+
+    def _load_model(self, spec: str) -> None:
+        """Load a model version and swap it in; on failure keep pricing as before and say so."""
+        from fleet.ml.scorer import load_scorer
+
+        try:
+            scorer = load_scorer(spec, self.backend)
+        except Exception as exc:  # the region keeps bidding on what it had
+            self.model_error = f"{spec}: {exc}"
+            self.bidder.stats["model.load_error"] += 1
+            log.error("model %s not loaded, pricing stays on %s: %s", spec,
+                      self.bidder.scorer.version if self.bidder.scorer else "rule", exc)
+            return
+        scorer.predict(np.zeros((1, N_FEATURES), np.float32))  # warm up before the swap
+        self.bidder.scorer = scorer  # one assignment: requests see the old or the new, never half
+        self.model_error = ""
+
+    def reconfigure(self, user_config: dict) -> None:
+        """``user_config: {model: name/version}`` in serve_config.yaml: switch in place."""
+        spec = (user_config or {}).get("model")
+        current = self.bidder.scorer.version if self.bidder.scorer else None
+        if spec and spec != current:
+            self._load_model(spec)
+        elif spec is None and "model" in (user_config or {}):
+            self.bidder.scorer = None  # explicit null: back to rule pricing
 
     async def __call__(self, request: Request) -> Response:
         arrival = now()
+        # Serve puts the application's route prefix in root_path: strip whatever it is, so the
+        # same region can also be deployed under another prefix (a canary, a test).
         path = request.url.path
-        if path.startswith(self.prefix):
-            path = path[len(self.prefix):]
+        root = request.scope.get("root_path") or self.prefix
+        if path.startswith(root):
+            path = path[len(root):]
         method = request.method
         if path == "/openrtb2/bid":
             if method != "POST":
@@ -78,7 +118,12 @@ class RegionIngress:
                 return Response(b"", status_code=200)
             return _json_response(status, {"error": reason})
         if path == "/ready":
-            return _json_response(200, {"region": self.region, "campaigns": len(self.bidder.index)})
+            scorer = self.bidder.scorer
+            return _json_response(200, {
+                "region": self.region, "campaigns": len(self.bidder.index),
+                "pricing": f"model:{scorer.version}" if scorer else "rule",
+                "backend": scorer.backend if scorer else None, "model_error": self.model_error,
+                "replica": self.replica})
         if path == "/stats":
             return _json_response(200, {"bidder": dict(self.bidder.stats), "notices": dict(self.notices.counts)})
         return _json_response(404, {"error": f"no route {path}"})
@@ -91,7 +136,8 @@ def build_app(args: RegionAppArgs) -> serve.Application:
     spec = load_regions(args.regions_file).regions[args.region]
     return RegionIngress.options(
         name=f"ingress-{args.region}",
+        user_config={"model": args.model},
         num_replicas=spec.replicas,
         max_ongoing_requests=spec.max_ongoing_requests,
         ray_actor_options={"num_cpus": spec.num_cpus},
-    ).bind(args.model_dump())
+    ).bind(args.model_dump(exclude={"model"}))  # the model travels in user_config only

@@ -27,10 +27,10 @@ from fleet.openrtb.model import BidRequest
 from fleet.pipeline.bidder import RegionBidder
 from fleet.pipeline.creative_fit import SlotRules
 from fleet.pipeline.enrichment import enrich
+from fleet.pipeline.pricing import POP_CTR
 from fleet.sim.exchange import AuctionRecord
 from fleet.sim.market import Market, Opportunity
 
-POP_CTR = 0.005
 BUCKETS = [(0, 2), (2, 5), (5, 10), (10, 20), (20, 50), (50, math.inf)]
 
 
