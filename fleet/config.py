@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -124,6 +125,11 @@ class RegionAppArgs(BaseModel):
     catalog: str | None = None
     model: str | None = None  # "name/version" under models/; None prices by rule
     model_backend: str = "auto"  # auto | onnx-cpu | onnx-cuda | xgboost-cpu | xgboost-cuda
+    # local: score in the ingress process (CPU regions: no hop). remote: the region's inference
+    # deployment batches rows across requests (GPU regions, with a fractional num_gpus).
+    pricing: Literal["local", "remote"] = "local"
+    inference_replicas: int = 1
+    num_gpus: float = 0.0
 
 
 @functools.lru_cache(maxsize=8)

@@ -16,6 +16,11 @@ import pytest
 import yaml
 
 from fleet.config import REPO_ROOT, load_regions
+from fleet.runtime.local import free_port, ray_env
+
+# Before anything imports ray (some test modules import Serve code): Ray reads its auth mode and
+# Serve its ingress settings when first imported.
+os.environ.update(ray_env())
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODEL = "ctr/v1"  # the committed default model version
@@ -33,8 +38,9 @@ def regions():
 def serve_test_config(model_version: str = MODEL) -> dict:
     """serve_config.yaml as ``serve deploy`` would apply it, with two changes for the tests.
 
-    The three regions price by rule (the fixture corpus states rule prices exactly); a fourth
-    application serves us-east with model pricing under /model/us-east.
+    The three regions price by rule (the fixture corpus states rule prices exactly); two more
+    applications serve us-east with model pricing: in-process under /model/us-east, and through
+    its inference deployment (batched, multiplexed) under /remote/us-east.
     """
     cfg = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     for app in cfg["applications"]:
@@ -45,6 +51,11 @@ def serve_test_config(model_version: str = MODEL) -> dict:
         "name": "model-us-east", "route_prefix": "/model/us-east",
         "import_path": "fleet.serve.region_app:build_app", "args": {"region": "us-east"},
         "deployments": [{"name": "ingress-us-east", "user_config": {"model": model_version}}],
+    })
+    cfg["applications"].append({
+        "name": "remote-us-east", "route_prefix": "/remote/us-east",
+        "import_path": "fleet.serve.region_app:build_app", "args": {"region": "us-east", "pricing": "remote"},
+        "deployments": [{"name": "ingress-us-east", "user_config": {"model": MODEL}}],
     })
     cfg.pop("http_options", None)
     return cfg
@@ -61,9 +72,6 @@ def deploy_config(cfg: dict) -> None:
 @pytest.fixture(scope="session")
 def fleet_http():
     """Base URL of a live fleet: every region deployed on a real Ray Serve HAProxy ingress."""
-    from fleet.runtime.local import free_port, ray_env
-
-    os.environ.update(ray_env())
     import ray
     from ray import serve
 

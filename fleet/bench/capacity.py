@@ -130,7 +130,8 @@ def find_capacity(run_step, start: float, factor: float = 1.4, refine: int = 3,
 
 
 def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_ms: float,
-                 step_s: float, connections: int, start_rate: float, out: Path, log=print) -> dict:
+                 step_s: float, connections: int, start_rate: float, out: Path, log=print,
+                 meta: dict | None = None) -> dict:
     """``targets``: label -> (route prefix, prefix whose /stats counts late answers, or None).
 
     The first target is the reference (the noop app), the second the system under test.
@@ -175,6 +176,7 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
         "results": results,
         "ratio_capacity": round(sut["capacity_rps"] / ref["capacity_rps"], 3) if ref["capacity_rps"] else None,
         "ratio_saturation": round(sut["saturation_rps"] / ref["saturation_rps"], 3),
+        **(meta or {}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))

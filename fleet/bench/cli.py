@@ -38,6 +38,27 @@ def bench_ingress(seconds, connections):
     run_ingress(RESULTS / "ingress.json", seconds, connections, log=click.echo)
 
 
+@bench.command("inference")
+@click.option("--model", default="ctr/v1", show_default=True)
+@click.option("--seconds", default=1.5, show_default=True, help="Per backend and batch size.")
+@click.option("--threads", default=1, show_default=True)
+def bench_inference(model, seconds, threads):
+    """Rows/s and p99 per batch for every backend this machine has (GPU ones where present).
+
+    On a GPU machine without this venv: `python -m fleet.bench.inference run ...` with the .npz
+    this command writes (see docs/benchmarks.md).
+    """
+    from fleet.bench.inference import prepare, run
+    from fleet.ml.scorer import model_dir
+
+    npz = prepare(model, RESULTS / f"inference-{model.replace('/', '-')}.npz")
+    try:
+        run(npz, model_dir(model), RESULTS / f"inference-local-t{threads}.json", seconds, threads,
+            log=click.echo)
+    finally:
+        npz.unlink(missing_ok=True)
+
+
 @bench.command("capacity")
 @click.option("--region", default="us-east", show_default=True)
 @click.option("--slo-ms", default=15.0, show_default=True, help="p99 limit for a passing step.")
@@ -45,7 +66,8 @@ def bench_ingress(seconds, connections):
 @click.option("--connections", default=32, show_default=True)
 @click.option("--start-rate", default=300.0, show_default=True)
 @click.option("--port", default=8123, show_default=True, help="Ingress port of the bench's own Ray.")
-def bench_capacity(region, slo_ms, step_s, connections, start_rate, port):
+@click.option("--model", default=None, help="Price with this model version (e.g. ctr/v1); default rule.")
+def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model):
     """One region's capacity against a no-op Serve app, same ingress, same wrk, same run.
 
     Starts its own local Ray (HAProxy ingress, throughput settings) with the region and the noop
@@ -70,7 +92,7 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(region_app.build_app(RegionAppArgs(region=region)), name=f"bench-{region}",
+        serve.run(region_app.build_app(RegionAppArgs(region=region, model=model)), name=f"bench-{region}",
                   route_prefix=spec.route_prefix, blocking=False)
         serve.run(noop_app.build_app({"max_ongoing_requests": spec.max_ongoing_requests}),
                   name="bench-noop", route_prefix="/bench-noop", blocking=False)
@@ -82,7 +104,8 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port):
             base,
             {"noop": ("/bench-noop", None), region: (spec.route_prefix, spec.route_prefix)},
             region, slo_ms=slo_ms, step_s=step_s, connections=connections, start_rate=start_rate,
-            out=RESULTS / f"capacity-{region}.json", log=click.echo,
+            out=RESULTS / f"capacity-{region}{'-' + model.replace('/', '-') if model else ''}.json",
+            log=click.echo, meta={"pricing": f"model:{model}" if model else "rule"},
         )
     finally:
         serve.delete(f"bench-{region}")

@@ -13,6 +13,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from fleet.campaigns.catalog import Campaign, Creative
 from fleet.config import RegionsFile
 from fleet.openrtb import codec
@@ -40,6 +42,35 @@ class Answer:
     reason: str = ""
     degraded: tuple[str, ...] = ()
     spent: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request through stages 1-4, waiting for its candidates to be priced (locally, or by
+    the inference deployment when the region prices remotely)."""
+
+    req: BidRequest
+    version: str
+    dl: Deadline
+    user: UserContext
+    paced: list  # (imp, campaign, creative, deal id, floor, auction type) per candidate
+    had_candidates: bool
+    floors: dict[str, float]
+    tier: str
+    currency: str
+    wall: float
+    accept_encoding: str | None
+
+    def rows(self) -> np.ndarray:
+        """One feature row per candidate, in ``paced`` order: what the model is called with."""
+        builders: dict[str, FeatureBuilder] = {}
+        rows = []
+        for imp, c, cr, _deal, _floor, _at in self.paced:
+            fb = builders.get(imp.id)
+            if fb is None:
+                fb = builders[imp.id] = FeatureBuilder(self.req, imp, self.user, self.floors[imp.id])
+            rows.append(fb.row(c, cr))
+        return matrix(rows)
 
 
 class RegionBidder:
@@ -131,33 +162,6 @@ class RegionBidder:
             when=when,
         )
 
-    def _model_prices(self, req, paced, user, floors, dl: Deadline):
-        """Model prices for all candidate rows, or None (rule pricing, flagged) when it fails.
-
-        In-process scoring costs tens of microseconds for a few rows; if the pricing budget is
-        already gone there is no call at all.
-        """
-        scorer = self.scorer
-        if dl.over():
-            dl.degrade("pricing_rule_fallback")
-            self.stats["pricing.over_budget"] += 1
-            return None
-        try:
-            builders: dict[str, FeatureBuilder] = {}
-            rows = []
-            for imp, c, cr, _deal, _floor, _at in paced:
-                fb = builders.get(imp.id)
-                if fb is None:
-                    fb = builders[imp.id] = FeatureBuilder(req, imp, user, floors[imp.id])
-                rows.append(fb.row(c, cr))
-            ctrs = scorer.predict(matrix(rows))
-            return model_prices(ctrs, [p[1] for p in paced], [p[5] != 2 for p in paced],
-                                user.contextual_only, self.win_rate, f"model:{scorer.version}")
-        except Exception:  # a broken model must cost a rule price, never the request
-            dl.degrade("pricing_rule_fallback")
-            self.stats["pricing.model_error"] += 1
-            return None
-
     # -- the path -----------------------------------------------------------------------
 
     def bid(
@@ -169,6 +173,24 @@ class RegionBidder:
         version: str | None = None,
         arrival: float | None = None,
     ) -> Answer:
+        """The whole path in-process: stages 1-4, the local model (or rule), stages 5-8."""
+        p = self.begin(body, content_encoding=content_encoding, accept_encoding=accept_encoding,
+                       version=version, arrival=arrival)
+        if isinstance(p, Answer):
+            return p
+        ctrs = self.score_local(p)
+        return self.finish(p, ctrs, f"model:{self.scorer.version}" if ctrs is not None else "rule")
+
+    def begin(
+        self,
+        body: bytes,
+        *,
+        content_encoding: str | None = None,
+        accept_encoding: str | None = None,
+        version: str | None = None,
+        arrival: float | None = None,
+    ) -> "Answer | Pending":
+        """Stages 1-4. An early answer (400, 413, 204) or a request waiting for its prices."""
         arrival = now() if arrival is None else arrival
         self.stats["requests"] += 1
         defaults = self.config.defaults
@@ -254,11 +276,40 @@ class RegionBidder:
             and self.budget.can_spend(cand[1], cand[1].strategy.max_bid / 1000.0, wall)
         ]
 
-        # 5 pricing: the model for every candidate row in one call; the rule when it cannot.
         dl.start("pricing")
+        return Pending(req, ver, dl, user, paced, bool(candidates), floors, tier, cur, wall, accept_encoding)
+
+    def score_local(self, p: "Pending") -> np.ndarray | None:
+        """Click probabilities from the in-process model, or None (rule pricing, flagged).
+
+        In-process scoring costs tens of microseconds for a request's rows; if the pricing
+        budget is already gone there is no call at all, and a failing model costs a rule price,
+        never the request.
+        """
+        if self.scorer is None or not p.paced:
+            return None
+        if p.dl.over():
+            p.dl.degrade("pricing_rule_fallback")
+            self.stats["pricing.over_budget"] += 1
+            return None
+        try:
+            return self.scorer.predict(p.rows())
+        except Exception:
+            p.dl.degrade("pricing_rule_fallback")
+            self.stats["pricing.model_error"] += 1
+            return None
+
+    def finish(self, p: "Pending", ctrs: np.ndarray | None, source: str) -> Answer:
+        """Stages 5-8: model prices when ``ctrs`` came back (from ``source``), else the rule."""
+        req, dl, user, paced, floors, wall = p.req, p.dl, p.user, p.paced, p.floors, p.wall
+        defaults = self.config.defaults
+        # 5 pricing: the model's values for every candidate row; the rule when there are none.
         offers: dict[str, list[Offer]] = {}
         shade = defaults.first_price_shade
-        priced = self._model_prices(req, paced, user, floors, dl) if self.scorer is not None and paced else None
+        priced = None
+        if ctrs is not None:
+            priced = model_prices(ctrs, [c[1] for c in paced], [c[5] != 2 for c in paced],
+                                  user.contextual_only, self.win_rate, source)
         for n, (imp, c, cr, deal_id, floor, at) in enumerate(paced):
             price = priced[n] if priced is not None else rule_price(
                 c, first_price=at != 2, shade=shade, contextual_only=user.contextual_only)
@@ -273,12 +324,12 @@ class RegionBidder:
         dl.start("auction")
         winners = choose(offers)
         if not winners:
-            return self._no_bid(NBR.UNKNOWN, "no_eligible_bid" if not candidates else "no_bid_above_floor", dl)
+            return self._no_bid(NBR.UNKNOWN, "no_bid_above_floor" if p.had_candidates else "no_eligible_bid", dl)
 
         # 8 respond
         dl.start("respond")
         imps = {imp.id: imp for imp in req.imp}
-        ext = {"fleet": {"region": self.region, "tier": tier,
+        ext = {"fleet": {"region": self.region, "tier": p.tier,
                          "pricing": next(iter(winners.values())).source}}
         if dl.degraded:
             ext["fleet"]["degraded"] = list(dl.degraded)
@@ -286,10 +337,10 @@ class RegionBidder:
             ext["fleet"]["contextual"] = user.reason
         resp = build_response(
             req.id, winners, imps, base_url=self.base_url, region=self.region,
-            seat=defaults.seat, currency=cur, rate=1.0 / self.rates[cur], ids=self.ids,
+            seat=defaults.seat, currency=p.currency, rate=1.0 / self.rates[p.currency], ids=self.ids,
             ts_ms=int(wall * 1000), ext=ext,
         )
-        out, gz = codec.maybe_gzip(codec.encode_response(resp), accept_encoding)
+        out, gz = codec.maybe_gzip(codec.encode_response(resp), p.accept_encoding)
         dl.finish()
         if dl.expired():
             self.stats["late_suppressed"] += 1
@@ -300,7 +351,7 @@ class RegionBidder:
             self.freq.record(user.user_id, o.campaign, wall)
         self.stats["bids"] += len(winners)
         self.stats["answered_bid"] += 1
-        headers = {"content-type": JSON, "x-openrtb-version": ver}
+        headers = {"content-type": JSON, "x-openrtb-version": p.version}
         if gz:
             headers["content-encoding"] = "gzip"
         return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl))

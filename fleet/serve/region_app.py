@@ -7,6 +7,7 @@ and turn its ``Answer`` into a response. Routes under the region's prefix:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import msgspec
@@ -19,7 +20,7 @@ import numpy as np
 from fleet.campaigns.catalog import load_catalog
 from fleet.config import RegionAppArgs, load_regions
 from fleet.ml.features import N_FEATURES
-from fleet.pipeline.bidder import RegionBidder
+from fleet.pipeline.bidder import Answer, RegionBidder
 from fleet.pipeline.deadline import now
 from fleet.pipeline.notices import NoticeCounter
 
@@ -47,8 +48,11 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 class RegionIngress:
-    def __init__(self, args: dict):
+    def __init__(self, args: dict, inference=None):
         a = RegionAppArgs.model_validate(args)
+        self.inference = inference  # DeploymentHandle of the region's inference, when remote
+        self.model = None  # the version remote pricing asks for
+        self.warm = None  # the version already loaded on the inference side
         config = load_regions(a.regions_file)
         catalog = load_catalog(a.catalog or config.defaults.catalog)
         self.region = a.region
@@ -79,9 +83,44 @@ class RegionIngress:
         self.bidder.scorer = scorer  # one assignment: requests see the old or the new, never half
         self.model_error = ""
 
+    async def _bid_remote(self, body: bytes, kw: dict):
+        """Stages 1-4 here, prices from the inference deployment within the pricing budget,
+        stages 5-8 here; a late or failed call (replica gone, overloaded) prices by rule."""
+        p = self.bidder.begin(body, **kw)
+        if isinstance(p, Answer):
+            return p
+        ctrs, source = None, "rule"
+        if p.paced and self.model and self.warm != self.model:
+            # The first call of a version loads it on an inference replica, which takes longer
+            # than any pricing budget: do that once, unbounded, off this request's path.
+            self.warm = self.model
+            asyncio.get_running_loop().create_task(self._warm_up(self.model, p.rows()))
+            p.dl.degrade("pricing_rule_fallback")
+        elif p.paced and self.model:
+            budget = p.dl.stage_deadline("pricing") - now()
+            try:
+                if budget <= 0:
+                    raise TimeoutError
+                call = self.inference.options(multiplexed_model_id=self.model).remote(p.rows())
+                ctrs, source = await asyncio.wait_for(call, budget), f"model:{self.model}"
+            except Exception as exc:  # timeout, dead replica, anything: the rule price stands
+                p.dl.degrade("pricing_rule_fallback")
+                self.bidder.stats[f"pricing.remote_{type(exc).__name__}"] += 1
+        return self.bidder.finish(p, ctrs, source)
+
+    async def _warm_up(self, model: str, rows) -> None:
+        try:
+            await self.inference.options(multiplexed_model_id=model).remote(rows)
+        except Exception as exc:
+            self.warm = None  # try again on a later request
+            log.warning("inference warm-up for %s failed: %s", model, exc)
+
     def reconfigure(self, user_config: dict) -> None:
         """``user_config: {model: name/version}`` in serve_config.yaml: switch in place."""
         spec = (user_config or {}).get("model")
+        if self.inference is not None:
+            self.model = spec  # the inference replicas load it (multiplexed) on first use
+            return
         current = self.bidder.scorer.version if self.bidder.scorer else None
         if spec and spec != current:
             self._load_model(spec)
@@ -104,13 +143,12 @@ class RegionIngress:
             if body is None:
                 return _json_response(413, {"error": "body over the size limit", "nbr": 2})
             h = request.headers
-            a = self.bidder.bid(
-                body,
-                content_encoding=h.get("content-encoding"),
-                accept_encoding=h.get("accept-encoding"),
-                version=h.get("x-openrtb-version"),
-                arrival=arrival,
-            )
+            kw = {"content_encoding": h.get("content-encoding"), "accept_encoding": h.get("accept-encoding"),
+                  "version": h.get("x-openrtb-version"), "arrival": arrival}
+            if self.inference is None:
+                a = self.bidder.bid(body, **kw)
+            else:
+                a = await self._bid_remote(body, kw)
             return Response(a.body, status_code=a.status, headers=a.headers)
         if path.startswith("/notice/") and method == "GET":
             status, reason = self.notices.handle(path[8:], request.url.query, self.region)
@@ -134,10 +172,18 @@ def build_app(args: RegionAppArgs) -> serve.Application:
     if isinstance(args, dict):
         args = RegionAppArgs.model_validate(args)
     spec = load_regions(args.regions_file).regions[args.region]
+    inference = None
+    if args.pricing == "remote":
+        from fleet.serve.inference_app import DEFAULT_BATCH, Inference
+
+        inference = Inference.options(
+            name=f"inference-{args.region}", num_replicas=args.inference_replicas,
+            ray_actor_options={"num_cpus": 0, "num_gpus": args.num_gpus}, user_config=DEFAULT_BATCH,
+        ).bind({"backend": args.model_backend})
     return RegionIngress.options(
         name=f"ingress-{args.region}",
         user_config={"model": args.model},
         num_replicas=spec.replicas,
         max_ongoing_requests=spec.max_ongoing_requests,
         ray_actor_options={"num_cpus": spec.num_cpus},
-    ).bind(args.model_dump(exclude={"model"}))  # the model travels in user_config only
+    ).bind(args.model_dump(exclude={"model"}), inference)  # the model travels in user_config only

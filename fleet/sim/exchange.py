@@ -91,7 +91,8 @@ class Exchanges:
         self.regions = regions  # RegionsFile
         self.campaigns = {c.id: c for c in campaigns}
         self.cfg = cfg
-        self.rng = random.Random(cfg.seed)
+        self.rng = random.Random(cfg.seed)  # notices: faults and clicks
+        self.opp_rng = random.Random(cfg.seed + 3)  # the stream: identical whatever the fleet does
         self.records: list[AuctionRecord] = []
         self.notices: Counter[str] = Counter()  # delivered (HTTP 200) per kind
         self.notice_outcomes: Counter[str] = Counter()  # planned/dropped/duplicated/late per kind
@@ -236,8 +237,8 @@ class Exchanges:
                 delay = start + t - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                region = self.rng.choices(self.region_names, self.region_weights)[0]
-                opp = self.market.opportunity(self.rng, region)
+                region = self.opp_rng.choices(self.region_names, self.region_weights)[0]
+                opp = self.market.opportunity(self.opp_rng, region)
                 src = region  # the exchange sits in the region it sends to
                 rec = AuctionRecord(opp=opp, t=t, network_ms=self.regions.latency_ms[src][region])
                 self.records.append(rec)

@@ -1,0 +1,66 @@
+"""The inference deployment: batched model scoring for regions that price remotely (GPU regions).
+
+Thin: ``@serve.multiplexed`` keeps up to two model versions loaded per replica (a canary beside
+the current version), ``@serve.batch`` gathers the rows of concurrent requests into one model
+call and hands each caller back its own rows. Batch size and wait are ``user_config`` so they
+can be tuned in place. The ingress calls it with all candidate rows of one request and waits no
+longer than its pricing budget (``fleet.serve.region_app``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from fleet.ml.features import N_FEATURES
+from fleet.ml.scorer import Scorer, load_scorer
+
+DEFAULT_BATCH = {"max_batch_size": 256, "batch_wait_timeout_s": 0.0005}
+
+
+def split_rows(scorer: Scorer, parts: list[np.ndarray]) -> list[np.ndarray]:
+    """One model call over the concatenated parts, cut back into one result per part."""
+    sizes = [len(p) for p in parts]
+    out = scorer.predict(np.concatenate(parts).astype(np.float32, copy=False)) if sum(sizes) else np.empty(0)
+    return list(np.split(np.asarray(out), np.cumsum(sizes)[:-1]))
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+class Inference:
+    def __init__(self, args: dict | None = None):
+        args = args or {}
+        self.backend = args.get("backend", "auto")
+        self.threads = int(args.get("threads", 1))
+
+    def reconfigure(self, config: dict) -> None:
+        cfg = {**DEFAULT_BATCH, **(config or {})}
+        self.score.set_max_batch_size(int(cfg["max_batch_size"]))
+        self.score.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
+
+    @serve.multiplexed(max_num_models_per_replica=2)
+    async def get_model(self, model_id: str) -> Scorer:
+        scorer = load_scorer(model_id, self.backend, self.threads)
+        scorer.predict(np.zeros((1, N_FEATURES), np.float32))  # warm up before first use
+        return scorer
+
+    @serve.batch(**DEFAULT_BATCH)
+    async def score(self, items: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        # A batch may mix versions during a canary: one model call per version.
+        out: list[np.ndarray | None] = [None] * len(items)
+        by_model: dict[str, list[int]] = {}
+        for i, (model_id, _) in enumerate(items):
+            by_model.setdefault(model_id, []).append(i)
+        for model_id, idx in by_model.items():
+            scorer = await self.get_model(model_id)
+            for i, res in zip(idx, split_rows(scorer, [items[i][1] for i in idx])):
+                out[i] = res
+        return out
+
+    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return await self.score((serve.get_multiplexed_model_id(), rows))
+
+
+def build_app(args: dict | None = None) -> serve.Application:
+    """Standalone (benchmarks, tests); regions bind it inside their own app (region_app)."""
+    args = args or {}
+    return Inference.options(name="inference").bind(args)
