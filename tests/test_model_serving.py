@@ -165,3 +165,30 @@ def test_version_switch_under_load_is_in_place_with_zero_errors(fleet_http):
         switch(MODEL)
         while httpx.get(f"{fleet_http}/model/us-east/ready").json()["pricing"] != f"model:{MODEL}":
             time.sleep(0.2)
+
+
+def test_win_rate_model_learns_a_publisher_from_notices():
+    """Outbid or not against a market whose median winning price is 3.0: m moves to ~3."""
+    rng = np.random.default_rng(3)
+    w = WinRateModel(median_cpm=1.5, slope=3.0)
+    for _ in range(4000):
+        bid = float(np.exp(rng.uniform(np.log(0.5), np.log(12))))
+        competing = float(np.exp(np.log(3.0) + rng.logistic(0, 1 / 3.0)))
+        w.update("pub-x", bid, bid > competing)
+    assert abs(np.exp(w.log_m("pub-x")) - 3.0) < 0.45
+    assert w.log_m("unknown") == pytest.approx(np.log(1.5))
+    v = np.array([6.0])
+    assert w.shade(v, "pub-x")[0] > w.shade(v, None)[0]  # a dearer publisher: shade less
+
+
+def test_notices_feed_the_bidders_win_rate_model(regions, scorer):
+    from fleet.pipeline.notices import parse_notice
+
+    bidder = RegionBidder("us-east", regions, load_catalog(regions.defaults.catalog), scorer=scorer)
+    a = bidder.bid(json.dumps(REQ).encode(), version="2.6")
+    bid = json.loads(a.body)["seatbid"][0]["bid"][0]
+    assert "&p=pub-3&" in bid["lurl"] and "&b=" in bid["lurl"]
+    query = bid["lurl"].split("?", 1)[1].replace("${AUCTION_LOSS}", "102").replace("${AUCTION_MIN_TO_WIN}", "9")
+    before = bidder.win_rate.log_m("pub-3")
+    bidder.learn(parse_notice("loss", query, "us-east"))
+    assert bidder.win_rate.log_m("pub-3") > before  # outbid: winning costs more there than we thought

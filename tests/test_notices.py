@@ -41,7 +41,8 @@ def test_bad_notices_are_refused(kind, query, status):
 
 def test_counter_counts_valid_and_refused():
     n = NoticeCounter()
-    assert n.handle("bill", Q + "&px=2.5", "us-east") == (200, "")
+    status, reason, notice = n.handle("bill", Q + "&px=2.5&p=pub-3&b=2.7", "us-east")
+    assert (status, reason, notice.publisher, notice.our_bid) == (200, "", "pub-3", 2.7)
     assert n.handle("bill", Q + "&px=${AUCTION_PRICE}", "us-east")[0] == 400
     assert n.counts["bill"] == 1 and n.counts["bill.refused"] == 1
     assert n.spend_cpm["c-banner-us"] == 2.5

@@ -59,6 +59,17 @@ def bench_inference(model, seconds, threads):
         npz.unlink(missing_ok=True)
 
 
+@bench.command("batching")
+@click.option("--model", default="ctr/v1", show_default=True)
+@click.option("--seconds", default=4.0, show_default=True)
+@click.option("--port", default=8125, show_default=True)
+def bench_batching(model, seconds, port):
+    """Served, batched inference vs a bare ONNX Runtime session at the same rows per call."""
+    from fleet.bench.batching import run_batching
+
+    run_batching(model, RESULTS / "batching.json", port, seconds, log=click.echo)
+
+
 @bench.command("capacity")
 @click.option("--region", default="us-east", show_default=True)
 @click.option("--slo-ms", default=15.0, show_default=True, help="p99 limit for a passing step.")
@@ -73,19 +84,21 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model)
     Starts its own local Ray (HAProxy ingress, throughput settings) with the region and the noop
     app on one replica each, unless RAY_ADDRESS is set, and stops what it started.
     """
+    from fleet.runtime import local
+
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.update(local.ray_env())  # before Ray is imported: it reads these then
     import ray
     from ray import serve
 
     from fleet.bench.capacity import run_capacity
     from fleet.cli import wait_ready
     from fleet.config import RegionAppArgs
-    from fleet.runtime import local
     from fleet.serve import noop_app, region_app
 
     spec = load_regions().regions[region]
     started = False
     if not os.environ.get("RAY_ADDRESS"):
-        os.environ.update(local.ray_env())
         ray.init(include_dashboard=False, log_to_driver=False)
         started = True
     else:

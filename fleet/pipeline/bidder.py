@@ -44,6 +44,13 @@ class Answer:
     spent: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
 
 
+def publisher_of(req: BidRequest) -> str | None:
+    inv = req.site if req.site is not None else req.app
+    if inv is None:
+        return None
+    return inv.publisher.id if inv.publisher is not None and inv.publisher.id else inv.id
+
+
 @dataclass(slots=True)
 class Pending:
     """A request through stages 1-4, waiting for its candidates to be priced (locally, or by
@@ -135,6 +142,15 @@ class RegionBidder:
         dl.finish()
         return {**dl.spent, "total": now() - dl.arrival}
 
+    def learn(self, notice) -> None:
+        """Win and loss notices teach the win-rate model (loss reason 102: outbid)."""
+        if notice is None or notice.publisher is None or notice.our_bid is None:
+            return
+        if notice.kind == "win":
+            self.win_rate.update(notice.publisher, notice.our_bid, True)
+        elif notice.kind == "loss" and notice.loss_reason == 102:
+            self.win_rate.update(notice.publisher, notice.our_bid, False)
+
     def clock_dt(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
 
@@ -164,18 +180,12 @@ class RegionBidder:
 
     # -- the path -----------------------------------------------------------------------
 
-    def bid(
-        self,
-        body: bytes,
-        *,
-        content_encoding: str | None = None,
-        accept_encoding: str | None = None,
-        version: str | None = None,
-        arrival: float | None = None,
-    ) -> Answer:
-        """The whole path in-process: stages 1-4, the local model (or rule), stages 5-8."""
-        p = self.begin(body, content_encoding=content_encoding, accept_encoding=accept_encoding,
-                       version=version, arrival=arrival)
+    def bid(self, body: bytes, **http) -> Answer:
+        """The whole path in-process: stages 1-4, the local model (or rule), stages 5-8.
+
+        ``http``: the keyword arguments of ``begin`` (encodings, version header, arrival).
+        """
+        p = self.begin(body, **http)
         if isinstance(p, Answer):
             return p
         ctrs = self.score_local(p)
@@ -309,7 +319,7 @@ class RegionBidder:
         priced = None
         if ctrs is not None:
             priced = model_prices(ctrs, [c[1] for c in paced], [c[5] != 2 for c in paced],
-                                  user.contextual_only, self.win_rate, source)
+                                  user.contextual_only, self.win_rate, source, publisher_of(req))
         for n, (imp, c, cr, deal_id, floor, at) in enumerate(paced):
             price = priced[n] if priced is not None else rule_price(
                 c, first_price=at != 2, shade=shade, contextual_only=user.contextual_only)
@@ -336,7 +346,7 @@ class RegionBidder:
         if user.contextual_only:
             ext["fleet"]["contextual"] = user.reason
         resp = build_response(
-            req.id, winners, imps, base_url=self.base_url, region=self.region,
+            req.id, winners, imps, base_url=self.base_url, region=self.region, publisher=publisher_of(req),
             seat=defaults.seat, currency=p.currency, rate=1.0 / self.rates[p.currency], ids=self.ids,
             ts_ms=int(wall * 1000), ext=ext,
         )

@@ -37,6 +37,8 @@ class Notice:
     price: float | None  # clearing price (win/bill) or minimum to win (loss), CPM
     currency: str | None
     loss_reason: int | None
+    publisher: str | None = None
+    our_bid: float | None = None  # what we bid, CPM (from the bid's own URL)
 
 
 def _price(raw: str | None, required: bool) -> float | None:
@@ -92,6 +94,8 @@ def parse_notice(kind: str, query: str, region: str) -> Notice:
         price=_price(q.get("px"), required=kind in ("win", "bill")),
         currency=q.get("cur") if q.get("cur") and not q["cur"].startswith("${") else None,
         loss_reason=loss,
+        publisher=q.get("p") or None,
+        our_bid=_price(q.get("b"), required=False),
     )
 
 
@@ -102,13 +106,13 @@ class NoticeCounter:
         self.counts: Counter[str] = Counter()
         self.spend_cpm: Counter[str] = Counter()
 
-    def handle(self, kind: str, query: str, region: str) -> tuple[int, str]:
+    def handle(self, kind: str, query: str, region: str) -> tuple[int, str, Notice | None]:
         try:
             n = parse_notice(kind, query, region)
         except NoticeError as exc:
             self.counts[f"{kind}.refused"] += 1
-            return exc.status, exc.reason
+            return exc.status, exc.reason, None
         self.counts[kind] += 1
         if kind == "bill" and n.price is not None:
             self.spend_cpm[n.campaign] += n.price
-        return 200, ""
+        return 200, "", n

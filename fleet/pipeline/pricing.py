@@ -63,32 +63,56 @@ def click_value(c: Campaign) -> float:
 class WinRateModel:
     """P(win | bid) = sigmoid(slope * (ln bid - ln m)): logistic in the log of the bid.
 
-    ``m`` is the bid that wins half the time. The population prior stands until win and loss
-    feedback fits ``m`` per publisher and segment (Pan et al., AdKDD 2020, "Bid shading by
-    win-rate estimation and surplus maximization").
+    ``m`` is the bid that wins half the time, kept per publisher and learned online from this
+    region's own win and loss notices (one gradient step on the log-likelihood per notice),
+    starting from a population prior; unknown publishers use the prior. See Pan et al., AdKDD
+    2020, "Bid shading by win-rate estimation and surplus maximization".
     """
 
     GRID = np.linspace(0.05, 1.0, 40)
 
-    def __init__(self, median_cpm: float = 1.5, slope: float = 3.0):
-        self.log_m = float(np.log(median_cpm))
+    def __init__(self, median_cpm: float = 1.5, slope: float = 3.0, learning_rate: float = 0.05,
+                 max_keys: int = 100_000):
+        self.prior = float(np.log(median_cpm))
         self.slope = slope
+        self.lr = learning_rate
+        self.max_keys = max_keys
+        self.fitted: dict[str, tuple[float, int]] = {}  # key -> (ln m, observations)
 
-    def shade(self, values: np.ndarray) -> np.ndarray:
+    def log_m(self, key: str | None) -> float:
+        entry = self.fitted.get(key) if key is not None else None
+        return self.prior if entry is None else entry[0]
+
+    def update(self, key: str, bid_cpm: float, won: bool) -> None:
+        if bid_cpm <= 0:
+            return
+        theta, n = self.fitted.get(key, (self.prior, 0))
+        p = 1.0 / (1.0 + np.exp(-self.slope * (np.log(bid_cpm) - theta)))
+        # d logL / d ln m = -k (y - p); the step shrinks as evidence accumulates, with a floor
+        # so a publisher whose market moves is followed.
+        step = max(self.lr / (1.0 + n / 100.0), 0.003)
+        theta -= step * self.slope * ((1.0 if won else 0.0) - p)
+        if key not in self.fitted and len(self.fitted) >= self.max_keys:
+            return  # bounded: new keys wait; the prior serves them
+        self.fitted[key] = (float(theta), n + 1)
+
+    def shade(self, values: np.ndarray, key: str | None = None) -> np.ndarray:
         """The first-price bid maximising expected surplus (v - b) * W(b), per value."""
         bids = values[:, None] * self.GRID[None, :]
-        win = 1.0 / (1.0 + np.exp(-self.slope * (np.log(np.maximum(bids, 1e-9)) - self.log_m)))
+        log_m = self.log_m(key)
+        win = 1.0 / (1.0 + np.exp(-self.slope * (np.log(np.maximum(bids, 1e-9)) - log_m)))
         best = np.argmax((values[:, None] - bids) * win, axis=1)
         return bids[np.arange(len(values)), best]
 
 
 def model_prices(ctrs: np.ndarray, campaigns: list[Campaign], first_price: list[bool],
-                 contextual_only: bool, win_rate: WinRateModel, source: str) -> list[Price]:
+                 contextual_only: bool, win_rate: WinRateModel, source: str,
+                 publisher: str | None = None) -> list[Price]:
     """Value from the predicted click probability and the campaign's goal; shaded in first price."""
     values = np.array([1000.0 * p * click_value(c) for p, c in zip(ctrs, campaigns)])
     if contextual_only:
         values *= CONTEXTUAL_MULTIPLIER
-    shaded = win_rate.shade(values) if any(first_price) else values
+    shaded = win_rate.shade(values, publisher) if any(first_price) else values
     return [
         Price(value=float(v), bid=float(min(s if fp else v, c.strategy.max_bid)), source=source)
         for v, s, fp, c in zip(values, shaded, first_price, campaigns)

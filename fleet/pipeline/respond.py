@@ -31,11 +31,18 @@ class BidIds:
         return f"{self.tag}{next(self._n):x}"
 
 
-def notice_urls(base: str, bid_id: str, offer: Offer, region: str, ts_ms: int) -> tuple[str, str, str]:
-    """nurl, burl, lurl with ${...} macros left for the exchange to substitute."""
+def notice_urls(base: str, bid_id: str, offer: Offer, region: str, ts_ms: int,
+                publisher: str | None = None) -> tuple[str, str, str]:
+    """nurl, burl, lurl with ${...} macros left for the exchange to substitute.
+
+    Besides the bid's identity they carry the publisher and our bid (CPM, fleet currency), so a
+    win or a loss can teach the win-rate model what that bid bought on that publisher.
+    """
     ident = (
         f"bid={bid_id}&c={quote(offer.campaign.id)}&cr={quote(offer.creative.id)}"
-        f"&r={region}&t={ts_ms}&auc=${{AUCTION_ID}}&imp=${{AUCTION_IMP_ID}}"
+        f"&r={region}&t={ts_ms}&b={offer.price:.4f}"
+        + (f"&p={quote(publisher)}" if publisher else "")
+        + "&auc=${AUCTION_ID}&imp=${AUCTION_IMP_ID}"
     )
     priced = ident + "&px=${AUCTION_PRICE}&cur=${AUCTION_CURRENCY}"
     return (
@@ -115,12 +122,13 @@ def build_response(
     ids: BidIds,
     ts_ms: int,
     ext: dict | None,
+    publisher: str | None = None,
 ) -> BidResponse:
     """``rate`` converts fleet-currency prices into the response currency (units per USD)."""
     bids = []
     for imp_id, o in winners.items():
         bid_id = ids()
-        nurl, burl, lurl = notice_urls(base_url, bid_id, o, region, ts_ms)
+        nurl, burl, lurl = notice_urls(base_url, bid_id, o, region, ts_ms, publisher)
         cr, imp = o.creative, imps[imp_id]
         bids.append(
             Bid(

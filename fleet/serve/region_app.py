@@ -23,6 +23,7 @@ from fleet.ml.features import N_FEATURES
 from fleet.pipeline.bidder import Answer, RegionBidder
 from fleet.pipeline.deadline import now
 from fleet.pipeline.notices import NoticeCounter
+from fleet.serve.microbatch import MicroBatcher
 
 _json = msgspec.json.Encoder()
 log = logging.getLogger("ray.serve")
@@ -53,6 +54,7 @@ class RegionIngress:
         self.inference = inference  # DeploymentHandle of the region's inference, when remote
         self.model = None  # the version remote pricing asks for
         self.warm = None  # the version already loaded on the inference side
+        self.batchers: dict[str, MicroBatcher] = {}
         config = load_regions(a.regions_file)
         catalog = load_catalog(a.catalog or config.defaults.catalog)
         self.region = a.region
@@ -101,12 +103,20 @@ class RegionIngress:
             try:
                 if budget <= 0:
                     raise TimeoutError
-                call = self.inference.options(multiplexed_model_id=self.model).remote(p.rows())
+                call = self._batcher(self.model)(p.rows())
                 ctrs, source = await asyncio.wait_for(call, budget), f"model:{self.model}"
             except Exception as exc:  # timeout, dead replica, anything: the rule price stands
                 p.dl.degrade("pricing_rule_fallback")
                 self.bidder.stats[f"pricing.remote_{type(exc).__name__}"] += 1
         return self.bidder.finish(p, ctrs, source)
+
+    def _batcher(self, model: str) -> MicroBatcher:
+        """One micro-batcher per model version: concurrent requests share one handle call."""
+        b = self.batchers.get(model)
+        if b is None:
+            handle = self.inference.options(multiplexed_model_id=model)
+            b = self.batchers[model] = MicroBatcher(lambda rows: handle.remote(rows))
+        return b
 
     async def _warm_up(self, model: str, rows) -> None:
         try:
@@ -151,8 +161,9 @@ class RegionIngress:
                 a = await self._bid_remote(body, kw)
             return Response(a.body, status_code=a.status, headers=a.headers)
         if path.startswith("/notice/") and method == "GET":
-            status, reason = self.notices.handle(path[8:], request.url.query, self.region)
+            status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region)
             if status == 200:
+                self.bidder.learn(notice)
                 return Response(b"", status_code=200)
             return _json_response(status, {"error": reason})
         if path == "/ready":

@@ -1,0 +1,113 @@
+"""Batched inference through Serve against a bare ONNX Runtime session, same rows per model call.
+
+Many concurrent callers each send the candidate rows of one bid request (16 rows); the inference
+deployment's ``@serve.batch`` gathers up to ``max_batch_size`` callers into one model call. The
+reference, measured in the same run on the same machine, is a bare ONNX Runtime session of the
+same backend scoring the same rows in calls of the same size. The ratio is what the deployment
+(routing, batching, serialisation) costs on top of the model itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROWS_PER_CALLER = 16
+
+
+def bare_rows_per_s(scorer, X: np.ndarray, rows_per_call: int, seconds: float) -> float:
+    chunk = np.ascontiguousarray(np.resize(X, (rows_per_call, X.shape[1])), dtype=np.float32)
+    scorer.predict(chunk)
+    n, end = 0, time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    while time.perf_counter() < end:
+        scorer.predict(chunk)
+        n += rows_per_call
+    return n / (time.perf_counter() - t0)
+
+
+async def served_rows_per_s(handle, X: np.ndarray, callers: int, seconds: float,
+                            micro: bool = False) -> tuple[float, float]:
+    """(rows/s, nominal rows per model call) with ``callers`` concurrent request loops; with
+    ``micro`` the callers share handle calls through the ingress's micro-batcher."""
+    parts = [np.ascontiguousarray(np.resize(X[i:], (ROWS_PER_CALLER, X.shape[1])), dtype=np.float32)
+             for i in range(callers)]
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    call = handle.remote
+    if micro:
+        from fleet.serve.microbatch import MicroBatcher
+
+        call = MicroBatcher(lambda rows: handle.remote(rows), max_rows=ROWS_PER_CALLER * callers)
+
+    async def loop(part):
+        nonlocal done
+        while time.perf_counter() < stop:
+            await call(part)
+            done += len(part)
+
+    await asyncio.gather(*(handle.remote(p) for p in parts[:4]))  # warm-up
+    t0 = time.perf_counter()
+    await asyncio.gather(*(loop(p) for p in parts))
+    return done / (time.perf_counter() - t0), float(ROWS_PER_CALLER * callers)
+
+
+def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=print) -> dict:
+    from fleet.runtime.local import ray_env
+
+    os.environ.update(ray_env())  # before Ray is imported: it reads these then
+    import ray
+    from ray import serve
+
+    from fleet.bench.inference import prepare
+    from fleet.ml.scorer import load_scorer
+    from fleet.serve.inference_app import Inference
+
+    npz = prepare(model, out.with_suffix(".npz"))
+    X = np.load(npz)["X"].astype(np.float32)
+    npz.unlink()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    rows = []
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        bare = load_scorer(model, "onnx-cpu", threads=1)
+        for max_batch, micro in ((1, False), (16, False), (64, False), (256, False), (1, True), (16, True)):
+            app = Inference.options(name="inference", max_ongoing_requests=max(256, max_batch),
+                                    user_config={"max_batch_size": max_batch, "batch_wait_timeout_s": 0.002}
+                                    ).bind({"backend": "onnx-cpu", "threads": 1})
+            serve.run(app, name="bench-inference", route_prefix=None)
+
+            async def measure():
+                h = serve.get_app_handle("bench-inference").options(multiplexed_model_id=model)
+                try:
+                    return await served_rows_per_s(h, X, callers=256 if micro else max_batch,
+                                                   seconds=seconds, micro=micro)
+                finally:
+                    from ray.serve.context import _get_global_client
+
+                    await _get_global_client().shutdown_cached_handles_async()
+
+            served, rows_per_call = asyncio.run(measure())
+            ref = bare_rows_per_s(bare, X, int(rows_per_call), seconds)
+            row = {"max_batch_size": max_batch, "caller_micro_batching": micro, "rows_per_call": int(rows_per_call),
+                   "served_rows_per_s": round(served, 1), "bare_rows_per_s": round(ref, 1),
+                   "ratio": round(served / ref, 3)}
+            log(f"  batch {max_batch:>4}{' +micro' if micro else '       '} x {ROWS_PER_CALLER} rows: served {served:>10,.0f} rows/s  "
+                f"bare ORT {ref:>10,.0f} rows/s  ratio {served / ref:.2f}")
+            rows.append(row)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    doc = {"benchmark": "batching", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"cpus": os.cpu_count()}, "model": model, "backend": "onnx-cpu (1 thread)",
+           "method": "concurrent callers of 16 rows each through a handle; bare ORT at the same rows per call",
+           "results": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    return doc

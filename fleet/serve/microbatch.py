@@ -1,0 +1,58 @@
+"""A per-replica micro-batcher: gather the rows of concurrent requests into one outgoing call.
+
+A call that leaves the process costs about a millisecond of Python on each side whatever it
+carries (docs/benchmarks.md, served batching), so concurrent requests of one ingress replica
+share calls: the first waiter opens a window (sub-millisecond), the window closes early when
+enough rows are waiting, and one call carries all of them; each waiter gets its own slice back.
+Plain asyncio, no Ray: ``send`` is whatever makes the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+
+class MicroBatcher:
+    def __init__(self, send: Callable[[np.ndarray], Awaitable[np.ndarray]], *,
+                 window_s: float = 0.0005, max_rows: int = 1024):
+        self.send = send
+        self.window_s = window_s
+        self.max_rows = max_rows
+        self._parts: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._rows = 0
+        self._full: asyncio.Event | None = None
+        self.calls = 0
+
+    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        fut = asyncio.get_running_loop().create_future()
+        self._parts.append((rows, fut))
+        self._rows += len(rows)
+        if len(self._parts) == 1:
+            self._full = asyncio.Event()
+            asyncio.get_running_loop().create_task(self._flush_later(self._full))
+        elif self._rows >= self.max_rows and self._full is not None:
+            self._full.set()
+        return await fut
+
+    async def _flush_later(self, full: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(full.wait(), self.window_s)
+        except asyncio.TimeoutError:
+            pass
+        parts, self._parts, self._rows, self._full = self._parts, [], 0, None
+        self.calls += 1
+        try:
+            out = np.asarray(await self.send(np.concatenate([p for p, _ in parts])))
+        except BaseException as exc:  # every waiter learns of the failure, none hangs
+            for _, fut in parts:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+            return
+        start = 0
+        for rows, fut in parts:
+            if not fut.done():  # a waiter that timed out has gone; its slice is dropped
+                fut.set_result(out[start:start + len(rows)])
+            start += len(rows)

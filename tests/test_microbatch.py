@@ -1,0 +1,83 @@
+"""The ingress micro-batcher: shared calls, own slices, early flush, failures reach everyone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from fleet.serve.microbatch import MicroBatcher
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_callers_share_one_call_and_get_their_own_rows():
+    sent = []
+
+    async def send(rows):
+        sent.append(len(rows))
+        await asyncio.sleep(0)
+        return rows[:, 0] * 2
+
+    async def main():
+        b = MicroBatcher(send, window_s=0.01)
+        parts = [np.full((n, 3), float(i)) for i, n in enumerate((1, 4, 2, 7))]
+        outs = await asyncio.gather(*(b(p) for p in parts))
+        return parts, outs, b.calls
+
+    parts, outs, calls = _run(main())
+    assert calls == 1 and sent == [14]
+    for p, o in zip(parts, outs):
+        assert np.array_equal(o, p[:, 0] * 2)
+
+
+def test_a_full_window_flushes_early():
+    async def send(rows):
+        return rows[:, 0]
+
+    async def main():
+        b = MicroBatcher(send, window_s=5.0, max_rows=8)
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.gather(*(b(np.ones((4, 2))) for _ in range(2)))
+        return asyncio.get_running_loop().time() - t0
+
+    assert _run(main()) < 1.0  # not the 5 s window
+
+
+def test_a_failed_call_fails_every_waiter_and_the_next_window_works():
+    calls = {"n": 0}
+
+    async def send(rows):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("replica died")
+        return rows[:, 0]
+
+    async def main():
+        b = MicroBatcher(send, window_s=0.005)
+        first = await asyncio.gather(*(b(np.ones((2, 2))) for _ in range(3)), return_exceptions=True)
+        second = await b(np.ones((2, 2)))
+        return first, second
+
+    first, second = _run(main())
+    assert all(isinstance(r, ConnectionError) for r in first)
+    assert np.array_equal(second, np.ones(2))
+
+
+def test_a_waiter_that_gives_up_does_not_disturb_the_others():
+    async def send(rows):
+        await asyncio.sleep(0.05)
+        return rows[:, 0]
+
+    async def main():
+        b = MicroBatcher(send, window_s=0.001)
+        impatient = asyncio.wait_for(b(np.zeros((1, 2))), 0.01)
+        patient = b(np.ones((3, 2)))
+        return await asyncio.gather(impatient, patient, return_exceptions=True)
+
+    impatient, patient = _run(main())
+    assert isinstance(impatient, asyncio.TimeoutError)
+    assert np.array_equal(patient, np.ones(3))
