@@ -119,7 +119,7 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
     click.echo("\nregional endpoints:")
     for name, prefix in regions.items():
         click.echo(f"  {name:<14} POST {state.http}{prefix}/openrtb2/bid")
-    click.echo(f"  notices        GET  {state.http}/<region>/notice/{{win|bill|loss}}?...")
+    click.echo(f"  notices        GET  {state.http}/<region>/notice/{{win|bill|loss|click}}?...")
     if burst:
         from fleet.sim.burst import format_table, run_burst
 
