@@ -164,6 +164,3 @@ def train(name: str, version: str, rows: int, seed: int, rounds: int = 300, mark
     log(json.dumps(metrics, indent=2))
     return manifest
 
-
-def load_manifest(model_dir: Path) -> dict:
-    return json.loads((Path(model_dir) / "manifest.json").read_text())

@@ -60,14 +60,8 @@ class Deadline:
     def over(self, stage: str | None = None) -> bool:
         return now() > self.stage_deadline(stage)
 
-    def remaining(self) -> float:
-        return self.at - now()
-
     def expired(self) -> bool:
         return now() >= self.at
 
     def degrade(self, what: str) -> None:
         self.degraded.append(what)
-
-    def elapsed_ms(self) -> float:
-        return (now() - self.arrival) * 1000.0
