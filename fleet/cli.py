@@ -220,10 +220,11 @@ def sim_burst(n, rate, base, seed):
 @click.option("--drop-rate", default=0.05, show_default=True)
 @click.option("--dup-rate", default=0.05, show_default=True)
 @click.option("--late-rate", default=0.05, show_default=True)
+@click.option("--cross-region", default=0.1, show_default=True, help="Share of auctions from a far exchange.")
 @click.option("--label", default="rule", show_default=True, help="Names the result files.")
 @click.option("--base", default=None, help="Ingress URL (default: the running fleet's).")
 @click.option("--up", "bring_up", is_flag=True, help="Bring the fleet up first and down after.")
-def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, label, base, bring_up):
+def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, cross_region, label, base, bring_up):
     """Simulated exchanges against the fleet, then the economic scorecard (bench/results/)."""
     from fleet.sim.exchange import SimConfig
     from fleet.sim.run import run_sim
@@ -235,7 +236,7 @@ def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, label, base, b
         state = local.State.load()
         base = base or (state.http if state else _http_base(_serve_config("serve_config.yaml")))
         cfg = SimConfig(base_url=base, duration_s=duration, rate=rate, seed=seed, drop_rate=drop_rate,
-                        dup_rate=dup_rate, late_rate=late_rate)
+                        dup_rate=dup_rate, late_rate=late_rate, cross_region_share=cross_region)
         doc = run_sim(cfg, REPO_ROOT / "bench" / "results", label=label, progress=click.echo)
     finally:
         if bring_up:

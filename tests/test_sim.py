@@ -53,6 +53,9 @@ def test_simulated_exchange_against_the_fleet(fleet_http, regions):
 
     assert len(records) > 150
     assert all(r.status in (200, 204) for r in records)
+    far = [r for r in records if r.source_region != r.opp.region]
+    assert far and all(r.network_ms == regions.latency_ms[r.source_region][r.opp.region] for r in far)
+    assert all(r.late == (r.latency_ms > r.opp.tmax) for r in records)
     # Every notice the exchange delivered arrived with its macros substituted: counted, not refused.
     for kind in ("win", "bill", "loss"):
         assert after.get(kind, 0) - before.get(kind, 0) == ex.notices[kind] > 0

@@ -77,8 +77,9 @@ def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=pri
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         bare = load_scorer(model, "onnx-cpu", threads=1)
-        for max_batch, micro in ((1, False), (16, False), (64, False), (256, False), (1, True), (16, True)):
-            app = Inference.options(name="inference", max_ongoing_requests=max(256, max_batch),
+        for max_batch, micro, callers in ((1, False, 1), (16, False, 16), (64, False, 64), (256, False, 256),
+                                          (1, True, 256), (16, True, 256), (1, True, 1024)):
+            app = Inference.options(name="inference", max_ongoing_requests=max(256, callers),
                                     user_config={"max_batch_size": max_batch, "batch_wait_timeout_s": 0.002}
                                     ).bind({"backend": "onnx-cpu", "threads": 1})
             serve.run(app, name="bench-inference", route_prefix=None)
@@ -86,8 +87,7 @@ def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=pri
             async def measure():
                 h = serve.get_app_handle("bench-inference").options(multiplexed_model_id=model)
                 try:
-                    return await served_rows_per_s(h, X, callers=256 if micro else max_batch,
-                                                   seconds=seconds, micro=micro)
+                    return await served_rows_per_s(h, X, callers=callers, seconds=seconds, micro=micro)
                 finally:
                     from ray.serve.context import _get_global_client
 
@@ -95,7 +95,8 @@ def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=pri
 
             served, rows_per_call = asyncio.run(measure())
             ref = bare_rows_per_s(bare, X, int(rows_per_call), seconds)
-            row = {"max_batch_size": max_batch, "caller_micro_batching": micro, "rows_per_call": int(rows_per_call),
+            row = {"max_batch_size": max_batch, "caller_micro_batching": micro, "callers": callers,
+                   "rows_per_call": int(rows_per_call),
                    "served_rows_per_s": round(served, 1), "bare_rows_per_s": round(ref, 1),
                    "ratio": round(served / ref, 3)}
             log(f"  batch {max_batch:>4}{' +micro' if micro else '       '} x {ROWS_PER_CALLER} rows: served {served:>10,.0f} rows/s  "

@@ -1,8 +1,9 @@
 """The simulated exchanges: open-loop traffic over HTTP, auctions decided by the market, notices.
 
 A separate process from the fleet (it is the ``fleet sim run`` command) that talks to it only over
-HTTP. Exchanges sit in regions; each auction goes to the exchange's own region and the round trip
-between them (``regions.yaml``'s latency matrix) is added as simulated network time against tmax.
+HTTP. Exchanges sit in regions and send to a region's endpoint, mostly their own; the round trip
+between them (``regions.yaml``'s latency matrix) is added as simulated network time against tmax,
+so a far exchange with a tight tmax gets late answers, which count as no-bids.
 Traffic follows a diurnal curve compressed into the run, with bursts, at a set mean rate.
 
 After each auction the exchange behaves like a real one: win notice (``nurl``) and billing notice
@@ -46,6 +47,7 @@ class SimConfig:
     burst_factor: float = 2.0
     diurnal_amplitude: float = 0.6
     grace_s: float = 12.0  # time after the last auction for late notices
+    cross_region_share: float = 0.1  # auctions from an exchange in another region (far away)
     concurrency: int = 256
 
 
@@ -55,6 +57,7 @@ class AuctionRecord:
 
     opp: Opportunity
     t: float  # seconds into the run
+    source_region: str = ""  # where the sending exchange sits
     status: int = 0  # 200, 204, 4xx/5xx, 0 = transport error
     server_ms: float = 0.0  # measured HTTP round trip on loopback
     network_ms: float = 0.0  # simulated RTT exchange <-> region
@@ -93,6 +96,7 @@ class Exchanges:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)  # notices: faults and clicks
         self.opp_rng = random.Random(cfg.seed + 3)  # the stream: identical whatever the fleet does
+        self.route_rng = random.Random(cfg.seed + 4)  # which exchange sends it
         self.records: list[AuctionRecord] = []
         self.notices: Counter[str] = Counter()  # delivered (HTTP 200) per kind
         self.notice_outcomes: Counter[str] = Counter()  # planned/dropped/duplicated/late per kind
@@ -239,8 +243,13 @@ class Exchanges:
                     await asyncio.sleep(delay)
                 region = self.opp_rng.choices(self.region_names, self.region_weights)[0]
                 opp = self.market.opportunity(self.opp_rng, region)
-                src = region  # the exchange sits in the region it sends to
+                # Most auctions come from an exchange in the region; some from one far away, whose
+                # round trip (regions.yaml's matrix) eats into the same tmax.
+                src = region
+                if self.route_rng.random() < cfg.cross_region_share and len(self.region_names) > 1:
+                    src = self.route_rng.choice([r for r in self.region_names if r != region])
                 rec = AuctionRecord(opp=opp, t=t, network_ms=self.regions.latency_ms[src][region])
+                rec.source_region = src
                 self.records.append(rec)
                 task = asyncio.create_task(self.auction(session, rec))
                 inflight.add(task)
