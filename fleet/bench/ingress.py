@@ -30,7 +30,6 @@ def _measure(mode: str, port: int, seconds: float, connections: int) -> dict:
     from ray import serve
 
     from fleet.bench.capacity import LUA, ensure_wrk, write_bodies
-    from fleet.cli import wait_ready
     from fleet.serve import noop_app
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False)

@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import random
 import time
-from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -27,7 +26,6 @@ from fleet.ml import export
 from fleet.ml.features import FEATURES, N_FEATURES, FeatureBuilder, matrix
 from fleet.openrtb.model import BidRequest
 from fleet.pipeline.bidder import RegionBidder
-from fleet.pipeline.creative_fit import SlotRules
 from fleet.pipeline.enrichment import enrich
 from fleet.sim.market import Market
 
@@ -50,9 +48,7 @@ def make_dataset(n: int, seed: int, market_seed: int = 7, log=print) -> tuple[np
         opp = market.opportunity(rng, rng.choice(market.regions))
         req = msgspec.convert(opp.to_openrtb(), BidRequest)
         imp, user, b = req.imp[0], enrich(req), bidders[opp.region]
-        rules = SlotRules(imp, req)
-        options = [(c, cr) for c in b.index.iter_matches(b.index.match(b._facts(req, imp, user, when)))
-                   if (cr := rules.first_fit(c)) is not None]
+        options = b.eligible(req, imp, user, when)
         if not options:
             continue
         c, cr = rng.choice(options)

@@ -151,6 +151,15 @@ class RegionBidder:
         elif notice.kind == "loss" and notice.loss_reason == 102:
             self.win_rate.update(notice.publisher, notice.our_bid, False)
 
+    def eligible(self, req: BidRequest, imp: Imp, user: UserContext,
+                 when: dt.datetime) -> list[tuple[Campaign, Creative]]:
+        """Every campaign (with its first fitting creative) targeting admits for ``imp``: the
+        bid path's targeting without its candidate cap or deadline, for the oracle and for
+        training data."""
+        rules = SlotRules(imp, req)
+        return [(c, cr) for c in self.index.iter_matches(self.index.match(self._facts(req, imp, user, when)))
+                if (cr := rules.first_fit(c)) is not None]
+
     def clock_dt(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
 
@@ -311,7 +320,7 @@ class RegionBidder:
 
     def finish(self, p: "Pending", ctrs: np.ndarray | None, source: str) -> Answer:
         """Stages 5-8: model prices when ``ctrs`` came back (from ``source``), else the rule."""
-        req, dl, user, paced, floors, wall = p.req, p.dl, p.user, p.paced, p.floors, p.wall
+        req, dl, user, paced, wall = p.req, p.dl, p.user, p.paced, p.wall
         defaults = self.config.defaults
         # 5 pricing: the model's values for every candidate row; the rule when there are none.
         offers: dict[str, list[Offer]] = {}

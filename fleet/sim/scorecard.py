@@ -25,7 +25,6 @@ import msgspec
 from fleet.campaigns.catalog import Campaign
 from fleet.openrtb.model import BidRequest
 from fleet.pipeline.bidder import RegionBidder
-from fleet.pipeline.creative_fit import SlotRules
 from fleet.pipeline.enrichment import enrich
 from fleet.pipeline.pricing import POP_CTR
 from fleet.sim.exchange import AuctionRecord
@@ -50,10 +49,7 @@ def impression_value(market: Market, opp: Opportunity, c: Campaign) -> float:
 
 def eligible(bidder: RegionBidder, opp: Opportunity, when: dt.datetime) -> list[Campaign]:
     req = msgspec.convert(opp.to_openrtb(), BidRequest)
-    imp = req.imp[0]
-    facts = bidder._facts(req, imp, enrich(req), when)
-    rules = SlotRules(imp, req)
-    return [c for c in bidder.index.iter_matches(bidder.index.match(facts)) if rules.first_fit(c)]
+    return [c for c, _ in bidder.eligible(req, req.imp[0], enrich(req), when)]
 
 
 def oracle(market: Market, bidders: dict[str, RegionBidder], records: list[AuctionRecord],
