@@ -73,6 +73,23 @@ class RegionSpec(Strict):
         return self
 
 
+class CacheSettings(Strict):
+    """The region's cache shards (count per region: ``cache_shards``) and the ingress's use of them."""
+
+    enabled: bool = True
+    max_users: int = Field(default=500_000, ge=1)  # per shard, in memory
+    window_s: float = Field(default=86_400.0, gt=0)  # longest frequency-cap window kept
+    max_pending: int = Field(default=100_000, ge=1)  # writes held while Redis is away
+    refresh_s: float = Field(default=45.0, ge=1)  # precomputed features: 30-60 s
+    stale_s: float = Field(default=300.0, gt=0)  # re-read an entry from Redis after this
+    default_multiplier: float = Field(default=0.9, gt=0, le=1)  # bid factor on a miss/timeout
+    lookup_window_s: float = Field(default=0.0003, ge=0)  # ingress micro-batch window per shard
+
+    def shard_options(self) -> dict:
+        return {"max_users": self.max_users, "window_s": self.window_s, "max_pending": self.max_pending,
+                "refresh_s": self.refresh_s, "stale_s": self.stale_s}
+
+
 class Defaults(Strict):
     tmax_ms: int = 120
     max_body_bytes: int = 64 * 1024
@@ -80,6 +97,7 @@ class Defaults(Strict):
     seat: str = "fleet"
     catalog: str = "fleet/campaigns/catalog.yaml"
     first_price_shade: float = Field(default=0.85, gt=0, le=1)
+    cache: CacheSettings = CacheSettings()
 
 
 class RegionsFile(Strict):
@@ -128,6 +146,7 @@ class RegionAppArgs(BaseModel):
     # local: score in the ingress process (CPU regions: no hop). remote: the region's inference
     # deployment batches rows across requests (GPU regions, with a fractional num_gpus).
     pricing: Literal["local", "remote"] = "local"
+    cache: bool = True  # look users up in the region's cache shards (False: request data only)
     inference_replicas: int = 1
     num_gpus: float = 0.0
 

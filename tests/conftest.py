@@ -38,13 +38,16 @@ def regions():
 def serve_test_config(model_version: str = MODEL) -> dict:
     """serve_config.yaml as ``serve deploy`` would apply it, with two changes for the tests.
 
-    The three regions price by rule (the fixture corpus states rule prices exactly); two more
-    applications serve us-east with model pricing: in-process under /model/us-east, and through
-    its inference deployment (batched, multiplexed) under /remote/us-east.
+    The three regions price by rule and without the cache (the fixture corpus states rule
+    prices exactly, and a cache miss would scale them by the default multiplier); two more
+    applications serve us-east with model pricing and the region's cache shards: in-process
+    under /model/us-east, and through its inference deployment (batched, multiplexed) under
+    /remote/us-east.
     """
     cfg = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     for app in cfg["applications"]:
         app["args"]["model"] = None
+        app["args"]["cache"] = False
         for d in app.get("deployments", []):
             d["user_config"] = {"model": None}
     cfg["applications"].append({
@@ -69,16 +72,52 @@ def deploy_config(cfg: dict) -> None:
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(cfg))
 
 
+class RedisServer:
+    """A real redis-server of the test session's own (AOF persistence in a temporary dir) that
+    tests may stop and start again on the same port and data."""
+
+    def __init__(self, data_dir: Path):
+        from fleet.runtime.local import start_redis
+
+        self.data_dir = data_dir
+        self.url, _, self.proc = start_redis(data_dir)
+        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def start(self) -> None:
+        from fleet.runtime.local import start_redis
+
+        self.url, _, self.proc = start_redis(self.data_dir, self.port)
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+
 @pytest.fixture(scope="session")
-def fleet_http():
-    """Base URL of a live fleet: every region deployed on a real Ray Serve HAProxy ingress."""
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def fleet_http(redis_server):
+    """Base URL of a live fleet: every region deployed on a real Ray Serve HAProxy ingress, its
+    cache shards writing through to the session's real redis-server."""
     import ray
     from ray import serve
 
     from fleet.cli import wait_ready
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "REDIS_URL": redis_server.url}})
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

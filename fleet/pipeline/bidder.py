@@ -24,7 +24,8 @@ from fleet.pipeline.admission import Admission, Rejected
 from fleet.pipeline.auction import Offer, choose
 from fleet.pipeline.creative_fit import SlotRules
 from fleet.pipeline.deadline import Deadline, now
-from fleet.pipeline.enrichment import UserContext, enrich
+from fleet.cache.store import FreqEvent, Profile
+from fleet.pipeline.enrichment import UserContext, enrich, identity
 from fleet.pipeline.pacing import FrequencyCounter, LocalBudget
 from fleet.ml.features import FeatureBuilder, matrix
 from fleet.pipeline.pricing import WinRateModel, meet_floor, model_prices, rule_price
@@ -42,6 +43,7 @@ class Answer:
     reason: str = ""
     degraded: tuple[str, ...] = ()
     spent: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
+    events: list[FreqEvent] = field(default_factory=list)  # exposures for the cache to count
 
 
 def publisher_of(req: BidRequest) -> str | None:
@@ -49,6 +51,20 @@ def publisher_of(req: BidRequest) -> str | None:
     if inv is None:
         return None
     return inv.publisher.id if inv.publisher is not None and inv.publisher.id else inv.id
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A request through stage 1: decoded, admitted, its deadline and tier planned."""
+
+    req: BidRequest
+    version: str
+    dl: Deadline
+    floors: dict[str, float]
+    tier: str
+    currency: str
+    accept_encoding: str | None
+    uid: str | None  # whom enrichment looks up; None: contextual or anonymous
 
 
 @dataclass(slots=True)
@@ -92,6 +108,7 @@ class RegionBidder:
         replicas: int | None = None,
         max_candidates: int = 16,
         scorer=None,
+        profiles=None,
         clock=time.time,
     ):
         spec = config.regions[region]
@@ -111,6 +128,9 @@ class RegionBidder:
         self.stats: Counter[str] = Counter()
         self.scorer = scorer  # a fleet.ml.scorer.Scorer, or None for rule pricing
         self.win_rate = WinRateModel()
+        # uid -> (Profile | None, lookup outcome), for in-process use; Serve looks up async.
+        self.profiles = profiles
+        self.cache_default_multiplier = config.defaults.cache.default_multiplier
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -195,12 +215,23 @@ class RegionBidder:
         ``http``: the keyword arguments of ``begin`` (encodings, version header, arrival).
         """
         p = self.begin(body, **http)
-        if isinstance(p, Answer):
-            return p
+        return p if isinstance(p, Answer) else self.price_local(p)
+
+    def price_local(self, p: "Pending") -> Answer:
+        """Stages 5-8 priced by the in-process model (or by rule when it has nothing)."""
         ctrs = self.score_local(p)
         return self.finish(p, ctrs, f"model:{self.scorer.version}" if ctrs is not None else "rule")
 
-    def begin(
+    def begin(self, body: bytes, **http) -> "Answer | Pending":
+        """Stages 1-4 in-process: the cache lookup (when ``profiles`` is set) is synchronous."""
+        a = self.admit(body, **http)
+        if isinstance(a, Answer):
+            return a
+        profile, lookup = (self.profiles(a.uid) if a.uid is not None and self.profiles is not None
+                           else (None, "off"))
+        return self.target(a, profile, lookup)
+
+    def admit(
         self,
         body: bytes,
         *,
@@ -208,8 +239,9 @@ class RegionBidder:
         accept_encoding: str | None = None,
         version: str | None = None,
         arrival: float | None = None,
-    ) -> "Answer | Pending":
-        """Stages 1-4. An early answer (400, 413, 204) or a request waiting for its prices."""
+    ) -> "Answer | Admitted":
+        """Stage 1, and the start of 2: an early answer (400, 413, 204) or an admitted request
+        with the user key enrichment should look up (None: contextual or anonymous)."""
         arrival = now() if arrival is None else arrival
         self.stats["requests"] += 1
         defaults = self.config.defaults
@@ -243,19 +275,28 @@ class RegionBidder:
         tier = self.config.tier_for(has_deals, max(floors.values(), default=0.0))
         dl.set_tier(tier, self.config.tiers[tier])
 
-        # 2 enrichment
+        # 2 enrichment starts here: the caller looks ``uid`` up within the stage's budget.
         dl.start("enrichment")
-        user = enrich(req)
+        return Admitted(req, ver, dl, floors, tier, cur, accept_encoding, identity(req))
+
+    def target(self, a: "Admitted", profile: Profile | None, lookup: str) -> "Answer | Pending":
+        """The rest of stage 2 (the context from the lookup's outcome), then stages 3-4."""
+        req, dl, floors, defaults = a.req, a.dl, a.floors, self.config.defaults
+        user = enrich(req, profile, lookup, self.cache_default_multiplier)
         if user.contextual_only:
             self.stats[f"privacy.{user.reason}"] += 1
+        elif user.defaulted:
+            dl.degrade(f"enrichment_{user.lookup}")
+        self.stats[f"enrich.{user.lookup}"] += 1
 
-        # 3 targeting
+        # 3 targeting, with frequency caps (stored events and this replica's own)
         dl.start("targeting")
         wall = self.clock()
         when = dt.datetime.fromtimestamp(wall, dt.timezone.utc)  # one clock read per request
         # (imp, campaign, creative, deal id, floor, auction type) per eligible pairing
         candidates: list[tuple[Imp, Campaign, Creative, str | None, float, int]] = []
         truncated = False
+        stored = user.freq or {}
         for imp in req.imp:
             if imp.id not in floors:
                 self.stats["imp.unknown_floor_currency"] += 1
@@ -270,6 +311,9 @@ class RegionBidder:
                 if n & 15 == 15 and dl.over():
                     truncated = True
                     break
+                if c.freq_cap is not None and not self.freq.allowed(user.user_id, c, wall, stored.get(c.id)):
+                    self.stats["freq_capped"] += 1
+                    continue
                 deal_id, floor, at = None, floors[imp.id], req.at
                 if c.targeting.deals:
                     # A deal's own floor and auction type replace the imp's (section 3.2.12).
@@ -287,16 +331,14 @@ class RegionBidder:
         if truncated:
             dl.degrade("targeting_truncated")
 
-        # 4 pacing: frequency caps and the local budget allowance (at the campaign's cap).
+        # 4 pacing: the local budget allowance (at the campaign's cap).
         dl.start("pacing")
-        paced = [
-            cand for cand in candidates
-            if self.freq.allowed(user.user_id, cand[1], wall)
-            and self.budget.can_spend(cand[1], cand[1].strategy.max_bid / 1000.0, wall)
-        ]
+        paced = [cand for cand in candidates
+                 if self.budget.can_spend(cand[1], cand[1].strategy.max_bid / 1000.0, wall)]
 
         dl.start("pricing")
-        return Pending(req, ver, dl, user, paced, bool(candidates), floors, tier, cur, wall, accept_encoding)
+        return Pending(req, a.version, dl, user, paced, bool(candidates), floors, a.tier, a.currency, wall,
+                       a.accept_encoding)
 
     def score_local(self, p: "Pending") -> np.ndarray | None:
         """Click probabilities from the in-process model, or None (rule pricing, flagged).
@@ -328,10 +370,10 @@ class RegionBidder:
         priced = None
         if ctrs is not None:
             priced = model_prices(ctrs, [c[1] for c in paced], [c[5] != 2 for c in paced],
-                                  user.contextual_only, self.win_rate, source, publisher_of(req))
+                                  user.multiplier, self.win_rate, source, publisher_of(req))
         for n, (imp, c, cr, deal_id, floor, at) in enumerate(paced):
             price = priced[n] if priced is not None else rule_price(
-                c, first_price=at != 2, shade=shade, contextual_only=user.contextual_only)
+                c, first_price=at != 2, shade=shade, multiplier=user.multiplier)
             bid = meet_floor(price, floor, c.strategy.max_bid)
             if bid is None or bid <= 0:
                 continue
@@ -364,13 +406,20 @@ class RegionBidder:
         if dl.expired():
             self.stats["late_suppressed"] += 1
             return self._no_bid(NBR.TECHNICAL_ERROR, "deadline", dl)
-        # Only a bid that leaves reserves tentative spend and counts toward frequency caps.
+        # Only a bid that leaves reserves tentative spend and counts toward frequency caps
+        # (on bids until the ledger counts billed impressions).
+        events = []
         for o in winners.values():
             self.budget.reserve(o.campaign, o.price / 1000.0, wall)
-            self.freq.record(user.user_id, o.campaign, wall)
+            if user.user_id is not None:
+                eid = f"{req.id}:{o.imp_id}"
+                self.freq.record(user.user_id, o.campaign, wall, eid)
+                events.append(FreqEvent(user.user_id, o.campaign.id, eid, wall, user.segments))
         self.stats["bids"] += len(winners)
         self.stats["answered_bid"] += 1
         headers = {"content-type": JSON, "x-openrtb-version": p.version}
+        if dl.degraded:
+            headers["x-fleet-degraded"] = ",".join(dl.degraded)
         if gz:
             headers["content-encoding"] = "gzip"
-        return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl))
+        return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl), events)

@@ -1,16 +1,25 @@
-"""Stage 2, enrichment: who is this user, and may we use what we know about them.
+"""Stage 2, enrichment: who is this user, what do we know about them, and may we use it.
 
 Privacy decides first: COPPA, GDPR without consent, LMT or DNT make the request contextual only
-(no user id, no segments, no per-user frequency capping). Until the cache shards land, the
-profile is what the request itself carries (``user.data`` segments); the shard lookup plugs in
-behind ``UserContext`` with the same degrade-to-defaults contract.
+(no identity, no lookup, no segments, no per-user frequency capping). Otherwise the identity is
+``user.id``, then ``user.buyeruid``, then ``device.ifa``, and the region's cache shards supply the
+stored profile (segments, last seen, frequency events). How the lookup went decides the rest:
+
+- ``hit``: stored segments join the request's own, and frequency caps count the stored events;
+- ``miss``, ``timeout``, ``error``: population defaults (the request's segments only, caps on
+  this replica's own counts) and a conservative bid multiplier; the decision is flagged;
+- ``off``: no cache configured (in-process use): the request's segments, no flag.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fleet.cache.store import Profile
 from fleet.openrtb.model import BidRequest
+
+CONTEXTUAL_MULTIPLIER = 0.8  # bid less when we may not know the user
+DEFAULT_MULTIPLIER = 0.9  # bid less when we could not look the user up in time
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +27,17 @@ class UserContext:
     user_id: str | None
     segments: tuple[str, ...]
     contextual_only: bool
-    reason: str = ""
+    reason: str = ""  # why contextual (privacy), when it is
+    lookup: str = "off"  # hit | miss | timeout | error | off | skipped
+    freq: dict[str, tuple[tuple[str, float], ...]] | None = field(default=None)  # from the cache
+    multiplier: float = 1.0  # applied to values: less knowledge, lower bids
+
+    @property
+    def defaulted(self) -> bool:
+        return self.lookup in ("miss", "timeout", "error")
 
 
-CONTEXTUAL = UserContext(None, (), True)
+CONTEXTUAL = UserContext(None, (), True, lookup="skipped", multiplier=CONTEXTUAL_MULTIPLIER)
 
 
 def privacy_block(req: BidRequest) -> str:
@@ -44,17 +60,37 @@ def privacy_block(req: BidRequest) -> str:
     return ""
 
 
-def enrich(req: BidRequest) -> UserContext:
-    blocked = privacy_block(req)
-    if blocked:
-        return UserContext(None, (), True, blocked)
+def identity(req: BidRequest) -> str | None:
+    """The user key to look up, or None (contextual, or nobody to look up)."""
+    if privacy_block(req):
+        return None
     user, dev = req.user, req.device
-    uid = None
-    segments: list[str] = []
-    if user is not None:
-        uid = user.id or user.buyeruid
-        for data in user.data:
-            segments.extend(s.id for s in data.segment if s.id)
+    uid = (user.id or user.buyeruid) if user is not None else None
     if uid is None and dev is not None:
         uid = dev.ifa
-    return UserContext(uid, tuple(segments), False)
+    return uid or None
+
+
+def request_segments(req: BidRequest) -> list[str]:
+    out: list[str] = []
+    if req.user is not None:
+        for data in req.user.data:
+            out.extend(s.id for s in data.segment if s.id)
+    return out
+
+
+def enrich(req: BidRequest, profile: Profile | None = None, lookup: str = "off",
+           default_multiplier: float = DEFAULT_MULTIPLIER) -> UserContext:
+    blocked = privacy_block(req)
+    if blocked:
+        return UserContext(None, (), True, blocked, "skipped", None, CONTEXTUAL_MULTIPLIER)
+    uid = identity(req)
+    segments = request_segments(req)
+    if uid is None:
+        return UserContext(None, tuple(segments), False, lookup="off")
+    if profile is not None:
+        seen = set(segments)
+        segments.extend(s for s in profile.segments if s not in seen)
+        return UserContext(uid, tuple(segments), False, lookup="hit", freq=profile.freq)
+    multiplier = default_multiplier if lookup in ("miss", "timeout", "error") else 1.0
+    return UserContext(uid, tuple(segments), False, lookup=lookup, multiplier=multiplier)

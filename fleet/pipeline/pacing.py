@@ -10,7 +10,7 @@ Frequency caps count per user and campaign on bids until the ledger counts impre
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 from fleet.campaigns.catalog import Campaign
 
@@ -53,35 +53,48 @@ class LocalBudget:
 
 
 class FrequencyCounter:
-    """Per (user, campaign) event times within the cap window; bounded number of users."""
+    """This replica's own exposures per (user, campaign), by event id, within the cap window.
 
-    def __init__(self, max_keys: int = 500_000, clock=time.time):
+    The cache shards hold the region's counts; these cover the gap until a shard has this
+    replica's latest events (and the whole count when no cache is configured). The two are
+    merged by event id, so an event both know of counts once.
+    """
+
+    def __init__(self, max_keys: int = 500_000, keep_s: float = 86_400.0, clock=time.time):
         self.max_keys = max_keys
+        self.keep_s = keep_s
         self.clock = clock
-        self._events: OrderedDict[tuple[str, str], deque] = OrderedDict()
+        self._events: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
 
-    def count(self, user: str, cid: str, window_s: float, now: float | None = None) -> int:
+    def count(self, user: str, cid: str, window_s: float, now: float | None = None,
+              stored: tuple[tuple[str, float], ...] | None = None) -> int:
         now = self.clock() if now is None else now
-        q = self._events.get((user, cid))
-        if not q:
-            return 0
-        while q and now - q[0] > window_s:
-            q.popleft()
-        return len(q)
+        local = self._events.get((user, cid))
+        if local:
+            for eid in [e for e, ts in local.items() if now - ts > min(window_s, self.keep_s)]:
+                del local[eid]
+        if not stored:
+            return len(local) if local else 0
+        live = {eid for eid, ts in stored if now - ts <= window_s}
+        if local:
+            live.update(local)
+        return len(live)
 
-    def allowed(self, user: str | None, c: Campaign, now: float | None = None) -> bool:
+    def allowed(self, user: str | None, c: Campaign, now: float | None = None,
+                stored: tuple[tuple[str, float], ...] | None = None) -> bool:
         cap = c.freq_cap
         if cap is None or user is None:
             return True
-        return self.count(user, c.id, cap.window_s, now) < cap.count
+        return self.count(user, c.id, cap.window_s, now, stored) < cap.count
 
-    def record(self, user: str | None, c: Campaign, now: float | None = None) -> None:
+    def record(self, user: str | None, c: Campaign, now: float | None = None, eid: str | None = None) -> None:
         if c.freq_cap is None or user is None:
             return
         key = (user, c.id)
-        q = self._events.get(key)
-        if q is None:
-            q = self._events[key] = deque()
+        evs = self._events.get(key)
+        if evs is None:
+            evs = self._events[key] = {}
             if len(self._events) > self.max_keys:
                 self._events.popitem(last=False)
-        q.append(self.clock() if now is None else now)
+        now = self.clock() if now is None else now
+        evs[eid if eid is not None else f"local-{now!r}-{len(evs)}"] = now

@@ -15,8 +15,6 @@ import numpy as np
 
 from fleet.campaigns.catalog import Campaign
 
-CONTEXTUAL_MULTIPLIER = 0.8  # bid less when we know less (no user-level data)
-
 
 @dataclass(frozen=True, slots=True)
 class Price:
@@ -25,8 +23,9 @@ class Price:
     source: str  # "rule" or "model:<version>"
 
 
-def rule_price(c: Campaign, *, first_price: bool, shade: float, contextual_only: bool) -> Price:
-    value = c.strategy.base_cpm * (CONTEXTUAL_MULTIPLIER if contextual_only else 1.0)
+def rule_price(c: Campaign, *, first_price: bool, shade: float, multiplier: float = 1.0) -> Price:
+    """``multiplier``: the enrichment stage's (under 1 when user data is missing or barred)."""
+    value = c.strategy.base_cpm * multiplier
     bid = value * shade if first_price else value
     return Price(value=value, bid=min(bid, c.strategy.max_bid), source="rule")
 
@@ -78,15 +77,24 @@ class WinRateModel:
         self.lr = learning_rate
         self.max_keys = max_keys
         self.fitted: dict[str, tuple[float, int]] = {}  # key -> (ln m, observations)
+        # ln m per publisher from the region's shared features (the cache shards' clearing
+        # price levels): where a replica has no evidence of its own yet, it starts from the
+        # region's rather than from the population prior.
+        self.anchors: dict[str, float] = {}
 
     def log_m(self, key: str | None) -> float:
-        entry = self.fitted.get(key) if key is not None else None
-        return self.prior if entry is None else entry[0]
+        if key is None:
+            return self.prior
+        entry = self.fitted.get(key)
+        return entry[0] if entry is not None else self.anchors.get(key, self.prior)
+
+    def set_anchors(self, price_levels: dict[str, float]) -> None:
+        self.anchors = {k: float(np.log(v)) for k, v in price_levels.items() if v and v > 0}
 
     def update(self, key: str, bid_cpm: float, won: bool) -> None:
         if bid_cpm <= 0:
             return
-        theta, n = self.fitted.get(key, (self.prior, 0))
+        theta, n = self.fitted.get(key, (self.anchors.get(key, self.prior), 0))
         p = 1.0 / (1.0 + np.exp(-self.slope * (np.log(bid_cpm) - theta)))
         # d logL / d ln m = -k (y - p); the step shrinks as evidence accumulates, with a floor
         # so a publisher whose market moves is followed.
@@ -106,12 +114,11 @@ class WinRateModel:
 
 
 def model_prices(ctrs: np.ndarray, campaigns: list[Campaign], first_price: list[bool],
-                 contextual_only: bool, win_rate: WinRateModel, source: str,
+                 multiplier: float, win_rate: WinRateModel, source: str,
                  publisher: str | None = None) -> list[Price]:
     """Value from the predicted click probability and the campaign's goal; shaded in first price."""
     values = np.array([1000.0 * p * click_value(c) for p, c in zip(ctrs, campaigns)])
-    if contextual_only:
-        values *= CONTEXTUAL_MULTIPLIER
+    values *= multiplier
     shaded = win_rate.shade(values, publisher) if any(first_price) else values
     return [
         Price(value=float(v), bid=float(min(s if fp else v, c.strategy.max_bid)), source=source)

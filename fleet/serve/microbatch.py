@@ -4,29 +4,39 @@ A call that leaves the process costs about a millisecond of Python on each side 
 carries (docs/benchmarks.md, served batching), so concurrent requests of one ingress replica
 share calls: the first waiter opens a window (sub-millisecond), the window closes early when
 enough rows are waiting, and one call carries all of them; each waiter gets its own slice back.
-Plain asyncio, no Ray: ``send`` is whatever makes the call.
+Plain asyncio, no Ray: ``send`` is whatever makes the call. Parts are numpy row blocks by
+default (model rows); ``join`` and ``coerce`` make it batch anything sliceable (cache keys).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
 
+def join_lists(parts: list) -> list:
+    return list(itertools.chain.from_iterable(parts))
+
+
 class MicroBatcher:
-    def __init__(self, send: Callable[[np.ndarray], Awaitable[np.ndarray]], *,
-                 window_s: float = 0.0005, max_rows: int = 1024):
+    def __init__(self, send: Callable[[Any], Awaitable[Any]], *,
+                 window_s: float = 0.0005, max_rows: int = 1024,
+                 join: Callable[[list], Any] = np.concatenate, coerce: Callable[[Any], Any] = np.asarray):
         self.send = send
+        self.join = join
+        self.coerce = coerce
         self.window_s = window_s
         self.max_rows = max_rows
-        self._parts: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._parts: list[tuple[Any, asyncio.Future]] = []
         self._rows = 0
         self._full: asyncio.Event | None = None
         self.calls = 0
 
-    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+    async def __call__(self, rows):
         fut = asyncio.get_running_loop().create_future()
         self._parts.append((rows, fut))
         self._rows += len(rows)
@@ -45,7 +55,7 @@ class MicroBatcher:
         parts, self._parts, self._rows, self._full = self._parts, [], 0, None
         self.calls += 1
         try:
-            out = np.asarray(await self.send(np.concatenate([p for p, _ in parts])))
+            out = self.coerce(await self.send(self.join([p for p, _ in parts])))
         except BaseException as exc:  # every waiter learns of the failure, none hangs
             for _, fut in parts:
                 if not fut.done():

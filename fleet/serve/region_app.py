@@ -2,13 +2,18 @@
 
 Thin on purpose: route the path, read the body under the size cap, call the plain-Python bidder
 and turn its ``Answer`` into a response. Routes under the region's prefix:
-``POST /openrtb2/bid``, ``GET /notice/{win|bill|loss}``, ``GET /ready``, ``GET /stats``.
+``POST /openrtb2/bid``, ``GET /notice/{win|bill|loss|click}``, ``GET /ready``, ``GET /stats``,
+``GET /cache`` (every shard's own figures).
+
+Enrichment is the one stage that awaits here: the user's profile comes from the region's cache
+shards (``fleet.cache.client``) within the stage's budget, or defaults stand in for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import msgspec
 from ray import serve
@@ -20,6 +25,7 @@ import numpy as np
 from fleet.campaigns.catalog import load_catalog
 from fleet.config import RegionAppArgs, load_regions
 from fleet.ml.features import N_FEATURES
+from fleet.cache.client import CacheClient
 from fleet.pipeline.bidder import Answer, RegionBidder
 from fleet.pipeline.deadline import now
 from fleet.pipeline.notices import NoticeCounter
@@ -64,6 +70,22 @@ class RegionIngress:
         self.prefix = config.regions[a.region].route_prefix
         self.backend = a.model_backend
         self.model_error = ""  # the model comes with user_config: see reconfigure
+        self.cache = None
+        self.cache_settings = config.defaults.cache
+        if a.cache and self.cache_settings.enabled:
+            from fleet.serve import cache_actor
+
+            shards = cache_actor.connect(a.region, config.regions[a.region].cache_shards,
+                                         os.environ.get("REDIS_URL") or None, self.cache_settings.shard_options())
+            self.cache = CacheClient(shards, window_s=self.cache_settings.lookup_window_s)
+            try:  # shards exist before the replica says ready; a slow start degrades, never blocks
+                import ray
+
+                ray.get([h.stats.remote() for h in shards.values()], timeout=30)
+            except Exception as exc:
+                log.warning("cache shards of %s not ready yet (%s): lookups default until they are",
+                            a.region, exc)
+        self._background: asyncio.Task | None = None
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # outside Serve (plain-Python use)
@@ -85,12 +107,49 @@ class RegionIngress:
         self.bidder.scorer = scorer  # one assignment: requests see the old or the new, never half
         self.model_error = ""
 
-    async def _bid_remote(self, body: bytes, kw: dict):
-        """Stages 1-4 here, prices from the inference deployment within the pricing budget,
-        stages 5-8 here; a late or failed call (replica gone, overloaded) prices by rule."""
-        p = self.bidder.begin(body, **kw)
+    async def _bid(self, body: bytes, kw: dict) -> Answer:
+        """Stage 1; the cache lookup within the enrichment budget; stages 3-4; prices (in
+        process, or from the inference deployment); stages 5-8. Exposures go to the cache off
+        the request's path."""
+        a = self.bidder.admit(body, **kw)
+        if isinstance(a, Answer):
+            return a
+        profile, lookup = None, "off"
+        if self.cache is not None:
+            self._start_background()
+            self.cache.count_request(self.bidder.clock())
+            if a.uid is not None:
+                budget = a.dl.stage_deadline("enrichment") - now()
+                profile, lookup = await self.cache.lookup(a.uid, budget)
+        p = self.bidder.target(a, profile, lookup)
         if isinstance(p, Answer):
             return p
+        if self.inference is None:
+            answer = self.bidder.price_local(p)
+        else:
+            answer = await self._price_remote(p)
+        if answer.events and self.cache is not None:
+            self.cache.record(answer.events)
+        return answer
+
+    def _start_background(self) -> None:
+        if self._background is None:
+            self._background = asyncio.get_running_loop().create_task(self._features_loop())
+
+    async def _features_loop(self) -> None:
+        """Pull the shards' precomputed features every refresh period (never per request)."""
+        while True:
+            try:
+                await self.cache.refresh()
+                self.bidder.win_rate.set_anchors(
+                    {pid: level for pid, (_rate, level) in self.cache.features.items() if level})
+            except Exception as exc:
+                log.warning("cache features refresh failed: %s", exc)
+            await asyncio.sleep(self.cache_settings.refresh_s)
+
+    async def _price_remote(self, p) -> Answer:
+        """Prices from the inference deployment within the pricing budget; a late or failed
+        call (replica gone, overloaded) prices by rule."""
         ctrs, source = None, "rule"
         if p.paced and self.model and self.warm != self.model:
             # The first call of a version loads it on an inference replica, which takes longer
@@ -155,15 +214,14 @@ class RegionIngress:
             h = request.headers
             kw = {"content_encoding": h.get("content-encoding"), "accept_encoding": h.get("accept-encoding"),
                   "version": h.get("x-openrtb-version"), "arrival": arrival}
-            if self.inference is None:
-                a = self.bidder.bid(body, **kw)
-            else:
-                a = await self._bid_remote(body, kw)
+            a = await self._bid(body, kw)
             return Response(a.body, status_code=a.status, headers=a.headers)
         if path.startswith("/notice/") and method == "GET":
             status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region)
             if status == 200:
                 self.bidder.learn(notice)
+                if self.cache is not None and notice.publisher and notice.kind in ("win", "loss"):
+                    self.cache.feedback(notice.publisher, notice.kind == "win", notice.price)
                 return Response(b"", status_code=200)
             return _json_response(status, {"error": reason})
         if path == "/ready":
@@ -174,7 +232,13 @@ class RegionIngress:
                 "backend": scorer.backend if scorer else None, "model_error": self.model_error,
                 "replica": self.replica})
         if path == "/stats":
-            return _json_response(200, {"bidder": dict(self.bidder.stats), "notices": dict(self.notices.counts)})
+            return _json_response(200, {"bidder": dict(self.bidder.stats), "notices": dict(self.notices.counts),
+                                        "cache": self.cache.summary() if self.cache is not None else None})
+        if path == "/cache" and self.cache is not None:
+            shards = await asyncio.gather(*(h.stats.remote() for h in self.cache.shards.values()),
+                                          return_exceptions=True)
+            return _json_response(200, {"ingress": self.cache.summary(), "shards": [
+                s if isinstance(s, dict) else {"error": repr(s)} for s in shards]})
         return _json_response(404, {"error": f"no route {path}"})
 
 

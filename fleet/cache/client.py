@@ -1,0 +1,187 @@
+"""The ingress side of the cache: batched lookups with a deadline, batched fire-and-forget writes.
+
+Lookups of concurrent requests going to one shard share one actor call (a micro-batcher per
+shard: one call per shard per batch, never per key), and the request waits at most what its
+enrichment budget allows; past it the request goes on with defaults and the shard fills the
+miss in the background. Writes (frequency events, publisher feedback, traffic counts) leave the
+request path at once: they collect in a per-shard outbox flushed every few milliseconds, and a
+batch a shard could not take (a shard restarting) stays in the outbox and is sent again; the
+events carry ids, so a resend never counts twice. The outbox is bounded too: past ``max_outbox``
+events are refused, counted and logged.
+
+``shards`` maps shard names to anything with the actor's async methods: Ray actor handles in
+Serve (``fleet.serve.cache_actor``), or ``fleet.cache.shard.Shard`` objects in-process in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, defaultdict
+
+from fleet.cache.ring import HashRing
+from fleet.cache.store import FreqEvent, Profile
+from fleet.serve.microbatch import MicroBatcher, join_lists
+
+log = logging.getLogger("fleet.cache")
+
+
+def _call(target, method: str):
+    """An awaitable-returning callable for a Ray actor method or a plain async method."""
+    fn = getattr(target, method)
+    remote = getattr(fn, "remote", None)
+    return remote if remote is not None else fn
+
+
+class CacheClient:
+    def __init__(self, shards: dict, *, window_s: float = 0.0003, flush_s: float = 0.005,
+                 max_outbox: int = 50_000, clock=time.time):
+        self.shards = shards
+        self.ring = HashRing(list(shards))
+        self.clock = clock
+        self.flush_s = flush_s
+        self.max_outbox = max_outbox
+        self.window_s = window_s
+        self.batchers: dict[str, MicroBatcher] = {}
+        self.outbox: dict[str, list[tuple]] = defaultdict(list)  # shard -> [(kind, payload)]
+        self._outbox_n = 0
+        self._inflight = 0  # writes sent, answer not back yet
+        self._flushing = False
+        self.hours: Counter[int] = Counter()
+        self.features: dict[str, tuple[float, float | None]] = {}
+        self.daypart: list[float] = [1.0] * 24
+        self.features_at = 0.0
+        self.stats: Counter[str] = Counter()
+        self.per_shard: Counter[str] = Counter()
+        self.age_sum = 0.0
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def lookup(self, user: str, timeout: float) -> tuple[Profile | None, str]:
+        """(profile, "hit") or (None, "miss" | "timeout" | "error")."""
+        shard = self.ring.owner(user)
+        self.per_shard[shard] += 1
+        try:
+            if timeout <= 0:
+                raise asyncio.TimeoutError
+            (p,) = await asyncio.wait_for(self._batcher(shard)([user]), timeout)
+        except asyncio.TimeoutError:
+            self.stats["timeout"] += 1
+            return None, "timeout"
+        except Exception as exc:  # shard restarting, actor gone: defaults, never the request
+            self.stats["error"] += 1
+            self.stats[f"error.{type(exc).__name__}"] += 1
+            return None, "error"
+        if p is None:
+            self.stats["miss"] += 1
+            return None, "miss"
+        self.stats["hit"] += 1
+        self.age_sum += p.age_s
+        return p, "hit"
+
+    def _batcher(self, shard: str) -> MicroBatcher:
+        b = self.batchers.get(shard)
+        if b is None:
+            b = self.batchers[shard] = MicroBatcher(_call(self.shards[shard], "lookup"), window_s=self.window_s,
+                                                    max_rows=256, join=join_lists, coerce=list)
+        return b
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _put(self, shard: str, item: tuple) -> None:
+        if self._outbox_n >= self.max_outbox:
+            self.stats["outbox_dropped"] += 1
+            if self.stats["outbox_dropped"] in (1, 10, 100, 1000) or self.stats["outbox_dropped"] % 10_000 == 0:
+                log.error("cache outbox full (%d): %d writes refused so far", self.max_outbox,
+                          self.stats["outbox_dropped"])
+            return
+        self.outbox[shard].append(item)
+        self._outbox_n += 1
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_later(self.flush_s, self._spawn_flush)
+
+    def _spawn_flush(self) -> None:
+        asyncio.get_running_loop().create_task(self.flush())
+
+    def record(self, events: list[FreqEvent]) -> None:
+        for ev in events:
+            self._put(self.ring.owner(ev.user), ("f", ev))
+
+    def feedback(self, publisher: str, won: bool, price: float | None) -> None:
+        self._put(self.ring.owner("pub:" + publisher), ("p", (publisher, won, price)))
+
+    def count_request(self, ts: float) -> None:
+        self.hours[int(ts // 3600) % 24] += 1
+
+    async def flush(self) -> None:
+        """Send every shard's outbox (one call per shard and kind); failed batches stay."""
+        try:
+            boxes, self.outbox, self._outbox_n = self.outbox, defaultdict(list), 0
+            calls = []
+            for shard, items in boxes.items():
+                evs = [p for k, p in items if k == "f"]
+                pubs = [p for k, p in items if k == "p"]
+                if evs:
+                    calls.append((shard, "record", evs))
+                if pubs:
+                    calls.append((shard, "publisher", pubs))
+            sent = sum(len(payload) for _, _, payload in calls)
+            self._inflight += sent
+            try:
+                results = await asyncio.gather(*(_call(self.shards[s], m)(payload) for s, m, payload in calls),
+                                               return_exceptions=True)
+            finally:
+                self._inflight -= sent
+            for (shard, method, payload), res in zip(calls, results):
+                kind = "f" if method == "record" else "p"
+                if isinstance(res, BaseException):
+                    self.stats["write_retry"] += len(payload)
+                    # back in the outbox, in front of anything newer
+                    self.outbox[shard][:0] = [(kind, p) for p in payload]
+                    self._outbox_n += len(payload)
+                else:
+                    self.stats["written"] += len(payload)
+                    self.stats["acked" if res.get("acked") else "unacked"] += len(payload)
+        finally:
+            self._flushing = False
+            if self._outbox_n:
+                self._flushing = True
+                asyncio.get_running_loop().call_later(max(self.flush_s, 0.05), self._spawn_flush)
+
+    # -- features -----------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Pull every shard's precomputed features and push this ingress's traffic counts."""
+        hours, self.hours = dict(self.hours), Counter()
+        owner = self.ring.owner("daypart")
+        try:
+            if hours:
+                await _call(self.shards[owner], "traffic")(hours)
+            snaps = await asyncio.gather(*(_call(h, "snapshot")() for h in self.shards.values()))
+        except Exception as exc:
+            self.hours.update(hours)  # try again next period
+            log.warning("cache feature refresh failed: %s", exc)
+            return
+        feats: dict = {}
+        for s in snaps:
+            feats.update(s["publishers"])
+        self.features = feats
+        self.daypart = snaps[[*self.shards].index(owner)]["daypart"]
+        self.features_at = self.clock()
+
+    async def refresh_forever(self, period_s: float) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(period_s)
+
+    def summary(self) -> dict:
+        s = self.stats
+        looked = s["hit"] + s["miss"] + s["timeout"] + s["error"]
+        return {**s, "lookups": looked, "hit_rate": s["hit"] / looked if looked else 0.0,
+                "default_rate": (looked - s["hit"]) / looked if looked else 0.0,
+                "age_mean_s": self.age_sum / s["hit"] if s["hit"] else 0.0,
+                "outbox": self._outbox_n + self._inflight, "per_shard": dict(self.per_shard),
+                "publishers_known": len(self.features),
+                "features_age_s": self.clock() - self.features_at if self.features_at else None}

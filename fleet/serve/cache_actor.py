@@ -1,0 +1,71 @@
+"""The cache shard as a Ray actor: named per region and index, detached, restarted when it dies.
+
+Thin: every method is ``fleet.cache.shard.Shard``'s. A shard that dies comes back empty under
+the same name (``max_restarts=-1``) and reads its users through from Redis on demand, so what
+Redis acknowledged survives it. Ingress replicas find the shards by name (``get_if_exists``):
+the first replica of a region creates them, the others and later deploys reuse them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from fleet.cache.shard import Shard
+from fleet.cache.store import FreqEvent
+
+NAMESPACE = "fleet-cache"
+
+
+def shard_names(region: str, n: int) -> list[str]:
+    return [f"cache-{region}-{i}" for i in range(n)]
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+class CacheShard:
+    def __init__(self, region: str, name: str, redis_url: str | None, shards: list[str], options: dict):
+        self.shard = Shard(region, name, redis_url, shards=shards, **options)
+
+    async def lookup(self, users: list[str]):
+        return await self.shard.lookup(users)
+
+    async def record(self, events: list[FreqEvent]) -> dict:
+        return await self.shard.record(events)
+
+    async def publisher(self, items: list) -> dict:
+        return await self.shard.publisher(items)
+
+    async def traffic(self, hours: dict) -> dict:
+        return await self.shard.traffic(hours)
+
+    async def snapshot(self) -> dict:
+        self.shard.start()
+        return self.shard.snapshot()
+
+    async def refresh(self) -> dict:
+        await self.shard.refresh()
+        return self.shard.snapshot()
+
+    async def stats(self) -> dict:
+        return self.shard.stats()
+
+    async def set_delay(self, seconds: float) -> None:
+        """Fault injection for drills and tests: make every lookup this slow."""
+        self.shard.delay_s = float(seconds)
+
+    async def flush(self) -> int:
+        return await self.shard.flush()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def connect(region: str, n: int, redis_url: str | None, options: dict) -> dict:
+    """Handles of the region's ``n`` shards, created on first use."""
+    names = shard_names(region, n)
+    return {
+        name: CacheShard.options(name=name, namespace=NAMESPACE, lifetime="detached",
+                                 get_if_exists=True).remote(region, name, redis_url, names, options)
+        for name in names
+    }

@@ -1,0 +1,237 @@
+"""Cache shards in-process against a real redis-server: write-through, read-through, Redis
+outages, bounded pending writes, idempotent replays, batched lookups, slow shards, features."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import pytest
+
+from conftest import RedisServer
+from fleet.cache.client import CacheClient
+from fleet.cache.ring import HashRing
+from fleet.cache.shard import Shard
+from fleet.cache.store import FreqEvent
+
+
+@pytest.fixture
+def redis_srv(tmp_path):
+    srv = RedisServer(tmp_path / "redis")
+    try:
+        yield srv
+    finally:
+        srv.proc.kill()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+T0 = time.time() - 3600  # inside the frequency window
+
+
+def ev(user, n, cid="c1", ts=T0):
+    return FreqEvent(user, cid, f"a{n}:1", ts + n, ("seg-a",))
+
+
+# -- consistent hashing ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_adding_a_shard_moves_about_one_in_n_plus_one_keys(n):
+    keys = [f"u{i}" for i in range(20_000)]
+    ring = HashRing([f"s{i}" for i in range(n)])
+    before = {k: ring.owner(k) for k in keys}
+    ring.add(f"s{n}")
+    moved = [k for k in keys if ring.owner(k) != before[k]]
+    share = len(moved) / len(keys)
+    assert abs(share - 1 / (n + 1)) < 0.35 / (n + 1), share
+    assert all(ring.owner(k) == f"s{n}" for k in moved)  # keys only move to the new shard
+    ring.remove(f"s{n}")
+    assert all(ring.owner(k) == before[k] for k in keys)  # and come back when it goes
+
+
+def test_keys_spread_over_shards():
+    ring = HashRing(["a", "b", "c", "d"])
+    counts = {s: 0 for s in ring.shards}
+    for i in range(40_000):
+        counts[ring.owner(f"k{i}")] += 1
+    assert max(counts.values()) / min(counts.values()) < 1.35
+
+
+# -- write-through and read-through ---------------------------------------------------------
+
+def test_acknowledged_writes_survive_a_new_shard(redis_srv):
+    async def go():
+        s1 = Shard("r", "s0", redis_srv.url)
+        res = await s1.record([ev("u1", i) for i in range(5)])
+        assert res == {"acked": True, "pending": 0, "dropped": 0}
+        await s1.close()
+        s2 = Shard("r", "s0", redis_srv.url)  # a restarted shard: empty memory
+        assert await s2.lookup(["u1"]) == [None]  # a miss, filled in the background
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            (p,) = await s2.lookup(["u1"])
+            if p is not None:
+                break
+        await s2.close()
+        return p
+
+    p = run(go())
+    assert p is not None
+    assert {eid for eid, _ in p.freq["c1"]} == {f"a{i}:1" for i in range(5)}
+    assert p.segments == ("seg-a",) and p.seen == T0 + 4
+
+
+def test_replayed_events_count_once(redis_srv):
+    async def go():
+        s = Shard("r", "s0", redis_srv.url)
+        await s.record([ev("u1", 1), ev("u1", 2)])
+        await s.record([ev("u1", 1), ev("u1", 2), ev("u1", 3)])  # a resend after a lost ack
+        await s.close()
+
+    run(go())
+    assert redis_srv.client().zcard("fleet:r:f:u1") == 3
+
+
+def test_redis_outage_queues_writes_and_flushes_them_in_order(redis_srv):
+    async def go():
+        s = Shard("r", "s0", redis_srv.url)
+        s.start()
+        assert (await s.record([ev("u1", 0)]))["acked"]
+        await s.lookup([f"u{k}" for k in range(7)])  # users this shard has loaded
+        await asyncio.sleep(0.1)
+        redis_srv.stop()
+        results = []
+        for i in range(1, 201):
+            results.append(await s.record([ev(f"u{i % 7}", i)]))
+        # decisions still see every count of a loaded user while Redis is away
+        (p,) = await s.lookup(["u1"])
+        assert len(p.freq["c1"]) == 1 + len([i for i in range(1, 201) if i % 7 == 1])
+        assert not any(r["acked"] for r in results)
+        assert s.stats()["pending"] == 200 and s.stats()["redis"] == "down"
+        redis_srv.start()
+        for _ in range(100):  # the flush loop notices Redis is back
+            await asyncio.sleep(0.05)
+            if not s.queue:
+                break
+        stats = s.stats()
+        await s.close()
+        return stats
+
+    stats = run(go())
+    assert stats["pending"] == 0 and stats["redis"] == "up" and stats["dropped"] == 0
+    r = redis_srv.client()
+    total = sum(r.zcard(f"fleet:r:f:u{k}") for k in range(7))
+    assert total == 201  # every write queued during the outage is there
+    # in order: the profile's last-seen is the last event's time, not an earlier one's
+    assert float(r.hget("fleet:r:u:u4", "seen")) == T0 + max(i for i in range(201) if i % 7 == 4)
+
+
+def test_pending_bound_is_reported_not_silent(redis_srv, caplog):
+    async def go():
+        s = Shard("r", "s0", redis_srv.url, max_pending=10)
+        redis_srv.stop()
+        out = [await s.record([ev("u1", i)]) for i in range(15)]
+        stats = s.stats()
+        await s.close()
+        return out, stats
+
+    with caplog.at_level(logging.ERROR, logger="fleet.cache"):
+        out, stats = run(go())
+    assert stats["pending"] == 10 and stats["dropped"] == 5
+    assert sum(r["dropped"] for r in out) == 5
+    assert "pending queue full" in caplog.text
+
+
+# -- the ingress client ---------------------------------------------------------------------
+
+def test_concurrent_lookups_share_one_call_per_shard(redis_srv):
+    async def go():
+        shards = {f"s{i}": Shard("r", f"s{i}", redis_srv.url, shards=["s0", "s1"]) for i in range(2)}
+        client = CacheClient(shards, window_s=0.002)
+        users = [f"user{i}" for i in range(40)]
+        first = await asyncio.gather(*(client.lookup(u, 1.0) for u in users))
+        calls = sum(s.counts["lookups"] for s in shards.values())
+        await asyncio.sleep(0.1)  # the misses fill in the background
+        second = await asyncio.gather(*(client.lookup(u, 1.0) for u in users))
+        for s in shards.values():
+            await s.close()
+        return first, second, calls, shards
+
+    first, second, calls, shards = run(go())
+    assert calls == 2  # 40 keys, 2 shards: one call each
+    assert {o for _, o in first} == {"miss"}
+    assert {o for _, o in second} == {"hit"}
+    assert sum(s.counts["keys"] for s in shards.values()) == 80
+
+
+def test_a_slow_shard_becomes_defaults_within_the_budget(redis_srv):
+    async def go():
+        shard = Shard("r", "s0", redis_srv.url)
+        shard.delay_s = 0.5
+        client = CacheClient({"s0": shard})
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        out = await client.lookup("u1", 0.005)
+        waited = loop.time() - t0
+        await shard.close()
+        return out, waited
+
+    (profile, outcome), waited = run(go())
+    assert profile is None and outcome == "timeout"
+    assert waited < 0.25  # bounded by the budget, not by the shard's half second
+
+
+def test_writes_through_the_client_are_retried_after_a_failure(redis_srv):
+    class Flaky:
+        """A shard that refuses its first call, as one restarting would."""
+
+        def __init__(self, inner):
+            self.inner, self.failed = inner, False
+
+        async def record(self, events):
+            if not self.failed:
+                self.failed = True
+                raise ConnectionError("shard restarting")
+            return await self.inner.record(events)
+
+    async def go():
+        shard = Shard("r", "s0", redis_srv.url)
+        client = CacheClient({"s0": Flaky(shard)}, flush_s=0.001)
+        client.record([ev("u9", i) for i in range(20)])
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if client.stats["acked"] == 20:
+                break
+        await shard.close()
+        return client.stats
+
+    stats = run(go())
+    assert stats["write_retry"] == 20 and stats["acked"] == 20
+    assert redis_srv.client().zcard("fleet:r:f:u9") == 20
+
+
+def test_publisher_features_and_daypart_come_from_redis(redis_srv):
+    async def go():
+        s = Shard("r", "s0", redis_srv.url)
+        rng = random.Random(1)
+        items = [("pub-1", True, 2.0) for _ in range(30)] + [("pub-1", False, None) for _ in range(10)]
+        rng.shuffle(items)
+        await s.publisher(items)
+        await s.traffic({5: 30, 17: 90})
+        fresh = Shard("r", "s0", redis_srv.url)  # another shard process reads the same truth
+        await fresh.refresh()
+        snap = fresh.snapshot()
+        await s.close()
+        await fresh.close()
+        return snap
+
+    snap = run(go())
+    rate, level = snap["publishers"]["pub-1"]
+    assert level == pytest.approx(2.0)
+    assert rate == pytest.approx(31 / 44)  # smoothed toward 1/4
+    assert snap["daypart"][17] == pytest.approx(24 * 90 / 120)
+    assert snap["daypart"][3] == 0.0
