@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from fleet.obs import histogram
+
 from fleet.sim.traffic import RequestFactory
 
 LUA = Path(__file__).with_name("wrk_openrtb.lua")
@@ -60,6 +62,12 @@ def write_bodies(region: str, n: int, seed: int = 11) -> Path:
             req["id"] = "__ID__"
             fh.write(msgspec.json.encode(req).decode() + "\n")
     return Path(name)
+
+
+def _stage_counts(base: str, prefix: str | None) -> dict:
+    if prefix is None:
+        return {}
+    return httpx.get(f"{base}{prefix}/stats", timeout=5).json().get("latency", {})
 
 
 def _late(base: str, prefix: str | None) -> int:
@@ -134,7 +142,9 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
                  meta: dict | None = None) -> dict:
     """``targets``: label -> (route prefix, prefix whose /stats counts late answers, or None).
 
-    The first target is the reference (the noop app), the second the system under test.
+    The first target is the reference (the noop app), the last the system under test; any in
+    between are measured the same way (a variant to compare with, e.g. the region without its
+    cache).
     """
     wrk = ensure_wrk()
     bodies = write_bodies(region, 4000)
@@ -149,9 +159,13 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
 
             step(start_rate)  # warm-up, not recorded
             capacity, steps = find_capacity(step, start_rate, log=log)
+            before = _stage_counts(base, stats_prefix)
             half = step(capacity / 2) if capacity else None
+            stages = histogram.summary(histogram.delta(_stage_counts(base, stats_prefix), before))
             if half is not None:
                 log(f"  at 50% ({capacity / 2:.0f}/s): p50 {half.p50_ms:.2f} ms  p99 {half.p99_ms:.2f} ms")
+                for name, st in stages.items():
+                    log(f"    stage {name:<11} p50 {st['p50_ms']} ms  p99 {st['p99_ms']} ms  (n={st['n']})")
             sat = step(float("inf"))  # closed loop, no pacing: the saturation throughput
             log(f"  saturation (closed loop, {connections} connections): {sat.achieved:.0f}/s  "
                 f"p50 {sat.p50_ms:.2f} ms  p99 {sat.p99_ms:.2f} ms")
@@ -159,12 +173,13 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
                 "capacity_rps": capacity,
                 "saturation_rps": sat.achieved,
                 "half_load": asdict(half) if half else None,
+                "half_load_stages": stages,
                 "steps": [asdict(s) for s in steps],
             }
     finally:
         bodies.unlink(missing_ok=True)
     labels = list(targets)
-    ref, sut = results[labels[0]], results[labels[1]]
+    ref, sut = results[labels[0]], results[labels[-1]]
     doc = {
         "benchmark": "capacity",
         "region": region,
@@ -176,6 +191,8 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
         "results": results,
         "ratio_capacity": round(sut["capacity_rps"] / ref["capacity_rps"], 3) if ref["capacity_rps"] else None,
         "ratio_saturation": round(sut["saturation_rps"] / ref["saturation_rps"], 3),
+        "ratios_capacity": {k: round(v["capacity_rps"] / ref["capacity_rps"], 3) if ref["capacity_rps"] else None
+                            for k, v in results.items()},
         **(meta or {}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

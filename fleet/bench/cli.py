@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import time
 
 import click
@@ -77,10 +78,13 @@ def bench_batching(model, seconds, port):
 @click.option("--start-rate", default=300.0, show_default=True)
 @click.option("--port", default=8123, show_default=True, help="Ingress port of the bench's own Ray.")
 @click.option("--model", default=None, help="Price with this model version (e.g. ctr/v1); default rule.")
-def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model):
+@click.option("--compare-cache/--no-compare-cache", default=False, show_default=True,
+              help="Also measure the region without its cache shards (enrichment from the request only).")
+def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model, compare_cache):
     """One region's capacity against a no-op Serve app, same ingress, same wrk, same run.
 
-    Starts its own local Ray (HAProxy ingress, throughput settings) with the region and the noop
+    Starts its own local Ray (HAProxy ingress, throughput settings) with the region (its cache
+    shards writing through to REDIS_URL, or to a redis-server started for the run) and the noop
     app on one replica each, unless RAY_ADDRESS is set, and stops what it started.
     """
     from fleet.runtime import local
@@ -97,8 +101,14 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model)
 
     spec = load_regions().regions[region]
     started = False
+    redis_proc = None
+    if not os.environ.get("REDIS_URL"):
+        import tempfile
+
+        os.environ["REDIS_URL"], _, redis_proc = local.start_redis(Path(tempfile.mkdtemp(prefix="bench-redis-")))
     if not os.environ.get("RAY_ADDRESS"):
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"REDIS_URL": os.environ["REDIS_URL"]}})
         started = True
     else:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
@@ -108,20 +118,38 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model)
                   route_prefix=spec.route_prefix, blocking=False)
         serve.run(noop_app.build_app({"max_ongoing_requests": spec.max_ongoing_requests}),
                   name="bench-noop", route_prefix="/bench-noop", blocking=False)
+        targets = {"noop": ("/bench-noop", None)}
+        prefixes = [spec.route_prefix]
+        if compare_cache:
+            nocache = f"{spec.route_prefix}-nocache"
+            serve.run(region_app.build_app(RegionAppArgs(region=region, model=model, cache=False)),
+                      name=f"bench-{region}-nocache", route_prefix=nocache, blocking=False)
+            targets[f"{region} without cache"] = (nocache, nocache)
+            prefixes.append(nocache)
+        targets[region] = (spec.route_prefix, spec.route_prefix)
         base = f"http://127.0.0.1:{port}"
-        if not wait_ready(base, [spec.route_prefix], 180):
+        if not wait_ready(base, prefixes, 180):
             raise click.ClickException("region did not become ready")
         time.sleep(2)
-        run_capacity(
-            base,
-            {"noop": ("/bench-noop", None), region: (spec.route_prefix, spec.route_prefix)},
-            region, slo_ms=slo_ms, step_s=step_s, connections=connections, start_rate=start_rate,
-            out=RESULTS / f"capacity-{region}{'-' + model.replace('/', '-') if model else ''}.json",
+        suffix = ("-" + model.replace("/", "-") if model else "") + ("-cache" if compare_cache else "")
+        doc = run_capacity(
+            base, targets, region, slo_ms=slo_ms, step_s=step_s, connections=connections, start_rate=start_rate,
+            out=RESULTS / f"capacity-{region}{suffix}.json",
             log=click.echo, meta={"pricing": f"model:{model}" if model else "rule"},
         )
+        if compare_cache:
+            r = doc["results"]
+            ratio = r[region]["capacity_rps"] / r[f"{region} without cache"]["capacity_rps"]
+            click.echo(f"capacity with cache / without: {ratio:.3f}; enrichment p99 at half load: "
+                       f"{r[region]['half_load_stages'].get('enrichment', {}).get('p99_ms')} ms")
     finally:
-        serve.delete(f"bench-{region}")
-        serve.delete("bench-noop")
+        for app in (f"bench-{region}", "bench-noop", f"bench-{region}-nocache"):
+            try:
+                serve.delete(app)
+            except Exception:
+                pass
         if started:
             serve.shutdown()
             ray.shutdown()
+        if redis_proc is not None:
+            redis_proc.terminate()

@@ -20,6 +20,7 @@ from fleet.config import RegionsFile
 from fleet.openrtb import codec
 from fleet.openrtb.model import BidRequest, Imp
 from fleet.openrtb.nbr import NBR
+from fleet.obs.histogram import StageHistograms
 from fleet.pipeline.admission import Admission, Rejected
 from fleet.pipeline.auction import Offer, choose
 from fleet.pipeline.creative_fit import SlotRules
@@ -128,6 +129,7 @@ class RegionBidder:
         self.stats: Counter[str] = Counter()
         self.scorer = scorer  # a fleet.ml.scorer.Scorer, or None for rule pricing
         self.win_rate = WinRateModel()
+        self.latency = StageHistograms()  # seconds per stage of every answered request
         # uid -> (Profile | None, lookup outcome), for in-process use; Serve looks up async.
         self.profiles = profiles
         self.cache_default_multiplier = config.defaults.cache.default_multiplier
@@ -155,12 +157,13 @@ class RegionBidder:
             headers["x-fleet-degraded"] = ",".join(degraded)
         return Answer(204, b"", headers, reason, degraded, self._spent(dl))
 
-    @staticmethod
-    def _spent(dl: Deadline | None) -> dict[str, float]:
+    def _spent(self, dl: Deadline | None) -> dict[str, float]:
         if dl is None:
             return {}
         dl.finish()
-        return {**dl.spent, "total": now() - dl.arrival}
+        spent = {**dl.spent, "total": now() - dl.arrival}
+        self.latency.observe_all(spent)
+        return spent
 
     def learn(self, notice) -> None:
         """Win and loss notices teach the win-rate model (loss reason 102: outbid)."""

@@ -233,6 +233,7 @@ class RegionIngress:
                 "replica": self.replica})
         if path == "/stats":
             return _json_response(200, {"bidder": dict(self.bidder.stats), "notices": dict(self.notices.counts),
+                                        "latency": self.bidder.latency.snapshot(),
                                         "cache": self.cache.summary() if self.cache is not None else None})
         if path == "/cache" and self.cache is not None:
             shards = await asyncio.gather(*(h.stats.remote() for h in self.cache.shards.values()),

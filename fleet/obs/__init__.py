@@ -1,0 +1,1 @@
+"""Observability: what the fleet measures about itself."""

@@ -1,0 +1,63 @@
+"""Fixed-bucket latency histograms per stage: cheap to record on the hot path, mergeable, and
+read as quantiles from the difference of two snapshots (what one benchmark step recorded).
+
+Buckets are log-spaced, 20 per decade from 10 us to 10 s, so a quantile is known to within about
+12% (one bucket), which is enough to hold a stage to a millisecond budget.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+PER_DECADE = 20
+BOUNDS_S = [10 ** (-5 + i / PER_DECADE) for i in range(6 * PER_DECADE + 1)]  # upper bounds
+
+
+class StageHistograms:
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {}
+
+    def observe(self, stage: str, seconds: float) -> None:
+        c = self.counts.get(stage)
+        if c is None:
+            c = self.counts[stage] = [0] * (len(BOUNDS_S) + 1)
+        c[bisect.bisect_left(BOUNDS_S, seconds)] += 1
+
+    def observe_all(self, spent: dict[str, float]) -> None:
+        for stage, seconds in spent.items():
+            self.observe(stage, seconds)
+
+    def snapshot(self) -> dict[str, list[int]]:
+        return {k: list(v) for k, v in self.counts.items()}
+
+
+def quantile(counts: list[int], q: float) -> float | None:
+    """The upper bound (seconds) of the bucket holding quantile ``q``; None when empty."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    run = 0
+    for i, n in enumerate(counts):
+        run += n
+        if run >= rank:
+            return BOUNDS_S[i] if i < len(BOUNDS_S) else float("inf")
+    return float("inf")
+
+
+def delta(after: dict[str, list[int]], before: dict[str, list[int]]) -> dict[str, list[int]]:
+    out = {}
+    for k, v in after.items():
+        b = before.get(k, [0] * len(v))
+        out[k] = [x - y for x, y in zip(v, b)]
+    return out
+
+
+def summary(counts: dict[str, list[int]]) -> dict[str, dict]:
+    """p50/p99 (ms) and count per stage."""
+    return {k: {"n": sum(v), "p50_ms": _ms(quantile(v, 0.5)), "p99_ms": _ms(quantile(v, 0.99))}
+            for k, v in counts.items()}
+
+
+def _ms(s: float | None) -> float | None:
+    return None if s is None else round(s * 1000.0, 4)
