@@ -286,6 +286,85 @@ def model_list():
                    f"logloss {m['metrics']['test_logloss']:.5f}  created {m['created']}")
 
 
+@main.group()
+def ledger() -> None:
+    """The event ledger: run a region's consumer, reconcile."""
+
+
+def _redis_url() -> str:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        state = local.State.load()
+        url = state.redis_url if state else ""
+    if not url:
+        raise click.ClickException("no Redis: set REDIS_URL or run `fleet up`")
+    return url
+
+
+@ledger.command("consume")
+@click.option("--region", required=True)
+@click.option("--consumer", default="c0", show_default=True, help="Name within the consumer group.")
+@click.option("--expire-s", default=None, type=float, help="Notice window (default: regions.yaml).")
+@click.option("--until-idle", is_flag=True, help="Stop once the stream is drained (tests, backfills).")
+def ledger_consume(region, consumer, expire_s, until_idle):
+    """Run a region's ledger consumer in the foreground (the fleet runs one per region as an
+    actor; this is for operations and tests)."""
+    import asyncio
+
+    from fleet.ledger.consumer import LedgerConsumer
+
+    expire = expire_s or load_regions().defaults.ledger.expire_s
+
+    async def go():
+        c = LedgerConsumer(region, _redis_url(), consumer=consumer, expire_s=expire)
+        await c.ensure_group()
+        try:
+            if until_idle:
+                await c.drain(block_ms=200)
+            else:
+                await c.run()
+        finally:
+            click.echo(f"applied {c.applied}, duplicates {c.duplicates}")
+            await c.close()
+
+    asyncio.run(go())
+
+
+@ledger.command("report")
+@click.option("--region", required=True)
+@click.option("--window", "window_s", default=600, show_default=True, help="Seconds per window.")
+@click.option("--tolerance", default=None, type=float, help="Drift flagged beyond (default: regions.yaml).")
+@click.option("--json", "as_json", is_flag=True)
+def ledger_report(region, window_s, tolerance, as_json):
+    """Per campaign and window: selected, won, billed, reserved vs finalized spend, pacing's
+    view vs the ledger's; drift beyond the tolerance flagged."""
+    import json
+    import time
+
+    import redis
+
+    from fleet.ledger.report import report
+
+    tol = tolerance if tolerance is not None else load_regions().defaults.ledger.drift_tolerance
+    doc = report(redis.Redis.from_url(_redis_url()), region, window_s, tol)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"{'campaign':<22}{'window (UTC)':<18}{'sel':>6}{'won':>6}{'bill':>6}{'lost':>6}{'exp':>5}"
+               f"{'reserved':>11}{'released':>11}{'spend':>10}  flags")
+    for r in doc["rows"]:
+        when = time.strftime("%m-%d %H:%M", time.gmtime(r["window"]))
+        click.echo(f"{r['campaign']:<22}{when:<18}{r['selected']:>6}{r['won']:>6}{r['billed']:>6}{r['lost']:>6}"
+                   f"{r['expired']:>5}{r['reserved']:>11.4f}{r['released']:>11.4f}{r['spend']:>10.4f}  "
+                   f"{','.join(r['flags'])}")
+    click.echo("\ntoday: pacing's reservations vs the ledger's")
+    for cid, t in doc["today"].items():
+        click.echo(f"{cid:<22} pacing {t['pacing_reserved']:.4f}  ledger {t['ledger_reserved']:.4f}  "
+                   f"open {t['open']:.4f}  finalized {t['finalized']:.4f}  drift {t['drift']:.2%}"
+                   f"{'  DRIFT' if t['flag'] else ''}")
+    click.echo(f"flagged: {', '.join(doc['flagged']) or 'none'}")
+
+
 from fleet.bench.cli import bench  # noqa: E402  (registers `fleet bench ...`)
 
 main.add_command(bench)

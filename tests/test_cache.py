@@ -235,3 +235,45 @@ def test_publisher_features_and_daypart_come_from_redis(redis_srv):
     assert rate == pytest.approx(31 / 44)  # smoothed toward 1/4
     assert snap["daypart"][17] == pytest.approx(24 * 90 / 120)
     assert snap["daypart"][3] == 0.0
+
+
+# -- the hot-path socket --------------------------------------------------------------------
+
+def test_wire_round_trip_and_reconnect_after_a_shard_restart(redis_srv):
+    from fleet.cache import wire
+
+    async def go():
+        shard = Shard("r", "s0", redis_srv.url)
+        server = await wire.serve(shard)
+        addr = {"now": server.sockets[0].getsockname()[:2]}
+
+        async def resolve():
+            return addr["now"]
+
+        client = wire.WireClient(resolve, retry_s=0.0)
+        assert (await client.record([ev("w1", i) for i in range(3)]))["acked"]
+        await client.lookup(["w1"])
+        await asyncio.sleep(0.1)
+        (p,) = await client.lookup(["w1"])
+        # the shard goes away: calls fail fast (the caller defaults), nothing hangs
+        server.close()
+        await server.wait_closed()
+        client.close()
+        with pytest.raises(ConnectionError):
+            await client.lookup(["w1"])
+        # it comes back elsewhere, empty: the client re-resolves and the data reads through
+        shard2 = Shard("r", "s0", redis_srv.url)
+        server2 = await wire.serve(shard2)
+        addr["now"] = server2.sockets[0].getsockname()[:2]
+        await client.lookup(["w1"])
+        await asyncio.sleep(0.1)
+        (p2,) = await client.lookup(["w1"])
+        client.close()
+        server2.close()
+        await shard.close()
+        await shard2.close()
+        return p, p2
+
+    p, p2 = run(go())
+    assert p.freq == p2.freq and len(p.freq["c1"]) == 3
+    assert p2.segments == ("seg-a",)

@@ -1,12 +1,15 @@
-"""The region's cache shards as Ray actors behind the real ingress, with the session's real
-redis-server: enrichment hits, a shard killed under load, a Redis outage under load, a slow
-shard. The model-pricing app /model/us-east runs with the cache (see conftest)."""
+"""The region's cache shards and ledger behind the real ingress, with the session's real
+redis-server: enrichment hits, a shard killed under load, a Redis outage under load (the ledger
+loses no event, the shards no count), a slow shard. The model-pricing app /model/us-east runs
+with the cache (see conftest). Exposures count on billing notices, through the ledger."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -42,9 +45,14 @@ def requests(tag: str, n: int, users: int, seed: int = 5) -> list[dict]:
     return out
 
 
-async def _send(base: str, reqs: list[dict], concurrency: int = 16, between=None):
-    """Post every request; returns [(request, status, headers, body)]. ``between(i)`` runs
-    after the i-th answer (to kill something mid-load)."""
+def _bill_url(base: str, burl: str, price: float) -> str:
+    u = urlsplit(burl.replace("${AUCTION_PRICE}", f"{price:.4f}").replace("${AUCTION_CURRENCY}", "USD"))
+    return f"{base}{u.path}?{u.query}"
+
+
+async def _send(base: str, reqs: list[dict], concurrency: int = 16, between=None, bill: bool = True):
+    """Post every request and, as the exchange would, call the billing URL of every bid;
+    returns [(request, status, headers, body)]. ``between(i)`` runs after the i-th answer."""
     sem = asyncio.Semaphore(concurrency)
     out = [None] * len(reqs)
     done = 0
@@ -55,6 +63,11 @@ async def _send(base: str, reqs: list[dict], concurrency: int = 16, between=None
             async with sem:
                 resp = await client.post(f"{base}{APP}/openrtb2/bid", content=json.dumps(r), headers=HEADERS)
                 out[i] = (r, resp.status_code, resp.headers, resp.content)
+                if bill and resp.status_code == 200:
+                    for sb in resp.json()["seatbid"]:
+                        for b in sb["bid"]:
+                            n = await client.get(_bill_url(base, b["burl"], b["price"] * 0.8))
+                            assert n.status_code == 200, n.text
                 done += 1
                 if between is not None:
                     await between(done)
@@ -64,7 +77,7 @@ async def _send(base: str, reqs: list[dict], concurrency: int = 16, between=None
 
 
 def winners(results) -> list[tuple[str, str, str]]:
-    """(user, campaign, event id) of every bid that left."""
+    """(user, campaign, event id) of every bid that left (and was billed)."""
     out = []
     for req, status, _, body in results:
         if status == 200:
@@ -74,23 +87,53 @@ def winners(results) -> list[tuple[str, str, str]]:
     return out
 
 
+def ledger_runner():
+    import ray
+
+    from fleet.serve.cache_actor import NAMESPACE
+
+    return ray.get_actor(f"ledger-{REGION}", namespace=NAMESPACE)
+
+
+def wait_settled(base, timeout=40):
+    """Until nothing is in flight: the ingress's outbox and event buffer, the ledger's lag, and
+    the ledger runner's writes to the shards."""
+    import ray
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        s = stats(base)
+        try:
+            lr = ray.get(ledger_runner().stats.remote(), timeout=5)
+        except ray.exceptions.RayError:
+            time.sleep(0.2)
+            continue
+        leds = [httpx.get(f"{base}{app}/stats", timeout=5).json()["ledger"]
+                for app in ("/us-east", APP, "/remote/us-east")]
+        if (s["cache"]["outbox"] == 0 and all(x["buffered"] == 0 and x["spill_bytes"] == 0 for x in leds)
+                and lr["lag"] == 0 and lr["cache"]["outbox"] == 0):
+            return s, lr
+        time.sleep(0.2)
+    raise AssertionError(f"not settled: {s}, {lr}")
+
+
 def stats(base):
     return httpx.get(f"{base}{APP}/stats", timeout=5).json()
 
 
-def wait_outbox_drained(base, timeout=20):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        s = stats(base)["cache"]
-        if s["outbox"] == 0:
-            return s
-        time.sleep(0.1)
-    raise AssertionError(f"ingress outbox not drained: {s}")
+def emitted_in_region(base) -> int:
+    """Events emitted by every app serving the region (bids go to /model/us-east, their notices
+    to the region's own URL, /us-east)."""
+    return sum(httpx.get(f"{base}{app}/stats", timeout=5).json()["ledger"]["emitted"]
+               for app in ("/us-east", APP, "/remote/us-east"))
 
 
 def missing_in_redis(redis_server, wins) -> list:
+    """Billed impressions with no counter in Redis (each with the ledger's record of its user's
+    events, to say why)."""
     r = redis_server.client()
-    return [w for w in wins if r.zscore(f"fleet:{REGION}:f:{w[0]}", f"{w[1]}|{w[2]}") is None]
+    return [(w, r.zrange(f"fleet:{REGION}:f:{w[0]}", 0, -1)) for w in wins
+            if r.zscore(f"fleet:{REGION}:f:{w[0]}", f"{w[1]}|{w[2]}") is None]
 
 
 def test_second_sight_of_a_user_is_a_cache_hit(fleet_http):
@@ -156,7 +199,7 @@ def test_killing_a_shard_under_load_loses_no_counted_bid(fleet_http, redis_serve
     assert all(status in (200, 204) for _, status, _, _ in results)  # never a 5xx
     wins = winners(results)
     assert len(wins) > 30, "the load should produce bids"
-    drained = wait_outbox_drained(fleet_http)
+    settled, runner = wait_settled(fleet_http)
     assert _pid(victim) != pid_before  # it really was restarted
     assert missing_in_redis(redis_server, wins) == []
     # and the restarted shard serves every one of them, read through from Redis
@@ -167,26 +210,38 @@ def test_killing_a_shard_under_load_loses_no_counted_bid(fleet_http, redis_serve
         p = shard_view(user)
         served = {(cid, eid) for cid, pairs in p.freq.items() for eid, _ in pairs}
         assert evs <= served, (user, evs - served)
-    assert drained.get("outbox_dropped", 0) == 0
+    assert settled["cache"].get("outbox_dropped", 0) == 0 and runner["cache"].get("outbox_dropped", 0) == 0
 
 
-def test_redis_outage_under_load_queues_and_then_writes_everything(fleet_http, redis_server):
+def test_redis_outage_under_load_loses_no_event_and_no_count(fleet_http, redis_server):
+    """Redis stops for 10 s under load: the ingress buffers and spills events, the shards queue
+    their writes; after the restart every emitted event is in the ledger once and every billed
+    impression is counted."""
     import ray
 
     handles = shard_handles()
-    # users the shards have loaded before the outage
-    warm = requests("outage", 300, 40)
-    asyncio.run(_send(fleet_http, warm[:40]))
+    warm = requests("outage", 600, 40)
+    asyncio.run(_send(fleet_http, warm[:40]))  # users the shards have loaded before the outage
+    _, runner0 = wait_settled(fleet_http)
+    emitted0 = emitted_in_region(fleet_http)
+
+    async def load_for(seconds):
+        out, i, end = [], 40, time.monotonic() + seconds
+        while time.monotonic() < end and i < len(warm):
+            out += await _send(fleet_http, warm[i:i + 20], concurrency=8)
+            i += 20
+        return out
+
     redis_server.stop()
     try:
-        results = asyncio.run(_send(fleet_http, warm[40:]))
-        assert all(status in (200, 204) for _, status, _, _ in results)
-        wait_outbox_drained(fleet_http)
+        results = asyncio.run(load_for(10.0))
         during = ray.get([h.stats.remote() for h in handles.values()])
-        assert any(s["redis"] == "down" for s in during)
-        assert sum(s["pending"] for s in during) > 0
+        during_ledger = stats(fleet_http)["ledger"]
     finally:
         redis_server.start()
+    assert all(status in (200, 204) for _, status, _, _ in results)
+    assert during_ledger["redis"] == "down" and during_ledger["buffered"] + during_ledger["spill_bytes"] > 0
+    settled, runner = wait_settled(fleet_http, timeout=60)
     end = time.monotonic() + 20
     while time.monotonic() < end:
         after = ray.get([h.stats.remote() for h in handles.values()])
@@ -194,6 +249,9 @@ def test_redis_outage_under_load_queues_and_then_writes_everything(fleet_http, r
             break
         time.sleep(0.2)
     assert all(s["pending"] == 0 and s["dropped"] == 0 for s in after), after
+    emitted = emitted_in_region(fleet_http) - emitted0
+    assert emitted > 100
+    assert runner["applied"] - runner0["applied"] == emitted  # every event in the ledger, once
     wins = winners(results)
     assert len(wins) > 20
     assert missing_in_redis(redis_server, wins) == []
@@ -206,7 +264,7 @@ def test_a_slow_shard_turns_into_defaults_never_a_late_answer(fleet_http):
     before = stats(fleet_http)["bidder"]
     ray.get([h.set_delay.remote(0.3) for h in handles.values()])
     try:
-        results = asyncio.run(_send(fleet_http, requests("slow", 40, 40), concurrency=8))
+        results = asyncio.run(_send(fleet_http, requests("slow", 40, 40), concurrency=8, bill=False))
     finally:
         ray.get([h.set_delay.remote(0.0) for h in handles.values()])
     assert all(status in (200, 204) for _, status, _, _ in results)

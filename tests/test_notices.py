@@ -93,3 +93,24 @@ def test_unknown_routes_and_methods(fleet_http):
     assert httpx.get(f"{fleet_http}/us-east/openrtb2/bid").status_code == 405
     assert httpx.get(f"{fleet_http}/us-east/nope").status_code == 404
     assert httpx.get(f"{fleet_http}/us-east/ready").json()["campaigns"] > 0
+
+
+@pytest.mark.slow
+def test_forged_tampered_and_unsigned_notices_get_403_and_no_spend(fleet_http):
+    req = {"id": "forge-1", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 0.1}],
+           "site": {"id": "s", "domain": "news.example", "publisher": {"id": "pub-1"}},
+           "device": {"geo": {"country": "USA"}}}
+    r = httpx.post(f"{fleet_http}/us-east/openrtb2/bid", json=req, headers={"x-openrtb-version": "2.6"})
+    bid = r.json()["seatbid"][0]["bid"][0]
+    u = urlsplit(_substitute(bid["burl"], "1.00"))
+    before = httpx.get(f"{fleet_http}/us-east/stats").json()
+    with httpx.Client(timeout=5) as client:
+        tampered = u.query.replace(f"c={bid['cid']}", "c=c-video-premium")
+        unsigned = "&".join(p for p in u.query.split("&") if not p.startswith("s="))
+        for q in (tampered, unsigned, u.query.replace("bid=", "bid=x")):
+            resp = client.get(f"{fleet_http}{u.path}?{q}")
+            assert resp.status_code == 403, (q, resp.text)
+    after = httpx.get(f"{fleet_http}/us-east/stats").json()
+    assert after["notices"].get("forged", 0) == before["notices"].get("forged", 0) + 3
+    assert after["notices"].get("bill", 0) == before["notices"].get("bill", 0)  # nothing billed
+    assert after["ledger"]["emitted"] == before["ledger"]["emitted"]  # and no event emitted

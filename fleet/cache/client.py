@@ -34,8 +34,13 @@ def _call(target, method: str):
     return remote if remote is not None else fn
 
 
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
+
+
 class CacheClient:
-    def __init__(self, shards: dict, *, window_s: float = 0.0003, flush_s: float = 0.005,
+    def __init__(self, shards: dict, *, window_s: float = 0.0, flush_s: float = 0.02,
                  max_outbox: int = 50_000, clock=time.time):
         self.shards = shards
         self.ring = HashRing(list(shards))
@@ -65,7 +70,12 @@ class CacheClient:
         try:
             if timeout <= 0:
                 raise asyncio.TimeoutError
-            (p,) = await asyncio.wait_for(self._batcher(shard)([user]), timeout)
+            fut = self._batcher(shard).submit([user])
+            timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+            try:
+                (p,) = await fut
+            finally:
+                timer.cancel()
         except asyncio.TimeoutError:
             self.stats["timeout"] += 1
             return None, "timeout"

@@ -34,15 +34,15 @@ log = logging.getLogger("fleet.cache")
 PROFILE_TTL_S = 30 * 86_400
 
 
-def redis_client(url: str):
+def redis_client(url: str, decode: bool = True, timeout_s: float = 0.5):
     """An asyncio Redis client that fails fast: no retries, short timeouts. A stalled Redis must
     cost the shard one bounded attempt, then the pending queue, never a request."""
     import redis.asyncio as aredis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return aredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                 retry=Retry(NoBackoff(), 0), decode_responses=True)
+    return aredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=0.5,
+                                 retry=Retry(NoBackoff(), 0), decode_responses=decode)
 
 
 class Shard:

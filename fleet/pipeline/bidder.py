@@ -26,6 +26,7 @@ from fleet.pipeline.auction import Offer, choose
 from fleet.pipeline.creative_fit import SlotRules
 from fleet.pipeline.deadline import Deadline, now
 from fleet.cache.store import FreqEvent, Profile
+from fleet.ledger.events import Event
 from fleet.pipeline.enrichment import UserContext, enrich, identity
 from fleet.pipeline.pacing import FrequencyCounter, LocalBudget
 from fleet.ml.features import FeatureBuilder, matrix
@@ -45,6 +46,7 @@ class Answer:
     degraded: tuple[str, ...] = ()
     spent: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
     events: list[FreqEvent] = field(default_factory=list)  # exposures for the cache to count
+    ledger: list[Event] = field(default_factory=list)  # bid selected / response sent
 
 
 def publisher_of(req: BidRequest) -> str | None:
@@ -110,6 +112,7 @@ class RegionBidder:
         max_candidates: int = 16,
         scorer=None,
         profiles=None,
+        signer=None,
         clock=time.time,
     ):
         spec = config.regions[region]
@@ -133,6 +136,7 @@ class RegionBidder:
         # uid -> (Profile | None, lookup outcome), for in-process use; Serve looks up async.
         self.profiles = profiles
         self.cache_default_multiplier = config.defaults.cache.default_multiplier
+        self.signer = signer  # a fleet.ledger.signing.NoticeSigner: notice URLs carry a signature
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -402,7 +406,7 @@ class RegionBidder:
         resp = build_response(
             req.id, winners, imps, base_url=self.base_url, region=self.region, publisher=publisher_of(req),
             seat=defaults.seat, currency=p.currency, rate=1.0 / self.rates[p.currency], ids=self.ids,
-            ts_ms=int(wall * 1000), ext=ext,
+            ts_ms=int(wall * 1000), ext=ext, signer=self.signer,
         )
         out, gz = codec.maybe_gzip(codec.encode_response(resp), p.accept_encoding)
         dl.finish()
@@ -411,13 +415,19 @@ class RegionBidder:
             return self._no_bid(NBR.TECHNICAL_ERROR, "deadline", dl)
         # Only a bid that leaves reserves tentative spend and counts toward frequency caps
         # (on bids until the ledger counts billed impressions).
-        events = []
+        events, ledger = [], []
+        bid_ids = {b.impid: b.id for sb in resp.seatbid for b in sb.bid}
+        pub = publisher_of(req) or ""
         for o in winners.values():
             self.budget.reserve(o.campaign, o.price / 1000.0, wall)
+            bid_id = bid_ids[o.imp_id]
+            ledger.append(Event(f"selected:{bid_id}", "selected", wall, self.region, bid_id, req.id, o.imp_id,
+                                o.campaign.id, o.creative.id, o.source, pub, o.price, user.user_id or ""))
             if user.user_id is not None:
                 eid = f"{req.id}:{o.imp_id}"
                 self.freq.record(user.user_id, o.campaign, wall, eid)
                 events.append(FreqEvent(user.user_id, o.campaign.id, eid, wall, user.segments))
+        ledger.append(Event(f"response:{self.region}:{req.id}", "response", wall, self.region, auction=req.id))
         self.stats["bids"] += len(winners)
         self.stats["answered_bid"] += 1
         headers = {"content-type": JSON, "x-openrtb-version": p.version}
@@ -425,4 +435,4 @@ class RegionBidder:
             headers["x-fleet-degraded"] = ",".join(dl.degraded)
         if gz:
             headers["content-encoding"] = "gzip"
-        return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl), events)
+        return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl), events, ledger)

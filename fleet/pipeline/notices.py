@@ -3,7 +3,9 @@
 The bid path puts the bid's identity and the OpenRTB macros in every notice URL; here the
 exchange's call comes back. An unsubstituted macro, a missing identity field, a price that is not
 a finite non-negative number, or a notice for another region is a 400 that creates nothing.
-(Signing, durability and idempotent spend are the ledger's work.)
+With a signer (``fleet.ledger.signing``) the identity's signature and expiry are checked first:
+a forged, tampered or expired notice is a 403, counted, and creates nothing. Durability and
+idempotent spend are the ledger's (``fleet.ledger``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
+from fleet.ledger.signing import SignatureError
+
 KINDS = ("win", "bill", "loss", "click")
 IDENTITY = ("bid", "c", "cr", "r", "t")
+MAX_QUERY = 4096
 
 
 class NoticeError(Exception):
@@ -39,6 +44,7 @@ class Notice:
     loss_reason: int | None
     publisher: str | None = None
     our_bid: float | None = None  # what we bid, CPM (from the bid's own URL)
+    model: str | None = None  # what priced the bid: "rule" or "model:<version>"
 
 
 def _price(raw: str | None, required: bool) -> float | None:
@@ -59,10 +65,17 @@ def _price(raw: str | None, required: bool) -> float | None:
     return value
 
 
-def parse_notice(kind: str, query: str, region: str) -> Notice:
+def parse_notice(kind: str, query: str, region: str, signer=None) -> Notice:
     if kind not in KINDS:
         raise NoticeError(404, f"unknown notice kind {kind!r}")
+    if len(query) > MAX_QUERY:
+        raise NoticeError(400, "query too long")
     q = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    if signer is not None:
+        try:
+            signer.verify(q)
+        except SignatureError as exc:
+            raise NoticeError(403, exc.reason) from None
     missing = [k for k in IDENTITY if not q.get(k)]
     if missing:
         raise NoticeError(400, f"missing identity fields {missing}")
@@ -80,8 +93,8 @@ def parse_notice(kind: str, query: str, region: str) -> Notice:
                 loss = int(lr)
             except ValueError:
                 raise NoticeError(400, "loss reason is not an integer") from None
-    auc = q.get("auc")
-    imp = q.get("imp")
+    auc = q.get("a") or q.get("auc")
+    imp = q.get("i") or q.get("imp")
     return Notice(
         kind=kind,
         bid_id=q["bid"],
@@ -96,21 +109,25 @@ def parse_notice(kind: str, query: str, region: str) -> Notice:
         loss_reason=loss,
         publisher=q.get("p") or None,
         our_bid=_price(q.get("b"), required=False),
+        model=q.get("m") or None,
     )
 
 
 class NoticeCounter:
     """Counts valid and refused notices per kind (the ledger replaces this with events)."""
 
-    def __init__(self) -> None:
+    def __init__(self, signer=None) -> None:
+        self.signer = signer
         self.counts: Counter[str] = Counter()
         self.spend_cpm: Counter[str] = Counter()
 
     def handle(self, kind: str, query: str, region: str) -> tuple[int, str, Notice | None]:
         try:
-            n = parse_notice(kind, query, region)
+            n = parse_notice(kind, query, region, self.signer)
         except NoticeError as exc:
             self.counts[f"{kind}.refused"] += 1
+            if exc.status == 403:
+                self.counts["forged"] += 1
             return exc.status, exc.reason, None
         self.counts[kind] += 1
         if kind == "bill" and n.price is not None:

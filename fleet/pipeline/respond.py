@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import itertools
 import os
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import msgspec
 
@@ -32,18 +32,20 @@ class BidIds:
 
 
 def notice_urls(base: str, bid_id: str, offer: Offer, region: str, ts_ms: int,
-                publisher: str | None = None) -> tuple[str, str, str]:
-    """nurl, burl, lurl with ${...} macros left for the exchange to substitute.
+                publisher: str | None = None, auction_id: str = "", signer=None) -> tuple[str, str, str]:
+    """nurl, burl, lurl: the bid's identity, signed when a signer is given (see
+    ``fleet.ledger.signing``), then the ${...} macros left for the exchange to substitute.
 
-    Besides the bid's identity they carry the publisher and our bid (CPM, fleet currency), so a
-    win or a loss can teach the win-rate model what that bid bought on that publisher.
+    Besides the identity they carry the publisher and our bid (CPM, fleet currency), so a win or
+    a loss can teach the win-rate model what that bid bought on that publisher, and the model
+    version that priced it, so the ledger can say which version spent what.
     """
-    ident = (
-        f"bid={bid_id}&c={quote(offer.campaign.id)}&cr={quote(offer.creative.id)}"
-        f"&r={region}&t={ts_ms}&b={offer.price:.4f}"
-        + (f"&p={quote(publisher)}" if publisher else "")
-        + "&auc=${AUCTION_ID}&imp=${AUCTION_IMP_ID}"
-    )
+    fields = {"a": auction_id, "i": offer.imp_id, "bid": bid_id, "c": offer.campaign.id,
+              "cr": offer.creative.id, "r": region, "m": offer.source, "t": str(ts_ms),
+              "p": publisher or "", "b": f"{offer.price:.4f}"}
+    if signer is not None:
+        fields = signer.sign(fields)
+    ident = urlencode(fields, quote_via=quote)
     priced = ident + "&px=${AUCTION_PRICE}&cur=${AUCTION_CURRENCY}"
     return (
         f"{base}/notice/win?{priced}",
@@ -123,12 +125,13 @@ def build_response(
     ts_ms: int,
     ext: dict | None,
     publisher: str | None = None,
+    signer=None,
 ) -> BidResponse:
     """``rate`` converts fleet-currency prices into the response currency (units per USD)."""
     bids = []
     for imp_id, o in winners.items():
         bid_id = ids()
-        nurl, burl, lurl = notice_urls(base_url, bid_id, o, region, ts_ms, publisher)
+        nurl, burl, lurl = notice_urls(base_url, bid_id, o, region, ts_ms, publisher, request_id, signer)
         cr, imp = o.creative, imps[imp_id]
         bids.append(
             Bid(

@@ -12,6 +12,7 @@ import os
 
 import ray
 
+from fleet.cache import wire
 from fleet.cache.shard import Shard
 from fleet.cache.store import FreqEvent
 
@@ -26,6 +27,15 @@ def shard_names(region: str, n: int) -> list[str]:
 class CacheShard:
     def __init__(self, region: str, name: str, redis_url: str | None, shards: list[str], options: dict):
         self.shard = Shard(region, name, redis_url, shards=shards, **options)
+        self.server = None
+
+    async def address(self) -> tuple[str, int]:
+        """Where the hot-path socket listens (started on first ask)."""
+        if self.server is None:
+            self.shard.start()
+            self.server = await wire.serve(self.shard, ray.util.get_node_ip_address())
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return host, port
 
     async def lookup(self, users: list[str]):
         return await self.shard.lookup(users)
@@ -61,8 +71,38 @@ class CacheShard:
         return os.getpid()
 
 
+class RemoteShard:
+    """What the ingress holds per shard: lookups and frequency writes over the shard's socket,
+    everything else (feedback, features, stats) as Ray actor calls."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.wire = wire.WireClient(self._resolve)
+
+    async def _resolve(self) -> tuple[str, int]:
+        return tuple(await self.handle.address.remote())
+
+    async def lookup(self, users: list[str]):
+        return await self.wire.lookup(users)
+
+    async def record(self, events: list[FreqEvent]) -> dict:
+        return await self.wire.record(events)
+
+    async def publisher(self, items: list) -> dict:
+        return await self.handle.publisher.remote(items)
+
+    async def traffic(self, hours: dict) -> dict:
+        return await self.handle.traffic.remote(hours)
+
+    async def snapshot(self) -> dict:
+        return await self.handle.snapshot.remote()
+
+    async def stats(self) -> dict:
+        return await self.handle.stats.remote()
+
+
 def connect(region: str, n: int, redis_url: str | None, options: dict) -> dict:
-    """Handles of the region's ``n`` shards, created on first use."""
+    """Actor handles of the region's ``n`` shards, created on first use."""
     names = shard_names(region, n)
     return {
         name: CacheShard.options(name=name, namespace=NAMESPACE, lifetime="detached",

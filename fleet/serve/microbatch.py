@@ -37,6 +37,11 @@ class MicroBatcher:
         self.calls = 0
 
     async def __call__(self, rows):
+        return await self.submit(rows)
+
+    def submit(self, rows) -> asyncio.Future:
+        """Queue ``rows``; the future gets this caller's slice of the answer. (No coroutine or
+        task per caller: a caller with a deadline can time the future out itself.)"""
         fut = asyncio.get_running_loop().create_future()
         self._parts.append((rows, fut))
         self._rows += len(rows)
@@ -45,13 +50,16 @@ class MicroBatcher:
             asyncio.get_running_loop().create_task(self._flush_later(self._full))
         elif self._rows >= self.max_rows and self._full is not None:
             self._full.set()
-        return await fut
+        return fut
 
     async def _flush_later(self, full: asyncio.Event) -> None:
-        try:
-            await asyncio.wait_for(full.wait(), self.window_s)
-        except asyncio.TimeoutError:
-            pass
+        if self.window_s <= 0:
+            await asyncio.sleep(0)  # no window: whatever this loop turn gathered goes together
+        else:
+            try:
+                await asyncio.wait_for(full.wait(), self.window_s)
+            except asyncio.TimeoutError:
+                pass
         parts, self._parts, self._rows, self._full = self._parts, [], 0, None
         self.calls += 1
         try:

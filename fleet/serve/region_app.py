@@ -26,6 +26,10 @@ from fleet.campaigns.catalog import load_catalog
 from fleet.config import RegionAppArgs, load_regions
 from fleet.ml.features import N_FEATURES
 from fleet.cache.client import CacheClient
+from fleet.config import resolve
+from fleet.ledger.emitter import EventEmitter
+from fleet.ledger.events import notice_event
+from fleet.ledger.signing import NoticeSigner
 from fleet.pipeline.bidder import Answer, RegionBidder
 from fleet.pipeline.deadline import now
 from fleet.pipeline.notices import NoticeCounter
@@ -65,11 +69,15 @@ class RegionIngress:
         catalog = load_catalog(a.catalog or config.defaults.catalog)
         self.region = a.region
         self.bidder = RegionBidder(a.region, config, catalog)
-        self.notices = NoticeCounter()
+        self.notices = NoticeCounter()  # unsigned until the ledger settings say otherwise (below)
         self.max_body = config.defaults.max_body_bytes
         self.prefix = config.regions[a.region].route_prefix
         self.backend = a.model_backend
         self.model_error = ""  # the model comes with user_config: see reconfigure
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside Serve (plain-Python use)
+            self.replica = "local"
         self.cache = None
         self.cache_settings = config.defaults.cache
         if a.cache and self.cache_settings.enabled:
@@ -77,19 +85,38 @@ class RegionIngress:
 
             shards = cache_actor.connect(a.region, config.regions[a.region].cache_shards,
                                          os.environ.get("REDIS_URL") or None, self.cache_settings.shard_options())
-            self.cache = CacheClient(shards, window_s=self.cache_settings.lookup_window_s)
+            self.cache = CacheClient({n: cache_actor.RemoteShard(h) for n, h in shards.items()},
+                                     window_s=self.cache_settings.lookup_window_s)
             try:  # shards exist before the replica says ready; a slow start degrades, never blocks
                 import ray
 
-                ray.get([h.stats.remote() for h in shards.values()], timeout=30)
+                ray.get([h.address.remote() for h in shards.values()], timeout=30)
             except Exception as exc:
                 log.warning("cache shards of %s not ready yet (%s): lookups default until they are",
                             a.region, exc)
-        self._background: asyncio.Task | None = None
-        try:
-            self.replica = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # outside Serve (plain-Python use)
-            self.replica = "local"
+        self._background: list[asyncio.Task] = []
+        # The ledger: signed notice URLs, events to the region's stream, the region's consumer.
+        self.emitter = None
+        self.ledger = None
+        ls = config.defaults.ledger
+        if a.ledger and ls.enabled:
+            signer = NoticeSigner(ttl_s=ls.notice_ttl_s)
+            self.bidder.signer = signer
+            self.notices = NoticeCounter(signer)
+            redis_url = os.environ.get("REDIS_URL")
+            if redis_url:
+                from fleet.serve import ledger_actor
+
+                spill = resolve(ls.spill_dir) / f"{a.region}-{self.replica}.bin"
+                self.emitter = EventEmitter(a.region, redis_url, spill, max_buffer=ls.max_buffer,
+                                            flush_s=ls.flush_s)
+                self.emitter.adopt_orphans()
+                # The region's consumer feeds billed impressions to the region's shards whenever
+                # the region has them (a setting of the region, not of this app).
+                cache = self.cache_settings
+                self.ledger = ledger_actor.connect(
+                    a.region, redis_url, ls.expire_s,
+                    config.regions[a.region].cache_shards if cache.enabled else None, cache.shard_options())
 
     def _load_model(self, spec: str) -> None:
         """Load a model version and swap it in; on failure keep pricing as before and say so."""
@@ -115,8 +142,9 @@ class RegionIngress:
         if isinstance(a, Answer):
             return a
         profile, lookup = None, "off"
-        if self.cache is not None:
+        if not self._background:
             self._start_background()
+        if self.cache is not None:
             self.cache.count_request(self.bidder.clock())
             if a.uid is not None:
                 budget = a.dl.stage_deadline("enrichment") - now()
@@ -128,13 +156,38 @@ class RegionIngress:
             answer = self.bidder.price_local(p)
         else:
             answer = await self._price_remote(p)
-        if answer.events and self.cache is not None:
-            self.cache.record(answer.events)
+        if self.emitter is not None:
+            if answer.ledger:
+                self.emitter.emit_many(answer.ledger)
+        elif answer.events and self.cache is not None:
+            self.cache.record(answer.events)  # no ledger: exposures count on bids
         return answer
 
     def _start_background(self) -> None:
-        if self._background is None:
-            self._background = asyncio.get_running_loop().create_task(self._features_loop())
+        loop = asyncio.get_running_loop()
+        if self.cache is not None:
+            self._background.append(loop.create_task(self._features_loop()))
+        if self.emitter is not None:
+            self._background.append(loop.create_task(self._ledger_loop()))
+        if not self._background:
+            self._background.append(loop.create_task(asyncio.sleep(0)))
+
+    async def _ledger_loop(self) -> None:
+        """Keep the region's consumer running (a restarted actor needs its start) and publish
+        this replica's pacing view (tentative spend today) for reconciliation."""
+        while True:
+            try:
+                self.ledger.start.remote()
+                if self.emitter.redis is not None and self.emitter.redis_up:
+                    now = self.bidder.clock()
+                    view = {cid: self.bidder.budget.spent_today(cid, now) for cid in self.bidder.budget.reserved}
+                    if view:
+                        key = f"fleet:{self.region}:pacing:{self.replica}"
+                        await self.emitter.redis.hset(key, mapping=view)
+                        await self.emitter.redis.expire(key, 2 * 86_400)
+            except Exception as exc:
+                log.warning("ledger supervision: %s", exc)
+            await asyncio.sleep(2.0)
 
     async def _features_loop(self) -> None:
         """Pull the shards' precomputed features every refresh period (never per request)."""
@@ -220,6 +273,10 @@ class RegionIngress:
             status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region)
             if status == 200:
                 self.bidder.learn(notice)
+                if self.emitter is not None:
+                    if not self._background:
+                        self._start_background()
+                    self.emitter.emit(notice_event(path[8:], notice, self.bidder.clock()))
                 if self.cache is not None and notice.publisher and notice.kind in ("win", "loss"):
                     self.cache.feedback(notice.publisher, notice.kind == "win", notice.price)
                 return Response(b"", status_code=200)
@@ -234,9 +291,10 @@ class RegionIngress:
         if path == "/stats":
             return _json_response(200, {"bidder": dict(self.bidder.stats), "notices": dict(self.notices.counts),
                                         "latency": self.bidder.latency.snapshot(),
-                                        "cache": self.cache.summary() if self.cache is not None else None})
+                                        "cache": self.cache.summary() if self.cache is not None else None,
+                                        "ledger": self.emitter.summary() if self.emitter is not None else None})
         if path == "/cache" and self.cache is not None:
-            shards = await asyncio.gather(*(h.stats.remote() for h in self.cache.shards.values()),
+            shards = await asyncio.gather(*(h.stats() for h in self.cache.shards.values()),
                                           return_exceptions=True)
             return _json_response(200, {"ingress": self.cache.summary(), "shards": [
                 s if isinstance(s, dict) else {"error": repr(s)} for s in shards]})

@@ -1,0 +1,105 @@
+"""Reconciliation: per campaign and window, do selection, pacing and billing agree?
+
+For each campaign and window: selected, won, billed, lost, expired counts; reserved, released and
+finalized spend; the reservations still open; and pacing's view (the tentative spend the bidder
+replicas hold for today, which they publish) against the ledger's (reserved minus released, plus
+billed, today). Flags:
+- ``billed>won``: more billing notices than wins (notices lost, or not the exchange's);
+- ``won>selected``: wins for bids the ledger never saw selected (events lost upstream);
+- ``pacing_drift``: pacing's view and the ledger's differ by more than the tolerance.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+from fleet.ledger.consumer import ledger_prefix
+
+COUNTS = ("selected", "won", "billed", "lost", "expired", "clicks", "ivt")
+AMOUNTS = ("reserved", "released", "spend")
+
+
+@dataclass
+class Row:
+    campaign: str
+    window: int  # start, unix seconds
+    selected: int = 0
+    won: int = 0
+    billed: int = 0
+    lost: int = 0
+    expired: int = 0
+    clicks: int = 0
+    ivt: int = 0
+    reserved: float = 0.0
+    released: float = 0.0
+    spend: float = 0.0
+    flags: list[str] = field(default_factory=list)
+
+
+def _s(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def ledger_rows(r, region: str, window_s: int = 600, since: float = 0.0) -> list[Row]:
+    """Aggregates from Redis (a sync client) grouped into windows of ``window_s``."""
+    p = ledger_prefix(region)
+    rows: dict[tuple[str, int], Row] = {}
+    for cid in sorted(_s(c) for c in r.smembers(p + "campaigns")):
+        for key in r.scan_iter(match=f"{p}agg:{cid}:*", count=1000):
+            minute = int(_s(key).rsplit(":", 1)[1])
+            if minute * 60 < since:
+                continue
+            w = minute * 60 // window_s * window_s
+            row = rows.setdefault((cid, w), Row(cid, w))
+            for k, v in r.hgetall(key).items():
+                k = _s(k)
+                if k in COUNTS:
+                    setattr(row, k, getattr(row, k) + int(v))
+                elif k in AMOUNTS:
+                    setattr(row, k, getattr(row, k) + float(v))
+    out = sorted(rows.values(), key=lambda x: (x.campaign, x.window))
+    for row in out:
+        if row.billed > row.won:
+            row.flags.append("billed>won")
+        if row.won > row.selected:
+            row.flags.append("won>selected")
+    return out
+
+
+def pacing_view(r, region: str) -> dict[str, float]:
+    """Tentative spend today per campaign, summed over the region's replicas."""
+    total: dict[str, float] = defaultdict(float)
+    for key in r.scan_iter(match=f"fleet:{region}:pacing:*", count=1000):
+        for cid, v in r.hgetall(key).items():
+            total[_s(cid)] += float(v)
+    return dict(total)
+
+
+def report(r, region: str, window_s: int = 600, tolerance: float = 0.02, day_start: float | None = None) -> dict:
+    import time
+
+    day_start = day_start if day_start is not None else time.time() // 86_400 * 86_400
+    rows = ledger_rows(r, region, window_s)
+    pacing = pacing_view(r, region)
+    today: dict[str, dict[str, float]] = defaultdict(lambda: {"reserved": 0.0, "released": 0.0, "spend": 0.0})
+    for row in rows:
+        if row.window >= day_start:
+            t = today[row.campaign]
+            t["reserved"] += row.reserved
+            t["released"] += row.released
+            t["spend"] += row.spend
+    campaigns = {}
+    for cid in sorted(set(today) | set(pacing)):
+        t = today[cid]
+        # Pacing holds every reservation it made today (it learns of no releases yet): that is
+        # what the ledger has as reserved. Finalized spend is what billing says.
+        ledger_view = t["reserved"]
+        held = pacing.get(cid, 0.0)
+        drift = abs(held - ledger_view) / max(ledger_view, held, 1e-9)
+        campaigns[cid] = {"pacing_reserved": round(held, 6), "ledger_reserved": round(ledger_view, 6),
+                          "open": round(t["reserved"] - t["released"], 6), "finalized": round(t["spend"], 6),
+                          "drift": round(drift, 4), "flag": drift > tolerance}
+    return {"region": region, "window_s": window_s, "tolerance": tolerance,
+            "rows": [asdict(x) for x in rows], "today": campaigns,
+            "flagged": sorted({x.campaign for x in rows if x.flags} | {c for c, v in campaigns.items() if v["flag"]})}

@@ -1,0 +1,53 @@
+"""The region's ledger consumer as a Ray actor: named, detached, restarted when it dies.
+
+Thin: it runs ``fleet.ledger.consumer.LedgerConsumer`` and sends billed impressions to the
+region's cache shards (frequency counters advance on impressions). A restarted actor resumes
+from its consumer group's pending entries, so a kill loses and double-counts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import ray
+
+from fleet.ledger.consumer import LedgerConsumer
+from fleet.serve.cache_actor import NAMESPACE
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class LedgerRunner:
+    def __init__(self, region: str, redis_url: str, expire_s: float, shard_count: int | None,
+                 shard_options: dict):
+        self.region = region
+        self.cache = None
+        if shard_count:
+            from fleet.cache.client import CacheClient
+            from fleet.serve import cache_actor
+
+            shards = cache_actor.connect(region, shard_count, redis_url, shard_options)
+            self.cache = CacheClient({n: cache_actor.RemoteShard(h) for n, h in shards.items()})
+        self.consumer = LedgerConsumer(region, redis_url, consumer="c0", expire_s=expire_s,
+                                       on_billed=self._billed if self.cache else None)
+        self.task = None
+
+    async def _billed(self, events) -> None:
+        self.cache.record(events)  # the client's outbox retries until a shard takes them
+
+    async def start(self) -> bool:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self.consumer.run())
+        return True
+
+    async def stats(self) -> dict:
+        return {"region": self.region, "applied": self.consumer.applied, "duplicates": self.consumer.duplicates,
+                "lag": await self.consumer.lag(), "pid": os.getpid(),
+                "cache": self.cache.summary() if self.cache else None}
+
+
+def connect(region: str, redis_url: str, expire_s: float, shard_count: int | None, shard_options: dict):
+    h = LedgerRunner.options(name=f"ledger-{region}", namespace=NAMESPACE, lifetime="detached",
+                             get_if_exists=True).remote(region, redis_url, expire_s, shard_count, shard_options)
+    h.start.remote()
+    return h

@@ -1,0 +1,330 @@
+"""The ledger against a real redis-server: signed notices, idempotent spend, Redis outages with
+spill and replay, a consumer killed mid-stream, expiry, reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import redis as redis_lib
+
+from conftest import RedisServer
+from fleet.campaigns.catalog import load_catalog
+from fleet.config import REPO_ROOT
+from fleet.ledger.consumer import LedgerConsumer, ledger_prefix
+from fleet.ledger.emitter import EventEmitter, stream_key
+from fleet.ledger.events import Event, notice_event
+from fleet.ledger.report import ledger_rows, report
+from fleet.ledger.signing import NoticeSigner
+from fleet.pipeline.bidder import RegionBidder
+from fleet.pipeline.notices import NoticeError, parse_notice
+from fleet.sim.traffic import RequestFactory
+
+REGION = "us-east"
+
+
+@pytest.fixture
+def redis_srv(tmp_path):
+    srv = RedisServer(tmp_path / "redis")
+    try:
+        yield srv
+    finally:
+        srv.proc.kill()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# -- signing ------------------------------------------------------------------------------
+
+def test_signature_binds_identity_and_expiry():
+    clock = [1000.0]
+    s = NoticeSigner({"k1": b"a" * 32}, ttl_s=60, clock=lambda: clock[0])
+    q = s.sign({"bid": "b1", "c": "camp", "cr": "cr1", "r": REGION, "t": "1", "b": "2.5000"})
+    s.verify(q)
+    for field, value in (("c", "other"), ("b", "9.0000"), ("x", str(int(q["x"]) + 3600)), ("s", "AAAA")):
+        with pytest.raises(Exception, match="signature"):
+            s.verify({**q, field: value})
+    clock[0] += 61
+    with pytest.raises(Exception, match="expired"):
+        s.verify(q)
+
+
+def test_rotated_keys_still_verify_bids_already_out():
+    old = NoticeSigner({"k1": b"a" * 32})
+    q = old.sign({"bid": "b1", "c": "c", "cr": "cr", "r": REGION, "t": "1"})
+    rotated = NoticeSigner({"k2": b"b" * 32, "k1": b"a" * 32})
+    rotated.verify(q)
+    assert rotated.sign({"bid": "b2"})["k"] == "k2"
+    with pytest.raises(Exception, match="unknown key"):
+        NoticeSigner({"k2": b"b" * 32}).verify(q)
+
+
+# -- a run of bids and notices, in process --------------------------------------------------
+
+def _substitute(url: str, price: float, loss: int = 102) -> str:
+    return (url.replace("${AUCTION_PRICE}", f"{price:.4f}").replace("${AUCTION_CURRENCY}", "USD")
+            .replace("${AUCTION_LOSS}", str(loss)).replace("${AUCTION_MIN_TO_WIN}", f"{price:.4f}"))
+
+
+def bid_run(n: int = 300, seed: int = 3, signer=None):
+    """Bids from the in-process bidder and the notices an exchange would send for them:
+    (bid-path events, [(kind, query)] notices)."""
+    from fleet.config import load_regions
+
+    regions = load_regions()
+    signer = signer or NoticeSigner({"k1": b"k" * 32})
+    bidder = RegionBidder(REGION, regions, load_catalog(regions.defaults.catalog), signer=signer)
+    f = RequestFactory(REGION, seed)
+    rng = random.Random(seed)
+    events, notices = [], []
+    for i in range(n):
+        req = f.request()
+        req["id"] = f"lr-{seed}-{i}"
+        a = bidder.bid(json.dumps(req).encode(), version="2.6")
+        events.extend(a.ledger)
+        if a.status != 200:
+            continue
+        for sb in json.loads(a.body)["seatbid"]:
+            for b in sb["bid"]:
+                won = rng.random() < 0.6
+                clear = round(b["price"] * rng.uniform(0.5, 1.0), 4)
+                if won:
+                    notices.append(("win", urlsplit(_substitute(b["nurl"], clear)).query))
+                    if rng.random() < 0.9:
+                        notices.append(("bill", urlsplit(_substitute(b["burl"], clear)).query))
+                else:
+                    notices.append(("loss", urlsplit(_substitute(b["lurl"], clear)).query))
+    return events, notices, signer
+
+
+def notice_events(notices, signer) -> list[Event]:
+    out = []
+    for kind, query in notices:
+        n = parse_notice(kind, query, REGION, signer)
+        out.append(notice_event(kind, n, n.bid_ts_ms / 1000.0 + 1))
+    return out
+
+
+async def emit_and_consume(url: str, evs: list[Event], spill) -> LedgerConsumer:
+    em = EventEmitter(REGION, url, spill)
+    em.emit_many(evs)
+    await em.close()
+    c = LedgerConsumer(REGION, url, expire_s=3600)
+    await c.ensure_group()
+    await c.drain()
+    await c.close()
+    return c
+
+
+def ledger_state(url: str) -> dict:
+    r = redis_lib.Redis.from_url(url)
+    p = ledger_prefix(REGION)
+    out = {}
+    for key in r.scan_iter(match=p + "agg:*"):
+        out[key.decode()] = {k.decode(): round(float(v), 9) for k, v in r.hgetall(key).items()}
+    for key in r.scan_iter(match=p + "spend:*"):
+        out[key.decode()] = {k.decode(): round(float(v), 9) for k, v in r.hgetall(key).items()}
+    return out
+
+
+def test_every_notice_three_times_shuffled_gives_the_same_ledger(redis_srv, tmp_path):
+    events, notices, signer = bid_run()
+    assert sum(1 for k, _ in notices if k == "bill") > 20
+    nev = notice_events(notices, signer)
+    once_url = redis_srv.url.replace("/0", "/1")
+    run(emit_and_consume(once_url, events + nev, tmp_path / "a.bin"))
+    noisy = nev * 3
+    random.Random(9).shuffle(noisy)
+    c = run(emit_and_consume(redis_srv.url, events + noisy, tmp_path / "b.bin"))
+    assert c.duplicates == 2 * len(nev)
+    once, thrice = ledger_state(once_url), ledger_state(redis_srv.url)
+    assert once and once == thrice
+    rows = ledger_rows(redis_lib.Redis.from_url(redis_srv.url), REGION)
+    assert sum(r.billed for r in rows) == sum(1 for k, _ in notices if k == "bill")
+    assert sum(r.selected for r in rows) == sum(1 for e in events if e.kind == "selected")
+    assert not any("billed>won" in r.flags for r in rows)
+
+
+def test_forged_and_expired_notices_are_refused_and_create_no_spend(redis_srv, tmp_path):
+    clock = [time.time()]
+    signer = NoticeSigner({"k1": b"k" * 32}, ttl_s=60, clock=lambda: clock[0])
+    events, notices, _ = bid_run(80, seed=4, signer=signer)
+    bill = next(q for k, q in notices if k == "bill")
+    tampered = bill.replace("c=", "c=x", 1)
+    forged = NoticeSigner({"k1": b"f" * 32}).sign({"bid": "zz", "c": "c-banner-global", "cr": "x", "r": REGION, "t": "1"})
+    for q in (tampered, "&".join(f"{k}={v}" for k, v in forged.items()) + "&px=5"):
+        with pytest.raises(NoticeError) as err:
+            parse_notice("bill", q, REGION, signer)
+        assert err.value.status == 403
+    clock[0] += 120
+    with pytest.raises(NoticeError) as err:
+        parse_notice("bill", bill, REGION, signer)
+    assert err.value.status == 403 and "expired" in err.value.reason
+    run(emit_and_consume(redis_srv.url, events, tmp_path / "s.bin"))  # only what the bidder did
+    assert sum(r.spend for r in ledger_rows(redis_lib.Redis.from_url(redis_srv.url), REGION)) == 0
+
+
+# -- durability ---------------------------------------------------------------------------
+
+def test_redis_outage_spills_and_replays_every_event_in_order(redis_srv, tmp_path):
+    spill = tmp_path / "spill" / "r.bin"
+
+    async def go():
+        em = EventEmitter(REGION, redis_srv.url, spill, max_buffer=200, flush_s=0.01)
+        evs = [Event(f"selected:b{i}", "selected", 1000.0 + i, REGION, f"b{i}", campaign="c", price=1.0)
+               for i in range(3000)]
+        em.emit_many(evs[:100])
+        await em.flush()
+        redis_srv.stop()
+        for i in range(100, 3000, 50):
+            em.emit_many(evs[i:i + 50])
+            await em.flush()
+        during = em.summary()
+        redis_srv.start()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            await em.flush()
+            if not em.buffer and not em.spilled():
+                break
+        after = em.summary()
+        await em.close()
+        return during, after
+
+    during, after = run(go())
+    assert during["redis"] == "down" and during["spill_bytes"] > 0 and during["buffered"] <= 200
+    assert after["buffered"] == 0 and after["spill_bytes"] == 0 and after["replayed"] == during["spilled"]
+    entries = redis_lib.Redis.from_url(redis_srv.url).xrange(stream_key(REGION))
+    from fleet.ledger.events import decode
+
+    ids = [decode(f[b"e"]).id for _, f in entries]
+    assert ids == [f"selected:b{i}" for i in range(3000)]  # all of them, in emission order
+
+
+def test_a_consumer_killed_mid_stream_loses_and_doubles_nothing(redis_srv, tmp_path):
+    events, notices, signer = bid_run(600, seed=5)
+    evs = events + notice_events(notices, signer)
+    evs = evs * 8  # a long stream (duplicates included, as an exchange would send them)
+    clean_url = redis_srv.url.replace("/0", "/2")
+    run(emit_and_consume(clean_url, evs, tmp_path / "clean.bin"))
+
+    async def emit():
+        em = EventEmitter(REGION, redis_srv.url, tmp_path / "e.bin")
+        em.emit_many(evs)
+        await em.close()
+
+    run(emit())
+    env = {**os.environ, "REDIS_URL": redis_srv.url}
+    cmd = [sys.executable, "-m", "fleet.cli", "ledger", "consume", "--region", REGION]
+    r = redis_lib.Redis.from_url(redis_srv.url)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            groups = r.xinfo_groups(stream_key(REGION)) if r.exists(stream_key(REGION)) else []
+            read = groups[0]["entries-read"] if groups else 0
+            if read and read > len(evs) // 4:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    read_at_kill = r.xinfo_groups(stream_key(REGION))[0]
+    assert 0 < read_at_kill["entries-read"] < len(evs), "the kill should land mid-stream"
+    subprocess.run(cmd + ["--until-idle"], env=env, cwd=REPO_ROOT, check=True, capture_output=True, timeout=120)
+    assert ledger_state(redis_srv.url) == ledger_state(clean_url)
+    assert r.xinfo_groups(stream_key(REGION))[0]["pending"] == 0
+
+
+def test_unanswered_bids_expire_and_release_their_reservation(redis_srv, tmp_path):
+    async def go():
+        em = EventEmitter(REGION, redis_srv.url, tmp_path / "x.bin")
+        now = time.time()
+        em.emit_many([Event("selected:e1", "selected", now, REGION, "e1", campaign="c1", price=2000.0),
+                      Event("selected:e2", "selected", now, REGION, "e2", campaign="c1", price=1000.0),
+                      Event("billed:e2", "billed", now, REGION, "e2", campaign="c1", price=800.0)])
+        await em.close()
+        c = LedgerConsumer(REGION, redis_srv.url, expire_s=0.2)
+        await c.ensure_group()
+        await c.drain(50)
+        await asyncio.sleep(0.3)
+        swept = await c.sweep()
+        await c.sweep()  # nothing twice
+        await c.close()
+        return swept
+
+    assert run(go()) == 1
+    (row,) = ledger_rows(redis_lib.Redis.from_url(redis_srv.url), REGION)
+    assert (row.selected, row.billed, row.expired) == (2, 1, 1)
+    assert row.reserved == pytest.approx(3.0) and row.released == pytest.approx(3.0)
+    assert row.spend == pytest.approx(0.8)
+
+
+def test_report_flags_drift_between_pacing_and_ledger(redis_srv, tmp_path):
+    now = time.time()
+
+    async def go():
+        em = EventEmitter(REGION, redis_srv.url, tmp_path / "d.bin")
+        em.emit_many([Event(f"selected:d{i}", "selected", now, REGION, f"d{i}", campaign=c, price=1000.0)
+                      for i, c in enumerate(["ok"] * 10 + ["drifty"] * 10)])
+        await em.close()
+        c = LedgerConsumer(REGION, redis_srv.url)
+        await c.ensure_group()
+        await c.drain(50)
+        await c.close()
+
+    run(go())
+    r = redis_lib.Redis.from_url(redis_srv.url)
+    r.hset(f"fleet:{REGION}:pacing:replica-a", mapping={"ok": 10.0, "drifty": 7.0})
+    doc = report(r, REGION, tolerance=0.02)
+    assert doc["today"]["ok"]["drift"] == 0 and not doc["today"]["ok"]["flag"]
+    assert doc["today"]["drifty"]["flag"] and doc["flagged"] == ["drifty"]
+
+
+def test_notices_that_overtake_their_bid_count_the_same(redis_srv, tmp_path):
+    """A notice handled by another replica can reach the stream before its bid's selected
+    event: totals, releases and the billed impressions for frequency come out the same."""
+    events, notices, signer = bid_run(200, seed=6)
+    nev = notice_events(notices, signer)
+    billed = []
+
+    async def consume(url, evs, spill):
+        em = EventEmitter(REGION, url, spill)
+        em.emit_many(evs)
+        await em.close()
+
+        async def on_billed(fe):
+            billed.extend((f.user, f.cid, f.eid) for f in fe)
+
+        c = LedgerConsumer(REGION, url, expire_s=3600, on_billed=on_billed)
+        await c.ensure_group()
+        await c.drain()
+        await c.close()
+
+    def totals(url):
+        out = {}
+        for row in ledger_rows(redis_lib.Redis.from_url(url), REGION, window_s=86_400 * 30):
+            t = out.setdefault(row.campaign, [0, 0, 0, 0.0, 0.0, 0.0])
+            for i, v in enumerate((row.selected, row.won, row.billed, row.reserved, row.released, row.spend)):
+                t[i] = round(t[i] + v, 6)
+        return out
+
+    run(consume(redis_srv.url.replace("/0", "/3"), events + nev, tmp_path / "in-order.bin"))
+    in_order = sorted(billed)
+    billed.clear()
+    run(consume(redis_srv.url, nev + events, tmp_path / "overtaken.bin"))  # every notice first
+    assert totals(redis_srv.url) == totals(redis_srv.url.replace("/0", "/3"))
+    with_user = {e.bid for e in events if e.kind == "selected" and e.user}
+    assert sorted(billed) == in_order
+    assert len(in_order) == sum(1 for e in nev if e.kind == "billed" and e.bid in with_user) > 20
