@@ -111,7 +111,7 @@ def wait_settled(base, timeout=40):
         leds = [httpx.get(f"{base}{app}/stats", timeout=5).json()["ledger"]
                 for app in ("/us-east", APP, "/remote/us-east")]
         if (s["cache"]["outbox"] == 0 and all(x["buffered"] == 0 and x["spill_bytes"] == 0 for x in leds)
-                and lr["lag"] == 0 and lr["cache"]["outbox"] == 0):
+                and lr["lag"] == 0 and lr["cache"]["outbox"] == 0 and lr["running"]):
             return s, lr
         time.sleep(0.2)
     raise AssertionError(f"not settled: {s}, {lr}")

@@ -70,6 +70,34 @@ def bench_batching(model, seconds, port):
     run_batching(model, RESULTS / "batching.json", port, seconds, log=click.echo)
 
 
+@bench.command("ledger")
+@click.option("--region", default="us-east", show_default=True)
+@click.option("--requests", default=20_000, show_default=True)
+def bench_ledger(region, requests):
+    """Emission's CPU per event and the consumer's rate, against the region's measured capacity."""
+    import json
+    import tempfile
+
+    from fleet.bench.ledger import run
+    from fleet.runtime import local
+
+    cap_file = RESULTS / f"capacity-{region}-cache.json"
+    capacity = None
+    if cap_file.exists():
+        capacity = json.loads(cap_file.read_text())["results"][region]["capacity_rps"]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
+    url, _, proc = local.start_redis(tmp / "redis")
+    try:
+        doc = run(url, region, requests, capacity, tmp)
+    finally:
+        proc.terminate()
+    doc["capacity_from"] = cap_file.name if capacity else None
+    doc["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"ledger-{region}.json").write_text(json.dumps(doc, indent=2))
+    click.echo(json.dumps(doc, indent=2))
+
+
 @bench.command("capacity")
 @click.option("--region", default="us-east", show_default=True)
 @click.option("--slo-ms", default=15.0, show_default=True, help="p99 limit for a passing step.")

@@ -211,26 +211,29 @@ class LedgerConsumer:
 
     async def lag(self) -> int:
         """Entries not yet delivered to the group plus those delivered and not acknowledged.
-        (Redis reports no lag figure in some states; then "behind" counts as 1.)"""
+        "Delivered" is judged by ids, not by Redis's own lag figure, which it may not know or
+        may report as 0 while entries wait; then behind counts at least 1."""
         try:
             groups = await self.redis.xinfo_groups(self.stream)
             info = await self.redis.xinfo_stream(self.stream)
         except Exception:
-            return 0
+            return -1  # unknown (Redis away): never "caught up"
         for g in groups:
             if g["name"] in (GROUP, GROUP.encode()):
                 pending = int(g.get("pending") or 0)
-                if g.get("lag") is not None:
-                    return int(g["lag"]) + pending
-                behind = g.get("last-delivered-id") != info.get("last-generated-id")
-                return int(behind) + pending
+                if g.get("last-delivered-id") == info.get("last-generated-id"):
+                    return pending  # everything delivered
+                return max(int(g.get("lag") or 0), 1) + pending
         return 0
 
     async def run(self, stop: asyncio.Event | None = None, sweep_s: float = 1.0) -> None:
-        await self.ensure_group()
         last_sweep = 0.0
+        grouped = False
         while stop is None or not stop.is_set():
             try:
+                if not grouped:
+                    await self.ensure_group()
+                    grouped = True
                 await self.step()
                 if self.clock() - last_sweep >= sweep_s:
                     await self.sweep()

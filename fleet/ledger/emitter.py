@@ -40,6 +40,7 @@ class EventEmitter:
         self.flush_s = flush_s
         self.batch = batch
         self.buffer: list[bytes] = []
+        self._inflight = 0  # taken from the buffer by a flush that has not finished
         self.stats: Counter[str] = Counter()
         self._scheduled = False
         self._lock = asyncio.Lock()
@@ -141,6 +142,7 @@ class EventEmitter:
         async with self._lock:
             sent = 0
             items, self.buffer = self.buffer, []
+            self._inflight = len(items)
             backing_off = loop.time() < self._retry_at  # Redis just failed: don't wait on it again
             try:
                 if backing_off:
@@ -171,6 +173,8 @@ class EventEmitter:
                     over = len(self.buffer) - self.max_buffer // 2
                     self._spill(self.buffer[:over])
                     del self.buffer[:over]
+            finally:
+                self._inflight = 0
             return sent
 
     async def close(self) -> None:
@@ -183,6 +187,6 @@ class EventEmitter:
             await self.redis.aclose()
 
     def summary(self) -> dict:
-        return {"emitted": 0, "streamed": 0, "spilled": 0, "replayed": 0, **self.stats, "buffered": len(self.buffer), "spill_bytes":
+        return {"emitted": 0, "streamed": 0, "spilled": 0, "replayed": 0, **self.stats, "buffered": len(self.buffer) + self._inflight, "spill_bytes":
                 self.spill_path.stat().st_size if self.spill_path.exists() else 0,
                 "redis": ("up" if self.redis_up else "down") if self.redis else "none"}

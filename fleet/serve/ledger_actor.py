@@ -8,12 +8,15 @@ from its consumer group's pending entries, so a kill loses and double-counts not
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
 import ray
 
 from fleet.ledger.consumer import LedgerConsumer
 from fleet.serve.cache_actor import NAMESPACE
+
+log = logging.getLogger("fleet.ledger")
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -36,13 +39,18 @@ class LedgerRunner:
         self.cache.record(events)  # the client's outbox retries until a shard takes them
 
     async def start(self) -> bool:
-        if self.task is None:
+        """Idempotent; the ingresses call it every few seconds, so a consumer task that ended
+        (or an actor that restarted) is running again within one period."""
+        if self.task is None or self.task.done():
+            if self.task is not None and not self.task.cancelled() and self.task.exception():
+                log.error("ledger consumer %s stopped: %r; restarting", self.region, self.task.exception())
             self.task = asyncio.get_running_loop().create_task(self.consumer.run())
         return True
 
     async def stats(self) -> dict:
         return {"region": self.region, "applied": self.consumer.applied, "duplicates": self.consumer.duplicates,
                 "lag": await self.consumer.lag(), "pid": os.getpid(),
+                "running": self.task is not None and not self.task.done(),
                 "cache": self.cache.summary() if self.cache else None}
 
 
