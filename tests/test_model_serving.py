@@ -192,3 +192,21 @@ def test_notices_feed_the_bidders_win_rate_model(regions, scorer):
     before = bidder.win_rate.log_m("pub-3")
     bidder.learn(parse_notice("loss", query, "us-east"))
     assert bidder.win_rate.log_m("pub-3") > before  # outbid: winning costs more there than we thought
+
+
+def test_win_rate_is_fitted_per_publisher_segment_with_backoff():
+    """Video on pub-x clears near 8, banner near 2: each segment learns its own median once it
+    has enough notices; a segment without them backs off to the publisher."""
+    rng = np.random.default_rng(5)
+    w = WinRateModel(median_cpm=1.5, slope=3.0, min_obs=50)
+    for _ in range(6000):
+        seg, market = ("video", 8.0) if rng.random() < 0.5 else ("banner", 2.0)
+        bid = float(np.exp(rng.uniform(np.log(0.5), np.log(30))))
+        competing = float(np.exp(np.log(market) + rng.logistic(0, 1 / 3.0)))
+        w.observe("pub-x", seg, bid, bid > competing)
+    assert abs(np.exp(w.log_m("pub-x", "video")) - 8.0) < 1.5
+    assert abs(np.exp(w.log_m("pub-x", "banner")) - 2.0) < 0.4
+    assert w.log_m("pub-x", "audio") == w.log_m("pub-x")  # no evidence yet: the publisher's
+    v = np.array([10.0, 10.0])
+    video, banner = w.shade(v, "pub-x", ["video", "banner"])
+    assert video > banner  # the dearer segment is shaded less

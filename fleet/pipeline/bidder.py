@@ -132,6 +132,8 @@ class RegionBidder:
         self.stats: Counter[str] = Counter()
         self.scorer = scorer  # a fleet.ml.scorer.Scorer, or None for rule pricing
         self.win_rate = WinRateModel()
+        # creative id -> ad format: the win-rate model's segment within a publisher
+        self.formats = {cr.id: cr.format for c in campaigns for cr in c.creatives}
         self.latency = StageHistograms()  # seconds per stage of every answered request
         # uid -> (Profile | None, lookup outcome), for in-process use; Serve looks up async.
         self.profiles = profiles
@@ -173,10 +175,11 @@ class RegionBidder:
         """Win and loss notices teach the win-rate model (loss reason 102: outbid)."""
         if notice is None or notice.publisher is None or notice.our_bid is None:
             return
+        segment = self.formats.get(notice.creative)
         if notice.kind == "win":
-            self.win_rate.update(notice.publisher, notice.our_bid, True)
+            self.win_rate.observe(notice.publisher, segment, notice.our_bid, True)
         elif notice.kind == "loss" and notice.loss_reason == 102:
-            self.win_rate.update(notice.publisher, notice.our_bid, False)
+            self.win_rate.observe(notice.publisher, segment, notice.our_bid, False)
 
     def eligible(self, req: BidRequest, imp: Imp, user: UserContext,
                  when: dt.datetime) -> list[tuple[Campaign, Creative]]:
@@ -377,7 +380,8 @@ class RegionBidder:
         priced = None
         if ctrs is not None:
             priced = model_prices(ctrs, [c[1] for c in paced], [c[5] != 2 for c in paced],
-                                  user.multiplier, self.win_rate, source, publisher_of(req))
+                                  user.multiplier, self.win_rate, source, publisher_of(req),
+                                  [c[2].format for c in paced])
         for n, (imp, c, cr, deal_id, floor, at) in enumerate(paced):
             price = priced[n] if priced is not None else rule_price(
                 c, first_price=at != 2, shade=shade, multiplier=user.multiplier)

@@ -62,16 +62,20 @@ def click_value(c: Campaign) -> float:
 class WinRateModel:
     """P(win | bid) = sigmoid(slope * (ln bid - ln m)): logistic in the log of the bid.
 
-    ``m`` is the bid that wins half the time, kept per publisher and learned online from this
-    region's own win and loss notices (one gradient step on the log-likelihood per notice),
-    starting from a population prior; unknown publishers use the prior. See Pan et al., AdKDD
-    2020, "Bid shading by win-rate estimation and surplus maximization".
+    ``m`` is the bid that wins half the time, learned online from this region's own win and loss
+    notices (one gradient step on the log-likelihood per notice) at two levels: per publisher,
+    and per publisher and segment (the ad format: a publisher's video and banner markets clear
+    at different prices). A price asks for the most specific level with ``min_obs`` notices
+    behind it, then the publisher, then the region's shared anchor for the publisher (the cache
+    shards' clearing-price level), then the population prior. See Pan et al., AdKDD 2020, "Bid
+    shading by win-rate estimation and surplus maximization".
     """
 
     GRID = np.linspace(0.05, 1.0, 40)
 
     def __init__(self, median_cpm: float = 1.5, slope: float = 3.0, learning_rate: float = 0.05,
-                 max_keys: int = 100_000):
+                 max_keys: int = 100_000, min_obs: int = 20):
+        self.min_obs = min_obs
         self.prior = float(np.log(median_cpm))
         self.slope = slope
         self.lr = learning_rate
@@ -82,11 +86,21 @@ class WinRateModel:
         # region's rather than from the population prior.
         self.anchors: dict[str, float] = {}
 
-    def log_m(self, key: str | None) -> float:
+    def log_m(self, key: str | None, segment: str | None = None) -> float:
         if key is None:
             return self.prior
+        if segment is not None:
+            entry = self.fitted.get(f"{key}|{segment}")
+            if entry is not None and entry[1] >= self.min_obs:
+                return entry[0]
         entry = self.fitted.get(key)
         return entry[0] if entry is not None else self.anchors.get(key, self.prior)
+
+    def observe(self, key: str, segment: str | None, bid_cpm: float, won: bool) -> None:
+        """One notice: both levels learn from it."""
+        self.update(key, bid_cpm, won)
+        if segment is not None:
+            self.update(f"{key}|{segment}", bid_cpm, won)
 
     def set_anchors(self, price_levels: dict[str, float]) -> None:
         self.anchors = {k: float(np.log(v)) for k, v in price_levels.items() if v and v > 0}
@@ -104,10 +118,15 @@ class WinRateModel:
             return  # bounded: new keys wait; the prior serves them
         self.fitted[key] = (float(theta), n + 1)
 
-    def shade(self, values: np.ndarray, key: str | None = None) -> np.ndarray:
-        """The first-price bid maximising expected surplus (v - b) * W(b), per value."""
+    def shade(self, values: np.ndarray, key: str | None = None,
+              segments: list[str | None] | None = None) -> np.ndarray:
+        """The first-price bid maximising expected surplus (v - b) * W(b), per value (and per
+        row's segment, when given)."""
         bids = values[:, None] * self.GRID[None, :]
-        log_m = self.log_m(key)
+        if segments is None:
+            log_m = self.log_m(key)
+        else:
+            log_m = np.array([self.log_m(key, s) for s in segments])[:, None]
         win = 1.0 / (1.0 + np.exp(-self.slope * (np.log(np.maximum(bids, 1e-9)) - log_m)))
         best = np.argmax((values[:, None] - bids) * win, axis=1)
         return bids[np.arange(len(values)), best]
@@ -115,11 +134,11 @@ class WinRateModel:
 
 def model_prices(ctrs: np.ndarray, campaigns: list[Campaign], first_price: list[bool],
                  multiplier: float, win_rate: WinRateModel, source: str,
-                 publisher: str | None = None) -> list[Price]:
+                 publisher: str | None = None, segments: list[str | None] | None = None) -> list[Price]:
     """Value from the predicted click probability and the campaign's goal; shaded in first price."""
     values = np.array([1000.0 * p * click_value(c) for p, c in zip(ctrs, campaigns)])
     values *= multiplier
-    shaded = win_rate.shade(values, publisher) if any(first_price) else values
+    shaded = win_rate.shade(values, publisher, segments) if any(first_price) else values
     return [
         Price(value=float(v), bid=float(min(s if fp else v, c.strategy.max_bid)), source=source)
         for v, s, fp, c in zip(values, shaded, first_price, campaigns)
