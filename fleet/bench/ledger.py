@@ -77,7 +77,7 @@ async def _consume(url: str, region: str, events: list[Event], spill: Path) -> d
     em = EventEmitter(region, url, spill)
     em.emit_many(events)
     await em.close()
-    c = LedgerConsumer(region, url, expire_s=3600, batch=1000)
+    c = LedgerConsumer(region, url, expire_s=3600)
     await c.ensure_group()
     t0 = time.perf_counter()
     n = await c.drain()

@@ -31,10 +31,13 @@ import time
 from fleet.cache.shard import redis_client
 from fleet.cache.store import FreqEvent
 from fleet.ledger.emitter import stream_key
+import msgspec
+
 from fleet.ledger.events import Event, decode
 
 log = logging.getLogger("fleet.ledger")
 GROUP = "ledger"
+_unpack = msgspec.msgpack.Decoder(list[bytes]).decode
 SEEN_TTL_S = 14 * 86_400
 
 APPLY = r"""
@@ -128,14 +131,14 @@ def ledger_prefix(region: str) -> str:
 
 class LedgerConsumer:
     def __init__(self, region: str, redis_url: str, *, consumer: str = "c0", expire_s: float = 300.0,
-                 batch: int = 500, clock=time.time, on_billed=None):
+                 batch: int = 8, clock=time.time, on_billed=None):
         self.region = region
         self.redis = redis_client(redis_url, decode=False, timeout_s=5.0)  # reads block up to 0.5 s
         self.stream = stream_key(region)
         self.prefix = ledger_prefix(region)
         self.consumer = consumer
         self.expire_s = expire_s
-        self.batch = batch
+        self.batch = batch  # stream entries per read (each up to 256 events)
         self.clock = clock
         self.on_billed = on_billed  # async callable(list[FreqEvent]) or None
         self._script = self.redis.register_script(APPLY)
@@ -153,8 +156,7 @@ class LedgerConsumer:
     async def _apply(self, entries: list[tuple[str, dict]]) -> int:
         pipe = self.redis.pipeline(transaction=False)
         evs: list[Event] = []
-        for _eid, fields in entries:
-            ev = decode(fields[b"e"])
+        for ev in (decode(raw) for _eid, fields in entries for raw in _unpack(fields[b"b"])):
             evs.append(ev)
             await self._script(keys=[self.prefix], args=[
                 ev.id, ev.kind, ev.ts, ev.bid, ev.campaign, ev.price, ev.user, self.expire_s,
@@ -173,7 +175,7 @@ class LedgerConsumer:
         if billed and self.on_billed is not None:
             await self.on_billed(billed)  # raises: not acked, re-read, and only the freq part redoes
         await self.redis.xack(self.stream, GROUP, *[eid for eid, _ in entries])
-        return len(entries)
+        return len(evs)
 
     async def step(self, block_ms: int = 200) -> int:
         """Read and apply one batch (pending entries first after a start); returns how many."""
@@ -184,7 +186,7 @@ class LedgerConsumer:
         if self._backlog and not entries:
             self._backlog = False
             return 0
-        return await self._apply(entries) if entries else 0
+        return await self._apply(entries) if entries else 0  # events applied (entries hold many)
 
     async def drain(self, block_ms: int = 100) -> int:
         """Apply everything in the stream now (pending entries first); returns how many."""
@@ -199,7 +201,7 @@ class LedgerConsumer:
     async def sweep(self) -> int:
         """Emit ``expired`` for bids past their notice window (straight into the ledger)."""
         now = self.clock()
-        due = await self.redis.zrangebyscore(self.prefix + "open", "-inf", now, start=0, num=self.batch)
+        due = await self.redis.zrangebyscore(self.prefix + "open", "-inf", now, start=0, num=500)
         if not due:
             return 0
         pipe = self.redis.pipeline(transaction=False)

@@ -1,7 +1,8 @@
 """Emit ledger events off the request path, and lose none.
 
 ``emit`` appends to an in-memory buffer and returns (no I/O on the request path); a flush task
-writes the buffer to the region's Redis Stream in batches (one pipeline of XADDs). With Redis
+writes the buffer to the region's Redis Stream in batches (stream entries of up to 256 events,
+one pipeline per flush). With Redis
 unreachable the buffer holds up to ``max_buffer`` events; past that they go, oldest first, to an
 append-only spill file (fsynced per batch). When Redis answers again the spill file is replayed
 first, in order, then the buffer, so the stream keeps emission order. A batch that failed half
@@ -19,10 +20,13 @@ from collections import Counter
 from pathlib import Path
 
 from fleet.cache.shard import redis_client
+import msgspec
+
 from fleet.ledger.events import Event, encode
 
 log = logging.getLogger("fleet.ledger")
 _len = struct.Struct(">I")
+_pack = msgspec.msgpack.Encoder().encode
 
 
 def stream_key(region: str) -> str:
@@ -31,14 +35,14 @@ def stream_key(region: str) -> str:
 
 class EventEmitter:
     def __init__(self, region: str, redis_url: str | None, spill_path: Path, *, max_buffer: int = 50_000,
-                 flush_s: float = 0.05, batch: int = 2000):
+                 flush_s: float = 0.05, per_entry: int = 256):
         self.region = region
         self.key = stream_key(region)
         self.redis = redis_client(redis_url, decode=False) if redis_url else None
         self.spill_path = Path(spill_path)
         self.max_buffer = max_buffer
         self.flush_s = flush_s
-        self.batch = batch
+        self.per_entry = per_entry
         self.buffer: list[bytes] = []
         self._inflight = 0  # taken from the buffer by a flush that has not finished
         self.stats: Counter[str] = Counter()
@@ -128,10 +132,12 @@ class EventEmitter:
         return out
 
     async def _xadd(self, items: list[bytes]) -> None:
-        for start in range(0, len(items), self.batch):
-            pipe = self.redis.pipeline(transaction=False)
-            for raw in items[start:start + self.batch]:
-                pipe.xadd(self.key, {"e": raw})
+        """Stream entries of up to ``per_entry`` events each (field ``b``: a msgpack array of
+        encoded events): one XADD per event would cost ~20 us of client CPU each, this ~1."""
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, len(items), self.per_entry):
+            pipe.xadd(self.key, {"b": _pack(items[start:start + self.per_entry])})
+        if items:
             await pipe.execute()
 
     async def flush(self) -> int:
