@@ -330,6 +330,29 @@ def ledger_consume(region, consumer, expire_s, until_idle):
     asyncio.run(go())
 
 
+@ledger.command("ivt")
+@click.option("--region", required=True)
+@click.option("--campaign", required=True)
+@click.argument("bids", nargs=-1, required=True)
+def ledger_ivt(region, campaign, bids):
+    """Reverse billed impressions found to be invalid traffic (the exchange's or a verifier's
+    IVT report): an ``ivt`` event per bid into the region's stream; the ledger takes the billed
+    spend back, once per bid however often this is run."""
+    import asyncio
+
+    from fleet.ledger.emitter import EventEmitter
+    from fleet.ledger.events import Event
+
+    async def go():
+        em = EventEmitter(region, _redis_url(), resolve(load_regions().defaults.ledger.spill_dir) / f"{region}-cli.bin")
+        now = time.time()
+        em.emit_many([Event(f"ivt:{b}", "ivt", now, region, b, campaign=campaign) for b in bids])
+        await em.close()
+        click.echo(f"{len(bids)} reversal(s) sent; spilled: {em.summary()['spill_bytes']} bytes")
+
+    asyncio.run(go())
+
+
 @ledger.command("report")
 @click.option("--region", required=True)
 @click.option("--window", "window_s", default=600, show_default=True, help="Seconds per window.")

@@ -332,3 +332,33 @@ def test_notices_that_overtake_their_bid_count_the_same(redis_srv, tmp_path):
     with_user = {e.bid for e in events if e.kind == "selected" and e.user}
     assert sorted(billed) == in_order
     assert len(in_order) == sum(1 for e in nev if e.kind == "billed" and e.bid in with_user) > 20
+
+
+def test_ivt_reversal_takes_billed_spend_back_once(redis_srv, tmp_path):
+    now = time.time()
+    env = {**os.environ, "REDIS_URL": redis_srv.url}
+
+    async def go():
+        em = EventEmitter(REGION, redis_srv.url, tmp_path / "i.bin")
+        em.emit_many([Event("selected:v1", "selected", now, REGION, "v1", campaign="c9", price=3000.0),
+                      Event("billed:v1", "billed", now, REGION, "v1", campaign="c9", price=2500.0),
+                      Event("selected:v2", "selected", now, REGION, "v2", campaign="c9", price=3000.0)])
+        await em.close()
+
+    run(go())
+    cmd = [sys.executable, "-m", "fleet.cli", "ledger", "ivt", "--region", REGION, "--campaign", "c9", "v1", "v2"]
+    for _ in range(2):  # run twice: reversed once
+        subprocess.run(cmd, env=env, cwd=REPO_ROOT, check=True, capture_output=True, timeout=60)
+
+    async def consume():
+        c = LedgerConsumer(REGION, redis_srv.url)
+        await c.ensure_group()
+        await c.drain()
+        await c.close()
+
+    run(consume())
+    rows = ledger_rows(redis_lib.Redis.from_url(redis_srv.url), REGION)
+    assert sum(r.ivt for r in rows) == 1  # v2 was never billed: nothing to take back
+    assert sum(r.spend for r in rows) == pytest.approx(0.0)
+    day = int(now // 86_400)
+    assert float(redis_lib.Redis.from_url(redis_srv.url).hget(f"{ledger_prefix(REGION)}spend:{day}", "c9")) == pytest.approx(0.0)
