@@ -181,11 +181,6 @@ class CacheClient:
         self.daypart = snaps[[*self.shards].index(owner)]["daypart"]
         self.features_at = self.clock()
 
-    async def refresh_forever(self, period_s: float) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(period_s)
-
     def summary(self) -> dict:
         s = self.stats
         looked = s["hit"] + s["miss"] + s["timeout"] + s["error"]

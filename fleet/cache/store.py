@@ -92,10 +92,6 @@ class ShardStore:
         e.loaded_at = now
         e.complete = True
 
-    def stale(self, user: str, now: float, max_age_s: float) -> bool:
-        e = self.users.get(user)
-        return e is not None and e.complete and now - e.loaded_at > max_age_s
-
     def prune(self, now: float | None = None) -> int:
         """Drop events past the window; returns how many went."""
         horizon = (self.clock() if now is None else now) - self.window_s

@@ -64,9 +64,6 @@ class CacheShard:
         """Fault injection for drills and tests: make every lookup this slow."""
         self.shard.delay_s = float(seconds)
 
-    async def flush(self) -> int:
-        return await self.shard.flush()
-
     def pid(self) -> int:
         return os.getpid()
 
