@@ -73,7 +73,11 @@ async def serve(shard, host: str = "127.0.0.1", port: int = 0) -> asyncio.Abstra
         try:
             while True:
                 rid, method, arg = await _read_frame(reader)
-                asyncio.get_running_loop().create_task(answer(rid, method, arg))
+                if method == "lookup" and not shard.delay_s:
+                    # the common case answers inline: nothing in it waits
+                    writer.write(_frame((rid, True, [_profile_out(p) for p in shard.lookup_now(arg)])))
+                else:
+                    asyncio.get_running_loop().create_task(answer(rid, method, arg))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
