@@ -75,7 +75,11 @@ async def serve(shard, host: str = "127.0.0.1", port: int = 0) -> asyncio.Abstra
                 rid, method, arg = await _read_frame(reader)
                 if method == "lookup" and not shard.delay_s:
                     # the common case answers inline: nothing in it waits
-                    writer.write(_frame((rid, True, [_profile_out(p) for p in shard.lookup_now(arg)])))
+                    try:
+                        out = _frame((rid, True, [_profile_out(p) for p in shard.lookup_now(arg)]))
+                    except Exception as exc:
+                        out = _frame((rid, False, f"{type(exc).__name__}: {exc}"))
+                    writer.write(out)
                 else:
                     asyncio.get_running_loop().create_task(answer(rid, method, arg))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
