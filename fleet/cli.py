@@ -99,6 +99,12 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
             click.echo(f"redis: started {state.redis_url} (pid {state.redis_pid})")
         state.save()
         os.environ["REDIS_URL"] = state.redis_url
+        if not os.environ.get("FLEET_NOTICE_KEYS"):
+            # One signing key for every replica on every node the head's environment reaches
+            # (a worker node joining later needs the same variable: docs/ledger.md).
+            from fleet.ledger.signing import load_keys
+
+            os.environ["FLEET_NOTICE_KEYS"] = ",".join(f"{k}:{v.hex()}" for k, v in load_keys().items())
         if os.environ.get("RAY_ADDRESS"):
             state.ray_address = os.environ["RAY_ADDRESS"]
             click.echo(f"ray: joining RAY_ADDRESS {state.ray_address}")
