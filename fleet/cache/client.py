@@ -119,6 +119,18 @@ class CacheClient:
         for ev in events:
             self._put(self.ring.owner(ev.user), ("f", ev))
 
+    async def record_now(self, events: list[FreqEvent]) -> None:
+        """Send now and wait for every shard's answer; raises if a shard could not take them."""
+        by_shard: dict[str, list[FreqEvent]] = defaultdict(list)
+        for ev in events:
+            by_shard[self.ring.owner(ev.user)].append(ev)
+        results = await asyncio.gather(*(_call(self.shards[s], "record")(evs) for s, evs in by_shard.items()))
+        for (s, evs), res in zip(by_shard.items(), results):
+            self.stats["written"] += len(evs)
+            self.stats["acked" if res.get("acked") else "unacked"] += len(evs)
+            if res.get("dropped"):
+                raise RuntimeError(f"shard {s} refused {res['dropped']} writes (its pending queue is full)")
+
     def feedback(self, publisher: str, won: bool, price: float | None) -> None:
         self._put(self.ring.owner("pub:" + publisher), ("p", (publisher, won, price)))
 
@@ -166,12 +178,15 @@ class CacheClient:
         """Pull every shard's precomputed features and push this ingress's traffic counts."""
         hours, self.hours = dict(self.hours), Counter()
         owner = self.ring.owner("daypart")
-        try:
-            if hours:
+        if hours:
+            try:
                 await _call(self.shards[owner], "traffic")(hours)
+            except Exception as exc:
+                self.hours.update(hours)  # not taken: send again next period
+                log.warning("cache traffic counts not sent: %s", exc)
+        try:
             snaps = await asyncio.gather(*(_call(h, "snapshot")() for h in self.shards.values()))
         except Exception as exc:
-            self.hours.update(hours)  # try again next period
             log.warning("cache feature refresh failed: %s", exc)
             return
         feats: dict = {}

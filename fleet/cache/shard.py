@@ -239,6 +239,8 @@ class Shard:
             return 0  # Redis just failed: don't make every writer wait on it again
         written = 0
         async with self._lock:
+            if not self.redis_up and time.monotonic() < self._retry_at:
+                return 0  # failed while this writer waited for the lock: one attempt is enough
             while self.queue:
                 batch = list(itertools.islice(self.queue, 0, self.flush_batch))
                 pipe = self.redis.pipeline(transaction=True)

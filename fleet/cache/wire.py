@@ -124,14 +124,16 @@ class WireClient:
                 self._down_until = loop.time() + self.retry_s  # don't stampede a restarting shard
                 raise ConnectionError(f"shard unreachable: {exc!r}") from None
             self._writer = w
-            loop.create_task(self._read(reader, w))
+            self._pending = {}  # this connection's calls; a closing one keeps its own
+            loop.create_task(self._read(reader, w, self._pending))
             return w
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    pending: dict[int, asyncio.Future]) -> None:
         try:
             while True:
                 rid, ok, res = await _read_frame(reader)
-                fut = self._pending.pop(rid, None)
+                fut = pending.pop(rid, None)
                 if fut is not None and not fut.done():
                     if ok:
                         fut.set_result(res)
@@ -143,21 +145,22 @@ class WireClient:
             writer.close()
             if self._writer is writer:
                 self._writer = None
-            pending, self._pending = self._pending, {}
-            for fut in pending.values():
+            for fut in list(pending.values()):
                 if not fut.done():
                     fut.set_exception(ConnectionError("shard connection lost"))
+            pending.clear()
 
     async def call(self, method: str, arg):
         writer = await self._connect()
+        pending = self._pending  # the dict of the connection just returned
         rid = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
+        pending[rid] = fut
         writer.write(_frame((rid, method, arg)))
         try:
             return await fut
         finally:
-            self._pending.pop(rid, None)
+            pending.pop(rid, None)
 
     async def lookup(self, users: list[str]) -> list[Profile | None]:
         return [_profile_in(t) for t in await self.call("lookup", users)]

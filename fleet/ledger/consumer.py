@@ -44,16 +44,25 @@ APPLY = r"""
 local p = KEYS[1]
 local id, kind, ts, bid, campaign = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local price, user, expire_s, publisher, model = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local bidkey = p .. 'bid:' .. bid
 if not redis.call('SET', p .. 'seen:' .. id, 1, 'NX', 'EX', tonumber(ARGV[11])) then
+  -- already counted; a billed impression is handed out again (its frequency write is keyed
+  -- by event id, so a resend is harmless, and it may never have reached a shard)
+  if (kind == 'billed' or kind == 'selected') and redis.call('HGET', bidkey, 'closed') == 'billed' then
+    local u = redis.call('HGET', bidkey, 'user')
+    if u then return {3, u, redis.call('HGET', bidkey, 'campaign') or ''} end
+  end
   return {0}
 end
-local bidkey = p .. 'bid:' .. bid
 if kind ~= 'selected' and kind ~= 'response' and campaign == '' then
   campaign = redis.call('HGET', bidkey, 'campaign') or ''
 end
 local agg = p .. 'agg:' .. campaign .. ':' .. math.floor(ts / 60)
 redis.call('SADD', p .. 'campaigns', campaign)
-redis.call('EXPIRE', agg, 8 * 86400)
+if kind ~= 'response' then
+  redis.call('HINCRBY', agg, 'events', 1)  -- the key exists from here, so its TTL sticks
+  redis.call('EXPIRE', agg, 8 * 86400)
+end
 local function close(field)
   -- release what the bid reserved, once, whichever closes it first; a notice that overtook its
   -- bid's selected event (another replica's emitter flushed first) closes it all the same
@@ -84,7 +93,9 @@ if kind == 'selected' then
   redis.call('ZADD', p .. 'open', ts + expire_s, bid)
   return {1}
 elseif kind == 'response' then
-  redis.call('HINCRBY', p .. 'responses', math.floor(ts / 60), 1)
+  local rkey = p .. 'responses:' .. math.floor(ts / 86400)
+  redis.call('HINCRBY', rkey, math.floor(ts / 60), 1)
+  redis.call('EXPIRE', rkey, 8 * 86400)
   return {1}
 elseif kind == 'win' then
   redis.call('HINCRBY', agg, 'won', 1)
@@ -164,16 +175,18 @@ class LedgerConsumer:
         results = await pipe.execute()
         billed = []
         for ev, res in zip(evs, results):
-            if res[0] == 0:
+            if res[0] in (0, 3):
                 self.duplicates += 1
-                continue
-            self.applied += 1
-            if res[0] == 2 and res[1]:
+            else:
+                self.applied += 1
+            if res[0] in (2, 3) and res[1]:
                 user = res[1].decode() if isinstance(res[1], bytes) else res[1]
                 campaign = res[2].decode() if isinstance(res[2], bytes) else str(res[2])
                 billed.append(FreqEvent(user, campaign, f"{ev.auction}:{ev.imp}" if ev.auction else ev.bid, ev.ts))
         if billed and self.on_billed is not None:
-            await self.on_billed(billed)  # raises: not acked, re-read, and only the freq part redoes
+            # Awaits the shards' answer; if it raises, nothing is acked, the entries are read
+            # again, and the script hands the billed impressions out again (code 3).
+            await self.on_billed(billed)
         await self.redis.xack(self.stream, GROUP, *[eid for eid, _ in entries])
         return len(evs)
 
@@ -187,6 +200,19 @@ class LedgerConsumer:
             self._backlog = False
             return 0
         return await self._apply(entries) if entries else 0  # events applied (entries hold many)
+
+    async def trim(self) -> None:
+        """Drop stream entries every consumer of the group is done with (below the oldest
+        pending entry, or below the last delivered one when nothing is pending)."""
+        groups = await self.redis.xinfo_groups(self.stream)
+        g = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
+        if g is None:
+            return
+        floor = g["last-delivered-id"]
+        if int(g.get("pending") or 0):
+            summary = await self.redis.xpending(self.stream, GROUP)
+            floor = summary["min"]
+        await self.redis.xtrim(self.stream, minid=floor, approximate=True)
 
     async def drain(self, block_ms: int = 100) -> int:
         """Apply everything in the stream now (pending entries first); returns how many."""
@@ -239,6 +265,7 @@ class LedgerConsumer:
                 await self.step()
                 if self.clock() - last_sweep >= sweep_s:
                     await self.sweep()
+                    await self.trim()
                     last_sweep = self.clock()
             except asyncio.CancelledError:
                 raise

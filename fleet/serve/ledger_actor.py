@@ -36,7 +36,9 @@ class LedgerRunner:
         self.task = None
 
     async def _billed(self, events) -> None:
-        self.cache.record(events)  # the client's outbox retries until a shard takes them
+        # Awaited, so the consumer acknowledges its entries only once the shards took them
+        # (acked by Redis, or held in a shard's pending queue while Redis is away).
+        await self.cache.record_now(events)
 
     async def start(self) -> bool:
         """Idempotent; the ingresses call it every few seconds, so a consumer task that ended

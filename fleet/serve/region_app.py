@@ -95,6 +95,7 @@ class RegionIngress:
                 log.warning("cache shards of %s not ready yet (%s): lookups default until they are",
                             a.region, exc)
         self._background: list[asyncio.Task] = []
+        self._seen_notices: dict[tuple[str, str], None] = {}
         # The ledger: signed notice URLs, events to the region's stream, the region's consumer.
         self.emitter = None
         self.ledger = None
@@ -171,6 +172,25 @@ class RegionIngress:
             self._background.append(loop.create_task(self._ledger_loop()))
         if not self._background:
             self._background.append(loop.create_task(asyncio.sleep(0)))
+
+    def _first_notice(self, notice) -> bool:
+        """False for a notice this replica already saw (exchanges resend): publisher statistics
+        count each win or loss once. Bounded; the ledger dedups for money."""
+        key = (notice.kind, notice.bid_id)
+        if key in self._seen_notices:
+            return False
+        self._seen_notices[key] = None
+        if len(self._seen_notices) > 200_000:
+            self._seen_notices.pop(next(iter(self._seen_notices)))
+        return True
+
+    async def __del__(self) -> None:
+        """Serve's shutdown hook (scale-down, redeploy): flush buffered events, or spill them."""
+        if self.emitter is not None:
+            try:
+                await self.emitter.close()
+            except Exception as exc:
+                log.error("ledger %s: events not flushed at shutdown: %s", self.region, exc)
 
     async def _ledger_loop(self) -> None:
         """Keep the region's consumer running (a restarted actor needs its start) and publish
@@ -277,7 +297,8 @@ class RegionIngress:
                     if not self._background:
                         self._start_background()
                     self.emitter.emit(notice_event(path[8:], notice, self.bidder.clock()))
-                if self.cache is not None and notice.publisher and notice.kind in ("win", "loss"):
+                if (self.cache is not None and notice.publisher and notice.kind in ("win", "loss")
+                        and self._first_notice(notice)):
                     self.cache.feedback(notice.publisher, notice.kind == "win", notice.price)
                 return Response(b"", status_code=200)
             return _json_response(status, {"error": reason})
