@@ -98,6 +98,16 @@ class RedisServer:
         return redis.Redis.from_url(self.url, decode_responses=True)
 
 
+@pytest.fixture
+def redis_srv(tmp_path):
+    """A redis-server of the test's own (the tests that stop and restart it, or want it empty)."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.proc.kill()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))

@@ -10,20 +10,10 @@ import time
 
 import pytest
 
-from conftest import RedisServer
 from fleet.cache.client import CacheClient
 from fleet.cache.ring import HashRing
 from fleet.cache.shard import Shard
 from fleet.cache.store import FreqEvent
-
-
-@pytest.fixture
-def redis_srv(tmp_path):
-    srv = RedisServer(tmp_path / "redis")
-    try:
-        yield srv
-    finally:
-        srv.proc.kill()
 
 
 def run(coro):

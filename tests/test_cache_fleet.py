@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from fleet.sim.exchange import substitute
 from fleet.sim.traffic import RequestFactory
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def requests(tag: str, n: int, users: int, seed: int = 5) -> list[dict]:
 
 
 def _bill_url(base: str, burl: str, price: float) -> str:
-    u = urlsplit(burl.replace("${AUCTION_PRICE}", f"{price:.4f}").replace("${AUCTION_CURRENCY}", "USD"))
+    u = urlsplit(substitute(burl, auction_id="", imp_id="", price=price))
     return f"{base}{u.path}?{u.query}"
 
 
@@ -235,7 +236,6 @@ def test_redis_outage_under_load_loses_no_event_and_no_count(fleet_http, redis_s
     redis_server.stop()
     try:
         results = asyncio.run(load_for(10.0))
-        during = ray.get([h.stats.remote() for h in handles.values()])
         during_ledger = stats(fleet_http)["ledger"]
     finally:
         redis_server.start()

@@ -4,40 +4,26 @@ spill and replay, a consumer killed mid-stream, expiry, reconciliation."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from urllib.parse import urlsplit
 
 import pytest
 import redis as redis_lib
 
-from conftest import RedisServer
-from fleet.campaigns.catalog import load_catalog
 from fleet.config import REPO_ROOT
 from fleet.ledger.consumer import LedgerConsumer, ledger_prefix
 from fleet.ledger.emitter import EventEmitter, stream_key
 from fleet.ledger.events import Event, notice_event
 from fleet.ledger.report import ledger_rows, report
 from fleet.ledger.signing import NoticeSigner
-from fleet.pipeline.bidder import RegionBidder
 from fleet.pipeline.notices import NoticeError, parse_notice
-from fleet.sim.traffic import RequestFactory
+from fleet.sim.offline import bids_and_notices
 
 REGION = "us-east"
-
-
-@pytest.fixture
-def redis_srv(tmp_path):
-    srv = RedisServer(tmp_path / "redis")
-    try:
-        yield srv
-    finally:
-        srv.proc.kill()
 
 
 def run(coro):
@@ -71,39 +57,20 @@ def test_rotated_keys_still_verify_bids_already_out():
 
 # -- a run of bids and notices, in process --------------------------------------------------
 
-def _substitute(url: str, price: float, loss: int = 102) -> str:
-    return (url.replace("${AUCTION_PRICE}", f"{price:.4f}").replace("${AUCTION_CURRENCY}", "USD")
-            .replace("${AUCTION_LOSS}", str(loss)).replace("${AUCTION_MIN_TO_WIN}", f"{price:.4f}"))
+def _exchange(rng, bid):
+    """60% won; 90% of wins billed; clearing at 50-100% of the bid."""
+    won = rng.random() < 0.6
+    clear = round(bid["price"] * rng.uniform(0.5, 1.0), 4)
+    if not won:
+        return [("loss", clear)]
+    return [("win", clear)] + ([("bill", clear)] if rng.random() < 0.9 else [])
 
 
 def bid_run(n: int = 300, seed: int = 3, signer=None):
     """Bids from the in-process bidder and the notices an exchange would send for them:
-    (bid-path events, [(kind, query)] notices)."""
-    from fleet.config import load_regions
-
-    regions = load_regions()
+    (bid-path events, [(kind, query)] notices, the signer)."""
     signer = signer or NoticeSigner({"k1": b"k" * 32})
-    bidder = RegionBidder(REGION, regions, load_catalog(regions.defaults.catalog), signer=signer)
-    f = RequestFactory(REGION, seed)
-    rng = random.Random(seed)
-    events, notices = [], []
-    for i in range(n):
-        req = f.request()
-        req["id"] = f"lr-{seed}-{i}"
-        a = bidder.bid(json.dumps(req).encode(), version="2.6")
-        events.extend(a.ledger)
-        if a.status != 200:
-            continue
-        for sb in json.loads(a.body)["seatbid"]:
-            for b in sb["bid"]:
-                won = rng.random() < 0.6
-                clear = round(b["price"] * rng.uniform(0.5, 1.0), 4)
-                if won:
-                    notices.append(("win", urlsplit(_substitute(b["nurl"], clear)).query))
-                    if rng.random() < 0.9:
-                        notices.append(("bill", urlsplit(_substitute(b["burl"], clear)).query))
-                else:
-                    notices.append(("loss", urlsplit(_substitute(b["lurl"], clear)).query))
+    events, notices, _ = bids_and_notices(REGION, n, seed, signer, "lr", _exchange)
     return events, notices, signer
 
 

@@ -14,11 +14,9 @@ rate against the region's bid capacity, in events per bid.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from fleet.ledger.consumer import LedgerConsumer
 from fleet.ledger.emitter import EventEmitter
@@ -26,38 +24,21 @@ from fleet.ledger.events import Event, notice_event
 from fleet.ledger.signing import NoticeSigner
 
 
+def _outcome(rng: random.Random, bid: dict) -> list[tuple[str, float]]:
+    price = bid["price"] * 0.7
+    return [("win", price), ("bill", price)] if rng.random() < 0.5 else [("loss", price)]
+
+
 def simulated_events(region: str, n_requests: int, seed: int = 1) -> tuple[list[Event], int]:
     """(events of the bid path and of the notices, number of requests answered with a bid)."""
-    from fleet.campaigns.catalog import load_catalog
-    from fleet.config import load_regions
-    from fleet.pipeline.bidder import RegionBidder
     from fleet.pipeline.notices import parse_notice
-    from fleet.sim.traffic import RequestFactory
+    from fleet.sim.offline import bids_and_notices
 
-    regions = load_regions()
     signer = NoticeSigner({"bench": b"b" * 32})
-    bidder = RegionBidder(region, regions, load_catalog(regions.defaults.catalog), signer=signer)
-    f, rng = RequestFactory(region, seed), random.Random(seed)
-    out: list[Event] = []
-    answered = 0
-    for i in range(n_requests):
-        req = f.request()
-        req["id"] = f"bench-{seed}-{i}"
-        a = bidder.bid(json.dumps(req).encode(), version="2.6")
-        out.extend(a.ledger)
-        if a.status != 200:
-            continue
-        answered += 1
-        for sb in json.loads(a.body)["seatbid"]:
-            for b in sb["bid"]:
-                price = f"{b['price'] * 0.7:.4f}"
-                kinds = [("win", "nurl"), ("bill", "burl")] if rng.random() < 0.5 else [("loss", "lurl")]
-                for kind, key in kinds:
-                    url = (b[key].replace("${AUCTION_PRICE}", price).replace("${AUCTION_CURRENCY}", "USD")
-                           .replace("${AUCTION_LOSS}", "102").replace("${AUCTION_MIN_TO_WIN}", price))
-                    n = parse_notice(kind, urlsplit(url).query, region, signer)
-                    out.append(notice_event(kind, n, time.time()))
-    return out, answered
+    events, notices, answered = bids_and_notices(region, n_requests, seed, signer, "bench", _outcome)
+    for kind, query in notices:
+        events.append(notice_event(kind, parse_notice(kind, query, region, signer), time.time()))
+    return events, answered
 
 
 async def _emission(url: str, events: list[Event], spill: Path) -> dict:

@@ -94,7 +94,7 @@ class RegionIngress:
             except Exception as exc:
                 log.warning("cache shards of %s not ready yet (%s): lookups default until they are",
                             a.region, exc)
-        self._background: list[asyncio.Task] = []
+        self._background: list[asyncio.Task] | None = None  # started on the first request
         self._seen_notices: dict[tuple[str, str], None] = {}
         # The ledger: signed notice URLs, events to the region's stream, the region's consumer.
         self.emitter = None
@@ -143,8 +143,7 @@ class RegionIngress:
         if isinstance(a, Answer):
             return a
         profile, lookup = None, "off"
-        if not self._background:
-            self._start_background()
+        self._start_background()
         if self.cache is not None:
             self.cache.count_request(self.bidder.clock())
             if a.uid is not None:
@@ -165,13 +164,15 @@ class RegionIngress:
         return answer
 
     def _start_background(self) -> None:
+        """The replica's loops, once (they need the running event loop, which __init__ has not)."""
+        if self._background is not None:
+            return
         loop = asyncio.get_running_loop()
+        self._background = []
         if self.cache is not None:
             self._background.append(loop.create_task(self._features_loop()))
         if self.emitter is not None:
             self._background.append(loop.create_task(self._ledger_loop()))
-        if not self._background:
-            self._background.append(loop.create_task(asyncio.sleep(0)))
 
     def _first_notice(self, notice) -> bool:
         """False for a notice this replica already saw (exchanges resend): publisher statistics
@@ -294,8 +295,7 @@ class RegionIngress:
             if status == 200:
                 self.bidder.learn(notice)
                 if self.emitter is not None:
-                    if not self._background:
-                        self._start_background()
+                    self._start_background()
                     self.emitter.emit(notice_event(path[8:], notice, self.bidder.clock()))
                 if (self.cache is not None and notice.publisher and notice.kind in ("win", "loss")
                         and self._first_notice(notice)):
