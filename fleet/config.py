@@ -104,6 +104,33 @@ class LedgerSettings(Strict):
     drift_tolerance: float = Field(default=0.02, ge=0)  # reconciliation flags beyond this
 
 
+class ControlSettings(Strict):
+    """The central control actor and the regions' use of it (see docs/control.md)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=1.0, gt=0)  # control tick; replicas report and renew leases
+    lease_ttl_s: float = Field(default=5.0, gt=0)  # control out of reach this long: spending stops
+    lease_horizon_s: float = Field(default=2.0, gt=0)  # plan one lease covers
+    headroom: float = Field(default=1.1, ge=1.0)
+    hold_s: float = Field(default=30.0, gt=0)  # an unsettled reservation is released after this
+    kp: float = 0.3  # the throttle's PI gains, per control interval
+    ki: float = 0.1
+    p_min: float = Field(default=0.02, gt=0, le=1)
+    p_start: float = Field(default=0.5, gt=0, le=1)
+    sync_timeout_s: float = Field(default=1.0, gt=0)
+    policy_every_s: float = Field(default=30.0, gt=0)  # cutoff policies recomputed this often
+    health_stale_s: float = Field(default=5.0, gt=0)
+    seed_catalog: bool = True  # campaigns without a flight get a daily one from the catalog
+    url: str | None = None  # control in another cluster (HTTP long-poll); None: the actor handle
+    rollout: dict = {}  # canary thresholds (fleet.control.rollout.Thresholds fields)
+
+    def pacing(self):
+        from fleet.control.pacer import PacingSettings
+
+        return PacingSettings(self.interval_s, self.lease_ttl_s, self.lease_horizon_s, self.headroom,
+                              self.hold_s, self.kp, self.ki, self.p_min, self.p_start)
+
+
 class Defaults(Strict):
     tmax_ms: int = 120
     max_body_bytes: int = 64 * 1024
@@ -113,6 +140,7 @@ class Defaults(Strict):
     first_price_shade: float = Field(default=0.85, gt=0, le=1)
     cache: CacheSettings = CacheSettings()
     ledger: LedgerSettings = LedgerSettings()
+    control: ControlSettings = ControlSettings()
 
 
 class RegionsFile(Strict):
@@ -163,6 +191,7 @@ class RegionAppArgs(BaseModel):
     pricing: Literal["local", "remote"] = "local"
     cache: bool = True  # look users up in the region's cache shards (False: request data only)
     ledger: bool = True  # emit events and run the region's ledger consumer (False: neither)
+    control: bool = True  # spend under control's leases and policies (False: a local allowance)
     inference_replicas: int = 1
     num_gpus: float = 0.0
 

@@ -9,6 +9,7 @@ deployment in ``fleet.serve.region_app`` is a thin wrapper around this class.
 from __future__ import annotations
 
 import datetime as dt
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ class Pending:
     currency: str
     wall: float
     accept_encoding: str | None
+    model: str | None = None  # the version asked to price (a canary's candidate, or the current)
+    pricing_s: float = 0.0  # time the model call took
 
     def rows(self) -> np.ndarray:
         """One feature row per candidate, in ``paced`` order: what the model is called with."""
@@ -139,6 +142,12 @@ class RegionBidder:
         self.profiles = profiles
         self.cache_default_multiplier = config.defaults.cache.default_multiplier
         self.signer = signer  # a fleet.ledger.signing.NoticeSigner: notice URLs carry a signature
+        self.tiers = dict(config.tiers)  # stage budgets per tier; control's policy pushes replace them
+        # A canary: (scorer or None when it failed to load, its version, share of priced requests)
+        self.candidate: tuple[object | None, str, float] | None = None
+        self.versions: dict[str, dict] = {}  # version -> outcome counters since the last report
+        self.version_latency: dict[str, StageHistograms] = {}
+        self.rng = random.Random()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -172,8 +181,12 @@ class RegionBidder:
         return spent
 
     def learn(self, notice) -> None:
-        """Win and loss notices teach the win-rate model (loss reason 102: outbid)."""
-        if notice is None or notice.publisher is None or notice.our_bid is None:
+        """Notices settle the bid's reservation; win and loss notices teach the win-rate model
+        (loss reason 102: outbid)."""
+        if notice is None:
+            return
+        self.budget.settle(notice)
+        if notice.publisher is None or notice.our_bid is None:
             return
         segment = self.formats.get(notice.creative)
         if notice.kind == "win":
@@ -227,10 +240,21 @@ class RegionBidder:
         p = self.begin(body, **http)
         return p if isinstance(p, Answer) else self.price_local(p)
 
+    def pick_model(self) -> tuple[object | None, str | None]:
+        """The scorer and version for one request: the canary's candidate for its share of
+        requests, the current version otherwise."""
+        cand = self.candidate
+        if cand is not None and cand[2] > 0 and self.rng.random() < cand[2]:
+            return cand[0], cand[1]
+        return self.scorer, (self.scorer.version if self.scorer is not None else None)
+
     def price_local(self, p: "Pending") -> Answer:
         """Stages 5-8 priced by the in-process model (or by rule when it has nothing)."""
-        ctrs = self.score_local(p)
-        return self.finish(p, ctrs, f"model:{self.scorer.version}" if ctrs is not None else "rule")
+        scorer, p.model = self.pick_model() if p.paced else (self.scorer, None)
+        t0 = now()
+        ctrs = self.score_local(p, scorer)
+        p.pricing_s = now() - t0
+        return self.finish(p, ctrs, f"model:{scorer.version}" if ctrs is not None else "rule")
 
     def begin(self, body: bytes, **http) -> "Answer | Pending":
         """Stages 1-4 in-process: the cache lookup (when ``profiles`` is set) is synchronous."""
@@ -283,7 +307,7 @@ class RegionBidder:
                 floors[imp.id] = f
         has_deals = any(imp.pmp is not None and imp.pmp.deals for imp in req.imp)
         tier = self.config.tier_for(has_deals, max(floors.values(), default=0.0))
-        dl.set_tier(tier, self.config.tiers[tier])
+        dl.set_tier(tier, self.tiers[tier])
 
         # 2 enrichment starts here: the caller looks ``uid`` up within the stage's budget.
         dl.start("enrichment")
@@ -344,27 +368,33 @@ class RegionBidder:
         # 4 pacing: the local budget allowance (at the campaign's cap).
         dl.start("pacing")
         paced = [cand for cand in candidates
-                 if self.budget.can_spend(cand[1], cand[1].strategy.max_bid / 1000.0, wall)]
+                 if self.budget.allow(cand[1], cand[1].strategy.max_bid / 1000.0, wall)]
 
         dl.start("pricing")
         return Pending(req, a.version, dl, user, paced, bool(candidates), floors, a.tier, a.currency, wall,
                        a.accept_encoding)
 
-    def score_local(self, p: "Pending") -> np.ndarray | None:
+    def score_local(self, p: "Pending", scorer=None) -> np.ndarray | None:
         """Click probabilities from the in-process model, or None (rule pricing, flagged).
 
         In-process scoring costs tens of microseconds for a request's rows; if the pricing
         budget is already gone there is no call at all, and a failing model costs a rule price,
         never the request.
         """
-        if self.scorer is None or not p.paced:
+        scorer = self.scorer if scorer is None and p.model is None else scorer
+        if not p.paced:
+            return None
+        if scorer is None:
+            if p.model is not None:  # the version asked for is not loaded: a rule price, flagged
+                p.dl.degrade("pricing_rule_fallback")
+                self.stats["pricing.model_missing"] += 1
             return None
         if p.dl.over():
             p.dl.degrade("pricing_rule_fallback")
             self.stats["pricing.over_budget"] += 1
             return None
         try:
-            return self.scorer.predict(p.rows())
+            return scorer.predict(p.rows())
         except Exception:
             p.dl.degrade("pricing_rule_fallback")
             self.stats["pricing.model_error"] += 1
@@ -395,6 +425,18 @@ class RegionBidder:
         # 7 auction
         dl.start("auction")
         winners = choose(offers)
+        # Pacing's reservation is made as the bid is chosen: a lease that ran dry since
+        # targeting (concurrent requests) drops the bid rather than overspend.
+        holds = []
+        for imp_id, o in list(winners.items()):
+            key = f"{req.id}:{imp_id}"
+            if self.budget.reserve(o.campaign, o.price / 1000.0, wall, key):
+                holds.append(key)
+            else:
+                del winners[imp_id]
+                self.stats["pacing.lease_spent"] += 1
+        if p.model is not None:
+            self._version_outcome(p, winners)
         if not winners:
             return self._no_bid(NBR.UNKNOWN, "no_bid_above_floor" if p.had_candidates else "no_eligible_bid", dl)
 
@@ -416,6 +458,8 @@ class RegionBidder:
         dl.finish()
         if dl.expired():
             self.stats["late_suppressed"] += 1
+            for key in holds:
+                self.budget.release(key)
             return self._no_bid(NBR.TECHNICAL_ERROR, "deadline", dl)
         # Only a bid that leaves reserves tentative spend and counts toward frequency caps
         # (on bids until the ledger counts billed impressions).
@@ -423,7 +467,6 @@ class RegionBidder:
         bid_ids = {b.impid: b.id for sb in resp.seatbid for b in sb.bid}
         pub = publisher_of(req) or ""
         for o in winners.values():
-            self.budget.reserve(o.campaign, o.price / 1000.0, wall)
             bid_id = bid_ids[o.imp_id]
             ledger.append(Event(f"selected:{bid_id}", "selected", wall, self.region, bid_id, req.id, o.imp_id,
                                 o.campaign.id, o.creative.id, o.source, pub, o.price, user.user_id or ""))
@@ -440,3 +483,26 @@ class RegionBidder:
         if gz:
             headers["content-encoding"] = "gzip"
         return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl), events, ledger)
+
+    def _version_outcome(self, p: "Pending", winners: dict) -> None:
+        """What the version that priced this request did: the canary's evidence."""
+        v = self.versions.get(p.model)
+        if v is None:
+            v = self.versions[p.model] = {"priced": 0, "errors": 0, "bids": 0, "value": 0.0, "price": 0.0}
+            self.version_latency[p.model] = StageHistograms()
+        v["priced"] += 1
+        if "pricing_rule_fallback" in p.dl.degraded:
+            v["errors"] += 1
+        v["bids"] += bool(winners)
+        for o in winners.values():
+            v["value"] += o.value
+            v["price"] += o.price
+        self.version_latency[p.model].observe("pricing", p.pricing_s)
+
+    def take_versions(self) -> dict[str, dict]:
+        """Per-version outcome counters (with the pricing latency histogram) since the last call."""
+        out = {}
+        for name, v in self.versions.items():
+            out[name] = {**v, "latency_counts": self.version_latency[name].counts.get("pricing", [])}
+        self.versions, self.version_latency = {}, {}
+        return out

@@ -1,16 +1,20 @@
 """Stage 4, pacing: may this campaign spend here, now; reserve the tentative spend if so.
 
-Until the control actor hands out leases, each replica holds a local allowance: the campaign's
-daily budget times the region's share, split across the region's replicas, released evenly over
-the day (with a small burst allowance) so a campaign cannot burn its day in the first minute.
-Reservations are tentative spend at the bid price; the ledger later finalises or releases them.
-Frequency caps count per user and campaign on bids until the ledger counts impressions.
+With the control actor (``LeaseBudget``) a replica spends only what it holds a live lease for:
+each bid reserves its price against the lease, the notices settle it (win: the clearing price,
+bill: spend, loss: released) and a reservation nobody settles is released after ``hold_s``.
+Spend, reservations and opportunities go back to control in every report; a lease that is not
+renewed expires and the campaign stops spending here. Without control (``LocalBudget``, tests
+and single-box use) each replica holds the campaign's daily budget times the region's share,
+released evenly over the UTC day. Frequency caps count per user and campaign.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 
 from fleet.campaigns.catalog import Campaign
 
@@ -25,6 +29,7 @@ class LocalBudget:
         self.burst_s = burst_s
         self.clock = clock
         self.reserved: dict[str, tuple[int, float]] = {}  # campaign -> (UTC day, reserved)
+        self._recent: dict[str, tuple[str, float]] = {}  # key -> (campaign, amount), newest last
 
     def allowance(self, c: Campaign, now: float) -> float:
         """Budget released so far today, plus ``burst_s`` worth of the even rate."""
@@ -41,12 +46,31 @@ class LocalBudget:
         now = self.clock() if now is None else now
         return self._spent(c.id, now) + amount <= self.allowance(c, now)
 
-    def reserve(self, c: Campaign, amount: float, now: float | None = None) -> bool:
+    allow = can_spend
+
+    def reserve(self, c: Campaign, amount: float, now: float | None = None, key: str | None = None) -> bool:
         now = self.clock() if now is None else now
         if not self.can_spend(c, amount, now):
             return False
         self.reserved[c.id] = (int(now // DAY_S), self._spent(c.id, now) + amount)
+        if key is not None:
+            self._recent[key] = (c.id, amount)
+            if len(self._recent) > 1024:
+                self._recent.pop(next(iter(self._recent)))
         return True
+
+    def release(self, key: str) -> None:
+        """Undo a reservation made moments ago for a bid that did not leave (the deadline)."""
+        held = self._recent.pop(key, None)
+        if held is not None and held[0] in self.reserved:
+            day, spent = self.reserved[held[0]]
+            if spent - held[1] > 1e-12:
+                self.reserved[held[0]] = (day, spent - held[1])
+            else:
+                del self.reserved[held[0]]
+
+    def settle(self, notice, now: float | None = None) -> None:
+        """The local allowance counts bids, not notices."""
 
     def spent_today(self, cid: str, now: float | None = None) -> float:
         return self._spent(cid, self.clock() if now is None else now)
@@ -98,3 +122,123 @@ class FrequencyCounter:
                 self._events.popitem(last=False)
         now = self.clock() if now is None else now
         evs[eid if eid is not None else f"local-{now!r}-{len(evs)}"] = now
+
+
+@dataclass(slots=True)
+class HeldLease:
+    id: str
+    amount: float
+    expires_at: float
+    throttle: float
+    committed: float = 0.0  # reserved or spent under this lease since it was granted
+
+
+class LeaseBudget:
+    """A replica's budget under control's leases (see the module docstring)."""
+
+    def __init__(self, hold_s: float = 30.0, clock=time.time, rng=random.random, max_settled: int = 200_000):
+        self.hold_s = hold_s
+        self.clock = clock
+        self.rng = rng
+        self.max_settled = max_settled
+        self.leases: dict[str, HeldLease] = {}
+        self.reserved: dict[str, float] = {}  # campaign -> held now
+        self.holds: OrderedDict[str, tuple[str, float, float]] = OrderedDict()  # key -> (campaign, amount, t)
+        self.settled: OrderedDict[str, None] = OrderedDict()  # billed keys: a resent bill counts once
+        self.spend: dict[str, float] = {}  # campaign -> billed spend, cumulative
+        self.opportunities: Counter[str] = Counter()
+        self.blocked: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()
+        self.units: dict[str, float] = {}  # campaign -> largest amount asked (a lease below it buys nothing)
+        self.epoch = 0
+
+    def apply(self, leases: dict, epoch: int) -> None:
+        """New leases from control replace the old ones (their unspent part goes back). A lease
+        covers the reservations in flight (control sized it with them), so they count against it."""
+        self.leases = {cid: HeldLease(l.id, l.amount, l.expires_at, l.throttle, self.reserved.get(cid, 0.0))
+                       for cid, l in leases.items()}
+        self.epoch = epoch
+
+    def allow(self, c: Campaign, amount: float, now: float | None = None) -> bool:
+        """May ``c`` take part in this auction with a bid of up to ``amount``? Counts the
+        opportunity; refuses without a live lease, by the throttle, or when the lease is spent."""
+        cid = c.id
+        self.opportunities[cid] += 1
+        if amount > self.units.get(cid, 0.0):
+            self.units[cid] = amount
+        lease = self.leases.get(cid)
+        now = self.clock() if now is None else now
+        if lease is None or now >= lease.expires_at or lease.committed + amount > lease.amount:
+            self.blocked[cid] += 1
+            return False
+        if lease.throttle < 1.0 and self.rng() >= lease.throttle:
+            self.throttled[cid] += 1
+            return False
+        return True
+
+    def reserve(self, c: Campaign, amount: float, now: float | None = None, key: str | None = None) -> bool:
+        """Hold ``amount`` of the lease for a bid leaving now (``key``: auction:imp)."""
+        cid = c.id
+        now = self.clock() if now is None else now
+        lease = self.leases.get(cid)
+        if lease is None or now >= lease.expires_at or lease.committed + amount > lease.amount:
+            return False
+        lease.committed += amount
+        self.reserved[cid] = self.reserved.get(cid, 0.0) + amount
+        if key is not None:
+            self.holds[key] = (cid, amount, now)
+        self.expire(now)
+        return True
+
+    def _unhold(self, key: str) -> tuple[str, float] | None:
+        held = self.holds.pop(key, None)
+        if held is None:
+            return None
+        cid, amount, _ = held
+        self.reserved[cid] = max(0.0, self.reserved.get(cid, 0.0) - amount)
+        lease = self.leases.get(cid)
+        if lease is not None:
+            lease.committed = max(0.0, lease.committed - amount)
+        return cid, amount
+
+    def release(self, key: str) -> None:
+        self._unhold(key)
+
+    def settle(self, notice, now: float | None = None) -> None:
+        """A win holds the clearing price, a bill spends it, a loss releases the hold."""
+        if notice is None or notice.auction_id is None or notice.imp_id is None:
+            return
+        key = f"{notice.auction_id}:{notice.imp_id}"
+        now = self.clock() if now is None else now
+        if notice.kind == "loss":
+            self._unhold(key)
+        elif notice.kind == "win" and notice.price is not None and key in self.holds:
+            cid, amount, t = self.holds[key]
+            held = min(amount, notice.price / 1000.0)
+            self._unhold(key)
+            self.holds[key] = (cid, held, t)
+            self.reserved[cid] = self.reserved.get(cid, 0.0) + held
+            lease = self.leases.get(cid)
+            if lease is not None:
+                lease.committed += held
+        elif notice.kind == "bill" and notice.price is not None and key not in self.settled:
+            self._unhold(key)
+            spend = notice.price / 1000.0
+            self.spend[notice.campaign] = self.spend.get(notice.campaign, 0.0) + spend
+            lease = self.leases.get(notice.campaign)
+            if lease is not None:
+                lease.committed += spend
+            self.settled[key] = None
+            if len(self.settled) > self.max_settled:
+                self.settled.popitem(last=False)
+
+    def expire(self, now: float) -> None:
+        """Release reservations that no notice settled within ``hold_s`` (oldest first)."""
+        while self.holds:
+            key, (_cid, _amount, t) = next(iter(self.holds.items()))
+            if now - t < self.hold_s:
+                break
+            self._unhold(key)
+
+    def spent_today(self, cid: str, now: float | None = None) -> float:
+        return self.spend.get(cid, 0.0)

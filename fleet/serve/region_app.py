@@ -5,6 +5,12 @@ and turn its ``Answer`` into a response. Routes under the region's prefix:
 ``POST /openrtb2/bid``, ``GET /notice/{win|bill|loss|click}``, ``GET /ready``, ``GET /stats``,
 ``GET /cache`` (every shard's own figures).
 
+With control on, the replica spends under control's leases: every control interval it reports
+spend, reservations, opportunities, heartbeat figures, stage latencies and per-version model
+outcomes, and applies what comes back (leases, cutoff policy, model assignment); a policy or
+model change also arrives by long-poll. Control out of reach costs nothing on the request path:
+the replica keeps its last policy, and its leases run out.
+
 Enrichment is the one stage that awaits here: the user's profile comes from the region's cache
 shards (``fleet.cache.client``) within the stage's budget, or defaults stand in for it.
 """
@@ -63,7 +69,10 @@ class RegionIngress:
         a = RegionAppArgs.model_validate(args)
         self.inference = inference  # DeploymentHandle of the region's inference, when remote
         self.model = None  # the version remote pricing asks for
-        self.warm = None  # the version already loaded on the inference side
+        self.warm: set[str] = set()  # versions already loaded on the inference side
+        self.user_model = a.model  # what serve_config.yaml names (user_config can change it)
+        self.user_candidate = None  # a candidate named in user_config: control canaries it
+        self.assigned = None  # control's ModelAssignment last applied
         self.batchers: dict[str, MicroBatcher] = {}
         config = load_regions(a.regions_file)
         catalog = load_catalog(a.catalog or config.defaults.catalog)
@@ -95,6 +104,10 @@ class RegionIngress:
                 log.warning("cache shards of %s not ready yet (%s): lookups default until they are",
                             a.region, exc)
         self._background: list[asyncio.Task] | None = None  # started on the first request
+        self.link = None
+        self.canary = None  # remote pricing: (candidate version, share)
+        if a.control and config.defaults.control.enabled:
+            self._start_control(a, config)
         self._seen_notices: dict[tuple[str, str], None] = {}
         # The ledger: signed notice URLs, events to the region's stream, the region's consumer.
         self.emitter = None
@@ -118,6 +131,122 @@ class RegionIngress:
                 self.ledger = ledger_actor.connect(
                     a.region, redis_url, ls.expire_s,
                     config.regions[a.region].cache_shards if cache.enabled else None, cache.shard_options())
+
+    def _start_control(self, a: RegionAppArgs, config) -> None:
+        """Spend under control's leases, report to it, apply its pushes (see module docstring)."""
+        from fleet.control.link import HttpLink, RayLink
+        from fleet.pipeline.pacing import LeaseBudget
+
+        cs = config.defaults.control
+        self.control_settings = cs
+        self.bidder.budget = LeaseBudget(hold_s=cs.hold_s, clock=self.bidder.clock)
+        if cs.url:
+            from fleet.control.auth import load_token
+
+            self.link = HttpLink(cs.url, load_token(), a.region, cs.sync_timeout_s)
+        else:
+            from fleet.serve import control_actor
+
+            self.link = RayLink(control_actor.connect(a.regions_file, catalog=a.catalog), cs.sync_timeout_s)
+        self.control_epoch = 0
+        self.policy_epoch = -1
+        self.control_state = {"syncs": 0, "failures": 0, "last_ok": None, "last_error": ""}
+        self._beat_prev: dict[str, float] = {}
+        self._lat_prev: dict[str, list[int]] = {}
+
+    def _report(self):
+        from fleet.control.messages import Report
+        from fleet.obs.histogram import delta, quantile
+
+        b, st = self.bidder.budget, self.bidder.stats
+        now = self.bidder.clock()
+        b.expire(now)
+        figs = {"requests": st["requests"], "answered": st["answered_bid"] + st["nobid"],
+                "errors": st["errors"], "late": st["late_suppressed"], "bids": st["answered_bid"]}
+        beat = {k: v - self._beat_prev.get(k, 0) for k, v in figs.items()}
+        beat["interval_s"] = self.control_settings.interval_s
+        self._beat_prev = figs
+        snap = self.bidder.latency.snapshot()
+        p99 = {}
+        for stage, counts in delta(snap, self._lat_prev).items():
+            q = quantile(counts, 0.99)
+            if q is not None and stage != "total":
+                p99[stage] = round(q * 1000.0, 4)
+        self._lat_prev = snap
+        return Report(region=self.region, replica=self.replica, ts=now, epoch=self.control_epoch,
+                      spend=dict(b.spend), reserved={k: v for k, v in b.reserved.items() if v > 0},
+                      opportunities=dict(b.opportunities), blocked=dict(b.blocked), units=dict(b.units), heartbeat=beat,
+                      stage_p99_ms=p99, versions=self.bidder.take_versions(), model=self.user_model,
+                      candidate=self.user_candidate)
+
+    async def _control_loop(self) -> None:
+        """Report and renew every interval; a failed sync leaves leases to run out."""
+        while True:
+            try:
+                push = await self.link.sync(self._report())
+                await self._apply(push)
+                self.control_state["syncs"] += 1
+                self.control_state["last_ok"] = self.bidder.clock()
+            except Exception as exc:
+                self.control_state["failures"] += 1
+                self.control_state["last_error"] = f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(self.control_settings.interval_s)
+
+    async def _watch_loop(self) -> None:
+        """Policy and model pushes between syncs (long-poll)."""
+        while True:
+            try:
+                await self._apply(await self.link.watch(self.control_epoch, 10.0), leases=False)
+            except Exception:
+                await asyncio.sleep(self.control_settings.interval_s)
+
+    async def _apply(self, push, leases: bool = True) -> None:
+        if push.epoch < self.control_epoch:
+            return  # an answer from before a newer push: ignore it
+        self.control_epoch = push.epoch
+        if leases:
+            self.bidder.budget.apply(push.leases, push.epoch)
+        if push.policy_epoch != self.policy_epoch and push.policy:
+            from fleet.config import TierPolicy
+
+            tiers = dict(self.bidder.tiers)
+            for tier, pol in push.policy.items():
+                try:
+                    tiers[tier] = TierPolicy(min_floor_usd=pol.get("min_floor_usd", 0.0),
+                                             deals=pol.get("deals", False), budgets=pol["budgets"])
+                except Exception as exc:
+                    log.error("policy for tier %s refused: %s", tier, exc)
+            self.bidder.tiers = tiers
+            self.policy_epoch = push.policy_epoch
+        if push.model is not None and push.model != self.assigned:
+            await self._assign(push.model)
+
+    async def _assign(self, m) -> None:
+        """Control's model assignment: the current version, and a candidate for a share."""
+        self.assigned = m
+        if self.inference is not None:
+            self.model = m.current or self.user_model
+            self.canary = (m.candidate, m.share) if m.candidate else None
+            return
+        current = m.current or self.user_model
+        if current and (self.bidder.scorer is None or self.bidder.scorer.version != current):
+            await asyncio.to_thread(self._load_model, current)
+        if not m.candidate:
+            self.bidder.candidate = None
+            return
+        held = self.bidder.candidate
+        if held is not None and held[1] == m.candidate:
+            self.bidder.candidate = (held[0], held[1], m.share)
+            return
+        from fleet.ml.scorer import load_scorer
+
+        try:
+            scorer = await asyncio.to_thread(load_scorer, m.candidate, self.backend)
+            scorer.predict(np.zeros((1, N_FEATURES), np.float32))
+        except Exception as exc:  # the candidate's share prices by rule, and control sees its errors
+            log.error("candidate %s not loaded: %s", m.candidate, exc)
+            scorer = None
+        self.bidder.candidate = (scorer, m.candidate, m.share)
 
     def _load_model(self, spec: str) -> None:
         """Load a model version and swap it in; on failure keep pricing as before and say so."""
@@ -173,6 +302,9 @@ class RegionIngress:
             self._background.append(loop.create_task(self._features_loop()))
         if self.emitter is not None:
             self._background.append(loop.create_task(self._ledger_loop()))
+        if self.link is not None:
+            self._background.append(loop.create_task(self._control_loop()))
+            self._background.append(loop.create_task(self._watch_loop()))
 
     def _first_notice(self, notice) -> bool:
         """False for a notice this replica already saw (exchanges resend): publisher statistics
@@ -225,22 +357,29 @@ class RegionIngress:
         """Prices from the inference deployment within the pricing budget; a late or failed
         call (replica gone, overloaded) prices by rule."""
         ctrs, source = None, "rule"
-        if p.paced and self.model and self.warm != self.model:
+        model = self.model
+        if p.paced and self.canary is not None and self.bidder.rng.random() < self.canary[1]:
+            model = self.canary[0]
+        if p.paced and model:
+            p.model = model
+        t0 = now()
+        if p.paced and model and model not in self.warm:
             # The first call of a version loads it on an inference replica, which takes longer
             # than any pricing budget: do that once, unbounded, off this request's path.
-            self.warm = self.model
-            asyncio.get_running_loop().create_task(self._warm_up(self.model, p.rows()))
+            self.warm.add(model)
+            asyncio.get_running_loop().create_task(self._warm_up(model, p.rows()))
             p.dl.degrade("pricing_rule_fallback")
-        elif p.paced and self.model:
+        elif p.paced and model:
             budget = p.dl.stage_deadline("pricing") - now()
             try:
                 if budget <= 0:
                     raise TimeoutError
-                call = self._batcher(self.model)(p.rows())
-                ctrs, source = await asyncio.wait_for(call, budget), f"model:{self.model}"
+                call = self._batcher(model)(p.rows())
+                ctrs, source = await asyncio.wait_for(call, budget), f"model:{model}"
             except Exception as exc:  # timeout, dead replica, anything: the rule price stands
                 p.dl.degrade("pricing_rule_fallback")
                 self.bidder.stats[f"pricing.remote_{type(exc).__name__}"] += 1
+        p.pricing_s = now() - t0
         return self.bidder.finish(p, ctrs, source)
 
     def _batcher(self, model: str) -> MicroBatcher:
@@ -255,12 +394,16 @@ class RegionIngress:
         try:
             await self.inference.options(multiplexed_model_id=model).remote(rows)
         except Exception as exc:
-            self.warm = None  # try again on a later request
+            self.warm.discard(model)  # try again on a later request
             log.warning("inference warm-up for %s failed: %s", model, exc)
 
     def reconfigure(self, user_config: dict) -> None:
         """``user_config: {model: name/version}`` in serve_config.yaml: switch in place."""
         spec = (user_config or {}).get("model")
+        self.user_model = spec
+        self.user_candidate = (user_config or {}).get("candidate")  # control canaries it
+        if self.assigned is not None and self.assigned.current:
+            return  # control settled the version (a promotion): its assignment stands
         if self.inference is not None:
             self.model = spec  # the inference replicas load it (multiplexed) on first use
             return
@@ -269,6 +412,14 @@ class RegionIngress:
             self._load_model(spec)
         elif spec is None and "model" in (user_config or {}):
             self.bidder.scorer = None  # explicit null: back to rule pricing
+
+    def _control_summary(self) -> dict | None:
+        if self.link is None:
+            return None
+        m = self.assigned
+        return {**self.control_state, "epoch": self.control_epoch, "policy_epoch": self.policy_epoch,
+                "model": {"current": m.current, "candidate": m.candidate, "share": m.share} if m else None,
+                **_summary_of(self.bidder.budget)}
 
     async def __call__(self, request: Request) -> Response:
         arrival = now()
@@ -303,6 +454,7 @@ class RegionIngress:
                 return Response(b"", status_code=200)
             return _json_response(status, {"error": reason})
         if path == "/ready":
+            self._start_background()  # the control loop fetches leases before the first bid
             scorer = self.bidder.scorer
             return _json_response(200, {
                 "region": self.region, "campaigns": len(self.bidder.index),
@@ -313,13 +465,21 @@ class RegionIngress:
             return _json_response(200, {"bidder": dict(self.bidder.stats), "notices": dict(self.notices.counts),
                                         "latency": self.bidder.latency.snapshot(),
                                         "cache": self.cache.summary() if self.cache is not None else None,
-                                        "ledger": self.emitter.summary() if self.emitter is not None else None})
+                                        "ledger": self.emitter.summary() if self.emitter is not None else None,
+                                        "control": self._control_summary()})
         if path == "/cache" and self.cache is not None:
             shards = await asyncio.gather(*(h.stats() for h in self.cache.shards.values()),
                                           return_exceptions=True)
             return _json_response(200, {"ingress": self.cache.summary(), "shards": [
                 s if isinstance(s, dict) else {"error": repr(s)} for s in shards]})
         return _json_response(404, {"error": f"no route {path}"})
+
+
+def _summary_of(budget) -> dict:
+    return {"leases": len(budget.leases), "reserved": round(sum(budget.reserved.values()), 6),
+            "spend": round(sum(budget.spend.values()), 6), "holds": len(budget.holds),
+            "blocked": sum(budget.blocked.values()), "throttled": sum(budget.throttled.values()),
+            "opportunities": sum(budget.opportunities.values())}
 
 
 def build_app(args: RegionAppArgs) -> serve.Application:

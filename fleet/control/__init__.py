@@ -1,0 +1,1 @@
+"""Central control: budgets and pacing leases, model rollouts, cutoff policies, region health."""

@@ -1,0 +1,67 @@
+"""What regions and control say to each other: one report up, one push down, per sync.
+
+Money figures in a report are cumulative for the replica's lifetime (its id changes when it
+restarts), so a retried or duplicated report never counts spend twice: control takes the
+difference from the last total it saw. Statistics that only steer (heartbeats, latency, model
+versions) travel as deltas since the last acknowledged sync.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Report(msgspec.Struct, kw_only=True):
+    region: str
+    replica: str
+    ts: float
+    epoch: int = 0  # the last push epoch the replica applied
+    spend: dict[str, float] = {}  # campaign -> billed spend, fleet currency, cumulative
+    reserved: dict[str, float] = {}  # campaign -> tentative spend held now (bids awaiting notices)
+    opportunities: dict[str, int] = {}  # campaign -> eligible candidates seen, cumulative
+    blocked: dict[str, int] = {}  # campaign -> candidates refused for want of lease, cumulative
+    units: dict[str, float] = {}  # campaign -> the largest single reservation it asks for (max bid)
+    heartbeat: dict[str, float] = {}  # requests, answered, errors, late, bids (deltas), interval_s
+    stage_p99_ms: dict[str, float] = {}  # per stage, over the interval
+    versions: dict[str, dict] = {}  # model version -> VersionStats fields (deltas)
+    model: str | None = None  # what serve_config.yaml names for this replica
+    candidate: str | None = None  # a candidate named in serve_config.yaml, if any
+
+
+class Lease(msgspec.Struct, kw_only=True):
+    """Budget tokens for one campaign on one replica: the most it may newly commit (reserve or
+    spend) from the report that asked for it until ``expires_at``; nothing after."""
+
+    id: str
+    campaign: str
+    amount: float
+    expires_at: float
+    throttle: float = 1.0  # probability of taking part in an eligible auction
+
+
+class ModelAssignment(msgspec.Struct, kw_only=True):
+    current: str | None = None
+    candidate: str | None = None
+    share: float = 0.0  # of priced requests that go to the candidate
+    rollout: str | None = None
+
+
+class Push(msgspec.Struct, kw_only=True):
+    epoch: int  # control's state epoch; a replica ignores a push older than what it applied
+    ts: float
+    leases: dict[str, Lease] = {}
+    policy: dict[str, dict] = {}  # tier -> {"budgets": {stage: share}, "partners": {id: ms}}
+    policy_epoch: int = 0
+    model: ModelAssignment | None = None
+
+
+def encode(obj) -> bytes:
+    return msgspec.json.encode(obj)
+
+
+def decode_report(raw: bytes) -> Report:
+    return msgspec.json.decode(raw, type=Report)
+
+
+def decode_push(raw: bytes) -> Push:
+    return msgspec.json.decode(raw, type=Push)

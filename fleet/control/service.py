@@ -1,0 +1,278 @@
+"""The control actor's logic, without Ray: campaigns and pacing, rollouts, policies, health.
+
+``Control`` is what the detached ``control`` actor runs (``fleet.serve.control_actor``) and what
+tests drive directly. Its whole state is one JSON document in Redis (``fleet:control:state``),
+written before a sync is answered, so a restarted control resumes with every reported cent and
+every lease it handed out; the epoch moves on at each start, so regions can tell a new
+incarnation's pushes from a stale answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+
+import msgspec
+
+from fleet.control.cutoffs import PolicyBook, recompute, validate_tier
+from fleet.control.health import HealthBook
+from fleet.control.messages import ModelAssignment, Push, Report
+from fleet.control.pacer import DAY_S, Flight, Pacer
+from fleet.control.rollout import Rollout, Thresholds, VersionStats
+
+log = logging.getLogger("fleet.control")
+STATE_KEY = "fleet:control:state"
+IDEM_PREFIX = "fleet:control:idem:"
+IDEM_TTL_S = 86_400
+
+
+class Control:
+    def __init__(self, config, redis=None, clock=time.time, catalog=None):
+        s = config.defaults.control
+        self.config = config
+        self.settings = s
+        self.redis = redis  # redis.asyncio client, or None (state in memory only)
+        self.clock = clock
+        self.pacer = Pacer(s.pacing(), {n: r.budget_share for n, r in config.regions.items()}, clock)
+        self.health = HealthBook(stale_s=s.health_stale_s)
+        self.health.expect(list(config.regions))
+        self.base_policies = {t: p.model_dump() for t, p in config.tiers.items()}
+        self.policies = PolicyBook(self.base_policies)
+        self.thresholds = Thresholds.from_dict(s.rollout) if s.rollout else Thresholds()
+        self.rollouts: dict[str, Rollout] = {}
+        self.current: str | None = None  # the model version control has settled on (None: the regions')
+        self.reported_model: str | None = None  # what serve_config.yaml names, as replicas report it
+        self.decided: set[str] = set()  # candidates already promoted or rolled back
+        self.epoch = 0
+        self.stage_p99: dict[str, float] = {}
+        self.last_policy = clock()
+        self.catalog = catalog or []
+        self.redis_up = True
+        self.saves = 0
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the persisted state (if any), move the epoch on, seed daily flights."""
+        if self.redis is not None:
+            raw = await self.redis.get(STATE_KEY)
+            if raw:
+                self.load(json.loads(raw))
+        self.epoch += 1
+        if self.settings.seed_catalog:
+            now = self.clock()
+            day = now - now % DAY_S
+            for c in self.catalog:
+                if c.id not in self.pacer.campaigns:
+                    self.pacer.put_flight(Flight(c.id, c.budget_daily, day, day + DAY_S, daily=True))
+        await self.save()
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "pacer": self.pacer.to_dict(), "health": self.health.to_dict(),
+                "policies": self.policies.to_dict(), "base_policies": self.base_policies,
+                "rollouts": {k: r.to_dict() for k, r in self.rollouts.items()},
+                "current": self.current, "decided": sorted(self.decided)}
+
+    def load(self, doc: dict) -> None:
+        self.epoch = doc.get("epoch", 0)
+        self.pacer.load(doc.get("pacer", {}))
+        if "health" in doc:
+            self.health = HealthBook.from_dict(doc["health"])
+            self.health.expect(list(self.config.regions))
+        if "policies" in doc:
+            self.policies = PolicyBook.from_dict(doc["policies"])
+        self.base_policies = doc.get("base_policies", self.base_policies)
+        self.rollouts = {k: Rollout.from_dict(r) for k, r in doc.get("rollouts", {}).items()}
+        self.current = doc.get("current")
+        self.decided = set(doc.get("decided", []))
+
+    async def save(self) -> bool:
+        """Write the state; in order (one writer at a time). False when Redis is out of reach:
+        control goes on in memory and says so (``redis_up`` on /health)."""
+        if self.redis is None:
+            return False
+        async with self._lock:
+            raw = json.dumps(self.to_dict(), separators=(",", ":"))
+            try:
+                await self.redis.set(STATE_KEY, raw)
+            except Exception as exc:
+                if self.redis_up:
+                    log.error("control state not persisted (Redis): %s", exc)
+                self.redis_up = False
+                return False
+            self.redis_up = True
+            self.saves += 1
+            return True
+
+    def _bump(self) -> None:
+        self.epoch += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- the regions' side -----------------------------------------------------------------
+
+    def assignment(self) -> ModelAssignment:
+        active = next((r for r in self.rollouts.values() if r.active), None)
+        if active is not None:
+            return ModelAssignment(current=active.baseline, candidate=active.version, share=active.share,
+                                   rollout=active.id)
+        return ModelAssignment(current=self.current)
+
+    def push(self, leases=None) -> Push:
+        return Push(epoch=self.epoch, ts=self.clock(), leases=leases or {}, policy=self.policies.policies,
+                    policy_epoch=self.policies.epoch, model=self.assignment())
+
+    async def sync(self, r: Report) -> Push:
+        """A replica's report in, its leases and the current policy out (state saved first)."""
+        now = self.clock()
+        self.reported_model = r.model or self.reported_model
+        self.pacer.absorb(r, now)
+        hb = dict(r.heartbeat)
+        self.health.beat(r.region, r.replica, now, hb)
+        for stage, ms in r.stage_p99_ms.items():
+            self.stage_p99[stage] = max(self.stage_p99.get(stage, 0.0), ms)
+        for version, figs in r.versions.items():
+            stats = VersionStats.from_dict(figs)
+            for ro in self.rollouts.values():
+                ro.observe(version, stats)
+        if r.candidate and r.candidate not in self.decided and r.candidate != (self.current or r.model):
+            if not any(ro.version == r.candidate for ro in self.rollouts.values()):
+                self.start_rollout(r.candidate, self.current or r.model, now)
+        leases = self.pacer.grant(r, now)
+        await self.save()
+        return self.push(leases)
+
+    async def watch(self, epoch: int, wait_s: float) -> Push:
+        """Long-poll: answers as soon as the epoch passes ``epoch``, or after ``wait_s``."""
+        if self.epoch <= epoch:
+            try:
+                await asyncio.wait_for(self._changed.wait(), wait_s)
+            except asyncio.TimeoutError:
+                pass
+        return self.push()
+
+    # -- the control interval ---------------------------------------------------------------
+
+    async def tick(self, dt: float) -> None:
+        now = self.clock()
+        self.pacer.tick(now, dt)
+        changed = False
+        for ro in self.rollouts.values():
+            action = ro.evaluate(now)
+            if action is None:
+                continue
+            log.info("rollout %s (%s): %s at share %.2f", ro.id, ro.version, action, ro.share)
+            if action == "promote":
+                self.current = ro.version
+            if action in ("promote", "rollback"):
+                self.decided.add(ro.version)
+            changed = True
+        if now - self.last_policy >= self.settings.policy_every_s and self.stage_p99:
+            typical = self._typical_budget_ms()
+            if self.policies.update(recompute(self.base_policies, self.stage_p99, typical)):
+                log.info("cutoff policies recomputed from p99 %s: epoch %d", self.stage_p99, self.policies.epoch)
+                changed = True
+            self.stage_p99, self.last_policy = {}, now
+        if changed:
+            self._bump()
+        await self.save()
+
+    def _typical_budget_ms(self) -> dict[str, float]:
+        """The tightest server-side budget a region plans with (its max tmax less the way back)."""
+        ms = min(r.max_tmax_ms - r.network_allowance_ms for r in self.config.regions.values())
+        return {t: float(ms) for t in self.base_policies}
+
+    # -- operator API -----------------------------------------------------------------------
+
+    def put_campaign(self, cid: str, body: dict) -> dict:
+        """Create or change a campaign's flight; unknown fields are refused."""
+        now = self.clock()
+        cp = self.pacer.campaigns.get(cid)
+        f = cp.flight if cp is not None else None
+        allowed = {"budget", "start", "end", "curve", "weights", "paused", "daily"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise ValueError(f"unknown fields: {sorted(unknown)}")
+        day = now - now % DAY_S
+        budget = float(body.get("budget", f.budget if f else -1))
+        if budget < 0:
+            raise ValueError("budget is required and must be >= 0")
+        daily = bool(body.get("daily", f.daily if f else "start" not in body))
+        start = float(body.get("start", f.start if f else day))
+        end = float(body.get("end", f.end if f else (day + DAY_S)))
+        curve = body.get("curve", f.curve if f else "traffic")
+        if curve not in ("even", "traffic"):
+            raise ValueError("curve is 'even' or 'traffic'")
+        weights = body.get("weights", f.weights if f else None)
+        if weights is not None and (not isinstance(weights, list) or not weights
+                                    or any(not isinstance(w, (int, float)) or w < 0 for w in weights)):
+            raise ValueError("weights: a non-empty list of non-negative numbers")
+        if end <= start:
+            raise ValueError("end must be after start")
+        flight = Flight(cid, budget, start, end, curve, weights, bool(body.get("paused", f.paused if f else False)),
+                        daily)
+        self.pacer.put_flight(flight)
+        return self.campaign_view(cid)
+
+    def campaign_view(self, cid: str) -> dict:
+        return self.pacer.view(self.clock())[cid]
+
+    def set_policy(self, tier: str, policy: dict) -> dict:
+        validate_tier(tier, policy)
+        self.base_policies[tier] = policy  # a recompute starts from the operator's policy
+        before = self.policies.epoch
+        self.policies.set_tier(tier, policy)
+        if self.policies.epoch != before:
+            self._bump()
+        return {"tier": tier, "policy": self.policies.policies[tier], "policy_epoch": self.policies.epoch}
+
+    def start_rollout(self, version: str, baseline: str | None, now: float | None = None) -> Rollout:
+        now = self.clock() if now is None else now
+        if any(r.active for r in self.rollouts.values()):
+            raise ValueError("a rollout is already in progress")
+        if not baseline:
+            raise ValueError("no current version to compare against")
+        rid = f"r{len(self.rollouts) + 1}"
+        ro = self.rollouts[rid] = Rollout.begin(rid, version, baseline, now, self.thresholds)
+        self.decided.discard(version)
+        self._bump()
+        return ro
+
+    def abort_rollout(self, rid: str, reason: str) -> Rollout:
+        ro = self.rollouts[rid]
+        if ro.active:
+            ro.abort(self.clock(), reason)
+            self.decided.add(ro.version)
+            self._bump()
+        return ro
+
+    def state_view(self) -> dict:
+        now = self.clock()
+        return {"epoch": self.epoch, "policy_epoch": self.policies.epoch, "model": msgspec.to_builtins(self.assignment()),
+                "redis_up": self.redis_up, "campaigns": len(self.pacer.campaigns),
+                "leases": len(self.pacer.leases), "health": self.health.view(now)}
+
+    # -- idempotent writes ------------------------------------------------------------------
+
+    async def idempotent(self, key: str | None, fingerprint: str, fn):
+        """Run ``fn`` once per idempotency key: a retry with the same key and request gets the
+        first answer again; the same key with another request is a 422."""
+        if key is None or self.redis is None:
+            return fn()
+        rkey = IDEM_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+        fp = hashlib.sha256(fingerprint.encode()).hexdigest()
+        raw = await self.redis.get(rkey)
+        if raw:
+            prior = json.loads(raw)
+            if prior["fp"] != fp:
+                return 422, {"error": "idempotency key reused with a different request"}
+            return prior["status"], prior["body"]
+        status, body = fn()
+        if status < 500:
+            await self.redis.set(rkey, json.dumps({"fp": fp, "status": status, "body": body}), ex=IDEM_TTL_S)
+        return status, body
