@@ -9,6 +9,7 @@ short burst of simulated exchange traffic, and stays in the foreground until int
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -67,7 +68,13 @@ def deploy(config_path: str, dashboard: str, timeout: float = 120.0) -> None:
 
 
 def _regions_of(cfg: dict) -> dict[str, str]:
-    return {app["name"]: app["route_prefix"] for app in cfg["applications"]}
+    return {app["name"]: app["route_prefix"] for app in cfg["applications"]
+            if app["import_path"].startswith("fleet.serve.region_app")}
+
+
+def _control_of(cfg: dict) -> str | None:
+    return next((app["route_prefix"] for app in cfg["applications"]
+                 if app["import_path"].startswith("fleet.serve.control_app")), None)
 
 
 @click.group()
@@ -84,11 +91,21 @@ def main() -> None:
 @click.option("--burst-rate", default=100.0, show_default=True, help="Requests/s per region.")
 @click.option("--num-cpus", type=int, default=None, help="CPUs for a local Ray head.")
 @click.option("--timeout", default=240.0, show_default=True, help="Seconds to wait for readiness.")
-def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout):
+@click.option("--catalog", default=None, help="Another campaign catalog for every region and control "
+              "(a file, or synth:pacing:<n>:<seed>).")
+def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout, catalog=None):
     """Start (or join) Ray and Redis, deploy every region, and show it working."""
     if local.State.load() is not None:
         raise click.ClickException("the fleet is already up (see .fleet/state.json): run `fleet down` first")
     cfg = _serve_config(config_path)
+    if catalog:
+        # The same applications with another catalog: deployed from a generated copy of the file.
+        for app in cfg["applications"]:
+            app.setdefault("args", {})["catalog"] = catalog
+        local.STATE_DIR.mkdir(exist_ok=True)
+        generated = local.STATE_DIR / "serve_config.generated.yaml"
+        generated.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        config_path = str(generated)
     state = local.State(http=_http_base(cfg), apps=[a["name"] for a in cfg["applications"]])
     try:
         if os.environ.get("REDIS_URL"):
@@ -105,6 +122,10 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
             from fleet.ledger.signing import load_keys
 
             os.environ["FLEET_NOTICE_KEYS"] = ",".join(f"{k}:{v.hex()}" for k, v in load_keys().items())
+        if not os.environ.get("FLEET_CONTROL_TOKEN"):
+            from fleet.control.auth import load_token
+
+            os.environ["FLEET_CONTROL_TOKEN"] = load_token()
         if os.environ.get("RAY_ADDRESS"):
             state.ray_address = os.environ["RAY_ADDRESS"]
             click.echo(f"ray: joining RAY_ADDRESS {state.ray_address}")
@@ -117,7 +138,8 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
         click.echo(f"serve: deploying {config_path}")
         deploy(config_path, dashboard)
         regions = _regions_of(cfg)
-        if not wait_ready(state.http, list(regions.values()), timeout):
+        control = _control_of(cfg)
+        if not wait_ready(state.http, list(regions.values()) + ([control] if control else []), timeout):
             raise click.ClickException("regions did not become ready in time (see `serve status`)")
     except BaseException:
         _down(state)
@@ -126,6 +148,8 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
     for name, prefix in regions.items():
         click.echo(f"  {name:<14} POST {state.http}{prefix}/openrtb2/bid")
     click.echo(f"  notices        GET  {state.http}/<region>/notice/{{win|bill|loss|click}}?...")
+    if control:
+        click.echo(f"  control        {state.http}{control}/v1/...  (Authorization: Bearer <.fleet/control_token>)")
     if burst:
         from fleet.sim.burst import format_table, run_burst
 
@@ -259,6 +283,57 @@ def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, cross_region, 
     for k, b in card["by_latency"].items():
         click.echo(f"  {k:>10}: {b}")
     click.echo(f"results: bench/results/sim-{label}.json and .png plots")
+
+
+@sim.command("pacing")
+@click.option("--day", "day_s", default=300.0, show_default=True, help="Seconds of the compressed day.")
+@click.option("--rate", default=150.0, show_default=True, help="Mean auctions/s over all regions.")
+@click.option("--probe", "probe_s", default=30.0, show_default=True, help="Seconds of the flat probe.")
+@click.option("--fill", default=0.35, show_default=True, help="Budgets as a share of the probe's spend rate.")
+@click.option("--campaigns", "n", default=50, show_default=True, help="Campaigns (synth:pacing:<n>:11).")
+@click.option("--kill-control", is_flag=True, help="Kill the control actor at mid-day.")
+@click.option("--label", default="pacing", show_default=True)
+@click.option("--up", "bring_up", is_flag=True, help="Bring the fleet up (with the pacing catalog) and down after.")
+def sim_pacing(day_s, rate, probe_s, fill, n, kill_control, label, bring_up):
+    """A compressed day through the real endpoints with budgets set through control's API;
+    delivery, pacing error and the lease bound (bench/results/<label>.json and .png)."""
+    from fleet.campaigns.catalog import load_catalog
+    from fleet.config import load_regions
+    from fleet.control.auth import load_token
+    from fleet.sim.pacing import run_pacing, write
+
+    catalog = f"synth:pacing:{n}:11"
+    ctx = click.get_current_context()
+    if bring_up and local.State.load() is None:
+        ctx.invoke(up, detach=True, burst=False, catalog=catalog)
+    try:
+        state = local.State.load()
+        base = state.http if state else _http_base(_serve_config("serve_config.yaml"))
+        on_mid = None
+        if kill_control:
+            os.environ.update(local.ray_env())  # before Ray is imported: it reads them then
+            import ray
+
+            ray.init(address="auto", log_to_driver=False)
+
+            def on_mid():
+                from fleet.serve.cache_actor import NAMESPACE
+
+                h = ray.get_actor("control", namespace=NAMESPACE)
+                pid = ray.get(h.pid.remote())
+                ray.kill(h, no_restart=False)
+                return f"control actor (pid {pid}) killed; it restarts from Redis"
+        doc = asyncio.run(run_pacing(base, f"{base}/control", load_token(), load_regions(), load_catalog(catalog),
+                                     day_s=day_s, rate=rate, probe_s=probe_s, fill=fill, on_mid=on_mid,
+                                     progress=click.echo))
+        doc["config"] = {"day_s": day_s, "rate": rate, "probe_s": probe_s, "fill": fill, "campaigns": n,
+                         "kill_control": kill_control, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        paths = write(doc, REPO_ROOT / "bench" / "results", label)
+    finally:
+        if bring_up:
+            ctx.invoke(down)
+    click.echo(json.dumps({k: v for k, v in doc.items() if k not in ("series", "budgets", "finals")}, indent=1))
+    click.echo("results: " + ", ".join(str(p) for p in paths))
 
 
 @main.group()

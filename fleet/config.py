@@ -113,10 +113,10 @@ class ControlSettings(Strict):
     lease_horizon_s: float = Field(default=2.0, gt=0)  # plan one lease covers
     headroom: float = Field(default=1.1, ge=1.0)
     hold_s: float = Field(default=30.0, gt=0)  # an unsettled reservation is released after this
-    kp: float = 0.3  # the throttle's PI gains, per control interval
-    ki: float = 0.1
-    p_min: float = Field(default=0.02, gt=0, le=1)
-    p_start: float = Field(default=0.5, gt=0, le=1)
+    kp: float = 0.5  # the throttle's PI gains (on its log), per control interval
+    ki: float = 0.3
+    p_min: float = Field(default=0.0005, gt=0, le=1)
+    p_start: float = Field(default=0.2, gt=0, le=1)
     sync_timeout_s: float = Field(default=1.0, gt=0)
     policy_every_s: float = Field(default=30.0, gt=0)  # cutoff policies recomputed this often
     health_stale_s: float = Field(default=5.0, gt=0)
@@ -192,6 +192,7 @@ class RegionAppArgs(BaseModel):
     cache: bool = True  # look users up in the region's cache shards (False: request data only)
     ledger: bool = True  # emit events and run the region's ledger consumer (False: neither)
     control: bool = True  # spend under control's leases and policies (False: a local allowance)
+    route_prefix: str | None = None  # where this app is deployed, when not the region's own prefix
     inference_replicas: int = 1
     num_gpus: float = 0.0
 

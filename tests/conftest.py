@@ -46,18 +46,21 @@ def serve_test_config(model_version: str = MODEL) -> dict:
     """
     cfg = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     for app in cfg["applications"]:
+        if not app["import_path"].startswith("fleet.serve.region_app"):
+            continue
         app["args"]["model"] = None
         app["args"]["cache"] = False
+        app["args"]["control"] = False  # a local allowance: the corpus's bids need no lease
         for d in app.get("deployments", []):
             d["user_config"] = {"model": None}
     cfg["applications"].append({
         "name": "model-us-east", "route_prefix": "/model/us-east",
-        "import_path": "fleet.serve.region_app:build_app", "args": {"region": "us-east"},
+        "import_path": "fleet.serve.region_app:build_app", "args": {"region": "us-east", "control": False},
         "deployments": [{"name": "ingress-us-east", "user_config": {"model": model_version}}],
     })
     cfg["applications"].append({
         "name": "remote-us-east", "route_prefix": "/remote/us-east",
-        "import_path": "fleet.serve.region_app:build_app", "args": {"region": "us-east", "pricing": "remote"},
+        "import_path": "fleet.serve.region_app:build_app", "args": {"region": "us-east", "pricing": "remote", "control": False},
         "deployments": [{"name": "ingress-us-east", "user_config": {"model": MODEL}}],
     })
     cfg.pop("http_options", None)

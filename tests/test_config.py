@@ -11,7 +11,10 @@ from fleet.config import REPO_ROOT, RegionAppArgs, RegionsFile
 
 def test_serve_config_has_one_app_per_region_with_matching_prefixes(regions):
     cfg = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
-    apps = {a["name"]: a for a in cfg["applications"]}
+    control = [a for a in cfg["applications"] if a["name"] == "control"]
+    assert len(control) == 1 and control[0]["route_prefix"] == "/control"
+    assert control[0]["import_path"] == "fleet.serve.control_app:build_app"
+    apps = {a["name"]: a for a in cfg["applications"] if a["name"] != "control"}
     assert set(apps) == set(regions.regions)
     assert len(regions.regions) >= 3
     for name, app in apps.items():

@@ -46,10 +46,15 @@ class Loop:
         self.campaigns = []
         for i in range(n):
             price = round(self.rng.uniform(1.0, 6.0), 2) / 1000.0
-            rates = {r: self.rng.uniform(1.0, 5.0) if self.rng.random() < 0.8 else 0.0 for r in REGIONS}
-            # Unthrottled, a campaign could spend price * 0.4 * rate per second; give it half that.
+            # Eligible opportunities per second and region: scarce for some campaigns, abundant
+            # (far more than the budget needs) for others, none in some regions.
+            rates = {r: (self.rng.uniform(1.0, 5.0) if self.rng.random() < 0.5 else self.rng.uniform(10.0, 40.0))
+                     if self.rng.random() < 0.8 else 0.0 for r in REGIONS}
+            # Unthrottled, a campaign could spend price * 0.4 * rate per second; give it a share
+            # of that (half for scarce traffic, as little as a tenth for abundant).
             capacity = sum(rates.values()) * price * 0.4 * day_s
-            c = SimpleNamespace(id=f"c{i}", price=price, rates=rates, budget=round(0.5 * capacity, 2))
+            fill = 0.5 if sum(rates.values()) < 15 else self.rng.uniform(0.1, 0.5)
+            c = SimpleNamespace(id=f"c{i}", price=price, rates=rates, budget=round(fill * capacity, 2))
             self.campaigns.append(c)
         self.events: list = []
         self.true_spend = {c.id: 0.0 for c in self.campaigns}

@@ -18,6 +18,16 @@ def bench() -> None:
     """Benchmarks (results in bench/results/, summary in docs/benchmarks.md)."""
 
 
+@bench.command("pacing")
+@click.option("--requests", default=3_000, show_default=True)
+@click.option("--rounds", default=6, show_default=True)
+def bench_pacing(requests, rounds):
+    """The bid path under control's leases against the local allowance, interleaved, same run."""
+    from fleet.bench.pacing import run_pacing_bench
+
+    run_pacing_bench(requests, rounds, RESULTS / "pacing-stage.json")
+
+
 @bench.command("targeting")
 @click.option("--campaigns", default=10_000, show_default=True)
 @click.option("--requests", default=5_000, show_default=True)

@@ -86,6 +86,14 @@ class Catalog(msgspec.Struct):
 
 
 def load_catalog(path: str | Path) -> list[Campaign]:
+    """A catalog file (YAML or JSON), or ``synth:pacing:<n>:<seed>`` (generated, seeded)."""
+    if str(path).startswith("synth:"):
+        from fleet.campaigns.synth import pacing_campaigns
+
+        _, kind, n, seed = str(path).split(":")
+        if kind != "pacing":
+            raise ValueError(f"unknown synthetic catalog {path}")
+        return pacing_campaigns(int(n), int(seed))
     p = resolve(path)
     text = p.read_bytes()
     raw = msgspec.json.decode(text) if p.suffix == ".json" else yaml.safe_load(text)

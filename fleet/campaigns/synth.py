@@ -51,3 +51,27 @@ def synth_campaigns(n: int, seed: int = 7) -> list[Campaign]:
             )
         )
     return out
+
+
+def pacing_campaigns(n: int = 60, seed: int = 11) -> list[Campaign]:
+    """Campaigns the simulator's traffic can deliver (its countries, banner sizes and formats),
+    each aimed at one region's audience or at all: the pacing run's catalog. Budgets are set by
+    the run through control's API, so the ones here only seed daily flights."""
+    from fleet.sim.traffic import REGION_GEO, SIZES as TRAFFIC_SIZES
+
+    rng = random.Random(seed)
+    regions = list(REGION_GEO)
+    out = []
+    for i in range(n):
+        where = rng.choice(regions + [None])
+        countries = list(REGION_GEO[where][0]) if where else []
+        sizes = rng.sample(TRAFFIC_SIZES[:4], rng.randint(2, 4))
+        base = round(rng.uniform(1.0, 4.0), 2)
+        out.append(Campaign(
+            id=f"p{i:02d}", advertiser=f"adv-p{i}", adomain=[f"p{i}.example"], cat=[rng.choice(CATS)],
+            budget_daily=100.0,
+            creatives=[Creative(id=f"crp{i}-{w}x{h}", format="banner", w=w, h=h) for w, h in sizes],
+            strategy=Strategy(base_cpm=base, max_bid=round(base * rng.uniform(1.5, 2.5), 2)),
+            targeting=Targeting(countries=countries),
+        ))
+    return out

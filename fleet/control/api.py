@@ -12,6 +12,7 @@ here through the control actor; tests call ``route`` on a ``Control`` directly. 
     GET  /v1/policies                   cutoff policy per tier, with its epoch
     PUT  /v1/policies/{tier}            set one tier's policy
     GET  /v1/rollouts                   every rollout with its history
+    GET  /v1/rollouts/thresholds        canary thresholds; PUT changes them (new rollouts)
     POST /v1/rollouts                   start one: {"version": ..., "baseline": ...}
     POST /v1/rollouts/{id}/abort        {"reason": ...}
     GET  /v1/health                     region health from heartbeats
@@ -82,6 +83,13 @@ async def _route(c: Control, method: str, parts: list[str], query: str, body: by
             await c.save()
             return status, out
     if head == "rollouts":
+        if parts[1:] == ["thresholds"] and method == "GET":
+            return 200, c.thresholds.to_dict()
+        if parts[1:] == ["thresholds"] and method == "PUT":
+            obj = _json(body)
+            status, out = await c.idempotent(idem, fp, lambda: (200, c.set_thresholds(obj)))
+            await c.save()
+            return status, out
         if len(parts) == 1 and method == "GET":
             return 200, {k: r.to_dict() for k, r in c.rollouts.items()}
         if len(parts) == 1 and method == "POST":

@@ -15,6 +15,7 @@ campaign that keeps exhausting its leases (hot) gets shorter ones.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -31,10 +32,10 @@ class PacingSettings:
     lease_horizon_s: float = 2.0  # plan covered by a lease (hot campaigns: half)
     headroom: float = 1.1  # over the plan, so a replica is not starved by rounding
     hold_s: float = 30.0  # a reservation without notice is released after this
-    kp: float = 0.3
-    ki: float = 0.1
-    p_min: float = 0.02
-    p_start: float = 0.5
+    kp: float = 0.5  # PI gains on the log of the throttle, per control interval
+    ki: float = 0.3
+    p_min: float = 0.0005
+    p_start: float = 0.2
     ewma: float = 0.3  # weight of the newest interval in opportunity rates
 
 
@@ -129,8 +130,8 @@ class Pacer:
         self.replicas: dict[str, ReplicaBook] = {}
         self._ids = itertools.count(1)
         self.incarnation = f"{int(clock()):x}"
-        # Plan this far ahead: the last bids' notices arrive after the flight ends, and a flight
-        # should end spent, not with its last interval's worth left over.
+        # Near the end, plan this far ahead: the last bids' notices arrive after the flight
+        # ends, and a flight should end spent, not with its last intervals' worth left over.
         self.lead = 2 * settings.interval_s
 
     # -- campaigns --------------------------------------------------------------------
@@ -187,6 +188,9 @@ class Pacer:
             if cp is not None:
                 cp.region(r.region, self.s.p_start).blocked_tick += d
 
+    def _lead(self, f: Flight, now: float) -> float:
+        return self.lead if f.end - now < 10 * self.s.interval_s else 0.0
+
     def outstanding(self, cid: str, exclude: str | None = None) -> float:
         """What live (and recently expired, reservations still settling) leases may still commit."""
         return sum(l.outstanding() for k, l in self.leases.items() if l.campaign == cid and k != exclude)
@@ -219,7 +223,7 @@ class Pacer:
             rp = cp.region(r.region, self.s.p_start)
             horizon = self.s.lease_horizon_s * (0.5 if rp.hot else 1.0)
             remaining = max(0.0, f.budget - cp.spent)
-            need = remaining * f.shape().to_come(now + self.lead, horizon)
+            need = remaining * f.shape().to_come(now + self._lead(f, now), horizon)
             share = self._region_share(cp, r.region) * self._replica_share(cid, r.region, r.replica, now)
             want = r.reserved.get(cid, 0.0) + need * share * self.s.headroom
             # A lease smaller than a bid buys nothing, and bids in flight hold their whole price
@@ -249,7 +253,7 @@ class Pacer:
             f = cp.flight
             active = not f.paused and f.start <= now < f.end
             remaining = max(0.0, f.budget - cp.spent)
-            rate = remaining * f.shape().to_come(now + self.lead, dt) / dt if active else 0.0
+            rate = remaining * f.shape().to_come(now + self._lead(f, now), dt) / dt if active else 0.0
             for name, rp in cp.regions.items():
                 rp.opp_rate = (1 - a) * rp.opp_rate + a * rp.opp_tick / dt
                 rp.target_rate = rate * self._region_share(cp, name)
@@ -261,8 +265,11 @@ class Pacer:
                     err = max(-1.0, min(1.0, (rp.target_rate - rp.actual_rate) / rp.target_rate))
                     if err < 0:  # ahead of plan and running into the lease: space bids out more
                         err -= blocked
-                    rp.throttle = min(1.0, max(self.s.p_min, rp.throttle + self.s.kp * (err - rp.err_prev)
-                                                + self.s.ki * err))
+                    # PI in the log of the probability: the right throttle ranges over decades
+                    # (a small budget on abundant traffic needs 0.001, a starved one 1), and a
+                    # step should be a fraction of where it is, not a fixed amount.
+                    step = self.s.kp * (err - rp.err_prev) + self.s.ki * err
+                    rp.throttle = min(1.0, max(self.s.p_min, rp.throttle * math.exp(step)))
                     rp.err_prev = err
                 rp.spend_tick, rp.opp_tick, rp.blocked_tick = 0.0, 0, 0
         # Leases gone quiet are forgotten once their reservations have had time to settle.

@@ -76,7 +76,8 @@ class Control:
         return {"epoch": self.epoch, "pacer": self.pacer.to_dict(), "health": self.health.to_dict(),
                 "policies": self.policies.to_dict(), "base_policies": self.base_policies,
                 "rollouts": {k: r.to_dict() for k, r in self.rollouts.items()},
-                "current": self.current, "decided": sorted(self.decided)}
+                "current": self.current, "decided": sorted(self.decided),
+                "thresholds": self.thresholds.to_dict()}
 
     def load(self, doc: dict) -> None:
         self.epoch = doc.get("epoch", 0)
@@ -90,6 +91,8 @@ class Control:
         self.rollouts = {k: Rollout.from_dict(r) for k, r in doc.get("rollouts", {}).items()}
         self.current = doc.get("current")
         self.decided = set(doc.get("decided", []))
+        if "thresholds" in doc:
+            self.thresholds = Thresholds.from_dict(doc["thresholds"])
 
     async def save(self) -> bool:
         """Write the state; in order (one writer at a time). False when Redis is out of reach:
@@ -141,7 +144,7 @@ class Control:
             for ro in self.rollouts.values():
                 ro.observe(version, stats)
         if r.candidate and r.candidate not in self.decided and r.candidate != (self.current or r.model):
-            if not any(ro.version == r.candidate for ro in self.rollouts.values()):
+            if not any(ro.version == r.candidate or ro.active for ro in self.rollouts.values()):
                 self.start_rollout(r.candidate, self.current or r.model, now)
         leases = self.pacer.grant(r, now)
         await self.save()
@@ -242,6 +245,14 @@ class Control:
         self.decided.discard(version)
         self._bump()
         return ro
+
+    def set_thresholds(self, changes: dict) -> dict:
+        """Canary thresholds for rollouts started from now on (fields of ``Thresholds``)."""
+        unknown = set(changes) - set(self.thresholds.to_dict())
+        if unknown:
+            raise ValueError(f"unknown threshold fields: {sorted(unknown)}")
+        self.thresholds = Thresholds.from_dict({**self.thresholds.to_dict(), **changes})
+        return self.thresholds.to_dict()
 
     def abort_rollout(self, rid: str, reason: str) -> Rollout:
         ro = self.rollouts[rid]

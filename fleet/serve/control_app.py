@@ -35,6 +35,8 @@ class ControlAPI:
         root = request.scope.get("root_path") or "/control"
         if path.startswith(root):
             path = path[len(root):]
+        if path == "/ready" and request.method == "GET":  # a readiness probe carries no token
+            return _resp(200, {"ready": True, "epoch": await self.actor.start.remote()})
         if not authorized(request.headers.get("authorization"), self.token):
             return _resp(401, {"error": "bearer token required"})
         body = await read_capped(request, MAX_BODY)

@@ -78,6 +78,8 @@ class RegionIngress:
         catalog = load_catalog(a.catalog or config.defaults.catalog)
         self.region = a.region
         self.bidder = RegionBidder(a.region, config, catalog)
+        if a.route_prefix:  # notice URLs lead back to this app, wherever it is deployed
+            self.bidder.base_url = config.regions[a.region].public_url.rstrip("/") + a.route_prefix
         self.notices = NoticeCounter()  # unsigned until the ledger settings say otherwise (below)
         self.max_body = config.defaults.max_body_bytes
         self.prefix = config.regions[a.region].route_prefix

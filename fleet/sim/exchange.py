@@ -203,7 +203,7 @@ class Exchanges:
             u = urlsplit(url)
             async with sem:
                 try:
-                    async with session.get(f"{self.cfg.base_url}{u.path}?{u.query}") as resp:
+                    async with session.get(f"{self._origin}{u.path}?{u.query}") as resp:
                         await resp.read()
                         if resp.status == 200:
                             self.notices[kind] += 1
@@ -225,6 +225,12 @@ class Exchanges:
             await asyncio.gather(*tasks)
 
     # -- the run ---------------------------------------------------------------------------
+
+    @property
+    def _origin(self) -> str:
+        """Scheme and host of ``base_url``: notice URLs carry their own full path."""
+        b = urlsplit(self.cfg.base_url)
+        return f"{b.scheme}://{b.netloc}"
 
     async def run(self) -> list[AuctionRecord]:
         cfg = self.cfg
