@@ -86,6 +86,8 @@ def main(argv: list[str]) -> int:
         return 2
     cmd, rest = argv[0], argv[1:]
     ensure_system(need_redis=True)
+    if cmd == "test" and not any(shutil.which(b) for b in ("chromium", "chromium-browser")):
+        apt_install("chromium")  # the dashboard's test loads it in headless Chromium
     py = ensure_venv()
     os.chdir(ROOT)
     if cmd == "setup":

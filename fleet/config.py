@@ -131,6 +131,13 @@ class ControlSettings(Strict):
                               self.hold_s, self.kp, self.ki, self.p_min, self.p_start)
 
 
+class TelemetrySettings(Strict):
+    """Traces and metrics (docs/observability.md)."""
+
+    trace_rate: float = Field(default=0.01, ge=0, le=1)  # head sampling; degraded and failed: always
+    metrics_s: float = Field(default=5.0, gt=0)  # the replica's figures go to Prometheus this often
+
+
 class Defaults(Strict):
     tmax_ms: int = 120
     max_body_bytes: int = 64 * 1024
@@ -141,6 +148,7 @@ class Defaults(Strict):
     cache: CacheSettings = CacheSettings()
     ledger: LedgerSettings = LedgerSettings()
     control: ControlSettings = ControlSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
 
 class RegionsFile(Strict):
@@ -193,6 +201,7 @@ class RegionAppArgs(BaseModel):
     ledger: bool = True  # emit events and run the region's ledger consumer (False: neither)
     control: bool = True  # spend under control's leases and policies (False: a local allowance)
     route_prefix: str | None = None  # where this app is deployed, when not the region's own prefix
+    telemetry: bool = True  # traces (sampled) and the fleet's Prometheus metrics
     inference_replicas: int = 1
     num_gpus: float = 0.0
 

@@ -24,6 +24,7 @@ os.environ.update(ray_env())
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODEL = "ctr/v1"  # the committed default model version
+PACE_CATALOG = "synth:pacing:50:11"  # the control tests' campaigns (fleet.campaigns.synth)
 
 
 def load_fixtures(kind: str) -> list[tuple[str, dict]]:
@@ -64,6 +65,21 @@ def serve_test_config(model_version: str = MODEL) -> dict:
         "deployments": [{"name": "ingress-us-east", "user_config": {"model": MODEL}}],
     })
     cfg.pop("http_options", None)
+    return cfg
+
+
+def serve_test_config_with_control(user_config: dict | None = None) -> dict:
+    """The session's applications plus the three regions again under /pace/<region>, spending
+    under control's leases (the control app is in serve_config.yaml already)."""
+    cfg = serve_test_config()
+    for region in load_regions().regions:
+        cfg["applications"].append({
+            "name": f"pace-{region}", "route_prefix": f"/pace/{region}",
+            "import_path": "fleet.serve.region_app:build_app",
+            "args": {"region": region, "catalog": PACE_CATALOG, "cache": False, "control": True,
+                     "route_prefix": f"/pace/{region}"},
+            "deployments": [{"name": f"ingress-{region}", "user_config": user_config or {"model": None}}],
+        })
     return cfg
 
 
@@ -142,3 +158,16 @@ def fleet_http(redis_server):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def control_regions(fleet_http):
+    """Base URL with /pace/<region> apps under control deployed for the module, then removed."""
+    from fleet.cli import wait_ready
+
+    deploy_config(serve_test_config_with_control())
+    assert wait_ready(fleet_http, [f"/pace/{r}" for r in load_regions().regions] + ["/control"], 180)
+    try:
+        yield fleet_http
+    finally:
+        deploy_config(serve_test_config())  # back to the session's applications

@@ -13,31 +13,12 @@ from fleet.campaigns.catalog import load_catalog
 from fleet.config import load_regions
 
 pytestmark = pytest.mark.slow
-CATALOG = "synth:pacing:50:11"
+from conftest import PACE_CATALOG as CATALOG  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def pace_fleet(fleet_http):
-    """The three regions again under /pace/<region>, spending under control's leases."""
-    from conftest import deploy_config, serve_test_config
-
-    from fleet.cli import wait_ready
-
-    cfg = serve_test_config()
-    for region in load_regions().regions:
-        cfg["applications"].append({
-            "name": f"pace-{region}", "route_prefix": f"/pace/{region}",
-            "import_path": "fleet.serve.region_app:build_app",
-            "args": {"region": region, "catalog": CATALOG, "cache": False, "control": True,
-                     "route_prefix": f"/pace/{region}"},
-            "deployments": [{"name": f"ingress-{region}", "user_config": {"model": None}}],
-        })
-    deploy_config(cfg)
-    assert wait_ready(fleet_http, [f"/pace/{r}" for r in load_regions().regions] + ["/control"], 180)
-    try:
-        yield fleet_http
-    finally:
-        deploy_config(serve_test_config())  # back to the session's applications
+def pace_fleet(control_regions):
+    return control_regions
 
 
 def _token() -> str:
@@ -89,18 +70,9 @@ def test_pacing_day_with_control_killed_mid_run(pace_fleet):
 
 
 def _redeploy(base: str, user_config: dict) -> None:
-    from conftest import deploy_config, serve_test_config
+    from conftest import deploy_config, serve_test_config_with_control
 
-    cfg = serve_test_config()
-    for region in load_regions().regions:
-        cfg["applications"].append({
-            "name": f"pace-{region}", "route_prefix": f"/pace/{region}",
-            "import_path": "fleet.serve.region_app:build_app",
-            "args": {"region": region, "catalog": CATALOG, "cache": False, "control": True,
-                     "route_prefix": f"/pace/{region}"},
-            "deployments": [{"name": f"ingress-{region}", "user_config": user_config}],
-        })
-    deploy_config(cfg)  # what `serve deploy` does: user_config changes reconfigure in place
+    deploy_config(serve_test_config_with_control(user_config))  # as `serve deploy`: in place
 
 
 async def _rollout_under_load(base: str, version: str, until: set[str]) -> tuple[dict, list]:

@@ -5,6 +5,7 @@ here through the control actor; tests call ``route`` on a ``Control`` directly. 
 ``Idempotency-Key``: a retried write gets the first answer and changes nothing twice.
 
     GET  /v1/state                      epoch, model assignment, Redis, health summary
+    GET  /v1/dashboard                  what the dashboard at /control/ shows, in one document
     GET  /v1/campaigns                  every campaign's flight and pacing figures
     GET  /v1/campaigns/{id}             one
     PUT  /v1/campaigns/{id}             create or change a flight (budget, start, end, curve, ...)
@@ -61,6 +62,8 @@ async def _route(c: Control, method: str, parts: list[str], query: str, body: by
     fp = f"{method} {'/'.join(parts)} {body!r}"
     if head == "state" and method == "GET":
         return 200, c.state_view()
+    if head == "dashboard" and method == "GET":
+        return 200, c.dashboard()
     if head == "campaigns":
         if len(parts) == 1 and method == "GET":
             return 200, c.pacer.view(now)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-FIGURES = ("requests", "answered", "errors", "late", "bids")
+FIGURES = ("requests", "answered", "errors", "late", "bids", "degraded", "wins")
 
 
 @dataclass
@@ -91,6 +91,8 @@ class HealthBook:
         return {"status": status, "reason": reason, "rate": round(req, 3),
                 "error_share": round(error_share, 5), "late_share": round(late_share, 5),
                 "bid_rate": round(tot["bids"] / tot["answered"], 5) if tot["answered"] > 0 else 0.0,
+                "win_rate": round(tot["wins"] / tot["bids"], 5) if tot["bids"] > 0 else 0.0,
+                "degraded_share": round(tot["degraded"] / req, 5) if req > 0 else 0.0,
                 "replicas": len(live),
                 "last_seen_s_ago": None if last is None else round(now - last, 3)}
 

@@ -48,6 +48,8 @@ class Control:
         self.decided: set[str] = set()  # candidates already promoted or rolled back
         self.epoch = 0
         self.stage_p99: dict[str, float] = {}
+        self.latency: dict[str, dict] = {}
+        self.history: dict[str, list] = {}  # campaign -> [(t, spent, planned)], for the dashboard
         self.last_policy = clock()
         self.catalog = catalog or []
         self.redis_up = True
@@ -137,6 +139,8 @@ class Control:
         self.pacer.absorb(r, now)
         hb = dict(r.heartbeat)
         self.health.beat(r.region, r.replica, now, hb)
+        if "p99_ms" in hb:  # the latest latency figures per region, for the dashboard
+            self.latency[r.region] = {"p50_ms": hb.get("p50_ms"), "p99_ms": hb["p99_ms"], "t": now}
         for stage, ms in r.stage_p99_ms.items():
             self.stage_p99[stage] = max(self.stage_p99.get(stage, 0.0), ms)
         for version, figs in r.versions.items():
@@ -164,6 +168,7 @@ class Control:
     async def tick(self, dt: float) -> None:
         now = self.clock()
         self.pacer.tick(now, dt)
+        self._sample(now)
         changed = False
         for ro in self.rollouts.values():
             action = ro.evaluate(now)
@@ -184,6 +189,35 @@ class Control:
         if changed:
             self._bump()
         await self.save()
+
+    def _sample(self, now: float, every_s: float = 2.0, keep: int = 600) -> None:
+        """Spend against plan per campaign, every few seconds (kept in memory for the dashboard)."""
+        for cid, cp in self.pacer.campaigns.items():
+            h = self.history.setdefault(cid, [])
+            if h and now - h[-1][0] < every_s:
+                continue
+            f = cp.flight
+            h.append((round(now, 2), round(cp.spent, 6), round(f.budget * f.shape().fraction(now), 6)))
+            del h[:-keep]
+
+    def dashboard(self) -> dict:
+        """Everything the dashboard shows, in one document."""
+        now = self.clock()
+        regions = self.health.view(now)
+        for name, figs in regions.items():
+            lat = self.latency.get(name)
+            fresh = lat is not None and now - lat["t"] <= 3 * self.settings.health_stale_s
+            figs["p50_ms"] = lat["p50_ms"] if fresh else None
+            figs["p99_ms"] = lat["p99_ms"] if fresh else None
+        campaigns = self.pacer.view(now)
+        for cid, v in campaigns.items():
+            v["series"] = self.history.get(cid, [])[-150:]
+        return {"t": now, "epoch": self.epoch, "policy_epoch": self.policies.epoch, "regions": regions,
+                "campaigns": campaigns, "model": msgspec.to_builtins(self.assignment()),
+                "current": self.current or self.reported_model,
+                "rollouts": [{"id": r.id, "version": r.version, "baseline": r.baseline, "state": r.state,
+                              "share": r.share, "history": r.history[-5:]} for r in self.rollouts.values()][-5:],
+                "redis_up": self.redis_up}
 
     def _typical_budget_ms(self) -> dict[str, float]:
         """The tightest server-side budget a region plans with (its max tmax less the way back)."""

@@ -48,6 +48,7 @@ class Answer:
     spent: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
     events: list[FreqEvent] = field(default_factory=list)  # exposures for the cache to count
     ledger: list[Event] = field(default_factory=list)  # bid selected / response sent
+    dl: Deadline | None = None  # the request's deadline (tracing reads its budgets)
 
 
 def publisher_of(req: BidRequest) -> str | None:
@@ -170,12 +171,16 @@ class RegionBidder:
         degraded = tuple(dl.degraded) if dl is not None else ()
         if degraded:
             headers["x-fleet-degraded"] = ",".join(degraded)
-        return Answer(204, b"", headers, reason, degraded, self._spent(dl))
+        return Answer(204, b"", headers, reason, degraded, self._spent(dl), dl=dl)
 
     def _spent(self, dl: Deadline | None) -> dict[str, float]:
         if dl is None:
             return {}
         dl.finish()
+        if dl.degraded:
+            self.stats["degraded"] += 1
+            for kind in dl.degraded:
+                self.stats[f"degraded.{kind}"] += 1
         spent = {**dl.spent, "total": now() - dl.arrival}
         self.latency.observe_all(spent)
         return spent
@@ -308,6 +313,7 @@ class RegionBidder:
         has_deals = any(imp.pmp is not None and imp.pmp.deals for imp in req.imp)
         tier = self.config.tier_for(has_deals, max(floors.values(), default=0.0))
         dl.set_tier(tier, self.tiers[tier])
+        self.stats[f"tier.{tier}"] += 1
 
         # 2 enrichment starts here: the caller looks ``uid`` up within the stage's budget.
         dl.start("enrichment")
@@ -369,6 +375,8 @@ class RegionBidder:
         dl.start("pacing")
         paced = [cand for cand in candidates
                  if self.budget.allow(cand[1], cand[1].strategy.max_bid / 1000.0, wall)]
+        self.stats["part.eligible"] += len(candidates)
+        self.stats["part.called"] += len(paced)
 
         dl.start("pricing")
         return Pending(req, a.version, dl, user, paced, bool(candidates), floors, a.tier, a.currency, wall,
@@ -408,7 +416,10 @@ class RegionBidder:
         offers: dict[str, list[Offer]] = {}
         shade = defaults.first_price_shade
         priced = None
+        if p.model is not None:
+            self.stats[f"priced.{p.model}.{'model' if ctrs is not None else 'fallback'}"] += 1
         if ctrs is not None:
+            self.stats["part.in_time"] += len(paced)
             priced = model_prices(ctrs, [c[1] for c in paced], [c[5] != 2 for c in paced],
                                   user.multiplier, self.win_rate, source, publisher_of(req),
                                   [c[2].format for c in paced])
@@ -482,7 +493,7 @@ class RegionBidder:
             headers["x-fleet-degraded"] = ",".join(dl.degraded)
         if gz:
             headers["content-encoding"] = "gzip"
-        return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl), events, ledger)
+        return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl), events, ledger, dl)
 
     def _version_outcome(self, p: "Pending", winners: dict) -> None:
         """What the version that priced this request did: the canary's evidence."""

@@ -52,11 +52,15 @@ class ControlActor:
         return self.control.epoch
 
     async def _loop(self) -> None:
+        from fleet.obs.metrics import ControlMetrics
+
+        metrics = ControlMetrics()
         dt = self.control.settings.interval_s
         while True:
             await asyncio.sleep(dt)
             try:
                 await self.control.tick(dt)
+                metrics.export(self.control)
             except Exception as exc:
                 log.exception("control tick failed: %s", exc)
 

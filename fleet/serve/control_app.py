@@ -1,10 +1,13 @@
-"""The control application: the HTTP API at ``/control/v1/...`` in front of the control actor.
+"""The control application: the HTTP API at ``/control/v1/...`` in front of the control actor,
+and the dashboard page at ``/control/``.
 
 Thin: check the bearer token, read the body (capped), pass method, path, query, body and the
 ``Idempotency-Key`` to the actor's router (``fleet.control.api``), return its JSON.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import msgspec
 from ray import serve
@@ -28,6 +31,7 @@ class ControlAPI:
         from fleet.serve import control_actor
 
         self.token = load_token()
+        self.page = (Path(__file__).resolve().parents[1] / "control" / "dashboard.html").read_bytes()
         self.actor = control_actor.connect(regions_file, catalog=catalog)
 
     async def __call__(self, request: Request) -> Response:
@@ -35,6 +39,12 @@ class ControlAPI:
         root = request.scope.get("root_path") or "/control"
         if path.startswith(root):
             path = path[len(root):]
+        if path in ("", "/", "/dashboard") and request.method == "GET":
+            # The page itself is static and holds nothing; its data calls carry the token.
+            return Response(self.page, media_type="text/html; charset=utf-8",
+                            headers={"cache-control": "no-store", "x-frame-options": "DENY",
+                                     "content-security-policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                                                                "style-src 'unsafe-inline'"})
         if path == "/ready" and request.method == "GET":  # a readiness probe carries no token
             return _resp(200, {"ready": True, "epoch": await self.actor.start.remote()})
         if not authorized(request.headers.get("authorization"), self.token):

@@ -108,6 +108,15 @@ class RegionIngress:
         self._background: list[asyncio.Task] | None = None  # started on the first request
         self.link = None
         self.canary = None  # remote pricing: (candidate version, share)
+        self.tracer = None
+        self.metrics = None
+        self.telemetry = config.defaults.telemetry
+        if a.telemetry:
+            from fleet.obs.metrics import RegionMetrics
+            from fleet.obs.tracing import RequestTracer
+
+            self.tracer = RequestTracer(a.region, self.replica, self.telemetry.trace_rate)
+            self.metrics = RegionMetrics(a.region)
         if a.control and config.defaults.control.enabled:
             self._start_control(a, config)
         self._seen_notices: dict[tuple[str, str], None] = {}
@@ -164,7 +173,8 @@ class RegionIngress:
         now = self.bidder.clock()
         b.expire(now)
         figs = {"requests": st["requests"], "answered": st["answered_bid"] + st["nobid"],
-                "errors": st["errors"], "late": st["late_suppressed"], "bids": st["answered_bid"]}
+                "errors": st["errors"], "late": st["late_suppressed"], "bids": st["answered_bid"],
+                "degraded": st["degraded"], "wins": self.notices.counts["win"]}
         beat = {k: v - self._beat_prev.get(k, 0) for k, v in figs.items()}
         beat["interval_s"] = self.control_settings.interval_s
         self._beat_prev = figs
@@ -172,7 +182,12 @@ class RegionIngress:
         p99 = {}
         for stage, counts in delta(snap, self._lat_prev).items():
             q = quantile(counts, 0.99)
-            if q is not None and stage != "total":
+            if q is None:
+                continue
+            if stage == "total":
+                beat["p99_ms"] = round(q * 1000.0, 4)
+                beat["p50_ms"] = round(quantile(counts, 0.5) * 1000.0, 4)
+            else:
                 p99[stage] = round(q * 1000.0, 4)
         self._lat_prev = snap
         return Report(region=self.region, replica=self.replica, ts=now, epoch=self.control_epoch,
@@ -304,6 +319,8 @@ class RegionIngress:
             self._background.append(loop.create_task(self._features_loop()))
         if self.emitter is not None:
             self._background.append(loop.create_task(self._ledger_loop()))
+        if self.metrics is not None:
+            self._background.append(loop.create_task(self._metrics_loop()))
         if self.link is not None:
             self._background.append(loop.create_task(self._control_loop()))
             self._background.append(loop.create_task(self._watch_loop()))
@@ -343,6 +360,20 @@ class RegionIngress:
             except Exception as exc:
                 log.warning("ledger supervision: %s", exc)
             await asyncio.sleep(2.0)
+
+    async def _metrics_loop(self) -> None:
+        """The replica's counts to Prometheus every ``metrics_s`` (never per request)."""
+        while True:
+            await asyncio.sleep(self.telemetry.metrics_s)
+            try:
+                lag = None
+                if self.ledger is not None:
+                    lag = (await asyncio.wait_for(self.ledger.stats.remote(), 2.0)).get("lag")
+                self.metrics.export(dict(self.bidder.stats), self.bidder.latency.snapshot(),
+                                    self.cache.summary() if self.cache is not None else None,
+                                    self.bidder.budget, lag=lag, wins=self.notices.counts["win"])
+            except Exception as exc:
+                log.warning("metrics export failed: %s", exc)
 
     async def _features_loop(self) -> None:
         """Pull the shards' precomputed features every refresh period (never per request)."""
@@ -442,6 +473,8 @@ class RegionIngress:
             kw = {"content_encoding": h.get("content-encoding"), "accept_encoding": h.get("accept-encoding"),
                   "version": h.get("x-openrtb-version"), "arrival": arrival}
             a = await self._bid(body, kw)
+            if self.tracer is not None:  # once the answer is on its way; kept requests only
+                asyncio.get_running_loop().call_soon(self.tracer.record, a, arrival, h, a.dl)
             return Response(a.body, status_code=a.status, headers=a.headers)
         if path.startswith("/notice/") and method == "GET":
             status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region)

@@ -115,37 +115,57 @@ async def run_pacing(base_url: str, control_url: str, token: str, regions, campa
 
 
 def summarise(records, samples, final, budgets, campaigns, curve, start, day_s) -> dict:
+    """The pacing contract's figures. "Enough eligible traffic": a budget of at least 100 bids at
+    the campaign's cap (one impression is then at most 1% of it) and not traffic-limited, i.e.
+    not behind plan with every region's throttle at (nearly) 1 for most of the day: such a
+    campaign could not have spent more at full participation, and is reported apart."""
     max_bid = {c.id: c.strategy.max_bid / 1000.0 for c in campaigns}
-    # "Enough eligible traffic": a budget of at least 100 bids at the campaign's cap (one
-    # impression is then at most 1% of it), and a probe that spent at all.
-    enough = [cid for cid, b in budgets.items() if b >= 100 * max_bid[cid]]
+    day = [(t, v) for t, v in samples if start + 0.1 * day_s <= t <= start + day_s]
+    limited = []
+    for cid in budgets:
+        starved = sum(1 for _, v in day if cid in v and v[cid]["spent"] < v[cid]["planned"]
+                      and all(r["throttle"] >= 0.95 for r in v[cid]["regions"].values()))
+        if day and starved > 0.5 * len(day):
+            limited.append(cid)
+    enough = [cid for cid, b in budgets.items() if b >= 100 * max_bid[cid] and cid not in limited]
     finals = {cid: final[cid]["spent"] / budgets[cid] for cid in enough if budgets[cid] > 0}
     over = {cid: final[cid]["spent"] - budgets[cid] for cid in budgets if final[cid]["spent"] > budgets[cid] + 1e-9}
     bound_breaches = sum(1 for _, v in samples for cid in budgets
                          if v[cid]["spent"] + v[cid]["outstanding"] > budgets[cid] + 1e-6)
-    errors = []
-    for mark in range(30, int(day_s) + 1, 30):
-        t = start + mark
-        near = min(samples, key=lambda s: abs(s[0] - t))
+    errors, window_errors = [], []
+    marks = list(range(30, int(day_s) + 1, 30))
+    for i, mark in enumerate(marks):
+        near = min(samples, key=lambda s: abs(s[0] - (start + mark)))
+        prev = min(samples, key=lambda s: abs(s[0] - (start + mark - 30)))
         for cid in enough:
+            # Pacing error at each 30 s mark: spend to date against plan to date.
             plan = budgets[cid] * curve.fraction(near[0])
             if plan > 0:
                 errors.append(abs(near[1][cid]["spent"] - plan) / plan)
+            # And over the window alone (at this volume, mostly the count of impressions in it).
+            wplan = budgets[cid] * (curve.fraction(near[0]) - curve.fraction(prev[0]))
+            if wplan > 0 and i > 0:
+                window_errors.append(abs(near[1][cid]["spent"] - prev[1][cid]["spent"] - wplan) / wplan)
     errors.sort()
+    window_errors.sort()
     statuses = {}
     for r in records:
         statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+    failed = [round(r.t, 1) for r in records if r.status not in (200, 204)]
     return {
-        "campaigns": len(budgets), "enough_traffic": len(enough),
+        "campaigns": len(budgets), "enough_traffic": len(enough), "traffic_limited": sorted(limited),
         "within_2pct": sum(1 for x in finals.values() if abs(x - 1) <= 0.02),
         "final_ratio": {"min": min(finals.values(), default=None), "max": max(finals.values(), default=None)},
         "overspent": over, "lease_bound_breaches": bound_breaches,
         "pacing_error_p90": errors[int(0.9 * len(errors))] if errors else None,
         "pacing_error_marks": len(errors),
-        "auctions": len(records), "statuses": statuses, "late": sum(r.late for r in records),
+        "window_error_p90": window_errors[int(0.9 * len(window_errors))] if window_errors else None,
+        "auctions": len(records), "statuses": statuses, "failed_at_s": failed[:50],
+        "late": sum(r.late for r in records),
         "series": {cid: [(round(t - start, 2), round(v[cid]["spent"], 6), round(v[cid]["planned"], 6))
                          for t, v in samples if cid in v] for cid in budgets},
-        "budgets": budgets, "finals": finals,
+        "budgets": budgets, "finals": {cid: round(final[cid]["spent"] / b, 4) if b else None
+                                       for cid, b in budgets.items()},
     }
 
 

@@ -1,0 +1,1 @@
+"""Deployment artefacts derived from the fleet's own configuration (see infra/terraform/)."""

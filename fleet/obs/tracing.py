@@ -1,0 +1,146 @@
+"""Request traces: one span per stage of the bid path, sampled at the head plus every degraded or
+failed request, built after the answer has left.
+
+The bid path already times every stage (``Deadline.spent``), so tracing adds nothing to a
+request that is not kept: the decision is made at the end (the upstream ``traceparent``'s
+sampled flag, else a coin at ``rate``; a degraded, late or failed request is always kept), and
+only a kept request becomes spans, with their real start and end times. A span carries the
+stage's budget, the time it used and the degradation flags; the root span carries the deadline,
+tier, status, no-bid reason and pricing source.
+
+Export: OTLP over HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; otherwise JSON lines in
+``.fleet/traces/`` (``OTEL_TRACES_EXPORTER=console`` prints them instead).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from fleet.pipeline.deadline import now
+
+log = logging.getLogger("fleet.tracing")
+_propagator = TraceContextTextMapPropagator()
+
+
+class JsonLinesExporter(SpanExporter):
+    """Spans as JSON lines in a file: the local default, readable without a collector."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(self, spans) -> SpanExportResult:
+        with open(self.path, "a") as fh:
+            for s in spans:
+                fh.write(json.dumps(json.loads(s.to_json()), separators=(",", ":")) + "\n")
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def default_exporter(name: str) -> SpanExporter:
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            return OTLPSpanExporter()  # endpoint, headers and timeout from the OTEL_* variables
+        except ImportError as exc:  # not installed: say so, and keep traces locally
+            log.error("OTLP exporter unavailable (%s); traces go to .fleet/traces", exc)
+    if os.environ.get("OTEL_TRACES_EXPORTER") == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    from fleet.config import REPO_ROOT
+
+    return JsonLinesExporter(REPO_ROOT / ".fleet" / "traces" / f"{name}.jsonl")
+
+
+class RequestTracer:
+    def __init__(self, region: str, replica: str, rate: float = 0.01, exporter: SpanExporter | None = None,
+                 rng=random.random, batch: bool = True):
+        self.rate = rate
+        self.rng = rng
+        resource = Resource.create({"service.name": "fleet-region", "fleet.region": region,
+                                    "fleet.replica": replica})
+        self.provider = TracerProvider(resource=resource)
+        exp = exporter if exporter is not None else default_exporter(f"{region}-{replica}")
+        if batch:
+            self.provider.add_span_processor(BatchSpanProcessor(exp, max_queue_size=4096,
+                                                                schedule_delay_millis=1000))
+        else:
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+            self.provider.add_span_processor(SimpleSpanProcessor(exp))
+        self.tracer = self.provider.get_tracer("fleet.bid_path")
+        self.kept = {"head": 0, "upstream": 0, "degraded": 0, "failed": 0}
+
+    def decide(self, status: int, degraded, late: bool, parent_sampled: bool) -> str | None:
+        """Why this request is kept, or None."""
+        if status >= 500 or late:
+            return "failed"
+        if degraded:
+            return "degraded"
+        if parent_sampled:
+            return "upstream"
+        if self.rate > 0 and self.rng() < self.rate:
+            return "head"
+        return None
+
+    def record(self, answer, arrival: float, headers=None, dl=None, attrs: dict | None = None) -> bool:
+        """Spans for one answered request (after it left), if it is kept. ``answer``: the
+        bidder's ``Answer``; ``arrival``: its perf-counter arrival; ``headers``: the request's."""
+        ctx = _propagator.extract(headers or {}) if headers and "traceparent" in headers else None
+        parent = trace.get_current_span(ctx).get_span_context() if ctx is not None else None
+        parent_sampled = bool(parent is not None and parent.is_valid and parent.trace_flags.sampled)
+        late = answer.reason == "deadline"
+        why = self.decide(answer.status, answer.degraded, late, parent_sampled)
+        if why is None:
+            return False
+        self.kept[why] += 1
+        # perf-counter seconds to epoch nanoseconds, anchored now
+        offset_ns = time.time_ns() - int(now() * 1e9)
+        start_ns = int(arrival * 1e9) + offset_ns
+        total = answer.spent.get("total", now() - arrival)
+        root_attrs = {"fleet.status": answer.status, "fleet.reason": answer.reason or "",
+                      "fleet.degraded": list(answer.degraded), "fleet.kept": why,
+                      "fleet.total_ms": round(total * 1000, 3)}
+        if dl is not None:
+            root_attrs.update({"fleet.deadline_ms": round(dl.budget_s * 1000, 3), "fleet.tier": dl.tier})
+        if attrs:
+            root_attrs.update(attrs)
+        root = self.tracer.start_span("bid", context=ctx, start_time=start_ns, attributes=root_attrs)
+        child_ctx = trace.set_span_in_context(root)
+        t = start_ns
+        stages = [(k, v) for k, v in answer.spent.items() if k != "total"]
+        # Admission (decode, validation, the cheap rejections) runs before the deadline exists
+        # to time it: it is what the stages leave of the total.
+        before = total - sum(v for _, v in stages)
+        if stages and before > 0:
+            stages.insert(0, ("admission", before))
+        for stage, spent in stages:
+            a = {"fleet.used_ms": round(spent * 1000, 4)}
+            if dl is not None and stage in dl.shares:
+                a["fleet.budget_ms"] = round(dl.shares[stage] * dl.budget_s * 1000, 3)
+            flags = [d for d in answer.degraded if d.startswith(stage) or d.split("_")[0] == stage]
+            if flags:
+                a["fleet.degraded"] = flags
+            end = t + int(spent * 1e9)
+            self.tracer.start_span(stage, context=child_ctx, start_time=t, attributes=a).end(end_time=end)
+            t = end
+        root.end(end_time=start_ns + int(total * 1e9))
+        return True
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
