@@ -132,7 +132,7 @@ class Pacer:
         self.incarnation = f"{int(clock()):x}"
         # Near the end, plan this far ahead: the last bids' notices arrive after the flight
         # ends, and a flight should end spent, not with its last intervals' worth left over.
-        self.lead = 3 * settings.interval_s
+        self.lead = 2 * settings.interval_s
 
     # -- campaigns --------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ class Pacer:
                 cp.region(r.region, self.s.p_start).blocked_tick += d
 
     def _lead(self, f: Flight, now: float) -> float:
-        return self.lead if f.end - now < 15 * self.s.interval_s else 0.0
+        return self.lead if f.end - now < 10 * self.s.interval_s else 0.0
 
     def outstanding(self, cid: str, exclude: str | None = None) -> float:
         """What live (and recently expired, reservations still settling) leases may still commit."""
