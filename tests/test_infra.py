@@ -326,6 +326,63 @@ def test_terraform_fmt():
     assert r.returncode == 0, f"terraform fmt -recursive infra/terraform:\n{r.stdout}{r.stderr}"
 
 
+RENDER_VARS = """
+name = "us-east"
+namespace = "fleet-us-east"
+labels = { app = "edge-fleet", region = "us-east", owner = "o", "cost-center" = "c" }
+image = "registry.example.com/edge-fleet:0.1.0"
+app_dir = "/app"
+ray_version = "2.60.0"
+serve_config_yaml = "applications: []"
+secret_name = "fleet-secrets"
+secret_env = ["REDIS_PASSWORD", "FLEET_NOTICE_KEYS", "FLEET_CONTROL_TOKEN"]
+env = { REDIS_URL = "redis://:$(REDIS_PASSWORD)@fleet-redis:6379/0", RAY_SERVE_ENABLE_HA_PROXY = "1" }
+config_files = { "regions.yaml" = "defaults: {}" }
+head = { cpu = "4", memory = "16Gi" }
+worker_groups = [
+  { name = "cpu", replicas = 2, min_replicas = 2, max_replicas = 2, cpu = "8", memory = "16Gi" },
+  { name = "gpu", replicas = 0, min_replicas = 0, max_replicas = 2, cpu = "8", memory = "32Gi", gpus = 1,
+    node_selector = { "nvidia.com/gpu.present" = "true" }, tolerations = [{ key = "nvidia.com/gpu" }] },
+]
+ingress_name = "us-east-ingress"
+ingress_source_ranges = ["0.0.0.0/0"]
+"""
+
+
+def test_rayservice_pod_templates_render(tmp_path):
+    """The RayService module's pod templates, evaluated by terraform itself with no provider (its
+    locals only): runs offline, where `validate` of the Kubernetes roots cannot."""
+    tf = _terraform()
+    if tf is None:
+        pytest.skip("terraform is not on PATH")
+    src = (TF / "modules" / "rayservice" / "main.tf").read_text()
+    locals_block = src[src.index("locals {"):src.index('resource "kubernetes_config_map_v1"')]
+    shutil.copy(TF / "modules" / "rayservice" / "variables.tf", tmp_path)
+    (tmp_path / "locals.tf").write_text(locals_block + '\noutput "head" {\n  value = local.head_template\n}\n'
+                                        'output "workers" {\n  value = local.worker_groups\n}\n')
+    (tmp_path / "terraform.tfvars").write_text(RENDER_VARS)
+    env = dict(os.environ, TF_CLI_CONFIG_FILE=os.devnull, TF_IN_AUTOMATION="1", CHECKPOINT_DISABLE="1")
+    for args in (["init", "-input=false", "-no-color"], ["apply", "-auto-approve", "-input=false", "-no-color"]):
+        r = subprocess.run([tf, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"terraform {args[0]}:\n{r.stdout}{r.stderr}"
+    out = json.loads(subprocess.run([tf, "output", "-json"], cwd=tmp_path, env=env, capture_output=True,
+                                    text=True, check=True).stdout)
+    head = out["head"]["value"]["spec"]["containers"][0]
+    names = [e["name"] for e in head["env"]]
+    assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL"), "$(REDIS_PASSWORD) needs it defined first"
+    assert all("valueFrom" in e for e in head["env"] if e["name"].startswith(("FLEET_", "REDIS_PASSWORD")))
+    assert {"name": "serve", "containerPort": 8000} in head["ports"]
+    assert head["volumeMounts"] == [{"name": "files", "mountPath": "/app/regions.yaml", "subPath": "regions.yaml",
+                                     "readOnly": True}]
+    cpu, gpu = out["workers"]["value"]
+    assert "nvidia.com/gpu" not in cpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert gpu["template"]["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                       "effect": "NoSchedule"}]
+    assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] == 2
+
+
 def _registry_reachable() -> bool:
     try:
         socket.create_connection(("registry.terraform.io", 443), timeout=3).close()
@@ -406,6 +463,7 @@ def test_checkov_skips_carry_reasons():
         assert re.search(r"#\s*\S.{10,}", line), f"skip of {check} needs a reason comment on its line"
 
 
+@pytest.mark.timeout(900)  # the first run installs checkov into .venv-scan
 def test_checkov_finds_nothing_unexplained(tmp_path):
     """infra/scan.sh over infra/terraform, plus a canary directory with planted findings (so a
     scanner that silently scans nothing cannot pass)."""

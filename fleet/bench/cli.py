@@ -118,7 +118,10 @@ def bench_ledger(region, requests):
 @click.option("--model", default=None, help="Price with this model version (e.g. ctr/v1); default rule.")
 @click.option("--compare-cache/--no-compare-cache", default=False, show_default=True,
               help="Also measure the region without its cache shards (enrichment from the request only).")
-def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model, compare_cache):
+@click.option("--compare-telemetry/--no-compare-telemetry", default=False, show_default=True,
+              help="Also measure the region without tracing and metrics (telemetry off).")
+def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model, compare_cache,
+                   compare_telemetry=False):
     """One region's capacity against a no-op Serve app, same ingress, same wrk, same run.
 
     Starts its own local Ray (HAProxy ingress, throughput settings) with the region (its cache
@@ -164,12 +167,19 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
                       name=f"bench-{region}-nocache", route_prefix=nocache, blocking=False)
             targets[f"{region} without cache"] = (nocache, nocache)
             prefixes.append(nocache)
+        if compare_telemetry:
+            quiet = f"{spec.route_prefix}-notelemetry"
+            serve.run(region_app.build_app(RegionAppArgs(region=region, model=model, telemetry=False)),
+                      name=f"bench-{region}-notelemetry", route_prefix=quiet, blocking=False)
+            targets[f"{region} without telemetry"] = (quiet, quiet)
+            prefixes.append(quiet)
         targets[region] = (spec.route_prefix, spec.route_prefix)
         base = f"http://127.0.0.1:{port}"
         if not wait_ready(base, prefixes, 180):
             raise click.ClickException("region did not become ready")
         time.sleep(2)
-        suffix = ("-" + model.replace("/", "-") if model else "") + ("-cache" if compare_cache else "")
+        suffix = (("-" + model.replace("/", "-") if model else "") + ("-cache" if compare_cache else "")
+                  + ("-telemetry" if compare_telemetry else ""))
         doc = run_capacity(
             base, targets, region, slo_ms=slo_ms, step_s=step_s, connections=connections, start_rate=start_rate,
             out=RESULTS / f"capacity-{region}{suffix}.json",
@@ -180,8 +190,13 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
             ratio = r[region]["capacity_rps"] / r[f"{region} without cache"]["capacity_rps"]
             click.echo(f"capacity with cache / without: {ratio:.3f}; enrichment p99 at half load: "
                        f"{r[region]['half_load_stages'].get('enrichment', {}).get('p99_ms')} ms")
+        if compare_telemetry:
+            r = doc["results"]
+            ratio = r[region]["capacity_rps"] / r[f"{region} without telemetry"]["capacity_rps"]
+            sat = r[region]["saturation_rps"] / r[f"{region} without telemetry"]["saturation_rps"]
+            click.echo(f"capacity with telemetry / without: {ratio:.3f}; saturation: {sat:.3f}")
     finally:
-        for app in (f"bench-{region}", "bench-noop", f"bench-{region}-nocache"):
+        for app in (f"bench-{region}", "bench-noop", f"bench-{region}-nocache", f"bench-{region}-notelemetry"):
             try:
                 serve.delete(app)
             except Exception:

@@ -84,6 +84,10 @@ class RegionIngress:
         self.max_body = config.defaults.max_body_bytes
         self.prefix = config.regions[a.region].route_prefix
         self.backend = a.model_backend
+        # The model runtimes' imports take seconds of interpreter time: pay them at start, not
+        # in the middle of traffic when user_config or control first names a model.
+        import fleet.ml.export  # noqa: F401  (onnx, onnxruntime)
+        import fleet.ml.scorer  # noqa: F401
         self.model_error = ""  # the model comes with user_config: see reconfigure
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id

@@ -25,6 +25,7 @@ class RegionTally:
     statuses: Counter = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
+    error_kinds: Counter = field(default_factory=Counter)
 
     @property
     def answered(self) -> int:
@@ -55,8 +56,9 @@ async def _region_burst(client: aiohttp.ClientSession, base: str, region: str, p
             async with client.post(url, data=body, headers=headers) as r:
                 await r.read()
                 status = r.status
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             tally.errors += 1
+            tally.error_kinds[type(exc).__name__] += 1
             return
         tally.latencies_ms.append((time.perf_counter() - t0) * 1000)
         tally.statuses[status] += 1

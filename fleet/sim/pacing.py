@@ -130,6 +130,10 @@ def summarise(records, samples, final, budgets, campaigns, curve, start, day_s) 
     enough = [cid for cid, b in budgets.items() if b >= 100 * max_bid[cid] and cid not in limited]
     finals = {cid: final[cid]["spent"] / budgets[cid] for cid in enough if budgets[cid] > 0}
     over = {cid: final[cid]["spent"] - budgets[cid] for cid in budgets if final[cid]["spent"] > budgets[cid] + 1e-9}
+    # The hard bound: spend to date never above the budget. And control's own invariant, spend
+    # plus what outstanding leases may still commit within the budget (a bill that arrives after
+    # its reservation was released counts against no lease, so this one can be passed briefly).
+    over_samples = sum(1 for _, v in samples for cid in budgets if v[cid]["spent"] > budgets[cid] + 1e-9)
     bound_breaches = sum(1 for _, v in samples for cid in budgets
                          if v[cid]["spent"] + v[cid]["outstanding"] > budgets[cid] + 1e-6)
     errors, window_errors = [], []
@@ -156,7 +160,7 @@ def summarise(records, samples, final, budgets, campaigns, curve, start, day_s) 
         "campaigns": len(budgets), "enough_traffic": len(enough), "traffic_limited": sorted(limited),
         "within_2pct": sum(1 for x in finals.values() if abs(x - 1) <= 0.02),
         "final_ratio": {"min": min(finals.values(), default=None), "max": max(finals.values(), default=None)},
-        "overspent": over, "lease_bound_breaches": bound_breaches,
+        "overspent": over, "over_budget_samples": over_samples, "lease_bound_breaches": bound_breaches,
         "pacing_error_p90": errors[int(0.9 * len(errors))] if errors else None,
         "pacing_error_marks": len(errors),
         "window_error_p90": window_errors[int(0.9 * len(window_errors))] if window_errors else None,

@@ -15,7 +15,8 @@ data "terraform_remote_state" "region" {
 
 locals {
   endpoints = {
-    for name, r in var.regions : name => coalesce(r.endpoint, data.terraform_remote_state.region[name].outputs.ingress_endpoint)
+    # null for a drained region whose Ray cluster is gone (serving = false)
+    for name, r in var.regions : name => try(coalesce(r.endpoint, data.terraform_remote_state.region[name].outputs.ingress_endpoint), null)
   }
   control_endpoint = try(one([for s in data.terraform_remote_state.region : s.outputs.control_endpoint if s.outputs.control_endpoint != null]), null)
 }

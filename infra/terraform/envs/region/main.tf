@@ -14,6 +14,7 @@ module "region" {
   source = "../../modules/region"
 
   region                   = var.region
+  serving                  = var.serving
   tags                     = var.tags
   serve_config_yaml        = file("${local.generated}/${var.region}.serve.yaml")
   regions_yaml_template    = file("${local.generated}/regions.yaml")

@@ -18,6 +18,12 @@ variable "tags" {
   }
 }
 
+variable "serving" {
+  description = "false: the region's Ray cluster and load balancer are removed, Redis and its data kept (drain first: docs/operations.md)."
+  type        = bool
+  default     = true
+}
+
 # --- the region's existing Kubernetes cluster ------------------------------------------------
 
 variable "kubeconfig_path" {

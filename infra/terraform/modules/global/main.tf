@@ -2,8 +2,8 @@
 # one name for the exchanges, answered with the region of lowest latency among the healthy ones.
 # Each region has an HTTP(S) health check on its own readiness route, /<region>/ready, through its
 # load balancer: a region whose Serve app is down (or whose load balancer is) leaves the answer
-# set within about failure_threshold x request_interval seconds. Draining a region removes its
-# record (drained = true) while its health check stays, for the dashboards.
+# set within about failure_threshold x request_interval seconds. A drained region (drained = true)
+# has no record and no health check, so its Ray cluster can then be removed (serving = false).
 #
 # The endpoints are load balancer hostnames of any cloud, so the records are CNAMEs (not alias
 # records, which only point at AWS resources).
@@ -13,7 +13,7 @@ locals {
 }
 
 resource "aws_route53_health_check" "region" {
-  for_each          = var.regions
+  for_each          = local.serving
   fqdn              = each.value.endpoint
   port              = var.health_check.port
   type              = var.health_check.protocol
@@ -40,7 +40,7 @@ resource "aws_route53_record" "bid" {
 
 # <region>.<bid_name>: each region by name (operators, and an exchange pinned to one region).
 resource "aws_route53_record" "region" {
-  for_each = var.regions
+  for_each = local.serving
   zone_id  = var.zone_id
   name     = "${each.key}.${var.bid_name}"
   type     = "CNAME"

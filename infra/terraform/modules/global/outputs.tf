@@ -14,6 +14,6 @@ output "health_check_ids" {
 }
 
 output "region_fqdns" {
-  description = "Per-region names (<region>.<bid_name>)."
+  description = "Per-region names (<region>.<bid_name>) of the regions not drained."
   value       = { for k, r in aws_route53_record.region : k => r.fqdn }
 }

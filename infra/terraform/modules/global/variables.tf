@@ -11,13 +11,13 @@ variable "bid_name" {
 variable "regions" {
   description = "Per region of regions.yaml: its load balancer endpoint, the AWS region whose latency stands for it, and whether it is drained (out of DNS)."
   type = map(object({
-    endpoint   = string
+    endpoint   = optional(string)
     aws_region = string
     drained    = optional(bool, false)
   }))
   validation {
-    condition     = alltrue([for r in values(var.regions) : r.endpoint != ""])
-    error_message = "every region needs its load balancer endpoint (the region root's ingress_endpoint output)."
+    condition     = alltrue([for r in values(var.regions) : r.drained || try(length(r.endpoint) > 0, false)])
+    error_message = "every region not drained needs its load balancer endpoint (the region root's ingress_endpoint output)."
   }
 }
 

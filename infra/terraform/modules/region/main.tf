@@ -62,6 +62,7 @@ module "redis" {
 
 module "rayservice" {
   source            = "../rayservice"
+  count             = var.serving ? 1 : 0
   name              = var.region
   namespace         = kubernetes_namespace_v1.region.metadata[0].name
   labels            = var.tags

@@ -5,17 +5,17 @@ output "namespace" {
 
 output "rayservice_name" {
   description = "Name of the region's RayService (kubectl get rayservice -n <namespace>)."
-  value       = module.rayservice.name
+  value       = var.serving ? module.rayservice[0].name : null
 }
 
 output "ingress_service" {
   description = "Name of the LoadBalancer Service in front of the region's Serve proxies."
-  value       = module.rayservice.ingress_name
+  value       = var.serving ? module.rayservice[0].ingress_name : null
 }
 
 output "ingress_endpoint" {
   description = "Load balancer hostname or IP of the region's bid endpoint (the global DNS points at it)."
-  value       = module.rayservice.ingress_endpoint
+  value       = var.serving ? module.rayservice[0].ingress_endpoint : null
 }
 
 output "ready_path" {

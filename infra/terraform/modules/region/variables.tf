@@ -24,6 +24,12 @@ variable "tags" {
   }
 }
 
+variable "serving" {
+  description = "false: remove the region's RayService (every Ray pod and the load balancer) and keep Redis, its volume and the Secrets: a drained region at zero cost (docs/operations.md)."
+  type        = bool
+  default     = true
+}
+
 variable "namespace" {
   description = "Namespace for the region's RayService and Redis (null: fleet-<region>)."
   type        = string
