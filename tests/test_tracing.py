@@ -89,3 +89,46 @@ def test_upstream_trace_context_is_continued(bidder):
     assert format(root.context.trace_id, "032x") == trace_id
     assert format(root.parent.span_id, "016x") == "00f067aa0ba902b7"
     assert root.attributes["fleet.kept"] in ("upstream", "degraded")
+
+
+def test_traces_go_over_otlp_when_an_endpoint_is_set(bidder, monkeypatch):
+    """A real OTLP/HTTP exporter against a local receiver: the degraded request's spans arrive."""
+    import http.server
+    import threading
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    got = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["content-length"]))
+            got.append((self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    try:
+        tracer = RequestTracer("us-east", "t", rate=0.0)
+        bidder.scorer = Broken()
+        kept = 0
+        for body in _bodies(30):
+            t0 = now()
+            a = bidder.bid(body)
+            kept += tracer.record(a, t0, {}, a.dl)
+        tracer.shutdown()  # flushes the batch
+    finally:
+        server.shutdown()
+    assert kept > 0 and got and got[0][0] == "/v1/traces"
+    names = set()
+    for _, body in got:
+        req = ExportTraceServiceRequest.FromString(body)
+        for rs in req.resource_spans:
+            for ss in rs.scope_spans:
+                names.update(s.name for s in ss.spans)
+    assert {"bid", "pricing", "targeting"} <= names
