@@ -134,7 +134,8 @@ class ControlSettings(Strict):
 class TelemetrySettings(Strict):
     """Traces and metrics (docs/observability.md)."""
 
-    trace_rate: float = Field(default=0.01, ge=0, le=1)  # head sampling; degraded and failed: always
+    trace_rate: float = Field(default=0.01, ge=0, le=1)  # head sampling; degraded and failed: always,
+    max_forced_traces_per_s: float = Field(default=20.0, ge=0)  # ... up to this many a second per replica
     metrics_s: float = Field(default=5.0, gt=0)  # the replica's figures go to Prometheus this often
 
 

@@ -295,3 +295,29 @@ def test_api_writes_are_idempotent_and_validated(redis_srv):
     assert bad[0] == 400 and "colour" in bad[1]["error"]
     assert neg[0] == 400 and garbage[0] == 400 and pol[0] == 400
     assert missing[0] == 404
+
+
+def test_ledger_drift_compares_pacing_spend_with_the_ledger(redis_srv):
+    """Control reads the ledger's finalized spend for the UTC day from Redis (billing truth) and
+    reports how far the replicas' reported spend for today's daily flights is from it."""
+    import redis.asyncio as aioredis
+
+    from fleet.ledger.consumer import ledger_prefix
+
+    clock = Clock(86_400.0 * 20_000 + 3_600)
+
+    async def go():
+        r = aioredis.Redis.from_url(redis_srv.url, decode_responses=True)
+        control = _control(clock, r)
+        control.catalog = [SimpleNamespace(id="cd", budget_daily=1000.0)]
+        await control.start()
+        rep = Report(region="us-east", replica="x1", ts=clock.t, spend={"cd": 2.0})
+        await control.sync(rep)  # first report: the baseline for this replica (a new one counts from 0)
+        assert control.pacer.campaigns["cd"].by_region["us-east"] == 2.0
+        await r.hset(f"{ledger_prefix('us-east')}spend:{int(clock.t // 86_400)}", mapping={"cd": 1.6})
+        await control.tick(1.0)
+        return control.drift["us-east"], control.dashboard()["regions"]["us-east"]["ledger_drift"]
+
+    drift, shown = asyncio.run(go())
+    assert drift["pacing"] == 2.0 and drift["ledger"] == 1.6
+    assert drift["drift"] == pytest.approx(0.25) and shown == pytest.approx(0.25)

@@ -132,3 +132,16 @@ def test_traces_go_over_otlp_when_an_endpoint_is_set(bidder, monkeypatch):
             for ss in rs.scope_spans:
                 names.update(s.name for s in ss.spans)
     assert {"bid", "pricing", "targeting"} <= names
+
+
+def test_forced_traces_are_capped_under_overload(bidder):
+    """Every request degraded (overload): at most the cap a second is traced, the rest counted."""
+    exp = InMemorySpanExporter()
+    tracer = RequestTracer("us-east", "t", rate=0.0, exporter=exp, batch=False, max_forced_per_s=5.0)
+    bidder.scorer = Broken()
+    answers = [(now(), bidder.bid(b)) for b in _bodies(200)]
+    degraded = [(t0, a) for t0, a in answers if a.degraded]
+    assert len(degraded) > 20
+    kept = sum(tracer.record(a, t0, {}, a.dl) for t0, a in degraded)
+    assert 5 <= kept <= 8  # the burst allowance, plus what refilled meanwhile
+    assert tracer.kept["over_cap"] == len(degraded) - kept

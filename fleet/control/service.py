@@ -49,6 +49,8 @@ class Control:
         self.epoch = 0
         self.stage_p99: dict[str, float] = {}
         self.latency: dict[str, dict] = {}
+        self.drift: dict[str, dict] = {}  # region -> pacing's spend against the ledger's, today
+        self.last_drift = 0.0
         self.history: dict[str, list] = {}  # campaign -> [(t, spent, planned)], for the dashboard
         self.last_policy = clock()
         self.catalog = catalog or []
@@ -169,6 +171,12 @@ class Control:
         now = self.clock()
         self.pacer.tick(now, dt)
         self._sample(now)
+        if now - self.last_drift >= 10.0 and self.redis is not None:
+            self.last_drift = now
+            try:
+                await self._ledger_drift(now)
+            except Exception as exc:  # Redis away: the figure ages, pacing does not care
+                log.warning("ledger drift not read: %s", exc)
         changed = False
         for ro in self.rollouts.values():
             action = ro.evaluate(now)
@@ -190,6 +198,21 @@ class Control:
             self._bump()
         await self.save()
 
+    async def _ledger_drift(self, now: float) -> None:
+        """Per region: spend the replicas reported for today's daily flights against the ledger's
+        finalized spend for the UTC day (billing truth). Positive: pacing counted more."""
+        from fleet.ledger.consumer import ledger_prefix
+
+        day = int(now // DAY_S)
+        for region in self.config.regions:
+            raw = await self.redis.hgetall(f"{ledger_prefix(region)}spend:{day}")
+            daily = [cid for cid, cp in self.pacer.campaigns.items()
+                     if cp.flight.daily and cp.flight.start == day * DAY_S]
+            ledger = sum(float(raw.get(cid, 0.0)) for cid in daily)
+            pacing = sum(self.pacer.campaigns[cid].by_region.get(region, 0.0) for cid in daily)
+            self.drift[region] = {"pacing": round(pacing, 6), "ledger": round(ledger, 6),
+                                  "drift": round((pacing - ledger) / ledger, 5) if ledger > 0 else None, "t": now}
+
     def _sample(self, now: float, every_s: float = 2.0, keep: int = 600) -> None:
         """Spend against plan per campaign, every few seconds (kept in memory for the dashboard)."""
         for cid, cp in self.pacer.campaigns.items():
@@ -209,6 +232,7 @@ class Control:
             fresh = lat is not None and now - lat["t"] <= 3 * self.settings.health_stale_s
             figs["p50_ms"] = lat["p50_ms"] if fresh else None
             figs["p99_ms"] = lat["p99_ms"] if fresh else None
+            figs["ledger_drift"] = self.drift.get(name, {}).get("drift")
         campaigns = self.pacer.view(now)
         for cid, v in campaigns.items():
             v["series"] = self.history.get(cid, [])[-150:]

@@ -129,6 +129,8 @@ class ControlMetrics:
                                    tag_keys=("campaign",))
         self.health = m.Gauge("fleet_region_health", "1 healthy, 0.5 degraded, 0 unhealthy", tag_keys=("region",))
         self.canary = m.Gauge("fleet_canary_share", "traffic share of the candidate model", tag_keys=("version",))
+        self.drift = m.Gauge("fleet_ledger_drift", "(pacing spend - ledger finalized spend) / ledger, today's "
+                             "daily flights", tag_keys=("region",))
 
     def export(self, control) -> None:
         if not self.enabled:
@@ -142,6 +144,9 @@ class ControlMetrics:
             self.outstanding.set(v["outstanding"], tags)
         for region, h in control.health.view(now).items():
             self.health.set({"healthy": 1.0, "degraded": 0.5}.get(h["status"], 0.0), {"region": region})
+        for region, d in control.drift.items():
+            if d.get("drift") is not None:
+                self.drift.set(d["drift"], {"region": region})
         a = control.assignment()
         if a.candidate:
             self.canary.set(a.share, {"version": a.candidate})

@@ -69,9 +69,15 @@ def default_exporter(name: str) -> SpanExporter:
 
 class RequestTracer:
     def __init__(self, region: str, replica: str, rate: float = 0.01, exporter: SpanExporter | None = None,
-                 rng=random.random, batch: bool = True):
+                 rng=random.random, batch: bool = True, max_forced_per_s: float = 20.0):
         self.rate = rate
         self.rng = rng
+        # Degraded and failed requests are always kept, up to this many a second: under overload
+        # every request degrades, and tracing each would add load exactly when there is none to
+        # spare. Past the cap they fall back to head sampling (and are counted as dropped).
+        self.max_forced_per_s = max_forced_per_s
+        self._tokens = max_forced_per_s
+        self._refilled = time.monotonic()
         resource = Resource.create({"service.name": "fleet-region", "fleet.region": region,
                                     "fleet.replica": replica})
         self.provider = TracerProvider(resource=resource)
@@ -84,13 +90,23 @@ class RequestTracer:
 
             self.provider.add_span_processor(SimpleSpanProcessor(exp))
         self.tracer = self.provider.get_tracer("fleet.bid_path")
-        self.kept = {"head": 0, "upstream": 0, "degraded": 0, "failed": 0}
+        self.kept = {"head": 0, "upstream": 0, "degraded": 0, "failed": 0, "over_cap": 0}
+
+    def _forced(self) -> bool:
+        t = time.monotonic()
+        self._tokens = min(self.max_forced_per_s, self._tokens + (t - self._refilled) * self.max_forced_per_s)
+        self._refilled = t
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.kept["over_cap"] += 1
+        return False
 
     def decide(self, status: int, degraded, late: bool, parent_sampled: bool) -> str | None:
         """Why this request is kept, or None."""
-        if status >= 500 or late:
+        if (status >= 500 or late) and self._forced():
             return "failed"
-        if degraded:
+        if degraded and self._forced():
             return "degraded"
         if parent_sampled:
             return "upstream"

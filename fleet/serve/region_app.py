@@ -119,7 +119,8 @@ class RegionIngress:
             from fleet.obs.metrics import RegionMetrics
             from fleet.obs.tracing import RequestTracer
 
-            self.tracer = RequestTracer(a.region, self.replica, self.telemetry.trace_rate)
+            self.tracer = RequestTracer(a.region, self.replica, self.telemetry.trace_rate,
+                                        max_forced_per_s=self.telemetry.max_forced_traces_per_s)
             self.metrics = RegionMetrics(a.region)
         if a.control and config.defaults.control.enabled:
             self._start_control(a, config)
