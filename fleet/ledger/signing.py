@@ -21,6 +21,8 @@ import secrets
 import time
 from pathlib import Path
 
+from fleet.secretfile import read_or_create
+
 SIGNED = ("a", "i", "bid", "c", "cr", "r", "m", "t", "p", "b", "x", "k")
 KEY_FILE = Path(__file__).resolve().parents[2] / ".fleet" / "notice_key"
 
@@ -39,20 +41,7 @@ def load_keys() -> dict[str, bytes]:
             kid, _, hexkey = part.strip().partition(":")
             keys[kid] = bytes.fromhex(hexkey)
         return keys
-    if not KEY_FILE.exists():
-        # Written aside, then linked into place: replicas starting together all read one key.
-        KEY_FILE.parent.mkdir(exist_ok=True)
-        tmp = KEY_FILE.with_name(f"notice_key.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-        try:
-            os.link(tmp, KEY_FILE)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    return {"k0": bytes.fromhex(KEY_FILE.read_text().strip())}
+    return {"k0": bytes.fromhex(read_or_create(KEY_FILE, lambda: secrets.token_hex(32)))}
 
 
 class NoticeSigner:

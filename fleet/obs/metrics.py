@@ -62,24 +62,22 @@ class RegionMetrics:
         if not self.enabled:
             return
         tags = {"region": self.region}
+        # Counter families kept in the bidder's stats as "<prefix>.<label>": one metric each.
+        families = (("tier.", self.requests, "tier"), ("nobid.", self.nobids, "reason"),
+                    ("degraded.", self.degraded, "kind"))
         for key, value in stats.items():
-            if key.startswith("tier."):
-                d = self._grow(key, value)
-                if d:
-                    self.requests.inc(d, {**tags, "tier": key[5:]})
-            elif key.startswith("nobid."):
-                d = self._grow(key, value)
-                if d:
-                    self.nobids.inc(d, {**tags, "reason": key[6:]})
-            elif key.startswith("degraded."):
-                d = self._grow(key, value)
-                if d:
-                    self.degraded.inc(d, {**tags, "kind": key[9:]})
-            elif key.startswith("priced."):
-                d = self._grow(key, value)
-                if d:
-                    version, _, outcome = key[7:].rpartition(".")
-                    self.pricing.inc(d, {**tags, "version": version, "outcome": outcome})
+            for prefix, counter, label in families:
+                if key.startswith(prefix):
+                    d = self._grow(key, value)
+                    if d:
+                        counter.inc(d, {**tags, label: key[len(prefix):]})
+                    break
+            else:
+                if key.startswith("priced."):
+                    d = self._grow(key, value)
+                    if d:
+                        version, _, outcome = key[7:].rpartition(".")
+                        self.pricing.inc(d, {**tags, "version": version, "outcome": outcome})
         d = self._grow("late", stats.get("late_suppressed", 0))
         if d:
             self.late.inc(d, tags)

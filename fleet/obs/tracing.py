@@ -114,17 +114,30 @@ class RequestTracer:
             return "head"
         return None
 
-    def record(self, answer, arrival: float, headers=None, dl=None, attrs: dict | None = None) -> bool:
-        """Spans for one answered request (after it left), if it is kept. ``answer``: the
-        bidder's ``Answer``; ``arrival``: its perf-counter arrival; ``headers``: the request's."""
+    def keep(self, answer, headers=None):
+        """Whether to trace this answered request: (why, upstream context), or None. Cheap, so
+        the caller decides on the request's path and builds spans only for kept ones."""
         ctx = _propagator.extract(headers or {}) if headers and "traceparent" in headers else None
         parent = trace.get_current_span(ctx).get_span_context() if ctx is not None else None
         parent_sampled = bool(parent is not None and parent.is_valid and parent.trace_flags.sampled)
-        late = answer.reason == "deadline"
-        why = self.decide(answer.status, answer.degraded, late, parent_sampled)
+        why = self.decide(answer.status, answer.degraded, answer.reason == "deadline", parent_sampled)
         if why is None:
-            return False
+            return None
         self.kept[why] += 1
+        return why, ctx
+
+    def record(self, answer, arrival: float, headers=None, dl=None, attrs: dict | None = None) -> bool:
+        """Spans for one answered request, if it is kept. ``answer``: the bidder's ``Answer``;
+        ``arrival``: its perf-counter arrival; ``headers``: the request's."""
+        kept = self.keep(answer, headers)
+        if kept is None:
+            return False
+        self.emit(answer, arrival, kept, dl, attrs)
+        return True
+
+    def emit(self, answer, arrival: float, kept: tuple, dl=None, attrs: dict | None = None) -> None:
+        """The spans of a kept request (``kept``: what ``keep`` returned)."""
+        why, ctx = kept
         # perf-counter seconds to epoch nanoseconds, anchored now
         offset_ns = time.time_ns() - int(now() * 1e9)
         start_ns = int(arrival * 1e9) + offset_ns
@@ -156,7 +169,6 @@ class RequestTracer:
             self.tracer.start_span(stage, context=child_ctx, start_time=t, attributes=a).end(end_time=end)
             t = end
         root.end(end_time=start_ns + int(total * 1e9))
-        return True
 
     def shutdown(self) -> None:
         self.provider.shutdown()

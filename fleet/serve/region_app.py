@@ -478,8 +478,9 @@ class RegionIngress:
             kw = {"content_encoding": h.get("content-encoding"), "accept_encoding": h.get("accept-encoding"),
                   "version": h.get("x-openrtb-version"), "arrival": arrival}
             a = await self._bid(body, kw)
-            if self.tracer is not None:  # once the answer is on its way; kept requests only
-                asyncio.get_running_loop().call_soon(self.tracer.record, a, arrival, h, a.dl)
+            kept = self.tracer.keep(a, h) if self.tracer is not None else None
+            if kept is not None:  # spans are built once the answer is on its way
+                asyncio.get_running_loop().call_soon(self.tracer.emit, a, arrival, kept, a.dl)
             return Response(a.body, status_code=a.status, headers=a.headers)
         if path.startswith("/notice/") and method == "GET":
             status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region)
