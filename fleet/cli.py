@@ -21,7 +21,7 @@ import httpx
 import yaml
 
 from fleet.config import REPO_ROOT, load_regions, resolve
-from fleet.runtime import local
+from fleet.runtime import local, nodes, placement
 
 
 def _serve_config(path: str) -> dict:
@@ -77,6 +77,24 @@ def _control_of(cfg: dict) -> str | None:
                  if app["import_path"].startswith("fleet.serve.control_app")), None)
 
 
+def generated_config(cfg: dict, catalog: str | None, n_nodes: int) -> dict:
+    """``serve_config.yaml`` as ``up`` deploys it: another catalog everywhere, and on several
+    nodes every region pinned to its node's resource, control to the head, and Serve's ingress on
+    the head only (the nodes share one host, so one ingress port)."""
+    cfg = json.loads(json.dumps(cfg))
+    for app in cfg["applications"]:
+        args = app.setdefault("args", {})
+        if catalog:
+            args["catalog"] = catalog
+        if n_nodes > 1 and app["import_path"].startswith("fleet.serve.region_app"):
+            args["region_resource"] = True
+        if n_nodes > 1 and app["import_path"].startswith("fleet.serve.control_app"):
+            args["head"] = True
+    if n_nodes > 1:
+        cfg["proxy_location"] = "HeadOnly"
+    return cfg
+
+
 @click.group()
 def main() -> None:
     """Edge bidder fleet on Ray Serve."""
@@ -93,16 +111,22 @@ def main() -> None:
 @click.option("--timeout", default=240.0, show_default=True, help="Seconds to wait for readiness.")
 @click.option("--catalog", default=None, help="Another campaign catalog for every region and control "
               "(a file, or synth:pacing:<n>:<seed>).")
-def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout, catalog=None):
+@click.option("--nodes", "n_nodes", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="A local cluster of this many Ray nodes, each region on its own node's resource "
+                   "(regions dealt round-robin, head first; control on the head).")
+def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout, catalog=None, n_nodes=1):
     """Start (or join) Ray and Redis, deploy every region, and show it working."""
     if local.State.load() is not None:
-        raise click.ClickException("the fleet is already up (see .fleet/state.json): run `fleet down` first")
+        raise click.ClickException(f"the fleet is already up (see {local.STATE_FILE}): run `fleet down` first")
+    if n_nodes > 1 and os.environ.get("RAY_ADDRESS"):
+        raise click.ClickException("--nodes starts a local cluster: unset RAY_ADDRESS, or add nodes to yours")
     cfg = _serve_config(config_path)
-    if catalog:
-        # The same applications with another catalog: deployed from a generated copy of the file.
-        for app in cfg["applications"]:
-            app.setdefault("args", {})["catalog"] = catalog
-        local.STATE_DIR.mkdir(exist_ok=True)
+    layout = nodes.plan([a["args"]["region"] for a in cfg["applications"]
+                         if a["import_path"].startswith("fleet.serve.region_app")], n_nodes)
+    if catalog or n_nodes > 1:
+        # The same applications, changed: deployed from a generated copy of the file.
+        cfg = generated_config(cfg, catalog, n_nodes)
+        local.STATE_DIR.mkdir(parents=True, exist_ok=True)
         generated = local.STATE_DIR / "serve_config.generated.yaml"
         generated.write_text(yaml.safe_dump(cfg, sort_keys=False))
         config_path = str(generated)
@@ -115,24 +139,26 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
             state.redis_url, state.redis_pid, _ = local.start_redis(local.STATE_DIR / "redis")
             click.echo(f"redis: started {state.redis_url} (pid {state.redis_pid})")
         state.save()
-        os.environ["REDIS_URL"] = state.redis_url
-        if not os.environ.get("FLEET_NOTICE_KEYS"):
-            # One signing key for every replica on every node the head's environment reaches
-            # (a worker node joining later needs the same variable: docs/ledger.md).
-            from fleet.ledger.signing import load_keys
-
-            os.environ["FLEET_NOTICE_KEYS"] = ",".join(f"{k}:{v.hex()}" for k, v in load_keys().items())
-        if not os.environ.get("FLEET_CONTROL_TOKEN"):
-            from fleet.control.auth import load_token
-
-            os.environ["FLEET_CONTROL_TOKEN"] = load_token()
+        _export_fleet_env(state)
         if os.environ.get("RAY_ADDRESS"):
             state.ray_address = os.environ["RAY_ADDRESS"]
             click.echo(f"ray: joining RAY_ADDRESS {state.ray_address}")
         else:
             click.echo("ray: starting a local head (HAProxy ingress, throughput-optimised Serve)")
-            local.start_ray(num_cpus=num_cpus)
+            local.start_ray(num_cpus=num_cpus,
+                            resources=placement.node_capacity(layout[0].regions) if n_nodes > 1 else None)
             state.ray_started, state.ray_address = True, "auto"
+            if n_nodes > 1:
+                state.gcs_address = "127.0.0.1:6379"
+                state.nodes = nodes.to_state(layout)
+                state.save()
+                for node in layout[1:]:
+                    nodes.start_worker(node, state.gcs_address, local.venv_bin("ray"),
+                                       {**os.environ, **local.ray_env()}, num_cpus)
+                    state.nodes = nodes.to_state(layout)
+                    state.save()
+                for node in layout:
+                    click.echo(f"ray: node {node.name:<9} regions {', '.join(node.regions) or '-'}")
         state.save()
         dashboard = os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265")
         click.echo(f"serve: deploying {config_path}")
@@ -171,6 +197,21 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
         time.sleep(0.5)
     click.echo("\nstopping ...")
     _down(state)
+
+
+def _export_fleet_env(state: local.State) -> None:
+    """What every process of the fleet needs in its environment, on every node: Redis, the one
+    notice-signing key set, control's token. A node started later gets the same (``fleet node
+    start``), read from the same files."""
+    os.environ["REDIS_URL"] = state.redis_url
+    if not os.environ.get("FLEET_NOTICE_KEYS"):
+        from fleet.ledger.signing import load_keys
+
+        os.environ["FLEET_NOTICE_KEYS"] = ",".join(f"{k}:{v.hex()}" for k, v in load_keys().items())
+    if not os.environ.get("FLEET_CONTROL_TOKEN"):
+        from fleet.control.auth import load_token
+
+        os.environ["FLEET_CONTROL_TOKEN"] = load_token()
 
 
 def _down(state: local.State) -> None:
@@ -218,6 +259,97 @@ def status():
             except httpx.HTTPError:
                 ready, stats = False, {}
             click.echo(f"{name:<14} {'ready' if ready else 'DOWN':<6} {stats.get('bidder', {})}")
+
+
+@main.group()
+def node() -> None:
+    """The nodes of a local cluster started with `fleet up --nodes N`."""
+
+
+def _nodes_state() -> tuple[local.State, list[nodes.NodeRecord]]:
+    state = local.State.load()
+    if state is None or not state.nodes:
+        raise click.ClickException("no local cluster of several nodes is up (`fleet up --nodes N`)")
+    return state, nodes.from_state(state.nodes)
+
+
+def placement_by_node(state: local.State, layout: list[nodes.NodeRecord]) -> dict[str, dict]:
+    """Each node of the layout with its live Ray node and the fleet's actors running there
+    (Serve replicas, cache shards, ledger consumers, control), read from the cluster itself."""
+    os.environ.update(local.ray_env())
+    import ray
+    from ray.util.state import list_actors
+
+    ray.init(address=state.gcs_address, log_to_driver=False, logging_level="ERROR", ignore_reinit_error=True)
+    try:
+        by_port = {n.node_manager_port: n.name for n in layout if not n.head}
+        name_of: dict[str, str] = {}
+        for n in ray.nodes():
+            if not n["Alive"]:
+                continue
+            if placement.HEAD_RESOURCE in n["Resources"]:
+                name_of[n["NodeID"]] = "head"
+            elif n["NodeManagerPort"] in by_port:
+                name_of[n["NodeID"]] = by_port[n["NodeManagerPort"]]
+        out = {n.name: {"regions": n.regions, "alive": n.name in name_of.values(), "actors": []} for n in layout}
+        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, detail=True, raise_on_missing_output=False):
+            where = name_of.get(a.node_id)
+            if where is not None and a.name:
+                out[where]["actors"].append(a.name)
+        for v in out.values():
+            v["actors"].sort()
+        return out
+    finally:
+        ray.shutdown()
+
+
+@node.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, with every actor's node.")
+def node_list(as_json):
+    """Each node: its regions, whether it is up, and the fleet's processes placed on it."""
+    state, layout = _nodes_state()
+    where = placement_by_node(state, layout)
+    if as_json:
+        click.echo(json.dumps(where, indent=2))
+        return
+    for name, info in where.items():
+        click.echo(f"{name:<9} {'up' if info['alive'] else 'DOWN':<5} regions {', '.join(info['regions']) or '-'}")
+        for actor in info["actors"]:
+            click.echo(f"    {actor}")
+
+
+@node.command("kill")
+@click.argument("name")
+def node_kill(name):
+    """Lose a worker node at once (SIGKILL its raylet and everything under it): a machine failure."""
+    state, layout = _nodes_state()
+    target = next((n for n in layout if n.name == name), None)
+    if target is None:
+        raise click.ClickException(f"no node {name!r}: {', '.join(n.name for n in layout)}")
+    try:
+        killed = nodes.kill(target)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    state.nodes = nodes.to_state(layout)
+    state.save()
+    click.echo(f"{name}: {killed} processes killed; regions {', '.join(target.regions)} lost until `fleet node start {name}`")
+
+
+@node.command("start")
+@click.argument("name")
+def node_start(name):
+    """Start a worker node again (same name and regions); the region's processes come back to it."""
+    state, layout = _nodes_state()
+    target = next((n for n in layout if n.name == name and not n.head), None)
+    if target is None:
+        raise click.ClickException(f"no worker node {name!r}")
+    if nodes.alive(target):
+        raise click.ClickException(f"{name} is running")
+    _export_fleet_env(state)
+    nodes.start_worker(target, state.gcs_address, local.venv_bin("ray"), {**os.environ, **local.ray_env()})
+    state.nodes = nodes.to_state(layout)
+    state.save()
+    click.echo(f"{name}: up (raylet pid {target.pids[0]}), regions {', '.join(target.regions)}")
 
 
 @main.group()

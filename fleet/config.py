@@ -205,6 +205,9 @@ class RegionAppArgs(BaseModel):
     telemetry: bool = True  # traces (sampled) and the fleet's Prometheus metrics
     inference_replicas: int = 1
     num_gpus: float = 0.0
+    # Every process of the region (replicas, cache shards, ledger consumer) on the node that
+    # advertises region:<name>, control on the head (fleet up --nodes; fleet.runtime.placement).
+    region_resource: bool = False
 
 
 @functools.lru_cache(maxsize=8)

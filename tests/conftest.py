@@ -156,8 +156,30 @@ def fleet_http(redis_server):
         assert wait_ready(base, prefixes, 180), "regions did not become ready"
         yield base
     finally:
+        release_shared_ray()
+
+
+def release_shared_ray() -> None:
+    """Stop the session's Ray instance if it runs (guarded: ``serve.shutdown`` would start one)."""
+    import ray
+
+    if ray.is_initialized():
+        from ray import serve
+
         serve.shutdown()
         ray.shutdown()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests with a Ray cluster of their own run last: the shared instance stops before them (one
+    Ray at a time on a small machine), and no test after them needs it again."""
+    items.sort(key=lambda item: item.get_closest_marker("exclusive_ray") is not None)
+
+
+@pytest.fixture(scope="module")
+def exclusive_ray():
+    release_shared_ray()
+    yield
 
 
 @pytest.fixture(scope="module")

@@ -87,3 +87,38 @@ def test_burst_reaches_every_region(fleet_http, regions):
         assert t.answered == t.sent == 60, table
         assert t.statuses[200] > 0, table  # the fleet does bid on plausible traffic
     assert all(name in table for name in prefixes)
+
+
+def test_nodes_plan_deals_regions_round_robin_from_the_head():
+    from fleet.runtime import nodes
+
+    layout = nodes.plan(["us-east", "eu-west", "ap-southeast"], 2)
+    assert [(n.name, n.regions) for n in layout] == [("head", ["us-east", "ap-southeast"]), ("worker-1", ["eu-west"])]
+    assert [n.regions for n in nodes.plan(["a", "b"], 3)] == [["a"], ["b"], []]
+    assert nodes.from_state(nodes.to_state(layout)) == layout
+    with pytest.raises(ValueError):
+        nodes.plan(["a"], 0)
+    with pytest.raises(ValueError):
+        nodes.kill(layout[0])  # the head carries the GCS and control
+
+
+def test_generated_config_pins_regions_and_control_on_several_nodes():
+    import yaml
+
+    from fleet.cli import generated_config
+    from fleet.config import RegionAppArgs, resolve
+
+    cfg = yaml.safe_load(resolve("serve_config.yaml").read_text())
+    one = generated_config(cfg, "synth:pacing:5:1", 1)
+    assert "proxy_location" not in one or one["proxy_location"] == cfg["proxy_location"]
+    assert all(a["args"]["catalog"] == "synth:pacing:5:1" for a in one["applications"])
+    assert not any(a["args"].get("region_resource") for a in one["applications"])
+    many = generated_config(cfg, None, 2)
+    assert many["proxy_location"] == "HeadOnly"
+    for app in many["applications"]:
+        if app["import_path"].startswith("fleet.serve.region_app"):
+            assert RegionAppArgs.model_validate(app["args"]).region_resource
+        else:
+            assert app["args"]["head"] is True
+    assert "catalog" not in many["applications"][1]["args"]
+    assert cfg == yaml.safe_load(resolve("serve_config.yaml").read_text())  # the original untouched

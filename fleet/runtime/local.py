@@ -21,7 +21,9 @@ from pathlib import Path
 
 from fleet.config import REPO_ROOT
 
-STATE_DIR = REPO_ROOT / ".fleet"
+# FLEET_STATE_DIR: another record of what `up` started (tests that bring a fleet up beside a
+# developer's own); the secrets under .fleet/ stay where they are.
+STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR") or REPO_ROOT / ".fleet")
 STATE_FILE = STATE_DIR / "state.json"
 
 # The ingress settings chosen on purpose (docs/ingress.md): HAProxy in front, replicas serving
@@ -56,6 +58,8 @@ class State:
     ray_started: bool = False
     apps: list[str] = field(default_factory=list)
     http: str = "http://127.0.0.1:8000"
+    gcs_address: str = ""  # the head's, when we started a cluster of several nodes
+    nodes: list[dict] = field(default_factory=list)  # fleet.runtime.nodes.NodeRecord, as dicts
 
     def save(self) -> None:
         STATE_DIR.mkdir(exist_ok=True)
@@ -141,12 +145,15 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def start_ray(num_cpus: int | None = None, dashboard: bool = True, env: dict | None = None) -> str:
+def start_ray(num_cpus: int | None = None, dashboard: bool = True, env: dict | None = None,
+              resources: dict[str, float] | None = None) -> str:
     """``ray start --head`` with the Serve ingress settings in the cluster's environment."""
     cmd = [venv_bin("ray"), "start", "--head", "--disable-usage-stats",
            f"--include-dashboard={'true' if dashboard else 'false'}", "--dashboard-host=127.0.0.1"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
+    if resources:
+        cmd.append(f"--resources={json.dumps(resources)}")
     subprocess.run(cmd, check=True, env={**os.environ, **ray_env(), **(env or {})},
                    stdout=subprocess.DEVNULL)
     return "auto"

@@ -98,11 +98,14 @@ class RemoteShard:
         return await self.handle.stats.remote()
 
 
-def connect(region: str, n: int, redis_url: str | None, options: dict) -> dict:
-    """Actor handles of the region's ``n`` shards, created on first use."""
+def connect(region: str, n: int, redis_url: str | None, options: dict,
+            resources: dict[str, float] | None = None) -> dict:
+    """Actor handles of the region's ``n`` shards, created on first use (on the region's node
+    when ``resources`` pins them there: ``fleet.runtime.placement``)."""
     names = shard_names(region, n)
+    extra = {"resources": resources} if resources else {}
     return {
         name: CacheShard.options(name=name, namespace=NAMESPACE, lifetime="detached",
-                                 get_if_exists=True).remote(region, name, redis_url, names, options)
+                                 get_if_exists=True, **extra).remote(region, name, redis_url, names, options)
         for name in names
     }

@@ -82,10 +82,15 @@ class ControlActor:
         return os.getpid()
 
 
-def connect(regions_file: str = "regions.yaml", redis_url: str | None = None, catalog: str | None = None):
-    """The control actor, created on first use (``get_if_exists``: every caller gets the one)."""
+def connect(regions_file: str = "regions.yaml", redis_url: str | None = None, catalog: str | None = None,
+            pin_head: bool = False):
+    """The control actor, created on first use (``get_if_exists``: every caller gets the one);
+    ``pin_head`` keeps it on the head node, so losing a worker node never takes control along."""
+    from fleet.runtime.placement import head_resources
+
     redis_url = redis_url if redis_url is not None else os.environ.get("REDIS_URL")
+    extra = {"resources": head_resources(True)} if pin_head else {}
     h = ControlActor.options(name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                             max_concurrency=256).remote(regions_file, redis_url, catalog)
+                             max_concurrency=256, **extra).remote(regions_file, redis_url, catalog)
     h.start.remote()
     return h

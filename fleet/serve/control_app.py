@@ -27,12 +27,12 @@ def _resp(status: int, obj) -> Response:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 class ControlAPI:
-    def __init__(self, regions_file: str = "regions.yaml", catalog: str | None = None):
+    def __init__(self, regions_file: str = "regions.yaml", catalog: str | None = None, head: bool = False):
         from fleet.serve import control_actor
 
         self.token = load_token()
         self.page = (Path(__file__).resolve().parents[1] / "control" / "dashboard.html").read_bytes()
-        self.actor = control_actor.connect(regions_file, catalog=catalog)
+        self.actor = control_actor.connect(regions_file, catalog=catalog, pin_head=head)
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
@@ -58,5 +58,12 @@ class ControlAPI:
 
 
 def build_app(args: dict | None = None) -> serve.Application:
+    """``args``: regions_file, catalog, and ``head`` (true on a cluster of several nodes: the API
+    and the control actor stay on the head; ``fleet.runtime.placement``)."""
+    from fleet.runtime.placement import head_resources
+
     args = args or {}
-    return ControlAPI.options(name="control-api").bind(args.get("regions_file", "regions.yaml"), args.get("catalog"))
+    head = bool(args.get("head", False))
+    return ControlAPI.options(
+        name="control-api", ray_actor_options={"num_cpus": 0, "resources": head_resources(head)},
+    ).bind(args.get("regions_file", "regions.yaml"), args.get("catalog"), head)

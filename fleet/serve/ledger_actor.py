@@ -22,14 +22,14 @@ log = logging.getLogger("fleet.ledger")
 @ray.remote(num_cpus=0, max_restarts=-1)
 class LedgerRunner:
     def __init__(self, region: str, redis_url: str, expire_s: float, shard_count: int | None,
-                 shard_options: dict):
+                 shard_options: dict, resources: dict[str, float] | None = None):
         self.region = region
         self.cache = None
         if shard_count:
             from fleet.cache.client import CacheClient
             from fleet.serve import cache_actor
 
-            shards = cache_actor.connect(region, shard_count, redis_url, shard_options)
+            shards = cache_actor.connect(region, shard_count, redis_url, shard_options, resources)
             self.cache = CacheClient({n: cache_actor.RemoteShard(h) for n, h in shards.items()})
         self.consumer = LedgerConsumer(region, redis_url, consumer="c0", expire_s=expire_s,
                                        on_billed=self._billed if self.cache else None)
@@ -56,8 +56,11 @@ class LedgerRunner:
                 "cache": self.cache.summary() if self.cache else None}
 
 
-def connect(region: str, redis_url: str, expire_s: float, shard_count: int | None, shard_options: dict):
+def connect(region: str, redis_url: str, expire_s: float, shard_count: int | None, shard_options: dict,
+            resources: dict[str, float] | None = None):
+    extra = {"resources": resources} if resources else {}
     h = LedgerRunner.options(name=f"ledger-{region}", namespace=NAMESPACE, lifetime="detached",
-                             get_if_exists=True).remote(region, redis_url, expire_s, shard_count, shard_options)
+                             get_if_exists=True, **extra).remote(region, redis_url, expire_s, shard_count,
+                                                                 shard_options, resources)
     h.start.remote()
     return h

@@ -39,6 +39,7 @@ from fleet.ledger.signing import NoticeSigner
 from fleet.pipeline.bidder import Answer, RegionBidder
 from fleet.pipeline.deadline import now
 from fleet.pipeline.notices import NoticeCounter
+from fleet.runtime.placement import region_resources
 from fleet.serve.microbatch import MicroBatcher
 
 _json = msgspec.json.Encoder()
@@ -77,6 +78,7 @@ class RegionIngress:
         config = load_regions(a.regions_file)
         catalog = load_catalog(a.catalog or config.defaults.catalog)
         self.region = a.region
+        self.resources = region_resources(a.region, a.region_resource)  # the actors it creates
         self.bidder = RegionBidder(a.region, config, catalog)
         if a.route_prefix:  # notice URLs lead back to this app, wherever it is deployed
             self.bidder.base_url = config.regions[a.region].public_url.rstrip("/") + a.route_prefix
@@ -99,7 +101,8 @@ class RegionIngress:
             from fleet.serve import cache_actor
 
             shards = cache_actor.connect(a.region, config.regions[a.region].cache_shards,
-                                         os.environ.get("REDIS_URL") or None, self.cache_settings.shard_options())
+                                         os.environ.get("REDIS_URL") or None, self.cache_settings.shard_options(),
+                                         self.resources)
             self.cache = CacheClient({n: cache_actor.RemoteShard(h) for n, h in shards.items()},
                                      window_s=self.cache_settings.lookup_window_s)
             try:  # shards exist before the replica says ready; a slow start degrades, never blocks
@@ -146,7 +149,8 @@ class RegionIngress:
                 cache = self.cache_settings
                 self.ledger = ledger_actor.connect(
                     a.region, redis_url, ls.expire_s,
-                    config.regions[a.region].cache_shards if cache.enabled else None, cache.shard_options())
+                    config.regions[a.region].cache_shards if cache.enabled else None, cache.shard_options(),
+                    self.resources)
 
     def _start_control(self, a: RegionAppArgs, config) -> None:
         """Spend under control's leases, report to it, apply its pushes (see module docstring)."""
@@ -163,7 +167,8 @@ class RegionIngress:
         else:
             from fleet.serve import control_actor
 
-            self.link = RayLink(control_actor.connect(a.regions_file, catalog=a.catalog), cs.sync_timeout_s)
+            self.link = RayLink(control_actor.connect(a.regions_file, catalog=a.catalog, pin_head=a.region_resource),
+                                cs.sync_timeout_s)
         self.control_epoch = 0
         self.policy_epoch = -1
         self.control_state = {"syncs": 0, "failures": 0, "last_ok": None, "last_error": ""}
@@ -528,18 +533,20 @@ def build_app(args: RegionAppArgs) -> serve.Application:
     if isinstance(args, dict):
         args = RegionAppArgs.model_validate(args)
     spec = load_regions(args.regions_file).regions[args.region]
+    resources = region_resources(args.region, args.region_resource)
     inference = None
     if args.pricing == "remote":
         from fleet.serve.inference_app import DEFAULT_BATCH, Inference
 
         inference = Inference.options(
             name=f"inference-{args.region}", num_replicas=args.inference_replicas,
-            ray_actor_options={"num_cpus": 0, "num_gpus": args.num_gpus}, user_config=DEFAULT_BATCH,
+            ray_actor_options={"num_cpus": 0, "num_gpus": args.num_gpus, "resources": resources},
+            user_config=DEFAULT_BATCH,
         ).bind({"backend": args.model_backend})
     return RegionIngress.options(
         name=f"ingress-{args.region}",
         user_config={"model": args.model},
         num_replicas=spec.replicas,
         max_ongoing_requests=spec.max_ongoing_requests,
-        ray_actor_options={"num_cpus": spec.num_cpus},
+        ray_actor_options={"num_cpus": spec.num_cpus, "resources": resources},
     ).bind(args.model_dump(exclude={"model"}), inference)  # the model travels in user_config only
