@@ -443,18 +443,13 @@ def sim_pacing(day_s, rate, probe_s, fill, n, kill_control, label, bring_up):
         base = state.http if state else _http_base(_serve_config("serve_config.yaml"))
         on_mid = None
         if kill_control:
-            os.environ.update(local.ray_env())  # before Ray is imported: it reads them then
-            import ray
-
-            ray.init(address="auto", log_to_driver=False)
-
             def on_mid():
-                from fleet.serve.cache_actor import NAMESPACE
-
-                h = ray.get_actor("control", namespace=NAMESPACE)
-                pid = ray.get(h.pid.remote())
-                ray.kill(h, no_restart=False)
-                return f"control actor (pid {pid}) killed; it restarts from Redis"
+                # From a process of its own: a Ray driver inside the load generator stalled its
+                # event loop at the kill (requests in flight timed out client-side).
+                proc = subprocess.run([sys.executable, "-m", "fleet.serve.control_actor", "kill"],
+                                      capture_output=True, text=True, timeout=60,
+                                      env={**os.environ, **local.ray_env()})
+                return proc.stdout.strip() or f"kill failed: {proc.stderr[-500:]}"
         doc = asyncio.run(run_pacing(base, f"{base}/control", load_token(), load_regions(), load_catalog(catalog),
                                      day_s=day_s, rate=rate, probe_s=probe_s, fill=fill, on_mid=on_mid,
                                      progress=click.echo))

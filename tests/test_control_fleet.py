@@ -153,3 +153,29 @@ def test_broken_canary_is_rolled_back_under_load(pace_fleet):
     for region in load_regions().regions:
         ctl = httpx.get(f"{pace_fleet}/pace/{region}/stats").json()["control"]
         assert ctl["model"]["candidate"] is None and ctl["model"]["current"] == state["model"]["current"], ctl
+
+
+def test_http_link_syncs_and_watches_through_the_control_api(pace_fleet):
+    """The transport a region in another cluster uses: sync and long-poll over HTTP with the
+    token, through the real ingress and control app (the in-cluster tests use the Ray handle)."""
+    import time
+
+    from fleet.control.link import HttpLink
+    from fleet.control.messages import Report
+
+    async def run():
+        link = HttpLink(f"{pace_fleet}/control", _token(), "us-east", timeout_s=5.0)
+        report = Report(region="us-east", replica="http-link-probe", ts=time.time())
+        push = await link.sync(report)
+        assert push.epoch >= 1 and set(push.policy) == set(load_regions().tiers)
+        t0 = time.monotonic()
+        behind = await link.watch(push.epoch - 1, 5.0)  # behind: answered at once
+        assert behind.epoch >= push.epoch and time.monotonic() - t0 < 5.0
+        current = await link.watch(push.epoch, 0.5)  # up to date: held, then the same epoch
+        assert current.epoch >= push.epoch
+        forged = HttpLink(f"{pace_fleet}/control", "not-the-token", "us-east", timeout_s=5.0)
+        with pytest.raises(httpx.HTTPStatusError) as err:
+            await forged.sync(report)
+        assert err.value.response.status_code == 401
+
+    asyncio.run(run())

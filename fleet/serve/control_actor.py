@@ -94,3 +94,25 @@ def connect(regions_file: str = "regions.yaml", redis_url: str | None = None, ca
                              max_concurrency=256, **extra).remote(regions_file, redis_url, catalog)
     h.start.remote()
     return h
+
+
+def kill(address: str = "auto") -> str:
+    """Kill the control actor the way a crash would (Ray restarts it; it reloads from Redis).
+    Run as its own process (``python -m fleet.serve.control_actor kill``) so that a load
+    generator never shares its interpreter with a Ray driver."""
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    try:
+        h = ray.get_actor(NAME, namespace=NAMESPACE)
+        pid = ray.get(h.pid.remote(), timeout=10)
+        ray.kill(h, no_restart=False)
+        return f"control actor (pid {pid}) killed; it restarts from Redis"
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["kill"]:
+        raise SystemExit("usage: python -m fleet.serve.control_actor kill")
+    print(kill())
