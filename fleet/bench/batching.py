@@ -58,7 +58,17 @@ async def served_rows_per_s(handle, X: np.ndarray, callers: int, seconds: float,
     return done / (time.perf_counter() - t0), float(ROWS_PER_CALLER * callers)
 
 
-def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=print) -> dict:
+def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=print,
+                 backend: str = "onnx-cpu", num_gpus: float = 0.0) -> dict:
+    """Served against bare rows/s per batching setting; writes and returns the result document.
+
+    ``backend`` is what the deployment is bound with and what the bare session loads (the same
+    ``load_scorer`` rule, so ``auto`` resolves alike on one machine); ``num_gpus`` is the
+    replica's fraction of a GPU, as a GPU region gives its inference deployment. The defaults
+    measure the CPU serving path; ``backend="onnx-cuda", num_gpus=0.25`` measures the GPU one.
+    The replica's own account of what it loaded is recorded, since the choice (``auto``, a CUDA
+    fallback) is made inside it.
+    """
     from fleet.runtime.local import ray_env
 
     os.environ.update(ray_env())  # before Ray is imported: it reads these then
@@ -76,24 +86,31 @@ def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=pri
     rows = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        bare = load_scorer(model, "onnx-cpu", threads=1)
+        bare = load_scorer(model, backend, threads=1)
+        log(f"  bare session: {bare.backend} {getattr(bare, 'providers', [])}")
+        replica = None
         for max_batch, micro, callers in ((1, False, 1), (16, False, 16), (64, False, 64), (256, False, 256),
                                           (1, True, 256), (16, True, 256), (1, True, 1024)):
             app = Inference.options(name="inference", max_ongoing_requests=max(256, callers),
+                                    ray_actor_options={"num_cpus": 0, "num_gpus": num_gpus},
                                     user_config={"max_batch_size": max_batch, "batch_wait_timeout_s": 0.002}
-                                    ).bind({"backend": "onnx-cpu", "threads": 1})
+                                    ).bind({"backend": backend, "threads": 1})
             serve.run(app, name="bench-inference", route_prefix=None)
 
             async def measure():
                 h = serve.get_app_handle("bench-inference").options(multiplexed_model_id=model)
                 try:
-                    return await served_rows_per_s(h, X, callers=callers, seconds=seconds, micro=micro)
+                    loaded = await h.describe.remote()
+                    return loaded, await served_rows_per_s(h, X, callers=callers, seconds=seconds, micro=micro)
                 finally:
                     from ray.serve.context import _get_global_client
 
                     await _get_global_client().shutdown_cached_handles_async()
 
-            served, rows_per_call = asyncio.run(measure())
+            loaded, (served, rows_per_call) = asyncio.run(measure())
+            if loaded != replica:
+                log(f"  replica loaded: {loaded['backend']} {loaded['providers']}")
+                replica = loaded
             ref = bare_rows_per_s(bare, X, int(rows_per_call), seconds)
             row = {"max_batch_size": max_batch, "caller_micro_batching": micro, "callers": callers,
                    "rows_per_call": int(rows_per_call),
@@ -106,7 +123,9 @@ def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=pri
         serve.shutdown()
         ray.shutdown()
     doc = {"benchmark": "batching", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "machine": {"cpus": os.cpu_count()}, "model": model, "backend": "onnx-cpu (1 thread)",
+           "machine": {"cpus": os.cpu_count()}, "model": model, "backend": f"{backend} (1 thread)",
+           "num_gpus": num_gpus, "replica": replica, "bare": {"backend": bare.backend,
+                                                              "providers": getattr(bare, "providers", [])},
            "method": "concurrent callers of 16 rows each through a handle; bare ORT at the same rows per call",
            "results": rows}
     out.parent.mkdir(parents=True, exist_ok=True)

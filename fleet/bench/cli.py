@@ -73,11 +73,23 @@ def bench_inference(model, seconds, threads):
 @click.option("--model", default="ctr/v1", show_default=True)
 @click.option("--seconds", default=4.0, show_default=True)
 @click.option("--port", default=8125, show_default=True)
-def bench_batching(model, seconds, port):
-    """Served, batched inference vs a bare ONNX Runtime session at the same rows per call."""
+@click.option("--backend", default="onnx-cpu", show_default=True,
+              help="Deployment and bare session backend (auto | onnx-cpu | onnx-cuda | xgboost-*).")
+@click.option("--num-gpus", default=0.0, show_default=True, type=float,
+              help="The replica's GPU fraction, as a GPU region's inference deployment has (e.g. 0.25).")
+@click.option("--out", default=None, type=click.Path(path_type=Path),
+              help="Result file (default bench/results/batching.json).")
+def bench_batching(model: str, seconds: float, port: int, backend: str, num_gpus: float,
+                   out: Path | None) -> None:
+    """Served, batched inference vs a bare session of the same backend at the same rows per call.
+
+    The defaults measure the CPU serving path; on a GPU machine `--backend onnx-cuda --num-gpus
+    0.25` measures a GPU region's deployment against a bare ORT CUDA session.
+    """
     from fleet.bench.batching import run_batching
 
-    run_batching(model, RESULTS / "batching.json", port, seconds, log=click.echo)
+    run_batching(model, out or RESULTS / "batching.json", port, seconds, log=click.echo,
+                 backend=backend, num_gpus=num_gpus)
 
 
 @bench.command("ledger")

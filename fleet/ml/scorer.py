@@ -59,6 +59,8 @@ class OnnxScorer(Scorer):
         self.backend = "onnx-cuda" if cuda else "onnx-cpu"
         self._session = export.load_session(directory / artifact, prefer_cuda=cuda,
                                             intra_op_num_threads=threads)
+        # What the session really runs on: CUDA falls back to the CPU where it cannot load.
+        self.providers: list[str] = self._session.get_providers()
         self._predict = export.predict_proba
 
     def predict(self, X: np.ndarray) -> np.ndarray:

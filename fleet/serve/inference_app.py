@@ -59,6 +59,14 @@ class Inference:
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
         return await self.score((serve.get_multiplexed_model_id(), rows))
 
+    async def describe(self) -> dict:
+        """The backend this replica loaded for the request's model and, for ONNX, the providers
+        its session ended up with (benchmarks record it: ``auto`` and a CUDA fallback are
+        decided inside the replica, not by the caller)."""
+        scorer = await self.get_model(serve.get_multiplexed_model_id())
+        return {"version": scorer.version, "backend": scorer.backend,
+                "providers": list(getattr(scorer, "providers", []))}
+
 
 def build_app(args: dict | None = None) -> serve.Application:
     """Standalone (benchmarks, tests); regions bind it inside their own app (region_app)."""
