@@ -113,8 +113,7 @@ class ControlSettings(Strict):
     lease_horizon_s: float = Field(default=2.0, gt=0)  # plan one lease covers
     headroom: float = Field(default=1.1, ge=1.0)
     hold_s: float = Field(default=30.0, gt=0)  # an unsettled reservation is released after this
-    kp: float = 0.5  # the throttle's PI gains (on its log), per control interval
-    ki: float = 0.3
+    catchup_s: float = Field(default=10.0, gt=0)  # a gap between spend and plan to date closes over this
     p_min: float = Field(default=0.0005, gt=0, le=1)
     p_start: float = Field(default=0.2, gt=0, le=1)
     sync_timeout_s: float = Field(default=1.0, gt=0)
@@ -128,7 +127,7 @@ class ControlSettings(Strict):
         from fleet.control.pacer import PacingSettings
 
         return PacingSettings(self.interval_s, self.lease_ttl_s, self.lease_horizon_s, self.headroom,
-                              self.hold_s, self.kp, self.ki, self.p_min, self.p_start)
+                              self.hold_s, self.catchup_s, self.p_min, self.p_start)
 
 
 class TelemetrySettings(Strict):

@@ -2,182 +2,22 @@
 a simulated clock (no Ray; Redis where persistence is the point).
 
 The closed loop is the same code the fleet runs (``Control.sync``/``tick``, ``LeaseBudget``);
-only the auctions are drawn here, so the pacing figures can be checked exactly.
+only the auctions are drawn (``fleet.sim.pacing_loop``), so the pacing figures can be checked exactly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import random
 from types import SimpleNamespace
 
 import pytest
 
 from fleet.config import load_regions
 from fleet.control.api import route
-from fleet.control.curve import Curve, cosine_weights
 from fleet.control.messages import Report
+from fleet.control.pacer import Flight, Pacer, PacingSettings
 from fleet.control.service import Control
-from fleet.pipeline.pacing import LeaseBudget
-
-REGIONS = ("us-east", "eu-west", "ap-southeast")
-
-
-class Clock:
-    def __init__(self, t: float = 1_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class Loop:
-    """Control, one lease-holding replica per region, and a market: each campaign has eligible
-    opportunities per region at a diurnal rate; a bid wins 40% of the time; notices arrive
-    later (some dropped, some resent)."""
-
-    def __init__(self, clock: Clock, control: Control, n: int = 50, day_s: float = 300.0, seed: int = 3):
-        self.clock, self.control = clock, control
-        self.rng = random.Random(seed)
-        self.day_s, self.start = day_s, clock.t + 2.0
-        self.amp = 0.6
-        self.budgets = {r: LeaseBudget(hold_s=10.0, clock=clock, rng=self.rng.random) for r in REGIONS}
-        self.campaigns = []
-        for i in range(n):
-            price = round(self.rng.uniform(1.0, 6.0), 2) / 1000.0
-            # Eligible opportunities per second and region: scarce for some campaigns, abundant
-            # (far more than the budget needs) for others, none in some regions.
-            rates = {r: (self.rng.uniform(1.0, 5.0) if self.rng.random() < 0.5 else self.rng.uniform(10.0, 40.0))
-                     if self.rng.random() < 0.8 else 0.0 for r in REGIONS}
-            # Unthrottled, a campaign could spend price * 0.4 * rate per second; give it a share
-            # of that (half for scarce traffic, as little as a tenth for abundant).
-            capacity = sum(rates.values()) * price * 0.4 * day_s
-            fill = 0.5 if sum(rates.values()) < 15 else self.rng.uniform(0.1, 0.5)
-            c = SimpleNamespace(id=f"c{i}", price=price, rates=rates, budget=round(fill * capacity, 2))
-            self.campaigns.append(c)
-        self.events: list = []
-        self.true_spend = {c.id: 0.0 for c in self.campaigns}
-        self.samples: list[tuple[float, dict]] = []
-        self.bound_violations = 0
-        self.seq = 0
-
-    async def setup(self):
-        for c in self.campaigns:
-            status, _ = await route(self.control, "PUT", f"/v1/campaigns/{c.id}", body=(
-                f'{{"budget": {c.budget}, "start": {self.start}, "end": {self.start + self.day_s}, '
-                f'"curve": "traffic", "weights": {cosine_weights(self.amp)}}}').encode())
-            assert status == 200
-
-    def traffic(self, t: float) -> float:
-        x = (t - self.start) / self.day_s
-        return 1.0 - self.amp * __import__("math").cos(2 * __import__("math").pi * x) if 0 <= x < 1 else 0.0
-
-    def step(self, dt: float):
-        t = self.clock.t
-        while self.events and self.events[0][0] <= t:
-            _, _, region, notice = heapq.heappop(self.events)
-            self.budgets[region].settle(notice, t)
-            if notice.kind == "bill":
-                self.true_spend[notice.campaign] += notice.price / 1000.0 if notice.dup == 0 else 0.0
-        f = self.traffic(t)
-        for c in self.campaigns:
-            for region, rate in c.rates.items():
-                n = self._poisson(rate * f * dt)
-                for _ in range(n):
-                    b = self.budgets[region]
-                    camp = SimpleNamespace(id=c.id)
-                    if not b.allow(camp, c.price, t):
-                        continue
-                    self.seq += 1
-                    key = f"a{self.seq}:1"
-                    assert b.reserve(camp, c.price, t, key)
-                    won = self.rng.random() < 0.4
-                    delay = self.rng.uniform(0.05, 0.5)
-                    if won:
-                        self._notice(t + delay, region, "win", key, c, 0)
-                        if self.rng.random() < 0.97:
-                            self._notice(t + delay + self.rng.uniform(0.1, 1.0), region, "bill", key, c, 0)
-                            if self.rng.random() < 0.05:  # resent
-                                self._notice(t + delay + 2.0, region, "bill", key, c, 1)
-                    elif self.rng.random() < 0.95:
-                        self._notice(t + delay, region, "loss", key, c, 0)
-
-    def _notice(self, when, region, kind, key, c, dup):
-        auction, imp = key.split(":")
-        n = SimpleNamespace(kind=kind, auction_id=auction, imp_id=imp, campaign=c.id,
-                            price=c.price * 1000.0 if kind != "loss" else None, dup=dup)
-        self.seq += 1
-        heapq.heappush(self.events, (when, self.seq, region, n))
-
-    def _poisson(self, lam: float) -> int:
-        n, p, limit = 0, 1.0, __import__("math").exp(-lam)
-        while True:
-            p *= self.rng.random()
-            if p < limit:
-                return n
-            n += 1
-
-    async def sync_all(self):
-        t = self.clock.t
-        for region, b in self.budgets.items():
-            b.expire(t)
-            rep = Report(region=region, replica=f"{region}-r1", ts=t, spend=dict(b.spend),
-                         reserved=dict(b.reserved), opportunities=dict(b.opportunities), blocked=dict(b.blocked),
-                         units=dict(b.units))
-            push = await self.control.sync(rep)
-            b.apply(push.leases, push.epoch)
-
-    def check_bound(self):
-        """True spend never above what control counts as spent plus what leases may still commit."""
-        for c in self.campaigns:
-            cp = self.control.pacer.campaigns[c.id]
-            if self.true_spend[c.id] > cp.spent + self.control.pacer.outstanding(c.id) + 1e-9:
-                self.bound_violations += 1
-            if self.true_spend[c.id] > c.budget + 1e-9:
-                self.bound_violations += 1
-
-    async def run(self, until: float, dt: float = 0.1, on_tick=None):
-        interval = self.control.settings.interval_s
-        next_sync = self.clock.t
-        while self.clock.t < until:
-            if self.clock.t >= next_sync:
-                await self.sync_all()
-                await self.control.tick(interval)
-                self.check_bound()
-                self.samples.append((self.clock.t, dict(self.true_spend)))
-                next_sync += interval
-                if on_tick is not None:
-                    await on_tick(self)
-            self.step(dt)
-            self.clock.t += dt
-
-    def report(self) -> dict:
-        """Final delivery per campaign, and pacing error per 30 s window of the flight."""
-        curve = Curve(self.start, self.start + self.day_s, cosine_weights(self.amp))
-        # A budget of a few dozen impressions cannot land within 2%: one impression is more.
-        # "Enough eligible traffic": at least 100 impressions' worth of budget.
-        finals = {c.id: self.true_spend[c.id] / c.budget for c in self.campaigns if c.budget >= 100 * c.price}
-        errors, window_errors = [], []
-        marks = [m for m in self.samples if self.start <= m[0] <= self.start + self.day_s + 1]
-        for c in self.campaigns:
-            if c.id not in finals:
-                continue
-            for w0 in range(0, int(self.day_s), 30):
-                a = min(marks, key=lambda m: abs(m[0] - (self.start + w0)))
-                b = min(marks, key=lambda m: abs(m[0] - (self.start + w0 + 30)))
-                # Pacing error at each 30 s mark: spend to date against plan to date.
-                plan_to_date = c.budget * curve.fraction(b[0])
-                if plan_to_date > 0:
-                    errors.append(abs(b[1][c.id] - plan_to_date) / plan_to_date)
-                # And within the window alone (dominated by impression counts at this volume).
-                plan = c.budget * (curve.fraction(b[0]) - curve.fraction(a[0]))
-                if plan > 0:
-                    window_errors.append(abs((b[1][c.id] - a[1][c.id]) - plan) / plan)
-        errors.sort()
-        window_errors.sort()
-        return {"finals": finals, "p90_error": errors[int(0.9 * len(errors))], "windows": len(errors),
-                "p90_window_error": window_errors[int(0.9 * len(window_errors))]}
+from fleet.sim.pacing_loop import Clock, Loop
 
 
 def _control(clock, redis=None):
@@ -200,8 +40,80 @@ def test_pacing_closed_loop_delivers_each_budget_on_plan():
     assert len(rep["finals"]) >= 45
     off = {cid: round(x, 4) for cid, x in rep["finals"].items() if abs(x - 1.0) > 0.02}
     assert not off, f"campaigns outside ±2% of budget: {off}"
-    assert rep["p90_error"] <= 0.10, rep
+    assert rep["p90_error"] <= 0.07, rep  # the contract: 0.10, at every 30 s mark
     assert loop.bound_violations == 0
+
+
+def test_pacing_from_the_first_mark_in_a_live_like_day():
+    """As the live run (``fleet sim pacing``): a flat, unconstraining probe flight first (throttles
+    left wide open, and a probe's bids win less than the paced day's), then budgets of 0.45 of what
+    the fleet can win over a 600 s day, where the right throttle is 0.01 to 0.2 and some notices
+    are seconds late. The throttle starts from observed rates, not from where the probe left it,
+    so the first 30 s marks are on plan too."""
+    clock = Clock()
+    control = _control(clock)
+
+    async def go():
+        await control.start()
+        loop = Loop(clock, control, n=50, day_s=600.0, seed=1, fill=0.45, live=True, probe_s=30.0)
+        await loop.setup()
+        await loop.run(loop.start + loop.day_s + 15)
+        return loop
+
+    loop = asyncio.run(go())
+    rep = loop.report()
+    assert len(rep["finals"]) >= 30
+    assert rep["p90_all"] <= 0.08, rep  # the contract: 0.10
+    assert rep["median_by_mark"][30] <= 0.2 and rep["median_by_mark"][60] <= 0.1, rep["median_by_mark"]
+    assert all(0.96 <= x <= 1.0 for x in rep["finals"].values()), rep["finals"]
+    assert sum(abs(x - 1.0) <= 0.02 for x in rep["finals"].values()) >= 0.9 * len(rep["finals"])
+    assert loop.bound_violations == 0
+
+
+def test_throttle_is_set_from_observed_rates_at_the_first_interval():
+    """The throttle is what spends the plan at the observed opportunity rate and spend per
+    participation, however far from p_start; a new flight's first leases carry its own."""
+    t0 = 1_000_000.0
+    pacer = Pacer(PacingSettings(), {"us-east": 1.0}, clock=lambda: t0)
+    pacer.put_flight(Flight("c", 60.0, t0 - 0.5, t0 + 599.5, curve="even"))  # 0.1 a second
+    opp, part, spend = 0, 0, 0.0
+
+    def report(t: float, spent: float) -> None:
+        # 200 eligible a second, a quarter take part, spending 0.002 each (max bid 0.01)
+        nonlocal opp, part, spend
+        opp, part, spend = opp + 200, part + 50, spend + spent
+        pacer.absorb(Report(region="us-east", replica="r1", ts=t, spend={"c": spend}, opportunities={"c": opp},
+                            throttled={"c": opp - part}, units={"c": 0.01}), t)
+        pacer.tick(t, 1.0)
+
+    for i in range(30):
+        report(t0 + i, 50 * 0.002)
+    rp = pacer.campaigns["c"].regions["us-east"]
+    assert rp.throttle == pytest.approx(0.1 / (200 * 0.002), rel=0.1)  # 0.25
+    pacer.put_flight(Flight("c", 6.0, t0 + 30, t0 + 1230, curve="even"))  # 0.005 a second, from t0 + 30
+    report(t0 + 29.5, 0.0)
+    assert rp.throttle == pytest.approx(0.005 / (200 * 0.002), rel=0.15)  # 0.0125
+
+
+def test_older_replicas_and_state_documents_still_work():
+    """A replica that does not count throttled candidates gets them expected from its throttle;
+    a state document from before this version (a field since dropped, new ones missing) loads."""
+    t0 = 1_000_000.0
+    pacer = Pacer(PacingSettings(), {"us-east": 1.0}, clock=lambda: t0)
+    pacer.put_flight(Flight("c", 60.0, t0, t0 + 600, curve="even"))
+    pacer.campaigns["c"].region("us-east", 0.2).throttle = 0.25
+    pacer.absorb(Report(region="us-east", replica="r1", ts=t0, opportunities={"c": 200}, blocked={"c": 40}), t0)
+    rp = pacer.campaigns["c"].regions["us-east"]
+    assert rp.throttled_tick == pytest.approx(160 * 0.75)
+    doc = pacer.to_dict()
+    for r in doc["campaigns"]["c"]["regions"].values():
+        r["err_prev"] = 0.3  # the PI's state, before the throttle was set forward
+        del r["spend_w"], r["unit"]
+    del doc["replicas"]["r1"]["throttled"]
+    again = Pacer(PacingSettings(), {"us-east": 1.0}, clock=lambda: t0)
+    again.load(doc)
+    assert again.campaigns["c"].regions["us-east"].throttle == 0.25
+    assert again.replicas["r1"].throttled == {}
 
 
 def test_control_out_of_reach_lets_leases_run_out():
@@ -259,6 +171,8 @@ def test_control_restart_resumes_from_redis(redis_srv):
         assert fresh.epoch > epoch_before
         assert {cid: cp.spent for cid, cp in fresh.pacer.campaigns.items()} == pytest.approx(spent_before)
         assert set(fresh.pacer.leases) == set(control.pacer.leases)
+        # The throttle's estimates (opportunity rates, spend per participation) come back whole.
+        assert fresh.pacer.to_dict() == control.pacer.to_dict()
         loop.control = fresh
         await loop.run(loop.start + loop.day_s + 15)
         return loop

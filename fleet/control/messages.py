@@ -20,6 +20,7 @@ class Report(msgspec.Struct, kw_only=True):
     reserved: dict[str, float] = {}  # campaign -> tentative spend held now (bids awaiting notices)
     opportunities: dict[str, int] = {}  # campaign -> eligible candidates seen, cumulative
     blocked: dict[str, int] = {}  # campaign -> candidates refused for want of lease, cumulative
+    throttled: dict[str, int] = {}  # campaign -> candidates the throttle left out, cumulative
     units: dict[str, float] = {}  # campaign -> the largest single reservation it asks for (max bid)
     heartbeat: dict[str, float] = {}  # requests, answered, errors, late, bids (deltas), interval_s
     stage_p99_ms: dict[str, float] = {}  # per stage, over the interval

@@ -1,15 +1,19 @@
-"""Budget pacing at the centre: flights, regional slices, leases, and a PI throttle.
+"""Budget pacing at the centre: flights, regional slices, leases, and a throttle.
 
 A campaign's flight budget follows its delivery curve. Each control interval the pacer sets,
 per campaign and region, the spend rate still needed (what is left, spread over what is left of
-the curve, so a campaign behind plan catches up gradually) times the region's share of the
-campaign's eligible opportunities. Replicas hold leases: the most they may newly commit until
-the lease expires. A lease covers the replica's reservations in flight plus its share of the
-plan for the next horizon, and never more than the budget minus what is spent and what other
-live leases may still commit, so spend can never pass the budget by construction. A PI
-controller on the spend-rate error sets a participation probability (throttle) per campaign and
-region, so a replica spreads its lease over the interval rather than spending it at once; a
-campaign that keeps exhausting its leases (hot) gets shorter ones.
+the curve, plus the gap between plan and spend to date closed over ``catchup_s``) times the
+region's share of the campaign's eligible opportunities. Replicas hold leases: the most they may
+newly commit until the lease expires. A lease covers the replica's reservations in flight plus
+its share of the plan for the next horizon, and never more than the budget minus what is spent
+and what other live leases may still commit, so spend can never pass the budget by construction.
+A participation probability (throttle) per campaign and region spreads a replica's lease over
+the interval rather than spending it at once. It is set forward from what is observed, the
+target rate over the eligible opportunity rate times the spend per participation, not walked
+there from a fixed start: the right value ranges over decades, and every interval spent on the
+way is an early overspend that stays in the spend to date. The gap to plan in the target is the
+feedback that corrects what the estimate misses. A campaign that keeps exhausting its leases
+(hot) gets shorter ones.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from fleet.control.curve import Curve
 from fleet.control.messages import Lease, Report
@@ -32,11 +36,13 @@ class PacingSettings:
     lease_horizon_s: float = 2.0  # plan covered by a lease (hot campaigns: half)
     headroom: float = 1.1  # over the plan, so a replica is not starved by rounding
     hold_s: float = 30.0  # a reservation without notice is released after this
-    kp: float = 0.5  # PI gains on the log of the throttle, per control interval
-    ki: float = 0.3
+    catchup_s: float = 10.0  # a gap between spend and plan to date is closed over about this long
     p_min: float = 0.0005
-    p_start: float = 0.2
+    p_start: float = 0.2  # before anything is known of the campaign's opportunities
     ewma: float = 0.3  # weight of the newest interval in opportunity rates
+    value_s: float = 30.0  # spend per participation is averaged over about this long
+    value_prior: float = 0.5  # spend per participation, as a share of the max bid, before any is seen
+    value_weight: float = 10.0  # a prior counts as this many participations
 
 
 @dataclass
@@ -76,14 +82,21 @@ class LeaseRec:
 @dataclass
 class RegionPace:
     throttle: float = 0.5
-    err_prev: float = 0.0
     opp_rate: float = 0.0  # eligible opportunities per second (EWMA)
     spend_tick: float = 0.0  # since the last tick
     opp_tick: int = 0
     blocked_tick: int = 0
+    throttled_tick: float = 0.0  # expected, where a replica does not count them
     target_rate: float = 0.0
     actual_rate: float = 0.0
     hot: bool = False
+    # Spend per participating opportunity: decayed sums of spend and of participations (each
+    # counted a tick late, as bills come after bids), and the largest bid asked (max bid).
+    spend_w: float = 0.0
+    part_w: float = 0.0
+    part_prev: float = 0.0
+    unit: float = 0.0
+    carried: bool = False  # the sums are from an earlier flight
 
 
 @dataclass
@@ -107,6 +120,7 @@ class ReplicaBook:
     spend: dict[str, float] = field(default_factory=dict)  # last cumulative totals seen
     opp: dict[str, int] = field(default_factory=dict)
     blocked: dict[str, int] = field(default_factory=dict)
+    throttled: dict[str, int] = field(default_factory=dict)
     opp_tick: dict[str, int] = field(default_factory=dict)
     opp_rate: dict[str, float] = field(default_factory=dict)
     last_seen: float = 0.0
@@ -143,8 +157,15 @@ class Pacer:
         else:
             if (f.start, f.end) != (cp.flight.start, cp.flight.end):  # a new flight starts at zero
                 cp.spent, cp.by_region = 0.0, {}
+                self._restart(cp)
             cp.flight = f
         return cp
+
+    def _restart(self, cp: CampaignPace) -> None:
+        """A new flight's controller starts afresh; what was learnt of the market stays (see
+        ``tick`` for spend per participation)."""
+        for rp in cp.regions.values():
+            rp.actual_rate, rp.carried = 0.0, True
 
     def roll_days(self, now: float) -> None:
         """A daily flight that ended starts the next UTC day with the same budget."""
@@ -156,6 +177,7 @@ class Pacer:
                 day = now - now % DAY_S
                 cp.flight = Flight(f.campaign, f.budget, day, day + DAY_S, f.curve, f.weights, f.paused, True)
                 cp.spent, cp.by_region = 0.0, {}
+                self._restart(cp)
 
     # -- reports and leases -------------------------------------------------------------
 
@@ -176,17 +198,22 @@ class Pacer:
             lease = self.leases.get(f"{cid}|{r.replica}")
             if lease is not None:
                 lease.used += d
-        for cid in r.opportunities:
+        blocked = {cid: int(_delta(r.blocked, book.blocked, cid)) for cid in r.blocked}
+        throttled = {cid: int(_delta(r.throttled, book.throttled, cid)) for cid in r.throttled}
+        for cid in r.opportunities:  # a candidate blocked or throttled was counted eligible first
             d = int(_delta(r.opportunities, book.opp, cid))
             book.opp_tick[cid] = book.opp_tick.get(cid, 0) + d
             cp = self.campaigns.get(cid)
-            if cp is not None:
-                cp.region(r.region, self.s.p_start).opp_tick += d
-        for cid in r.blocked:
-            d = int(_delta(r.blocked, book.blocked, cid))
-            cp = self.campaigns.get(cid)
-            if cp is not None:
-                cp.region(r.region, self.s.p_start).blocked_tick += d
+            if cp is None:
+                continue
+            rp = cp.region(r.region, self.s.p_start)
+            rp.opp_tick += d
+            rp.blocked_tick += blocked.get(cid, 0)
+            if r.throttled:
+                rp.throttled_tick += throttled.get(cid, 0)
+            else:  # a replica that does not count them (an older version): expected from the throttle
+                rp.throttled_tick += max(0, d - blocked.get(cid, 0)) * (1.0 - rp.throttle)
+            rp.unit = max(rp.unit, r.units.get(cid, 0.0))
 
     def _lead(self, f: Flight, now: float) -> float:
         return self.lead if f.end - now < 10 * self.s.interval_s else 0.0
@@ -223,7 +250,7 @@ class Pacer:
             rp = cp.region(r.region, self.s.p_start)
             horizon = self.s.lease_horizon_s * (0.5 if rp.hot else 1.0)
             remaining = max(0.0, f.budget - cp.spent)
-            need = remaining * f.shape().to_come(now + self._lead(f, now), horizon)
+            need = self._plan(cp, now, horizon)
             share = self._region_share(cp, r.region) * self._replica_share(cid, r.region, r.replica, now)
             want = r.reserved.get(cid, 0.0) + need * share * self.s.headroom
             # A lease smaller than a bid buys nothing, and bids in flight hold their whole price
@@ -242,36 +269,80 @@ class Pacer:
 
     # -- the control interval -----------------------------------------------------------
 
+    def _plan(self, cp: CampaignPace, now: float, horizon: float) -> float:
+        """What the campaign should spend over the next ``horizon``: its share of what is left
+        (the catch-up plan) plus the gap between plan and spend to date, closed over ``catchup_s``
+        (ahead, down to nothing; behind, up to twice the plan).
+        The catch-up plan alone spreads a gap over the rest of the flight, so an early excess or
+        shortfall would stay in the spend to date for most of it."""
+        f = cp.flight
+        t = max(now, f.start)
+        shape = f.shape()
+        remaining = max(0.0, f.budget - cp.spent)
+        gap = f.budget * shape.fraction(t) - cp.spent
+        plan = remaining * shape.to_come(t + self._lead(f, t), horizon)
+        # Behind, at most twice the plan: no burst after an outage (leases ran out, spend stopped).
+        return plan + max(-plan, min(plan, gap * horizon / self.s.catchup_s))
+
+    def _fleet_ratio(self) -> float:
+        """Spend per participation as a share of the max bid, over every campaign and region:
+        the prior for a campaign with little evidence of its own."""
+        spend = asked = 0.0
+        units = []
+        for cp in self.campaigns.values():
+            for rp in cp.regions.values():
+                if rp.unit > 0:
+                    spend, asked = spend + rp.spend_w, asked + rp.part_w * rp.unit
+                    units.append(rp.unit)
+        if not units:
+            return self.s.value_prior
+        w = self.s.value_weight * sum(units) / len(units)
+        return (spend + w * self.s.value_prior) / (asked + w)
+
     def tick(self, now: float, dt: float) -> None:
         self.roll_days(now)
         a = self.s.ewma
+        keep = math.exp(-dt / self.s.value_s)
         for book in self.replicas.values():
             for cid, n in book.opp_tick.items():
                 book.opp_rate[cid] = (1 - a) * book.opp_rate.get(cid, 0.0) + a * n / dt
             book.opp_tick = {}
+        w = self.s.value_weight
+        for cp in self.campaigns.values():
+            for rp in cp.regions.values():
+                rp.spend_w = keep * rp.spend_w + rp.spend_tick
+                rp.part_w = keep * rp.part_w + rp.part_prev
+                rp.part_prev = max(0, rp.opp_tick - rp.blocked_tick - rp.throttled_tick)
+                if rp.carried and now >= cp.flight.start:
+                    # A new flight keeps what a participation spent before only as a prior:
+                    # other campaigns' throttles changed with their flights too, and with them
+                    # what a participation wins. Cut at the start, once the last flight's bills are in.
+                    if rp.part_w > w:
+                        rp.spend_w, rp.part_w = rp.spend_w * w / rp.part_w, w
+                    rp.carried = False
+        ratio = self._fleet_ratio()
         for cid, cp in self.campaigns.items():
             f = cp.flight
-            active = not f.paused and f.start <= now < f.end
-            remaining = max(0.0, f.budget - cp.spent)
-            rate = remaining * f.shape().to_come(now + self._lead(f, now), dt) / dt if active else 0.0
+            # Steered from an interval before the start, so its first leases carry a throttle set for it.
+            steer = not f.paused and f.start - dt <= now < f.end
+            rate = self._plan(cp, now, dt) / dt if steer else 0.0
+            unit = max((rp.unit for rp in cp.regions.values()), default=0.0)
+            # Spend per participation: the campaign's own over all regions, shrunk towards the fleet's.
+            pooled = ((sum(rp.spend_w for rp in cp.regions.values()) + w * ratio * unit)
+                      / (sum(rp.part_w for rp in cp.regions.values()) + w))
             for name, rp in cp.regions.items():
                 rp.opp_rate = (1 - a) * rp.opp_rate + a * rp.opp_tick / dt
                 rp.target_rate = rate * self._region_share(cp, name)
-                # Spend per interval comes in whole impressions: steer on a smoothed rate.
-                rp.actual_rate = (1 - a) * rp.actual_rate + a * rp.spend_tick / dt
+                rp.actual_rate = (1 - a) * rp.actual_rate + a * rp.spend_tick / dt  # shown, and for hot
                 blocked = rp.blocked_tick / rp.opp_tick if rp.opp_tick else 0.0
                 rp.hot = blocked > 0.2 and rp.actual_rate >= rp.target_rate  # at plan, and wanting more
-                if active and rp.target_rate > 0:
-                    err = max(-1.0, min(1.0, (rp.target_rate - rp.actual_rate) / rp.target_rate))
-                    if err < 0:  # ahead of plan and running into the lease: space bids out more
-                        err -= blocked
-                    # PI in the log of the probability: the right throttle ranges over decades
-                    # (a small budget on abundant traffic needs 0.001, a starved one 1), and a
-                    # step should be a fraction of where it is, not a fixed amount.
-                    step = self.s.kp * (err - rp.err_prev) + self.s.ki * err
-                    rp.throttle = min(1.0, max(self.s.p_min, rp.throttle * math.exp(step)))
-                    rp.err_prev = err
-                rp.spend_tick, rp.opp_tick, rp.blocked_tick = 0.0, 0, 0
+                value = (rp.spend_w + w * pooled) / (rp.part_w + w)
+                if steer and value > 0 and rp.opp_rate > 0:
+                    # The share of eligible opportunities that spends the target: no walk from a
+                    # fixed start (the right value ranges over decades); the gap to plan in the
+                    # target is the feedback that corrects what the estimate misses.
+                    rp.throttle = min(1.0, max(self.s.p_min, rp.target_rate / (rp.opp_rate * value)))
+                rp.spend_tick, rp.opp_tick, rp.blocked_tick, rp.throttled_tick = 0.0, 0, 0, 0.0
         # Leases gone quiet are forgotten once their reservations have had time to settle.
         for key in [k for k, l in self.leases.items() if now > l.expires_at + self.s.hold_s]:
             del self.leases[key]
@@ -309,7 +380,14 @@ class Pacer:
     def load(self, doc: dict) -> None:
         for cid, c in doc.get("campaigns", {}).items():
             self.campaigns[cid] = CampaignPace(Flight(**c["flight"]), c["spent"], c["by_region"],
-                                               {n: RegionPace(**rp) for n, rp in c["regions"].items()},
+                                               {n: _known(RegionPace, rp) for n, rp in c["regions"].items()},
                                                c.get("days", []))
         self.leases = {k: LeaseRec(**l) for k, l in doc.get("leases", {}).items()}
-        self.replicas = {n: ReplicaBook(**b) for n, b in doc.get("replicas", {}).items()}
+        self.replicas = {n: _known(ReplicaBook, b) for n, b in doc.get("replicas", {}).items()}
+
+
+def _known(cls, d: dict):
+    """A dataclass from a stored document written by another version: fields it no longer has
+    are dropped, new ones take their defaults (a restart across a deploy must not fail)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})

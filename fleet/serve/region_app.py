@@ -202,7 +202,8 @@ class RegionIngress:
         self._lat_prev = snap
         return Report(region=self.region, replica=self.replica, ts=now, epoch=self.control_epoch,
                       spend=dict(b.spend), reserved={k: v for k, v in b.reserved.items() if v > 0},
-                      opportunities=dict(b.opportunities), blocked=dict(b.blocked), units=dict(b.units), heartbeat=beat,
+                      opportunities=dict(b.opportunities), blocked=dict(b.blocked), throttled=dict(b.throttled),
+                      units=dict(b.units), heartbeat=beat,
                       stage_p99_ms=p99, versions=self.bidder.take_versions(), model=self.user_model,
                       candidate=self.user_candidate)
 
