@@ -67,7 +67,8 @@ def write_bodies(region: str, n: int, seed: int = 11) -> Path:
 def _stage_counts(base: str, prefix: str | None) -> dict:
     if prefix is None:
         return {}
-    return httpx.get(f"{base}{prefix}/stats", timeout=5).json().get("latency", {})
+    stats = httpx.get(f"{base}{prefix}/stats", timeout=5).json()
+    return {**stats.get("latency", {}), **stats.get("loop_lag", {})}  # the loop's lag beside the stages
 
 
 def _late(base: str, prefix: str | None) -> int:

@@ -36,6 +36,7 @@ from fleet.config import resolve
 from fleet.ledger.emitter import EventEmitter
 from fleet.ledger.events import notice_event
 from fleet.ledger.signing import NoticeSigner
+from fleet.obs.histogram import StageHistograms
 from fleet.pipeline.bidder import Answer, RegionBidder
 from fleet.pipeline.deadline import now
 from fleet.pipeline.notices import NoticeCounter
@@ -113,6 +114,7 @@ class RegionIngress:
                 log.warning("cache shards of %s not ready yet (%s): lookups default until they are",
                             a.region, exc)
         self._background: list[asyncio.Task] | None = None  # started on the first request
+        self.loop_lag = StageHistograms()
         self.link = None
         self.canary = None  # remote pricing: (candidate version, share)
         self.tracer = None
@@ -325,7 +327,7 @@ class RegionIngress:
         if self._background is not None:
             return
         loop = asyncio.get_running_loop()
-        self._background = []
+        self._background = [loop.create_task(self._lag_loop())]
         if self.cache is not None:
             self._background.append(loop.create_task(self._features_loop()))
         if self.emitter is not None:
@@ -335,6 +337,17 @@ class RegionIngress:
         if self.link is not None:
             self._background.append(loop.create_task(self._control_loop()))
             self._background.append(loop.create_task(self._watch_loop()))
+
+    async def _lag_loop(self, every_s: float = 0.005) -> None:
+        """Event-loop lag: how late a short sleep wakes up. A request that awaits (enrichment)
+        resumes only after whatever else the loop runs meanwhile, so this is the floor under an
+        awaited stage's tail; beside the stage histograms it tells a slow dependency from a busy
+        replica."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(every_s)
+            self.loop_lag.observe("loop_lag", max(0.0, loop.time() - t0 - every_s))
 
     def _first_notice(self, notice) -> bool:
         """False for a notice this replica already saw (exchanges resend): publisher statistics
@@ -511,6 +524,7 @@ class RegionIngress:
         if path == "/stats":
             return _json_response(200, {"bidder": dict(self.bidder.stats), "notices": dict(self.notices.counts),
                                         "latency": self.bidder.latency.snapshot(),
+                                        "loop_lag": self.loop_lag.snapshot(),
                                         "cache": self.cache.summary() if self.cache is not None else None,
                                         "ledger": self.emitter.summary() if self.emitter is not None else None,
                                         "control": self._control_summary()})
