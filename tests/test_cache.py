@@ -267,3 +267,17 @@ def test_wire_round_trip_and_reconnect_after_a_shard_restart(redis_srv):
     p, p2 = run(go())
     assert p.freq == p2.freq and len(p.freq["c1"]) == 3
     assert p2.segments == ("seg-a",)
+
+
+def test_shard_reports_its_event_loop_lag():
+    """Lookups are answered on the shard's loop: its lag is in the shard's stats (the ingress's
+    /cache shows it per shard) to tell a busy shard from a slow network."""
+    async def run():
+        s = Shard("t", "s0", None)
+        s.start()
+        await asyncio.sleep(0.1)
+        lag = s.stats()["loop_lag"]["loop_lag"]
+        await s.close()
+        return lag
+
+    assert sum(asyncio.run(run())) >= 5

@@ -68,7 +68,13 @@ def _stage_counts(base: str, prefix: str | None) -> dict:
     if prefix is None:
         return {}
     stats = httpx.get(f"{base}{prefix}/stats", timeout=5).json()
-    return {**stats.get("latency", {}), **stats.get("loop_lag", {})}  # the loop's lag beside the stages
+    out = {**stats.get("latency", {}), **stats.get("loop_lag", {})}  # the loop's lag beside the stages
+    if stats.get("cache") is not None:  # and the cache shards' loops, where lookups are answered
+        shards = httpx.get(f"{base}{prefix}/cache", timeout=5).json().get("shards", [])
+        lags = [s["loop_lag"]["loop_lag"] for s in shards if s.get("loop_lag", {}).get("loop_lag")]
+        if lags:
+            out["shard_loop_lag"] = [sum(col) for col in zip(*lags)]
+    return out
 
 
 def _late(base: str, prefix: str | None) -> int:

@@ -28,6 +28,7 @@ from collections import deque
 
 from fleet.cache.ring import HashRing
 from fleet.cache.store import FreqEvent, Profile, PublisherStats, ShardStore
+from fleet.obs.histogram import StageHistograms, watch_loop_lag
 
 log = logging.getLogger("fleet.cache")
 
@@ -78,6 +79,7 @@ class Shard:
         self._closed: asyncio.Event | None = None
         self.counts = dict(lookups=0, keys=0, hits=0, misses=0, fills=0, fill_errors=0, writes=0,
                            acked=0, dropped=0, age_sum=0.0, age_max=0.0)
+        self.loop_lag = StageHistograms()  # lookups are answered on this loop: its lag is their floor
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -86,7 +88,8 @@ class Shard:
         if not self._tasks and self._closed is None:
             self._closed = asyncio.Event()
             loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._flush_loop()), loop.create_task(self._refresh_loop())]
+            self._tasks = [loop.create_task(self._flush_loop()), loop.create_task(self._refresh_loop()),
+                           loop.create_task(watch_loop_lag(self.loop_lag))]
 
     async def close(self) -> None:
         # A flag as well as cancel(): a cancellation that lands inside the Redis client can be
@@ -331,4 +334,4 @@ class Shard:
         c["hit_rate"] = c["hits"] / c["keys"] if c["keys"] else 0.0
         return {"shard": self.name, "region": self.region, "users": len(self.store.users),
                 "pending": len(self.queue), "redis": ("up" if self.redis_up else "down") if self.redis else "none",
-                "delay_s": self.delay_s, **c}
+                "delay_s": self.delay_s, "loop_lag": self.loop_lag.snapshot(), **c}

@@ -61,3 +61,19 @@ def summary(counts: dict[str, list[int]]) -> dict[str, dict]:
 
 def _ms(s: float | None) -> float | None:
     return None if s is None else round(s * 1000.0, 4)
+
+
+async def watch_loop_lag(hist: StageHistograms, every_s: float = 0.005, name: str = "loop_lag") -> None:
+    """Record the running event loop's lag (how late a short sleep wakes) into ``hist`` forever.
+
+    Anything that awaits on a loop resumes only after whatever else that loop runs meanwhile, so
+    this is the floor under an awaited stage's tail: beside the stage histograms it tells a slow
+    dependency from a busy process.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    while True:
+        t0 = loop.time()
+        await asyncio.sleep(every_s)
+        hist.observe(name, max(0.0, loop.time() - t0 - every_s))

@@ -36,7 +36,7 @@ from fleet.config import resolve
 from fleet.ledger.emitter import EventEmitter
 from fleet.ledger.events import notice_event
 from fleet.ledger.signing import NoticeSigner
-from fleet.obs.histogram import StageHistograms
+from fleet.obs.histogram import StageHistograms, watch_loop_lag
 from fleet.pipeline.bidder import Answer, RegionBidder
 from fleet.pipeline.deadline import now
 from fleet.pipeline.notices import NoticeCounter
@@ -327,7 +327,7 @@ class RegionIngress:
         if self._background is not None:
             return
         loop = asyncio.get_running_loop()
-        self._background = [loop.create_task(self._lag_loop())]
+        self._background = [loop.create_task(watch_loop_lag(self.loop_lag))]  # beside the stages in /stats
         if self.cache is not None:
             self._background.append(loop.create_task(self._features_loop()))
         if self.emitter is not None:
@@ -337,17 +337,6 @@ class RegionIngress:
         if self.link is not None:
             self._background.append(loop.create_task(self._control_loop()))
             self._background.append(loop.create_task(self._watch_loop()))
-
-    async def _lag_loop(self, every_s: float = 0.005) -> None:
-        """Event-loop lag: how late a short sleep wakes up. A request that awaits (enrichment)
-        resumes only after whatever else the loop runs meanwhile, so this is the floor under an
-        awaited stage's tail; beside the stage histograms it tells a slow dependency from a busy
-        replica."""
-        loop = asyncio.get_running_loop()
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(every_s)
-            self.loop_lag.observe("loop_lag", max(0.0, loop.time() - t0 - every_s))
 
     def _first_notice(self, notice) -> bool:
         """False for a notice this replica already saw (exchanges resend): publisher statistics
