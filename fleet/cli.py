@@ -67,9 +67,12 @@ def deploy(config_path: str, dashboard: str, timeout: float = 120.0) -> None:
         time.sleep(2.0)
 
 
+def _is_region(app: dict) -> bool:
+    return app["import_path"].startswith("fleet.serve.region_app")
+
+
 def _regions_of(cfg: dict) -> dict[str, str]:
-    return {app["name"]: app["route_prefix"] for app in cfg["applications"]
-            if app["import_path"].startswith("fleet.serve.region_app")}
+    return {app["name"]: app["route_prefix"] for app in cfg["applications"] if _is_region(app)}
 
 
 def _control_of(cfg: dict) -> str | None:
@@ -86,7 +89,7 @@ def generated_config(cfg: dict, catalog: str | None, n_nodes: int) -> dict:
         args = app.setdefault("args", {})
         if catalog:
             args["catalog"] = catalog
-        if n_nodes > 1 and app["import_path"].startswith("fleet.serve.region_app"):
+        if n_nodes > 1 and _is_region(app):
             args["region_resource"] = True
         if n_nodes > 1 and app["import_path"].startswith("fleet.serve.control_app"):
             args["head"] = True
@@ -121,8 +124,7 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
     if n_nodes > 1 and os.environ.get("RAY_ADDRESS"):
         raise click.ClickException("--nodes starts a local cluster: unset RAY_ADDRESS, or add nodes to yours")
     cfg = _serve_config(config_path)
-    layout = nodes.plan([a["args"]["region"] for a in cfg["applications"]
-                         if a["import_path"].startswith("fleet.serve.region_app")], n_nodes)
+    layout = nodes.plan([a["args"]["region"] for a in cfg["applications"] if _is_region(a)], n_nodes)
     if catalog or n_nodes > 1:
         # The same applications, changed: deployed from a generated copy of the file.
         cfg = generated_config(cfg, catalog, n_nodes)

@@ -36,15 +36,21 @@ def _bodies(n=200):
     return [json.dumps(f.request()).encode() for _ in range(n)]
 
 
-def test_a_degraded_request_is_traced_with_its_degradation(bidder):
-    exp = InMemorySpanExporter()
-    tracer = RequestTracer("us-east", "t", rate=0.0, exporter=exp, batch=False)
+def _trace_degraded(bidder, tracer: RequestTracer, n: int) -> int:
+    """``n`` bids priced by a broken model (every one degraded) through ``tracer``; how many it kept."""
     bidder.scorer = Broken()
     kept = 0
-    for body in _bodies(60):
+    for body in _bodies(n):
         t0 = now()
         a = bidder.bid(body)
         kept += tracer.record(a, t0, {}, a.dl)
+    return kept
+
+
+def test_a_degraded_request_is_traced_with_its_degradation(bidder):
+    exp = InMemorySpanExporter()
+    tracer = RequestTracer("us-east", "t", rate=0.0, exporter=exp, batch=False)
+    kept = _trace_degraded(bidder, tracer, 60)
     spans = exp.get_finished_spans()
     roots = [s for s in spans if s.name == "bid"]
     assert kept == len(roots) > 0
@@ -115,12 +121,7 @@ def test_traces_go_over_otlp_when_an_endpoint_is_set(bidder, monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     try:
         tracer = RequestTracer("us-east", "t", rate=0.0)
-        bidder.scorer = Broken()
-        kept = 0
-        for body in _bodies(30):
-            t0 = now()
-            a = bidder.bid(body)
-            kept += tracer.record(a, t0, {}, a.dl)
+        kept = _trace_degraded(bidder, tracer, 30)
         tracer.shutdown()  # flushes the batch
     finally:
         server.shutdown()

@@ -173,18 +173,15 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
                   name="bench-noop", route_prefix="/bench-noop", blocking=False)
         targets = {"noop": ("/bench-noop", None)}
         prefixes = [spec.route_prefix]
-        if compare_cache:
-            nocache = f"{spec.route_prefix}-nocache"
-            serve.run(region_app.build_app(RegionAppArgs(region=region, model=model, cache=False)),
-                      name=f"bench-{region}-nocache", route_prefix=nocache, blocking=False)
-            targets[f"{region} without cache"] = (nocache, nocache)
-            prefixes.append(nocache)
-        if compare_telemetry:
-            quiet = f"{spec.route_prefix}-notelemetry"
-            serve.run(region_app.build_app(RegionAppArgs(region=region, model=model, telemetry=False)),
-                      name=f"bench-{region}-notelemetry", route_prefix=quiet, blocking=False)
-            targets[f"{region} without telemetry"] = (quiet, quiet)
-            prefixes.append(quiet)
+        # The region without one part, measured the same way in the same run (the comparison).
+        for wanted, part in ((compare_cache, "cache"), (compare_telemetry, "telemetry")):
+            if not wanted:
+                continue
+            prefix = f"{spec.route_prefix}-no{part}"
+            serve.run(region_app.build_app(RegionAppArgs(region=region, model=model, **{part: False})),
+                      name=f"bench-{region}-no{part}", route_prefix=prefix, blocking=False)
+            targets[f"{region} without {part}"] = (prefix, prefix)
+            prefixes.append(prefix)
         targets[region] = (spec.route_prefix, spec.route_prefix)
         base = f"http://127.0.0.1:{port}"
         if not wait_ready(base, prefixes, 180):
