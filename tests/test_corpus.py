@@ -80,7 +80,7 @@ def test_stats_report_the_event_loop_lag(fleet_http):
     from fleet.obs.histogram import quantile
 
     first = httpx.get(f"{fleet_http}/us-east/stats").json()["loop_lag"].get("loop_lag", [])
-    time.sleep(0.5)  # the monitor samples every 5 ms
+    time.sleep(0.5)  # the monitor samples every 20 ms
     lag = httpx.get(f"{fleet_http}/us-east/stats").json()["loop_lag"]["loop_lag"]
     assert sum(lag) > sum(first) + 10
     assert quantile(lag, 0.5) is not None and quantile(lag, 0.5) < 1.0  # seconds: a live loop

@@ -18,6 +18,16 @@ def bench() -> None:
     """Benchmarks (results in bench/results/, summary in docs/benchmarks.md)."""
 
 
+@bench.command("loop-lag")
+@click.option("--seconds", default=4.0, show_default=True)
+@click.option("--rounds", default=3, show_default=True)
+def bench_loop_lag(seconds: float, rounds: int) -> None:
+    """What the event-loop lag monitor costs the process it watches (bench/results/loop-lag.json)."""
+    from fleet.bench.looplag import run_looplag
+
+    run_looplag(RESULTS / "loop-lag.json", seconds, rounds, log=click.echo)
+
+
 @bench.command("pacing")
 @click.option("--requests", default=3_000, show_default=True)
 @click.option("--rounds", default=6, show_default=True)

@@ -7,6 +7,7 @@ Buckets are log-spaced, 20 per decade from 10 us to 10 s, so a quantile is known
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 
 PER_DECADE = 20
@@ -63,15 +64,15 @@ def _ms(s: float | None) -> float | None:
     return None if s is None else round(s * 1000.0, 4)
 
 
-async def watch_loop_lag(hist: StageHistograms, every_s: float = 0.005, name: str = "loop_lag") -> None:
+async def watch_loop_lag(hist: StageHistograms, every_s: float = 0.02, name: str = "loop_lag") -> None:
     """Record the running event loop's lag (how late a short sleep wakes) into ``hist`` forever.
 
     Anything that awaits on a loop resumes only after whatever else that loop runs meanwhile, so
     this is the floor under an awaited stage's tail: beside the stage histograms it tells a slow
-    dependency from a busy process.
+    dependency from a busy process. Every 20 ms, not 5: on this box a wake-up of an idle process
+    costs ~150 us of CPU (4% of a core at 5 ms, for every shard and ingress); 50 samples a second
+    still give a 4 s benchmark step its p99 (docs/benchmarks.md, loop lag).
     """
-    import asyncio
-
     loop = asyncio.get_running_loop()
     while True:
         t0 = loop.time()
