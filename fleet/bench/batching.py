@@ -32,9 +32,11 @@ def bare_rows_per_s(scorer, X: np.ndarray, rows_per_call: int, seconds: float) -
 
 
 async def served_rows_per_s(handle, X: np.ndarray, callers: int, seconds: float,
-                            micro: bool = False) -> tuple[float, float]:
+                            micro: bool = False, in_flight: int = 1) -> tuple[float, float]:
     """(rows/s, nominal rows per model call) with ``callers`` concurrent request loops; with
-    ``micro`` the callers share handle calls through the ingress's micro-batcher."""
+    ``micro`` the callers share handle calls through the ingress's micro-batcher, whose calls
+    carry ``callers / in_flight`` callers' rows, so ``in_flight`` calls are under way at once (as
+    when several ingress replicas, or one busy one, feed the deployment)."""
     parts = [np.ascontiguousarray(np.resize(X[i:], (ROWS_PER_CALLER, X.shape[1])), dtype=np.float32)
              for i in range(callers)]
     done = 0
@@ -44,7 +46,7 @@ async def served_rows_per_s(handle, X: np.ndarray, callers: int, seconds: float,
     if micro:
         from fleet.serve.microbatch import MicroBatcher
 
-        call = MicroBatcher(lambda rows: handle.remote(rows), max_rows=ROWS_PER_CALLER * callers)
+        call = MicroBatcher(lambda rows: handle.remote(rows), max_rows=ROWS_PER_CALLER * callers // in_flight)
 
     async def loop(part):
         nonlocal done
@@ -55,7 +57,7 @@ async def served_rows_per_s(handle, X: np.ndarray, callers: int, seconds: float,
     await asyncio.gather(*(handle.remote(p) for p in parts[:4]))  # warm-up
     t0 = time.perf_counter()
     await asyncio.gather(*(loop(p) for p in parts))
-    return done / (time.perf_counter() - t0), float(ROWS_PER_CALLER * callers)
+    return done / (time.perf_counter() - t0), float(ROWS_PER_CALLER * callers // (in_flight if micro else 1))
 
 
 def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=print,
@@ -89,9 +91,10 @@ def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=pri
         bare = load_scorer(model, backend, threads=1)
         log(f"  bare session: {bare.backend} {getattr(bare, 'providers', [])}")
         replica = None
-        for max_batch, micro, callers in ((1, False, 1), (16, False, 16), (64, False, 64), (256, False, 256),
-                                          (1, True, 256), (16, True, 256), (1, True, 1024)):
-            app = Inference.options(name="inference", max_ongoing_requests=max(256, callers),
+        for max_batch, micro, callers, in_flight in (
+                (1, False, 1, 1), (16, False, 16, 1), (64, False, 64, 1), (256, False, 256, 1),
+                (1, True, 256, 1), (1, True, 512, 2), (16, True, 256, 1), (1, True, 1024, 1), (1, True, 2048, 2)):
+            app = Inference.options(name="inference", max_ongoing_requests=max(512, callers),
                                     ray_actor_options={"num_cpus": 0, "num_gpus": num_gpus},
                                     user_config={"max_batch_size": max_batch, "batch_wait_timeout_s": 0.002}
                                     ).bind({"backend": backend, "threads": 1})
@@ -101,7 +104,8 @@ def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=pri
                 h = serve.get_app_handle("bench-inference").options(multiplexed_model_id=model)
                 try:
                     loaded = await h.describe.remote()
-                    return loaded, await served_rows_per_s(h, X, callers=callers, seconds=seconds, micro=micro)
+                    return loaded, await served_rows_per_s(h, X, callers=callers, seconds=seconds, micro=micro,
+                                                           in_flight=in_flight)
                 finally:
                     from ray.serve.context import _get_global_client
 
@@ -113,10 +117,11 @@ def run_batching(model: str, out: Path, port: int, seconds: float = 4.0, log=pri
                 replica = loaded
             ref = bare_rows_per_s(bare, X, int(rows_per_call), seconds)
             row = {"max_batch_size": max_batch, "caller_micro_batching": micro, "callers": callers,
+                   "calls_in_flight": in_flight,
                    "rows_per_call": int(rows_per_call),
                    "served_rows_per_s": round(served, 1), "bare_rows_per_s": round(ref, 1),
                    "ratio": round(served / ref, 3)}
-            log(f"  batch {max_batch:>4}{' +micro' if micro else '       '} x {ROWS_PER_CALLER} rows: served {served:>10,.0f} rows/s  "
+            log(f"  batch {max_batch:>4}{' +micro' if micro else '       '} x {ROWS_PER_CALLER} rows, {in_flight} in flight: served {served:>10,.0f} rows/s  "
                 f"bare ORT {ref:>10,.0f} rows/s  ratio {served / ref:.2f}")
             rows.append(row)
     finally:

@@ -71,9 +71,10 @@ def _stage_counts(base: str, prefix: str | None) -> dict:
     out = {**stats.get("latency", {}), **stats.get("loop_lag", {})}  # the loop's lag beside the stages
     if stats.get("cache") is not None:  # and the cache shards' loops, where lookups are answered
         shards = httpx.get(f"{base}{prefix}/cache", timeout=5).json().get("shards", [])
-        lags = [s["loop_lag"]["loop_lag"] for s in shards if s.get("loop_lag", {}).get("loop_lag")]
-        if lags:
-            out["shard_loop_lag"] = [sum(col) for col in zip(*lags)]
+        for key in ("loop_lag", "gc0", "gc1", "gc2"):  # summed over the shards
+            lags = [s["loop_lag"][key] for s in shards if s.get("loop_lag", {}).get(key)]
+            if lags:
+                out[f"shard_{key}"] = [sum(col) for col in zip(*lags)]
     return out
 
 
@@ -144,6 +145,14 @@ def find_capacity(run_step, start: float, factor: float = 1.4, refine: int = 3,
     return capacity, steps
 
 
+def collector_pauses(counts: dict[str, list[int]]) -> dict[str, dict]:
+    """The garbage collector's pauses over a whole run, by generation (the ingress's ``gc0``..
+    and the shards' ``shard_gc0``..): count, p50 and the largest (bucket bound)."""
+    return {k: {"n": sum(v), "p50_ms": histogram._ms(histogram.quantile(v, 0.5)),
+                "max_ms": histogram._ms(histogram.quantile(v, 1.0))}
+            for k, v in sorted(counts.items()) if k.startswith(("gc", "shard_gc")) and sum(v)}
+
+
 def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_ms: float,
                  step_s: float, connections: int, start_rate: float, out: Path, log=print,
                  meta: dict | None = None) -> dict:
@@ -164,6 +173,7 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
             def step(rate, _url=url, _sp=stats_prefix):
                 return wrk_step(wrk, _url, bodies, rate, step_s, connections, base, _sp, slo_ms)
 
+            first = _stage_counts(base, stats_prefix)
             step(start_rate)  # warm-up, not recorded
             capacity, steps = find_capacity(step, start_rate, log=log)
             before = _stage_counts(base, stats_prefix)
@@ -176,11 +186,15 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
             sat = step(float("inf"))  # closed loop, no pacing: the saturation throughput
             log(f"  saturation (closed loop, {connections} connections): {sat.achieved:.0f}/s  "
                 f"p50 {sat.p50_ms:.2f} ms  p99 {sat.p99_ms:.2f} ms")
+            pauses = collector_pauses(histogram.delta(_stage_counts(base, stats_prefix), first))
+            for name, st in pauses.items():
+                log(f"  whole run {name:<9} n={st['n']}  p50 {st['p50_ms']} ms  max {st['max_ms']} ms")
             results[label] = {
                 "capacity_rps": capacity,
                 "saturation_rps": sat.achieved,
                 "half_load": asdict(half) if half else None,
                 "half_load_stages": stages,
+                "collector_pauses": pauses,
                 "steps": [asdict(s) for s in steps],
             }
     finally:

@@ -28,6 +28,17 @@ def bench_loop_lag(seconds: float, rounds: int) -> None:
     run_looplag(RESULTS / "loop-lag.json", seconds, rounds, log=click.echo)
 
 
+@bench.command("gc")
+@click.option("--requests", default=20_000, show_default=True)
+@click.option("--rounds", default=3, show_default=True)
+def bench_gc(requests: int, rounds: int) -> None:
+    """A full garbage collection in a serving process, start-up heap frozen against not
+    (bench/results/gc.json)."""
+    from fleet.bench.gcpause import run_gc_bench
+
+    run_gc_bench(RESULTS / "gc.json", requests, rounds, log=click.echo)
+
+
 @bench.command("pacing")
 @click.option("--requests", default=3_000, show_default=True)
 @click.option("--rounds", default=6, show_default=True)

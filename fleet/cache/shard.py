@@ -28,7 +28,7 @@ from collections import deque
 
 from fleet.cache.ring import HashRing
 from fleet.cache.store import FreqEvent, Profile, PublisherStats, ShardStore
-from fleet.obs.histogram import StageHistograms, watch_loop_lag
+from fleet.obs.histogram import StageHistograms, watch_gc, watch_loop_lag
 
 log = logging.getLogger("fleet.cache")
 
@@ -90,6 +90,7 @@ class Shard:
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._flush_loop()), loop.create_task(self._refresh_loop()),
                            loop.create_task(watch_loop_lag(self.loop_lag))]
+            watch_gc(self.loop_lag)
 
     async def close(self) -> None:
         # A flag as well as cancel(): a cancellation that lands inside the Redis client can be

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
+import time
 
 PER_DECADE = 20
 BOUNDS_S = [10 ** (-5 + i / PER_DECADE) for i in range(6 * PER_DECADE + 1)]  # upper bounds
@@ -78,3 +80,22 @@ async def watch_loop_lag(hist: StageHistograms, every_s: float = 0.02, name: str
         t0 = loop.time()
         await asyncio.sleep(every_s)
         hist.observe(name, max(0.0, loop.time() - t0 - every_s))
+
+
+def watch_gc(hist: StageHistograms) -> None:
+    """Record every garbage collection's pause into ``hist`` as ``gc0``/``gc1``/``gc2`` (by
+    generation). A collection stops the whole process, event loop included, so a pause shows in
+    the loop's lag and in every awaited stage; recorded beside them, it says whether a tail is the
+    collector's. Once per process: later calls with another ``hist`` are ignored."""
+    if any(getattr(cb, "_fleet_gc", False) for cb in gc.callbacks):
+        return
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            hist.observe(f"gc{info['generation']}", time.perf_counter() - started[0])
+
+    on_gc._fleet_gc = True  # type: ignore[attr-defined]
+    gc.callbacks.append(on_gc)

@@ -15,6 +15,7 @@ import ray
 from fleet.cache import wire
 from fleet.cache.shard import Shard
 from fleet.cache.store import FreqEvent
+from fleet.runtime.heap import freeze_startup_heap
 
 NAMESPACE = "fleet-cache"
 
@@ -28,6 +29,7 @@ class CacheShard:
     def __init__(self, region: str, name: str, redis_url: str | None, shards: list[str], options: dict):
         self.shard = Shard(region, name, redis_url, shards=shards, **options)
         self.server = None
+        freeze_startup_heap()
 
     async def address(self) -> tuple[str, int]:
         """Where the hot-path socket listens (started on first ask)."""

@@ -9,13 +9,18 @@ longer than its pricing budget (``fleet.serve.region_app``).
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from ray import serve
 
 from fleet.ml.features import N_FEATURES
 from fleet.ml.scorer import Scorer, load_scorer
+from fleet.runtime.heap import freeze_startup_heap
 
 DEFAULT_BATCH = {"max_batch_size": 256, "batch_wait_timeout_s": 0.0005}
+CONCURRENT_BATCHES = 2  # one batch on the model thread while the next is gathered or the last answered
 
 
 def split_rows(scorer: Scorer, parts: list[np.ndarray]) -> list[np.ndarray]:
@@ -25,12 +30,18 @@ def split_rows(scorer: Scorer, parts: list[np.ndarray]) -> list[np.ndarray]:
     return list(np.split(np.asarray(out), np.cumsum(sizes)[:-1]))
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
 class Inference:
     def __init__(self, args: dict | None = None):
         args = args or {}
         self.backend = args.get("backend", "auto")
         self.threads = int(args.get("threads", 1))
+        # The model runs on one thread of its own, off the event loop: while it scores one batch
+        # the loop takes in (deserialises) the next and sends back the last, so batches overlap
+        # their transport with the model instead of queueing behind it. One thread keeps model
+        # calls in order and the pinned thread count true.
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        freeze_startup_heap()
 
     def reconfigure(self, config: dict) -> None:
         cfg = {**DEFAULT_BATCH, **(config or {})}
@@ -43,16 +54,18 @@ class Inference:
         scorer.predict(np.zeros((1, N_FEATURES), np.float32))  # warm up before first use
         return scorer
 
-    @serve.batch(**DEFAULT_BATCH)
+    @serve.batch(**DEFAULT_BATCH, max_concurrent_batches=CONCURRENT_BATCHES)
     async def score(self, items: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
         # A batch may mix versions during a canary: one model call per version.
         out: list[np.ndarray | None] = [None] * len(items)
         by_model: dict[str, list[int]] = {}
         for i, (model_id, _) in enumerate(items):
             by_model.setdefault(model_id, []).append(i)
+        loop = asyncio.get_running_loop()
         for model_id, idx in by_model.items():
             scorer = await self.get_model(model_id)
-            for i, res in zip(idx, split_rows(scorer, [items[i][1] for i in idx])):
+            parts = await loop.run_in_executor(self.model_thread, split_rows, scorer, [items[i][1] for i in idx])
+            for i, res in zip(idx, parts):
                 out[i] = res
         return out
 

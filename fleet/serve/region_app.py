@@ -36,8 +36,9 @@ from fleet.config import resolve
 from fleet.ledger.emitter import EventEmitter
 from fleet.ledger.events import notice_event
 from fleet.ledger.signing import NoticeSigner
-from fleet.obs.histogram import StageHistograms, watch_loop_lag
+from fleet.obs.histogram import StageHistograms, watch_gc, watch_loop_lag
 from fleet.pipeline.bidder import Answer, RegionBidder
+from fleet.runtime.heap import freeze_startup_heap
 from fleet.pipeline.deadline import now
 from fleet.pipeline.notices import NoticeCounter
 from fleet.runtime.placement import region_resources
@@ -153,6 +154,7 @@ class RegionIngress:
                     a.region, redis_url, ls.expire_s,
                     config.regions[a.region].cache_shards if cache.enabled else None, cache.shard_options(),
                     self.resources)
+        freeze_startup_heap()  # last: everything above lives as long as the replica
 
     def _start_control(self, a: RegionAppArgs, config) -> None:
         """Spend under control's leases, report to it, apply its pushes (see module docstring)."""
@@ -328,6 +330,7 @@ class RegionIngress:
             return
         loop = asyncio.get_running_loop()
         self._background = [loop.create_task(watch_loop_lag(self.loop_lag))]  # beside the stages in /stats
+        watch_gc(self.loop_lag)
         if self.cache is not None:
             self._background.append(loop.create_task(self._features_loop()))
         if self.emitter is not None:
