@@ -5,7 +5,8 @@ Each variant runs in a fresh interpreter that imports what a region replica impo
 numpy, ONNX Runtime, the bid path), builds the region's bidder, optionally freezes, then serves
 bid requests in-process while a ``gc.callbacks`` hook times every collection; at the end one full
 collection is timed directly. The reference is the same process without the freeze, same run,
-rounds interleaved.
+rounds interleaved. (Serve already freezes its replicas' start-up heap; the figure is why the
+cache shards, plain actors on the request path, do it too.)
 """
 
 from __future__ import annotations

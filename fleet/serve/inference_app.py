@@ -17,7 +17,6 @@ from ray import serve
 
 from fleet.ml.features import N_FEATURES
 from fleet.ml.scorer import Scorer, load_scorer
-from fleet.runtime.heap import freeze_startup_heap
 
 DEFAULT_BATCH = {"max_batch_size": 256, "batch_wait_timeout_s": 0.0005}
 CONCURRENT_BATCHES = 2  # one batch on the model thread while the next is gathered or the last answered
@@ -41,7 +40,6 @@ class Inference:
         # their transport with the model instead of queueing behind it. One thread keeps model
         # calls in order and the pinned thread count true.
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
-        freeze_startup_heap()
 
     def reconfigure(self, config: dict) -> None:
         cfg = {**DEFAULT_BATCH, **(config or {})}

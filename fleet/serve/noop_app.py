@@ -10,14 +10,9 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fleet.runtime.heap import freeze_startup_heap
-
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 class Noop:
-    def __init__(self):
-        freeze_startup_heap()  # as the region's replicas do: the ceiling without collector pauses
-
     async def __call__(self, request: Request) -> Response:
         await request.body()
         return Response(b"", status_code=204)

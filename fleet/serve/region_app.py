@@ -38,7 +38,6 @@ from fleet.ledger.events import notice_event
 from fleet.ledger.signing import NoticeSigner
 from fleet.obs.histogram import StageHistograms, watch_gc, watch_loop_lag
 from fleet.pipeline.bidder import Answer, RegionBidder
-from fleet.runtime.heap import freeze_startup_heap
 from fleet.pipeline.deadline import now
 from fleet.pipeline.notices import NoticeCounter
 from fleet.runtime.placement import region_resources
@@ -154,7 +153,6 @@ class RegionIngress:
                     a.region, redis_url, ls.expire_s,
                     config.regions[a.region].cache_shards if cache.enabled else None, cache.shard_options(),
                     self.resources)
-        freeze_startup_heap()  # last: everything above lives as long as the replica
 
     def _start_control(self, a: RegionAppArgs, config) -> None:
         """Spend under control's leases, report to it, apply its pushes (see module docstring)."""
@@ -331,6 +329,10 @@ class RegionIngress:
         loop = asyncio.get_running_loop()
         self._background = [loop.create_task(watch_loop_lag(self.loop_lag))]  # beside the stages in /stats
         watch_gc(self.loop_lag)
+        slow_ms = os.environ.get("FLEET_SLOW_CALLBACK_MS")
+        if slow_ms:  # diagnosis: asyncio's debug mode logs every callback that holds the loop longer
+            loop.set_debug(True)
+            loop.slow_callback_duration = float(slow_ms) / 1000.0
         if self.cache is not None:
             self._background.append(loop.create_task(self._features_loop()))
         if self.emitter is not None:
