@@ -63,6 +63,29 @@ def test_find_capacity_survives_one_noisy_step():
     assert cap >= 800
 
 
+def test_capacity_rounds_alternate_the_comparison_order_and_report_medians(tmp_path, monkeypatch):
+    from fleet.bench import capacity
+
+    orders, caps = [], iter([(1000, 500, 450), (900, 400, 420), (1100, 600, 480)])
+    monkeypatch.setattr(capacity, "ensure_wrk", lambda: "wrk")
+    monkeypatch.setattr(capacity, "write_bodies", lambda region, n: tmp_path / "bodies")
+
+    def one_round(wrk, bodies, base, targets, *a):
+        orders.append(list(targets))
+        figures = dict(zip(("noop", "without", "with"), next(caps)))
+        return {k: {"capacity_rps": float(figures[k]), "saturation_rps": 2.0 * figures[k], "half_load_stages": {}}
+                for k in targets}
+
+    monkeypatch.setattr(capacity, "_one_round", one_round)
+    targets = {"noop": ("/n", None), "without": ("/w", "/w"), "with": ("/c", "/c")}
+    doc = capacity.run_capacity("http://x", targets, "us-east", slo_ms=15, step_s=1, connections=1, start_rate=1,
+                                out=tmp_path / "out.json", log=lambda *_: None, rounds=3)
+    assert orders == [["noop", "without", "with"], ["noop", "with", "without"], ["noop", "without", "with"]]
+    assert doc["results"]["with"]["capacity_rps"] == 450 and doc["results"]["without"]["capacity_rps"] == 500
+    assert len(doc["results"]["with"]["rounds"]) == 3
+    assert [r["with"] for r in doc["ratios_per_round"]] == [0.45, round(420 / 900, 3), round(480 / 1100, 3)]
+
+
 def test_bench_bodies_are_valid_requests_once_an_id_is_set():
     path = write_bodies("eu-west", 50)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -153,53 +154,41 @@ def collector_pauses(counts: dict[str, list[int]]) -> dict[str, dict]:
             for k, v in sorted(counts.items()) if k.startswith(("gc", "shard_gc")) and sum(v)}
 
 
+def _median_round(runs: list[dict]) -> dict:
+    """One target's figures over rounds: the round of median capacity, with the medians of
+    capacity and saturation and every round kept under ``rounds``."""
+    if len(runs) == 1:
+        return runs[0]
+    mid = sorted(runs, key=lambda r: r["capacity_rps"])[len(runs) // 2]
+    return {**mid, "capacity_rps": statistics.median(r["capacity_rps"] for r in runs),
+            "saturation_rps": statistics.median(r["saturation_rps"] for r in runs), "rounds": runs}
+
+
 def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_ms: float,
                  step_s: float, connections: int, start_rate: float, out: Path, log=print,
-                 meta: dict | None = None) -> dict:
+                 meta: dict | None = None, rounds: int = 1) -> dict:
     """``targets``: label -> (route prefix, prefix whose /stats counts late answers, or None).
 
     The first target is the reference (the noop app), the last the system under test; any in
     between are measured the same way (a variant to compare with, e.g. the region without its
-    cache).
+    cache). With ``rounds`` > 1 every target is measured that many times, the order of the
+    non-reference targets reversed every other round so drift hits both alike; each target's
+    figures are the medians, and the ratios of each round are kept (``ratios_per_round``).
     """
     wrk = ensure_wrk()
     bodies = write_bodies(region, 4000)
-    results: dict = {}
+    per_round: list[dict] = []
+    labels = list(targets)
     try:
-        for label, (prefix, stats_prefix) in targets.items():
-            url = f"{base}{prefix}/openrtb2/bid"
-            log(f"{label}: {url}")
-
-            def step(rate, _url=url, _sp=stats_prefix):
-                return wrk_step(wrk, _url, bodies, rate, step_s, connections, base, _sp, slo_ms)
-
-            first = _stage_counts(base, stats_prefix)
-            step(start_rate)  # warm-up, not recorded
-            capacity, steps = find_capacity(step, start_rate, log=log)
-            before = _stage_counts(base, stats_prefix)
-            half = step(capacity / 2) if capacity else None
-            stages = histogram.summary(histogram.delta(_stage_counts(base, stats_prefix), before))
-            if half is not None:
-                log(f"  at 50% ({capacity / 2:.0f}/s): p50 {half.p50_ms:.2f} ms  p99 {half.p99_ms:.2f} ms")
-                for name, st in stages.items():
-                    log(f"    stage {name:<11} p50 {st['p50_ms']} ms  p99 {st['p99_ms']} ms  (n={st['n']})")
-            sat = step(float("inf"))  # closed loop, no pacing: the saturation throughput
-            log(f"  saturation (closed loop, {connections} connections): {sat.achieved:.0f}/s  "
-                f"p50 {sat.p50_ms:.2f} ms  p99 {sat.p99_ms:.2f} ms")
-            pauses = collector_pauses(histogram.delta(_stage_counts(base, stats_prefix), first))
-            for name, st in pauses.items():
-                log(f"  whole run {name:<9} n={st['n']}  p50 {st['p50_ms']} ms  max {st['max_ms']} ms")
-            results[label] = {
-                "capacity_rps": capacity,
-                "saturation_rps": sat.achieved,
-                "half_load": asdict(half) if half else None,
-                "half_load_stages": stages,
-                "collector_pauses": pauses,
-                "steps": [asdict(s) for s in steps],
-            }
+        for rnd in range(rounds):
+            order = labels[:1] + (labels[1:] if rnd % 2 == 0 else labels[:0:-1])
+            if rounds > 1:
+                log(f"round {rnd + 1} of {rounds}")
+            per_round.append(_one_round(wrk, bodies, base, {k: targets[k] for k in order}, slo_ms, step_s,
+                                        connections, start_rate, log))
     finally:
         bodies.unlink(missing_ok=True)
-    labels = list(targets)
+    results = {k: _median_round([r[k] for r in per_round]) for k in labels}
     ref, sut = results[labels[0]], results[labels[-1]]
     doc = {
         "benchmark": "capacity",
@@ -207,15 +196,56 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count()},
         "method": {"generator": "wrk -t1 paced by delay()", "connections": connections,
-                   "step_s": step_s, "slo_p99_ms": slo_ms, "pass": "achieved>=90% offered, p99<=SLO, 0 errors, 0 late"},
+                   "step_s": step_s, "slo_p99_ms": slo_ms, "pass": "achieved>=90% offered, p99<=SLO, 0 errors, 0 late",
+                   "rounds": rounds},
         "reference": labels[0],
         "results": results,
         "ratio_capacity": round(sut["capacity_rps"] / ref["capacity_rps"], 3) if ref["capacity_rps"] else None,
         "ratio_saturation": round(sut["saturation_rps"] / ref["saturation_rps"], 3),
         "ratios_capacity": {k: round(v["capacity_rps"] / ref["capacity_rps"], 3) if ref["capacity_rps"] else None
                             for k, v in results.items()},
+        **({"ratios_per_round": [{k: round(r[k]["capacity_rps"] / r[labels[0]]["capacity_rps"], 3)
+                                  if r[labels[0]]["capacity_rps"] else None for k in labels} for r in per_round]}
+           if rounds > 1 else {}),
         **(meta or {}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
     return doc
+
+
+def _one_round(wrk, bodies, base: str, targets: dict, slo_ms: float, step_s: float, connections: int,
+               start_rate: float, log) -> dict:
+    results: dict = {}
+    for label, (prefix, stats_prefix) in targets.items():
+        url = f"{base}{prefix}/openrtb2/bid"
+        log(f"{label}: {url}")
+
+        def step(rate, _url=url, _sp=stats_prefix):
+            return wrk_step(wrk, _url, bodies, rate, step_s, connections, base, _sp, slo_ms)
+
+        first = _stage_counts(base, stats_prefix)
+        step(start_rate)  # warm-up, not recorded
+        capacity, steps = find_capacity(step, start_rate, log=log)
+        before = _stage_counts(base, stats_prefix)
+        half = step(capacity / 2) if capacity else None
+        stages = histogram.summary(histogram.delta(_stage_counts(base, stats_prefix), before))
+        if half is not None:
+            log(f"  at 50% ({capacity / 2:.0f}/s): p50 {half.p50_ms:.2f} ms  p99 {half.p99_ms:.2f} ms")
+            for name, st in stages.items():
+                log(f"    stage {name:<11} p50 {st['p50_ms']} ms  p99 {st['p99_ms']} ms  (n={st['n']})")
+        sat = step(float("inf"))  # closed loop, no pacing: the saturation throughput
+        log(f"  saturation (closed loop, {connections} connections): {sat.achieved:.0f}/s  "
+            f"p50 {sat.p50_ms:.2f} ms  p99 {sat.p99_ms:.2f} ms")
+        pauses = collector_pauses(histogram.delta(_stage_counts(base, stats_prefix), first))
+        for name, st in pauses.items():
+            log(f"  whole run {name:<9} n={st['n']}  p50 {st['p50_ms']} ms  max {st['max_ms']} ms")
+        results[label] = {
+            "capacity_rps": capacity,
+            "saturation_rps": sat.achieved,
+            "half_load": asdict(half) if half else None,
+            "half_load_stages": stages,
+            "collector_pauses": pauses,
+            "steps": [asdict(s) for s in steps],
+        }
+    return results

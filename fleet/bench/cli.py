@@ -153,8 +153,10 @@ def bench_ledger(region, requests):
               help="Also measure the region without its cache shards (enrichment from the request only).")
 @click.option("--compare-telemetry/--no-compare-telemetry", default=False, show_default=True,
               help="Also measure the region without tracing and metrics (telemetry off).")
+@click.option("--rounds", default=1, show_default=True,
+              help="Measure every app this many times, comparison order alternating; report medians.")
 def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model, compare_cache,
-                   compare_telemetry=False):
+                   compare_telemetry=False, rounds=1):
     """One region's capacity against a no-op Serve app, same ingress, same wrk, same run.
 
     Starts its own local Ray (HAProxy ingress, throughput settings) with the region (its cache
@@ -213,13 +215,17 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
         doc = run_capacity(
             base, targets, region, slo_ms=slo_ms, step_s=step_s, connections=connections, start_rate=start_rate,
             out=RESULTS / f"capacity-{region}{suffix}.json",
-            log=click.echo, meta={"pricing": f"model:{model}" if model else "rule"},
+            log=click.echo, meta={"pricing": f"model:{model}" if model else "rule"}, rounds=rounds,
         )
         if compare_cache:
             r = doc["results"]
-            ratio = r[region]["capacity_rps"] / r[f"{region} without cache"]["capacity_rps"]
+            without = r[f"{region} without cache"]["capacity_rps"]
+            ratio = r[region]["capacity_rps"] / without if without else float("nan")
             click.echo(f"capacity with cache / without: {ratio:.3f}; enrichment p99 at half load: "
                        f"{r[region]['half_load_stages'].get('enrichment', {}).get('p99_ms')} ms")
+            for i, rr in enumerate(doc.get("ratios_per_round", [])):
+                c, n = rr.get(region), rr.get(f"{region} without cache")
+                click.echo(f"  round {i + 1}: with cache / without {c / n:.3f}" if c and n else f"  round {i + 1}: -")
         if compare_telemetry:
             r = doc["results"]
             ratio = r[region]["capacity_rps"] / r[f"{region} without telemetry"]["capacity_rps"]
