@@ -269,6 +269,77 @@ def test_wire_round_trip_and_reconnect_after_a_shard_restart(redis_srv):
     assert p2.segments == ("seg-a",)
 
 
+def test_wire_callback_lookups_connect_first_then_answer_from_the_reader_and_fail_on_loss():
+    from fleet.cache import wire
+
+    async def go():
+        shard = Shard("r", "s0", None)
+        await shard.record([ev("cb1", 1)])
+        await shard.lookup(["cb1"])  # a first lookup misses and fills in the background
+        await asyncio.sleep(0.1)
+        server = await wire.serve(shard)
+        addr = server.sockets[0].getsockname()[:2]
+
+        async def resolve():
+            return addr
+
+        client = wire.WireClient(resolve, retry_s=0.0)
+        loop = asyncio.get_running_loop()
+        answers: list = []
+        first = loop.create_future()
+        client.lookup_start(["cb1", "nobody"], first.set_result)  # not connected: connects first
+        answers.append(await first)
+        second = loop.create_future()
+        client.lookup_start(["cb1"], second.set_result)  # connected: sent at once
+        assert client._live() is not None and len(client._live().pending) == 1
+        answers.append(await second)
+        # the shard is slowed, the connection drops with the answer outstanding: the caller
+        # hears of it (a ConnectionError), it is not left waiting
+        shard.delay_s = 5.0
+        third = loop.create_future()
+        client.lookup_start(["cb1"], third.set_result)
+        client.close()
+        lost = await asyncio.wait_for(third, 2)
+        server.close()
+        await shard.close()
+        return answers, lost
+
+    (a1, a2), lost = run(go())
+    assert a1[0].freq["c1"] and a1[1] is None and a2[0].freq == a1[0].freq
+    assert isinstance(lost, ConnectionError)
+
+
+def test_wire_frames_are_cut_out_of_any_chunking_and_bad_input_closes_the_connection():
+    from fleet.cache import wire
+
+    class Transport:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    class Collect(wire._Frames):
+        def __init__(self):
+            super().__init__()
+            self.got = []
+            self.transport = Transport()
+
+        def message(self, msg):
+            self.got.append(msg)
+
+    stream = b"".join(wire._frame([i, "lookup", [f"u{i}"] * i]) for i in range(5))
+    for cut in (1, 3, 4, 7, len(stream)):  # frames split anywhere, several in one chunk
+        c = Collect()
+        for k in range(0, len(stream), cut):
+            c.data_received(stream[k:k + cut])
+        assert c.got == [[i, "lookup", [f"u{i}"] * i] for i in range(5)] and not c.buf
+    oversize = Collect()
+    oversize.data_received(wire._len.pack(wire.MAX_FRAME + 1))
+    garbage = Collect()
+    garbage.data_received(wire._len.pack(3) + b"\xc1\xc1\xc1")  # 0xc1: never valid msgpack
+    assert oversize.transport.closed and garbage.transport.closed and not garbage.got
+
+
 def test_shard_reports_its_event_loop_lag():
     """Lookups are answered on the shard's loop: its lag is in the shard's stats (the ingress's
     /cache shows it per shard) to tell a busy shard from a slow network."""

@@ -41,7 +41,9 @@ def test_collector_pauses_are_recorded_by_generation_once_per_process():
     from fleet.obs.histogram import watch_gc
 
     h, other = StageHistograms(), StageHistograms()
-    before = [cb for cb in gc.callbacks]
+    before = list(gc.callbacks)
+    # an earlier test in this process may have started a replica's watcher: start from none
+    gc.callbacks[:] = [cb for cb in before if not getattr(cb, "_fleet_gc", False)]
     try:
         watch_gc(h)
         watch_gc(other)  # a second watcher in the same process is ignored: one hook per process

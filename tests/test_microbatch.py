@@ -80,3 +80,36 @@ def test_a_waiter_that_gives_up_does_not_disturb_the_others():
     impatient, patient = _run(main())
     assert isinstance(impatient, asyncio.TimeoutError)
     assert np.array_equal(patient, np.ones(3))
+
+
+def test_callback_senders_batch_one_loop_turn_and_answer_in_the_reading_callback():
+    """``start``: the batch leaves in a plain callback of the next loop turn, full batches at
+    once, and the waiters are answered inside the callback that delivers the result (no task)."""
+    from fleet.serve.microbatch import join_lists
+
+    calls: list[list] = []
+    answer_later: list = []
+
+    def start(keys, done):
+        calls.append(keys)
+        answer_later.append((keys, done))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        b = MicroBatcher(None, window_s=0.0, max_rows=3, join=join_lists, coerce=list, start=start)
+        futs = [b.submit([k]) for k in "ab"]
+        assert calls == []  # not yet: the rest of this loop turn may add to the batch
+        await asyncio.sleep(0)
+        assert calls == [["a", "b"]]
+        full = [b.submit([k]) for k in "cde"]  # a full batch leaves at once
+        assert calls[-1] == ["c", "d", "e"]
+        keys, done = answer_later[0]
+        loop.call_soon(done, [k.upper() for k in keys])  # as a protocol's data_received would
+        await asyncio.sleep(0)
+        assert [f.result() for f in futs] == [["A"], ["B"]]  # set in that very callback
+        answer_later[1][1](RuntimeError("shard gone"))
+        errors = [f.exception() for f in full]
+        return errors
+
+    errors = _run(main())
+    assert all(isinstance(e, RuntimeError) for e in errors)

@@ -93,8 +93,10 @@ class CacheClient:
     def _batcher(self, shard: str) -> MicroBatcher:
         b = self.batchers.get(shard)
         if b is None:
-            b = self.batchers[shard] = MicroBatcher(_call(self.shards[shard], "lookup"), window_s=self.window_s,
-                                                    max_rows=256, join=join_lists, coerce=list)
+            target = self.shards[shard]
+            b = self.batchers[shard] = MicroBatcher(_call(target, "lookup"), window_s=self.window_s,
+                                                    max_rows=256, join=join_lists, coerce=list,
+                                                    start=getattr(target, "lookup_start", None))
         return b
 
     # -- writes -------------------------------------------------------------------------

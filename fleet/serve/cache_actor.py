@@ -84,6 +84,9 @@ class RemoteShard:
     async def lookup(self, users: list[str]):
         return await self.wire.lookup(users)
 
+    def lookup_start(self, users: list[str], done) -> None:
+        self.wire.lookup_start(users, done)
+
     async def record(self, events: list[FreqEvent]) -> dict:
         return await self.wire.record(events)
 

@@ -25,8 +25,15 @@ def join_lists(parts: list) -> list:
 class MicroBatcher:
     def __init__(self, send: Callable[[Any], Awaitable[Any]], *,
                  window_s: float = 0.0005, max_rows: int = 1024,
-                 join: Callable[[list], Any] = np.concatenate, coerce: Callable[[Any], Any] = np.asarray):
+                 join: Callable[[list], Any] = np.concatenate, coerce: Callable[[Any], Any] = np.asarray,
+                 start: Callable[[Any, Callable[[Any], None]], None] | None = None):
+        """``start``, when given and there is no window, is a callback-style ``send``:
+        ``start(rows, done)`` sends and calls ``done(result or exception)`` once, from whatever
+        callback reads the answer. Then a batch leaves in a plain callback of the next loop turn
+        and its answer reaches the waiters in the callback that read it, so a lookup passes the
+        event loop's ready queue twice (send, answer) instead of four times through tasks."""
         self.send = send
+        self.start = start if window_s <= 0 else None
         self.join = join
         self.coerce = coerce
         self.window_s = window_s
@@ -45,12 +52,32 @@ class MicroBatcher:
         fut = asyncio.get_running_loop().create_future()
         self._parts.append((rows, fut))
         self._rows += len(rows)
-        if len(self._parts) == 1:
+        if self.start is not None:
+            if len(self._parts) == 1:
+                asyncio.get_running_loop().call_soon(self._flush_now)
+            elif self._rows >= self.max_rows:
+                self._flush_now()
+        elif len(self._parts) == 1:
             self._full = asyncio.Event()
             asyncio.get_running_loop().create_task(self._flush_later(self._full))
         elif self._rows >= self.max_rows and self._full is not None:
             self._full.set()
         return fut
+
+    def _take(self) -> list:
+        parts, self._parts, self._rows, self._full = self._parts, [], 0, None
+        if parts:
+            self.calls += 1
+        return parts
+
+    def _flush_now(self) -> None:
+        parts = self._take()
+        if not parts:  # flushed early, when full
+            return
+        try:
+            self.start(self.join([p for p, _ in parts]), lambda res: self._deliver(parts, res))
+        except Exception as exc:
+            self._deliver(parts, exc)
 
     async def _flush_later(self, full: asyncio.Event) -> None:
         if self.window_s <= 0:
@@ -60,17 +87,28 @@ class MicroBatcher:
                 await asyncio.wait_for(full.wait(), self.window_s)
             except asyncio.TimeoutError:
                 pass
-        parts, self._parts, self._rows, self._full = self._parts, [], 0, None
-        self.calls += 1
+        parts = self._take()
         try:
-            out = self.coerce(await self.send(self.join([p for p, _ in parts])))
+            res = await self.send(self.join([p for p, _ in parts]))
         except BaseException as exc:  # every waiter learns of the failure, none hangs
+            res = exc
+        self._deliver(parts, res)
+
+    def _deliver(self, parts: list, res) -> None:
+        """Each waiter its own slice of ``res``, or the exception ``res`` is."""
+        if not isinstance(res, BaseException):
+            try:
+                res = self.coerce(res)
+            except Exception as exc:
+                res = exc
+        if isinstance(res, BaseException):
+            err = res if isinstance(res, Exception) else RuntimeError(repr(res))
             for _, fut in parts:
                 if not fut.done():
-                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+                    fut.set_exception(err)
             return
         start = 0
         for rows, fut in parts:
             if not fut.done():  # a waiter that timed out has gone; its slice is dropped
-                fut.set_result(out[start:start + len(rows)])
+                fut.set_result(res[start:start + len(rows)])
             start += len(rows)
