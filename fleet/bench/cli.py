@@ -39,6 +39,19 @@ def bench_gc(requests: int, rounds: int) -> None:
     run_gc_bench(RESULTS / "gc.json", requests, rounds, log=click.echo)
 
 
+@bench.command("lookups")
+@click.option("--rate", default=600.0, show_default=True, help="Requests a second on the one loop.")
+@click.option("--cpu-us", default=600.0, show_default=True, help="CPU per request around its lookup.")
+@click.option("--seconds", default=4.0, show_default=True)
+@click.option("--rounds", default=4, show_default=True)
+def bench_lookups(rate: float, cpu_us: float, seconds: float, rounds: int) -> None:
+    """A cache lookup's round trip from a busy loop: callbacks against a task per batch
+    (bench/results/lookups.json)."""
+    from fleet.bench.lookups import run_lookup_bench
+
+    run_lookup_bench(RESULTS / "lookups.json", rate, seconds, rounds, cpu_us, log=click.echo)
+
+
 @bench.command("pacing")
 @click.option("--requests", default=3_000, show_default=True)
 @click.option("--rounds", default=6, show_default=True)
