@@ -224,14 +224,13 @@ def _one_round(wrk, bodies, base: str, targets: dict, slo_ms: float, step_s: flo
         url = f"{base}{prefix}/openrtb2/bid"
         log(f"{label}: {url}")
 
-        def step(rate, _url=url, _sp=stats_prefix):
-            return wrk_step(wrk, _url, bodies, rate, step_s, connections, base, _sp, slo_ms)
+        def step(rate, seconds=step_s, _url=url, _sp=stats_prefix):
+            return wrk_step(wrk, _url, bodies, rate, seconds, connections, base, _sp, slo_ms)
 
         first = _stage_counts(base, stats_prefix)
         # Warm-up, not recorded: one pass over every body, so a region with a cache is measured
         # with its users looked up once (its steady state), not while every lookup is a first miss.
-        wrk_step(wrk, url, bodies, start_rate, max(step_s, BODIES / start_rate), connections, base,
-                 stats_prefix, slo_ms)
+        step(start_rate, max(step_s, BODIES / start_rate))
         capacity, steps = find_capacity(step, start_rate, log=log)
         before = _stage_counts(base, stats_prefix)
         half = step(capacity / 2) if capacity else None

@@ -148,18 +148,19 @@ class _ClientSide(_Frames):
         rid, ok, res = msg
         reply = self.pending.pop(rid, None)
         if reply is not None:
-            try:
-                reply(ok, res)
-            except Exception:  # one caller's bug must not stop the frames behind it
-                log.exception("shard answer handler failed")
+            _hand(reply, ok, res)
 
     def connection_lost(self, exc) -> None:
         pending, self.pending = self.pending, {}
         for reply in pending.values():
-            try:
-                reply(False, ConnectionError("shard connection lost"))
-            except Exception:
-                log.exception("shard answer handler failed")
+            _hand(reply, False, ConnectionError("shard connection lost"))
+
+
+def _hand(reply, ok: bool, res) -> None:
+    try:
+        reply(ok, res)
+    except Exception:  # one caller's bug must not stop the frames behind it, or the others' failures
+        log.exception("shard answer handler failed")
 
 
 class WireClient:
