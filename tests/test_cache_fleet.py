@@ -261,7 +261,11 @@ def test_redis_outage_under_load_loses_no_event_and_no_count(fleet_http, redis_s
     r = redis_server.client()
     missing = [e for e in expected if not r.exists(f"fleet:{REGION}:ledger:seen:{e}")]
     assert emitted >= len(expected) > 100 and missing == []
-    assert runner["applied"] - runner0["applied"] >= len(expected)
+    # the runner processed them: applied now, or already claimed when an attempt whose reply
+    # was lost (Redis ran the scripts, the client timed out) is read again
+    if runner["pid"] == runner0["pid"]:
+        processed = (runner["applied"] + runner["duplicates"]) - (runner0["applied"] + runner0["duplicates"])
+        assert processed >= len(expected), (runner0, runner)
     wins = winners(results)
     assert len(wins) > 20
     assert missing_in_redis(redis_server, wins) == []

@@ -218,6 +218,54 @@ def test_a_consumer_killed_mid_stream_loses_and_doubles_nothing(redis_srv, tmp_p
     assert r.xinfo_groups(stream_key(REGION))[0]["pending"] == 0
 
 
+def test_a_reply_lost_after_redis_applied_counts_nothing_twice(redis_srv, tmp_path):
+    """The consumer's pipeline runs in Redis but its reply is lost (a client timeout): the
+    entries stay pending, are read again, and every event comes back as already claimed."""
+    events, notices, signer = bid_run(200, seed=8)
+    evs = events + notice_events(notices, signer)
+    clean_url = redis_srv.url.replace("/0", "/4")
+    clean = run(emit_and_consume(clean_url, evs, tmp_path / "clean.bin"))
+
+    async def go():
+        em = EventEmitter(REGION, redis_srv.url, tmp_path / "e.bin")
+        em.emit_many(evs)
+        await em.close()
+        c = LedgerConsumer(REGION, redis_srv.url, expire_s=3600)
+        real_pipeline, lost = c.redis.pipeline, []
+
+        def pipeline(*a, **kw):
+            pipe = real_pipeline(*a, **kw)
+            execute = pipe.execute
+
+            async def execute_and_lose_reply():
+                out = await execute()
+                if not lost:
+                    lost.append(len(out))
+                    raise TimeoutError("reply lost")
+                return out
+            pipe.execute = execute_and_lose_reply
+            return pipe
+
+        c.redis.pipeline = pipeline
+        stop = asyncio.Event()
+        task = asyncio.create_task(c.run(stop))
+        end = time.monotonic() + 30
+        while (not lost or await c.lag() != 0) and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        await c.close()
+        return c, lost[0]
+
+    c, lost_events = run(go())
+    assert c.failed_steps == 1 and lost_events > 0
+    assert ledger_state(redis_srv.url) == ledger_state(clean_url)
+    assert c.applied == clean.applied - lost_events
+    # the lost attempt counted nothing; its redelivery counts every event once, as claimed
+    assert c.applied + c.duplicates == clean.applied + clean.duplicates
+    assert redis_lib.Redis.from_url(redis_srv.url).xinfo_groups(stream_key(REGION))[0]["pending"] == 0
+
+
 def test_unanswered_bids_expire_and_release_their_reservation(redis_srv, tmp_path):
     async def go():
         em = EventEmitter(REGION, redis_srv.url, tmp_path / "x.bin")

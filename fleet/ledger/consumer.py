@@ -155,7 +155,10 @@ class LedgerConsumer:
         self._script = self.redis.register_script(APPLY)
         self._backlog = True  # start with our own pending entries
         self.applied = 0
+        # events already claimed: replayed notices, and the redelivery of entries whose
+        # earlier attempt failed after Redis ran its scripts (a reply lost to a timeout)
         self.duplicates = 0
+        self.failed_steps = 0  # attempts that raised; their entries are read again
 
     async def ensure_group(self) -> None:
         try:
@@ -270,6 +273,7 @@ class LedgerConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: wait and go on; unacked entries stay pending
+                self.failed_steps += 1
                 log.warning("ledger consumer %s: %s", self.region, exc)
                 self._backlog = True
                 await asyncio.sleep(0.5)

@@ -51,6 +51,7 @@ class LedgerRunner:
 
     async def stats(self) -> dict:
         return {"region": self.region, "applied": self.consumer.applied, "duplicates": self.consumer.duplicates,
+                "failed_steps": self.consumer.failed_steps,
                 "lag": await self.consumer.lag(), "pid": os.getpid(),
                 "running": self.task is not None and not self.task.done(),
                 "cache": self.cache.summary() if self.cache else None}
