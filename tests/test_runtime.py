@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -73,17 +76,56 @@ def test_capacity_rounds_alternate_the_comparison_order_and_report_medians(tmp_p
     def one_round(wrk, bodies, base, targets, *a):
         orders.append(list(targets))
         figures = dict(zip(("noop", "without", "with"), next(caps)))
-        return {k: {"capacity_rps": float(figures[k]), "saturation_rps": 2.0 * figures[k], "half_load_stages": {}}
+        # CPU per request by role: the app's replica and, with the cache, a shard
+        return {k: {"capacity_rps": float(figures[k]), "saturation_rps": 2.0 * figures[k], "half_load_stages": {},
+                    "cpu_us_per_request": {"saturation": {f"ServeReplica:app-{k}:Region": 1e6 / figures[k],
+                                                          **({"CacheShard": 50.0} if k == "with" else {})}}}
                 for k in targets}
 
     monkeypatch.setattr(capacity, "_one_round", one_round)
     targets = {"noop": ("/n", None), "without": ("/w", "/w"), "with": ("/c", "/c")}
     doc = capacity.run_capacity("http://x", targets, "us-east", slo_ms=15, step_s=1, connections=1, start_rate=1,
-                                out=tmp_path / "out.json", log=lambda *_: None, rounds=3)
+                                out=tmp_path / "out.json", log=lambda *_: None, rounds=3,
+                                apps={k: f"app-{k}" for k in targets})
     assert orders == [["noop", "without", "with"], ["noop", "with", "without"], ["noop", "without", "with"]]
     assert doc["results"]["with"]["capacity_rps"] == 450 and doc["results"]["without"]["capacity_rps"] == 500
     assert len(doc["results"]["with"]["rounds"]) == 3
     assert [r["with"] for r in doc["ratios_per_round"]] == [0.45, round(420 / 900, 3), round(480 / 1100, 3)]
+    # CPU per request: the median over rounds per role; the ingress is the app's own replicas
+    with_cpu = doc["cpu_per_request"]["with"]["saturation"]
+    assert with_cpu["ingress_us"] == round(1e6 / 450, 1) and with_cpu["total_us"] == round(1e6 / 450 + 50.0, 1)
+    assert doc["cpu_per_request"]["without"]["saturation"] == {"ingress_us": 2000.0, "total_us": 2000.0}
+    assert json.loads((tmp_path / "out.json").read_text())["cpu_per_request"] == doc["cpu_per_request"]
+
+
+def test_cpu_roles_from_ray_titles_and_executables():
+    from fleet.bench.cpu import role_of
+
+    assert role_of(["ray::CacheShard.lookup"], "python") == "CacheShard"
+    assert role_of(["ray::ServeReplica:bench-us-east:Region"], "python") == "ServeReplica:bench-us-east:Region"
+    assert role_of(["/usr/bin/redis-server", "127.0.0.1:6390"], "redis-server") == "redis-server"
+    assert role_of(["/x/bin/python3", "-u", "/x/ray/dashboard/agent.py", "--x"], "python3") == "python:agent.py"
+    assert role_of([], "raylet") == "raylet"
+
+
+def test_cpu_per_request_counts_what_a_process_burned_between_snapshots(tmp_path):
+    """A child that burns ~0.3 s of CPU between two snapshots shows under its role, per request."""
+    from fleet.bench import cpu
+
+    script = tmp_path / "burn.py"
+    script.write_text("import sys, time\nend = time.process_time() + 0.3\nwhile time.process_time() < end:\n"
+                      "    pass\nprint('done', flush=True)\nsys.stdin.read()\n")
+    before = cpu.snapshot()
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "done"
+        by_role = cpu.per_request(before, cpu.snapshot(), requests=100)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert 2_900 <= by_role["python:burn.py"] <= 5_000  # 0.3 s over 100 requests, plus start-up
+    assert cpu.total({"wrk": 5.0, **by_role}) == cpu.total(by_role)
+    assert cpu.per_request(before, before, requests=0) == {}
 
 
 def test_bench_bodies_are_valid_requests_once_an_id_is_set():

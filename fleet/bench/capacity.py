@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from fleet.bench import cpu
 from fleet.obs import histogram
 
 from fleet.sim.traffic import RequestFactory
@@ -41,6 +42,7 @@ class Step:
     errors: int
     late: int
     passed: bool
+    requests: int = 0
 
 
 def ensure_wrk() -> str:
@@ -104,7 +106,7 @@ def wrk_step(wrk: str, url: str, bodies: Path, rate: float, seconds: float, conn
     errors = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["status_errors"] + r["timeouts"]
     p99 = r["p99_us"] / 1000.0
     passed = achieved >= 0.9 * rate and p99 <= slo_ms and errors == 0 and late == 0
-    return Step(rate, round(achieved, 1), r["p50_us"] / 1000.0, p99, errors, late, passed)
+    return Step(rate, round(achieved, 1), r["p50_us"] / 1000.0, p99, errors, late, passed, int(r["requests"]))
 
 
 def describe(s: Step) -> str:
@@ -157,19 +159,37 @@ def collector_pauses(counts: dict[str, list[int]]) -> dict[str, dict]:
             for k, v in sorted(counts.items()) if k.startswith(("gc", "shard_gc")) and sum(v)}
 
 
+def cpu_summary(results: dict, apps: dict[str, str]) -> dict:
+    """Per target and phase: the CPU per request of its own app's replicas (``ingress_us``)
+    and of every process but the load generator (``total_us``). ``apps``: label -> Serve app."""
+    out = {}
+    for label, res in results.items():
+        phases = res.get("cpu_us_per_request")
+        if phases and label in apps:
+            out[label] = {ph: {"ingress_us": cpu.app_share(by_role, apps[label]), "total_us": cpu.total(by_role)}
+                          for ph, by_role in phases.items()}
+    return out
+
+
 def _median_round(runs: list[dict]) -> dict:
     """One target's figures over rounds: the round of median capacity, with the medians of
     capacity and saturation and every round kept under ``rounds``."""
     if len(runs) == 1:
         return runs[0]
     mid = sorted(runs, key=lambda r: r["capacity_rps"])[len(runs) // 2]
-    return {**mid, "capacity_rps": statistics.median(r["capacity_rps"] for r in runs),
-            "saturation_rps": statistics.median(r["saturation_rps"] for r in runs), "rounds": runs}
+    out = {**mid, "capacity_rps": statistics.median(r["capacity_rps"] for r in runs),
+           "saturation_rps": statistics.median(r["saturation_rps"] for r in runs), "rounds": runs}
+    if all("cpu_us_per_request" in r for r in runs):  # per role and phase, the median over rounds
+        out["cpu_us_per_request"] = {
+            phase: cpu.ranked({role: statistics.median(r["cpu_us_per_request"][phase].get(role, 0.0) for r in runs)
+                               for role in {k for r in runs for k in r["cpu_us_per_request"][phase]}})
+            for phase in runs[0]["cpu_us_per_request"]}
+    return out
 
 
 def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_ms: float,
                  step_s: float, connections: int, start_rate: float, out: Path, log=print,
-                 meta: dict | None = None, rounds: int = 1) -> dict:
+                 meta: dict | None = None, rounds: int = 1, apps: dict[str, str] | None = None) -> dict:
     """``targets``: label -> (route prefix, prefix whose /stats counts late answers, or None).
 
     The first target is the reference (the noop app), the last the system under test; any in
@@ -177,6 +197,8 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
     cache). With ``rounds`` > 1 every target is measured that many times, the order of the
     non-reference targets reversed every other round so drift hits both alike; each target's
     figures are the medians, and the ratios of each round are kept (``ratios_per_round``).
+    ``apps`` (label -> Serve app name) names whose replicas are each target's ingress, for the
+    CPU per request summary (``cpu_per_request``).
     """
     wrk = ensure_wrk()
     bodies = write_bodies(region, BODIES)
@@ -210,6 +232,7 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
         **({"ratios_per_round": [{k: round(r[k]["capacity_rps"] / r[labels[0]]["capacity_rps"], 3)
                                   if r[labels[0]]["capacity_rps"] else None for k in labels} for r in per_round]}
            if rounds > 1 else {}),
+        "cpu_per_request": cpu_summary(results, apps or {}),
         **(meta or {}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -227,21 +250,30 @@ def _one_round(wrk, bodies, base: str, targets: dict, slo_ms: float, step_s: flo
         def step(rate, seconds=step_s, _url=url, _sp=stats_prefix):
             return wrk_step(wrk, _url, bodies, rate, seconds, connections, base, _sp, slo_ms)
 
+        def step_cpu(rate):
+            """A step with the CPU each request took, by process role."""
+            before = cpu.snapshot()
+            s = step(rate)
+            return s, cpu.per_request(before, cpu.snapshot(), s.requests)
+
         first = _stage_counts(base, stats_prefix)
         # Warm-up, not recorded: one pass over every body, so a region with a cache is measured
         # with its users looked up once (its steady state), not while every lookup is a first miss.
         step(start_rate, max(step_s, BODIES / start_rate))
         capacity, steps = find_capacity(step, start_rate, log=log)
         before = _stage_counts(base, stats_prefix)
-        half = step(capacity / 2) if capacity else None
+        half, half_cpu = step_cpu(capacity / 2) if capacity else (None, {})
         stages = histogram.summary(histogram.delta(_stage_counts(base, stats_prefix), before))
         if half is not None:
             log(f"  at 50% ({capacity / 2:.0f}/s): p50 {half.p50_ms:.2f} ms  p99 {half.p99_ms:.2f} ms")
             for name, st in stages.items():
                 log(f"    stage {name:<11} p50 {st['p50_ms']} ms  p99 {st['p99_ms']} ms  (n={st['n']})")
-        sat = step(float("inf"))  # closed loop, no pacing: the saturation throughput
+        sat, sat_cpu = step_cpu(float("inf"))  # closed loop, no pacing: the saturation throughput
         log(f"  saturation (closed loop, {connections} connections): {sat.achieved:.0f}/s  "
             f"p50 {sat.p50_ms:.2f} ms  p99 {sat.p99_ms:.2f} ms")
+        for name, by_role in (("50%", half_cpu), ("saturation", sat_cpu)):
+            top = ", ".join(f"{r} {us:.0f}" for r, us in list(by_role.items())[:6])
+            log(f"  CPU per request at {name}: {cpu.total(by_role):.0f} us ({top})")
         pauses = collector_pauses(histogram.delta(_stage_counts(base, stats_prefix), first))
         for name, st in pauses.items():
             log(f"  whole run {name:<9} n={st['n']}  p50 {st['p50_ms']} ms  max {st['max_ms']} ms")
@@ -251,6 +283,7 @@ def _one_round(wrk, bodies, base: str, targets: dict, slo_ms: float, step_s: flo
             "half_load": asdict(half) if half else None,
             "half_load_stages": stages,
             "collector_pauses": pauses,
+            "cpu_us_per_request": {"half_load": half_cpu, "saturation": sat_cpu},
             "steps": [asdict(s) for s in steps],
         }
     return results

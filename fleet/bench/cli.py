@@ -225,11 +225,16 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
         time.sleep(2)
         suffix = (("-" + model.replace("/", "-") if model else "") + ("-cache" if compare_cache else "")
                   + ("-telemetry" if compare_telemetry else ""))
+        apps = {"noop": "bench-noop", region: f"bench-{region}",
+                **{f"{region} without {part}": f"bench-{region}-no{part}" for part in ("cache", "telemetry")}}
         doc = run_capacity(
             base, targets, region, slo_ms=slo_ms, step_s=step_s, connections=connections, start_rate=start_rate,
             out=RESULTS / f"capacity-{region}{suffix}.json",
-            log=click.echo, meta={"pricing": f"model:{model}" if model else "rule"}, rounds=rounds,
+            log=click.echo, meta={"pricing": f"model:{model}" if model else "rule"}, rounds=rounds, apps=apps,
         )
+        for label, phases in doc["cpu_per_request"].items():
+            click.echo(f"CPU per request, {label}: " + "; ".join(
+                f"{ph} ingress {v['ingress_us']:.0f} us, all {v['total_us']:.0f} us" for ph, v in phases.items()))
         if compare_cache:
             r = doc["results"]
             without = r[f"{region} without cache"]["capacity_rps"]

@@ -1,0 +1,85 @@
+"""CPU time by process role over a benchmark step: where each request's CPU goes.
+
+On two shared cores a capacity ratio mixes two things: what a part costs the ingress per
+request, and what its own processes (cache shards, Redis) take from the same cores. CPU time per
+request, by role, separates them, and it is far steadier than a latency-bound capacity under
+CPU steal. On a machine where the shards have cores of their own, the ingress's CPU per request
+is what bounds one replica's capacity.
+
+A role is a process's name as Ray titles its workers (``ray::CacheShard.lookup`` is
+``CacheShard``; a Serve replica keeps its app and deployment, ``ServeReplica:bench-us-east:Region``),
+or the executable's name for everything else (``redis-server``, ``haproxy``, ``raylet``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+
+Snapshot = dict[int, tuple[str, float]]  # pid -> (role, CPU seconds, user + system)
+
+_SKIP = frozenset({"bash", "sh", "sleep", "ps", "pytest"})
+
+
+def role_of(cmdline: list[str], name: str) -> str:
+    """The role of a process from its command line (Ray workers carry their title there)."""
+    first = cmdline[0] if cmdline else name
+    if first.startswith("ray::"):
+        title = first[5:].split(" ", 1)[0]
+        if title.startswith("ServeReplica:"):
+            return title
+        return title.split(".", 1)[0]
+    base = Path(first).name or name
+    if base.startswith("python") and len(cmdline) > 1:
+        # plain Python processes (Ray's own helpers): name them by their script or module
+        arg = next((a for a in cmdline[1:] if not a.startswith("-")), "")
+        return f"python:{Path(arg).name}" if arg else base
+    return base
+
+
+def snapshot(exclude: frozenset[int] = frozenset()) -> Snapshot:
+    """Every process's role and CPU seconds now (this process and ``exclude`` left out)."""
+    out: Snapshot = {}
+    me = os.getpid()
+    for p in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
+        info = p.info
+        pid = info["pid"]
+        if pid == me or pid in exclude or info.get("cpu_times") is None:
+            continue
+        role = role_of(info.get("cmdline") or [], info.get("name") or "")
+        if role in _SKIP or role.startswith("kworker"):
+            continue
+        t = info["cpu_times"]
+        out[pid] = (role, t.user + t.system)
+    return out
+
+
+def per_request(before: Snapshot, after: Snapshot, requests: int, min_us: float = 1.0) -> dict[str, float]:
+    """CPU microseconds per request by role between two snapshots, largest first. A process
+    born in between (or a Ray worker that took a new title) counts from zero; one gone in
+    between is not counted. Roles under ``min_us`` are left out."""
+    if requests <= 0:
+        return {}
+    by_role: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        prev = before.get(pid)
+        used = cpu - (prev[1] if prev is not None and prev[0] == role else 0.0)
+        if used > 0:
+            by_role[role] = by_role.get(role, 0.0) + used
+    return ranked({r: round(s * 1e6 / requests, 1) for r, s in by_role.items() if s * 1e6 / requests >= min_us})
+
+
+def ranked(by_role: dict[str, float]) -> dict[str, float]:
+    return dict(sorted(by_role.items(), key=lambda kv: -kv[1]))
+
+
+def total(by_role: dict[str, float], leave_out: tuple[str, ...] = ("wrk",)) -> float:
+    """All roles' CPU per request but the load generator's."""
+    return round(sum(v for r, v in by_role.items() if r not in leave_out), 1)
+
+
+def app_share(by_role: dict[str, float], app: str) -> float:
+    """The CPU per request of one Serve app's replicas (the ingress, for a region app)."""
+    return round(sum(v for r, v in by_role.items() if r.startswith(f"ServeReplica:{app}:")), 1)
