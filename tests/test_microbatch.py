@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from fleet.serve.microbatch import MicroBatcher
 
@@ -113,3 +114,34 @@ def test_callback_senders_batch_one_loop_turn_and_answer_in_the_reading_callback
 
     errors = _run(main())
     assert all(isinstance(e, RuntimeError) for e in errors)
+
+
+def test_observe_times_each_waiter_until_its_answer_arrives_late_ones_included():
+    """``observe`` gets one figure per waiter: submit to the answer's arrival (a waiter that
+    timed out first included, since the late answers are the tail worth seeing)."""
+    from fleet.serve.microbatch import join_lists
+
+    seen: list[float] = []
+    pending: list = []
+
+    def start(keys, done):
+        pending.append(done)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        b = MicroBatcher(None, window_s=0.0, max_rows=8, join=join_lists, coerce=list, start=start,
+                         observe=seen.append)
+        futs = [b.submit([k]) for k in "abc"]
+        await asyncio.sleep(0)
+        loop.call_later(0.05, pending[0], ["A", "B", "C"])
+        await asyncio.sleep(0.01)
+        futs[0].set_exception(asyncio.TimeoutError())  # gives up, as the cache client's timer does
+        await asyncio.sleep(0.08)
+        with pytest.raises(asyncio.TimeoutError):
+            futs[0].result()
+        return [f.result() for f in futs[1:]]
+
+    assert _run(main()) == [["B"], ["C"]]
+    assert len(seen) == 3 and all(0.045 <= s < 1.0 for s in seen)
+    quiet = MicroBatcher(None, window_s=0.0, join=join_lists, coerce=list, start=start)
+    assert quiet.observe is None  # no clock read per submit unless asked

@@ -104,8 +104,10 @@ def test_cpu_roles_from_ray_titles_and_executables():
     assert role_of(["ray::CacheShard.lookup"], "python") == "CacheShard"
     assert role_of(["ray::ServeReplica:bench-us-east:Region"], "python") == "ServeReplica:bench-us-east:Region"
     assert role_of(["/usr/bin/redis-server", "127.0.0.1:6390"], "redis-server") == "redis-server"
+    assert role_of(["/usr/bin/redis-server 127.0.0.1:6390"], "redis-server") == "redis-server"
     assert role_of(["/x/bin/python3", "-u", "/x/ray/dashboard/agent.py", "--x"], "python3") == "python:agent.py"
-    assert role_of([], "raylet") == "raylet"
+    assert role_of(["/opt/ray/core/src/ray/raylet/raylet", "--x"], "raylet") == "raylet"
+    assert role_of([], "kworker/0:0-events") == "kernel"
 
 
 def test_cpu_per_request_counts_what_a_process_burned_between_snapshots(tmp_path):
@@ -124,7 +126,7 @@ def test_cpu_per_request_counts_what_a_process_burned_between_snapshots(tmp_path
         proc.kill()
         proc.wait(10)
     assert 2_900 <= by_role["python:burn.py"] <= 5_000  # 0.3 s over 100 requests, plus start-up
-    assert cpu.total({"wrk": 5.0, **by_role}) == cpu.total(by_role)
+    assert cpu.total({"wrk": 5.0, "kernel": 7.0, **by_role}) == cpu.total(by_role)
     assert cpu.per_request(before, before, requests=0) == {}
 
 

@@ -240,7 +240,8 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
             without = r[f"{region} without cache"]["capacity_rps"]
             ratio = r[region]["capacity_rps"] / without if without else float("nan")
             click.echo(f"capacity with cache / without: {ratio:.3f}; enrichment p99 at half load: "
-                       f"{r[region]['half_load_stages'].get('enrichment', {}).get('p99_ms')} ms")
+                       f"{r[region]['half_load_stages'].get('enrichment', {}).get('p99_ms')} ms (the shard's "
+                       f"answer in: {r[region]['half_load_stages'].get('enrichment_answer', {}).get('p99_ms')} ms)")
             for i, rr in enumerate(doc.get("ratios_per_round", [])):
                 c, n = rr.get(region), rr.get(f"{region} without cache")
                 click.echo(f"  round {i + 1}: with cache / without {c / n:.3f}" if c and n else f"  round {i + 1}: -")

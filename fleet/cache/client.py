@@ -41,8 +41,9 @@ def _expire(fut: asyncio.Future) -> None:
 
 class CacheClient:
     def __init__(self, shards: dict, *, window_s: float = 0.0, flush_s: float = 0.02,
-                 max_outbox: int = 50_000, clock=time.time):
+                 max_outbox: int = 50_000, clock=time.time, on_answer=None):
         self.shards = shards
+        self.on_answer = on_answer  # seconds from a lookup's submit to its answer's arrival
         self.ring = HashRing(list(shards))
         self.clock = clock
         self.flush_s = flush_s
@@ -96,7 +97,8 @@ class CacheClient:
             target = self.shards[shard]
             b = self.batchers[shard] = MicroBatcher(_call(target, "lookup"), window_s=self.window_s,
                                                     max_rows=256, join=join_lists, coerce=list,
-                                                    start=getattr(target, "lookup_start", None))
+                                                    start=getattr(target, "lookup_start", None),
+                                                    observe=self.on_answer)
         return b
 
     # -- writes -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,19 +27,24 @@ class MicroBatcher:
     def __init__(self, send: Callable[[Any], Awaitable[Any]], *,
                  window_s: float = 0.0005, max_rows: int = 1024,
                  join: Callable[[list], Any] = np.concatenate, coerce: Callable[[Any], Any] = np.asarray,
-                 start: Callable[[Any, Callable[[Any], None]], None] | None = None):
+                 start: Callable[[Any, Callable[[Any], None]], None] | None = None,
+                 observe: Callable[[float], None] | None = None):
         """``start``, when given and there is no window, is a callback-style ``send``:
         ``start(rows, done)`` sends and calls ``done(result or exception)`` once, from whatever
         callback reads the answer. Then a batch leaves in a plain callback of the next loop turn
         and its answer reaches the waiters in the callback that read it, so a lookup passes the
-        event loop's ready queue twice (send, answer) instead of four times through tasks."""
+        event loop's ready queue twice (send, answer) instead of four times through tasks.
+        ``observe``, when given, is called with each waiter's seconds from its submit to its
+        answer's arrival (the moment its future is resolved, before the waiter runs again):
+        what the far side and the wire took, apart from the wait for this loop afterwards."""
         self.send = send
         self.start = start if window_s <= 0 else None
         self.join = join
         self.coerce = coerce
         self.window_s = window_s
         self.max_rows = max_rows
-        self._parts: list[tuple[Any, asyncio.Future]] = []
+        self.observe = observe
+        self._parts: list[tuple[Any, asyncio.Future, float]] = []
         self._rows = 0
         self._full: asyncio.Event | None = None
         self.calls = 0
@@ -50,7 +56,7 @@ class MicroBatcher:
         """Queue ``rows``; the future gets this caller's slice of the answer. (No coroutine or
         task per caller: a caller with a deadline can time the future out itself.)"""
         fut = asyncio.get_running_loop().create_future()
-        self._parts.append((rows, fut))
+        self._parts.append((rows, fut, time.perf_counter() if self.observe is not None else 0.0))
         self._rows += len(rows)
         if self.start is not None:
             if len(self._parts) == 1:
@@ -75,7 +81,7 @@ class MicroBatcher:
         if not parts:  # flushed early, when full
             return
         try:
-            self.start(self.join([p for p, _ in parts]), lambda res: self._deliver(parts, res))
+            self.start(self.join([p for p, _, _ in parts]), lambda res: self._deliver(parts, res))
         except Exception as exc:
             self._deliver(parts, exc)
 
@@ -89,13 +95,17 @@ class MicroBatcher:
                 pass
         parts = self._take()
         try:
-            res = await self.send(self.join([p for p, _ in parts]))
+            res = await self.send(self.join([p for p, _, _ in parts]))
         except BaseException as exc:  # every waiter learns of the failure, none hangs
             res = exc
         self._deliver(parts, res)
 
     def _deliver(self, parts: list, res) -> None:
         """Each waiter its own slice of ``res``, or the exception ``res`` is."""
+        if self.observe is not None:
+            t = time.perf_counter()
+            for _, _, t0 in parts:  # late ones too: they are the answer's tail
+                self.observe(t - t0)
         if not isinstance(res, BaseException):
             try:
                 res = self.coerce(res)
@@ -103,12 +113,12 @@ class MicroBatcher:
                 res = exc
         if isinstance(res, BaseException):
             err = res if isinstance(res, Exception) else RuntimeError(repr(res))
-            for _, fut in parts:
+            for _, fut, _ in parts:
                 if not fut.done():
                     fut.set_exception(err)
             return
         start = 0
-        for rows, fut in parts:
+        for rows, fut, _ in parts:
             if not fut.done():  # a waiter that timed out has gone; its slice is dropped
                 fut.set_result(res[start:start + len(rows)])
             start += len(rows)

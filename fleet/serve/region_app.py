@@ -104,8 +104,11 @@ class RegionIngress:
             shards = cache_actor.connect(a.region, config.regions[a.region].cache_shards,
                                          os.environ.get("REDIS_URL") or None, self.cache_settings.shard_options(),
                                          self.resources)
+            # Beside the enrichment stage, the part of it until the shard's answer arrived (the
+            # rest is this loop's queue): the stage's tail split into shard and ingress.
             self.cache = CacheClient({n: cache_actor.RemoteShard(h) for n, h in shards.items()},
-                                     window_s=self.cache_settings.lookup_window_s)
+                                     window_s=self.cache_settings.lookup_window_s,
+                                     on_answer=lambda s: self.bidder.latency.observe("enrichment_answer", s))
             try:  # shards exist before the replica says ready; a slow start degrades, never blocks
                 import ray
 
