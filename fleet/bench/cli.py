@@ -259,5 +259,6 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
         if started:
             serve.shutdown()
             ray.shutdown()
+            local.stop_haproxy()  # a lingering one holds its ports against the next run
         if redis_proc is not None:
             redis_proc.terminate()

