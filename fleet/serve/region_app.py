@@ -71,7 +71,8 @@ class RegionIngress:
         a = RegionAppArgs.model_validate(args)
         self.inference = inference  # DeploymentHandle of the region's inference, when remote
         self.model = None  # the version remote pricing asks for
-        self.warm: set[str] = set()  # versions already loaded on the inference side
+        self.warm: set[str] = set()  # versions loaded on the inference side (warm-up answered)
+        self._warming: set[str] = set()  # warm-ups under way
         self.user_model = a.model  # what serve_config.yaml names (user_config can change it)
         self.user_candidate = None  # a candidate named in user_config: control canaries it
         self.assigned = None  # control's ModelAssignment last applied
@@ -260,6 +261,8 @@ class RegionIngress:
         if self.inference is not None:
             self.model = m.current or self.user_model
             self.canary = (m.candidate, m.share) if m.candidate else None
+            for version in (self.model, m.candidate):
+                self._ensure_warm(version)  # before its first request, not on it
             return
         current = m.current or self.user_model
         if current and (self.bidder.scorer is None or self.bidder.scorer.version != current):
@@ -412,16 +415,19 @@ class RegionIngress:
         call (replica gone, overloaded) prices by rule."""
         ctrs, source = None, "rule"
         model = self.model
-        if p.paced and self.canary is not None and self.bidder.rng.random() < self.canary[1]:
+        if (p.paced and self.canary is not None and self.canary[0] in self.warm
+                and self.bidder.rng.random() < self.canary[1]):
+            # A candidate gets its share once it is loaded: its cold start is not its quality,
+            # and would count against it in the canary's error share.
             model = self.canary[0]
         if p.paced and model:
             p.model = model
         t0 = now()
         if p.paced and model and model not in self.warm:
             # The first call of a version loads it on an inference replica, which takes longer
-            # than any pricing budget: do that once, unbounded, off this request's path.
-            self.warm.add(model)
-            asyncio.get_running_loop().create_task(self._warm_up(model, p.rows()))
+            # than any pricing budget: that happens once, unbounded, off the requests' path, and
+            # they price by rule until it has answered.
+            self._ensure_warm(model)
             p.dl.degrade("pricing_rule_fallback")
         elif p.paced and model:
             budget = p.dl.stage_deadline("pricing") - now()
@@ -444,12 +450,19 @@ class RegionIngress:
             b = self.batchers[model] = MicroBatcher(lambda rows: handle.remote(rows))
         return b
 
-    async def _warm_up(self, model: str, rows) -> None:
+    def _ensure_warm(self, model: str | None) -> None:
+        if model and model not in self.warm and model not in self._warming:
+            self._warming.add(model)
+            asyncio.get_running_loop().create_task(self._warm_up(model))
+
+    async def _warm_up(self, model: str) -> None:
         try:
-            await self.inference.options(multiplexed_model_id=model).remote(rows)
-        except Exception as exc:
-            self.warm.discard(model)  # try again on a later request
+            await self.inference.options(multiplexed_model_id=model).remote(np.zeros((1, N_FEATURES), np.float32))
+            self.warm.add(model)
+        except Exception as exc:  # tried again on a later request or assignment
             log.warning("inference warm-up for %s failed: %s", model, exc)
+        finally:
+            self._warming.discard(model)
 
     def reconfigure(self, user_config: dict) -> None:
         """``user_config: {model: name/version}`` in serve_config.yaml: switch in place."""
