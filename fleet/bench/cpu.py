@@ -2,9 +2,9 @@
 
 On two shared cores a capacity ratio mixes two things: what a part costs the ingress per
 request, and what its own processes (cache shards, Redis) take from the same cores. CPU time per
-request, by role, separates them, and it is far steadier than a latency-bound capacity under
-CPU steal. On a machine where the shards have cores of their own, the ingress's CPU per request
-is what bounds one replica's capacity.
+request, by role, separates them. On a machine where the shards have cores of their own, the
+ingress's CPU per request is what bounds one replica's capacity. (On the 2-core VM it moved with
+the VM's speed as much as throughput did: docs/benchmarks.md.)
 
 A role is a process's name as Ray titles its workers (``ray::CacheShard.lookup`` is
 ``CacheShard``; a Serve replica keeps its app and deployment, ``ServeReplica:bench-us-east:Region``),
@@ -42,14 +42,14 @@ def role_of(cmdline: list[str], name: str) -> str:
     return base
 
 
-def snapshot(exclude: frozenset[int] = frozenset()) -> Snapshot:
-    """Every process's role and CPU seconds now (this process and ``exclude`` left out)."""
+def snapshot() -> Snapshot:
+    """Every process's role and CPU seconds now (this process left out)."""
     out: Snapshot = {}
     me = os.getpid()
     for p in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
         info = p.info
         pid = info["pid"]
-        if pid == me or pid in exclude or info.get("cpu_times") is None:
+        if pid == me or info.get("cpu_times") is None:
             continue
         role = role_of(info.get("cmdline") or [], info.get("name") or "")
         if role in _SKIP:

@@ -72,7 +72,7 @@ class RegionIngress:
         self.inference = inference  # DeploymentHandle of the region's inference, when remote
         self.model = None  # the version remote pricing asks for
         self.warm: set[str] = set()  # versions loaded on the inference side (warm-up answered)
-        self._warming: set[str] = set()  # warm-ups under way
+        self._warming: dict[str, asyncio.Task] = {}  # warm-ups under way (held: a task is weakly referenced)
         self.user_model = a.model  # what serve_config.yaml names (user_config can change it)
         self.user_candidate = None  # a candidate named in user_config: control canaries it
         self.assigned = None  # control's ModelAssignment last applied
@@ -452,8 +452,7 @@ class RegionIngress:
 
     def _ensure_warm(self, model: str | None) -> None:
         if model and model not in self.warm and model not in self._warming:
-            self._warming.add(model)
-            asyncio.get_running_loop().create_task(self._warm_up(model))
+            self._warming[model] = asyncio.get_running_loop().create_task(self._warm_up(model))
 
     async def _warm_up(self, model: str) -> None:
         try:
@@ -462,7 +461,7 @@ class RegionIngress:
         except Exception as exc:  # tried again on a later request or assignment
             log.warning("inference warm-up for %s failed: %s", model, exc)
         finally:
-            self._warming.discard(model)
+            self._warming.pop(model, None)
 
     def reconfigure(self, user_config: dict) -> None:
         """``user_config: {model: name/version}`` in serve_config.yaml: switch in place."""
