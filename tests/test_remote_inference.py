@@ -47,10 +47,24 @@ def test_split_rows_hands_each_part_its_own_rows():
 
 @pytest.mark.slow
 def test_remote_prices_equal_local_prices(fleet_http):
-    remote = wait_for_remote_model(fleet_http)
-    body = {**REQ, "id": "remote-vs-local-a"}
-    local = httpx.post(f"{fleet_http}/model/us-east/openrtb2/bid", json=body, headers={"x-openrtb-version": "2.6"})
-    assert local.status_code == remote.status_code == 200
+    """The same request priced through the inference deployment and in process gets the same
+    campaign and price. The two apps share the region's cache shards but not a clock: on a busy
+    machine one lookup can time out while the other hits, and a degraded request is priced from
+    population defaults (another multiplier, other segments). Such a pair says nothing about
+    pricing, so it is sent again; only pairs enriched alike are compared, and one must come."""
+    wait_for_remote_model(fleet_http)
+    seen = []
+    for attempt in range(8):
+        body = {**REQ, "id": f"remote-vs-local-{attempt}"}
+        remote = httpx.post(f"{fleet_http}/remote/us-east/openrtb2/bid", json=body, headers={"x-openrtb-version": "2.6"})
+        local = httpx.post(f"{fleet_http}/model/us-east/openrtb2/bid", json=body, headers={"x-openrtb-version": "2.6"})
+        assert local.status_code == remote.status_code == 200
+        degraded = (remote.headers.get("x-fleet-degraded"), local.headers.get("x-fleet-degraded"))
+        seen.append(degraded)
+        if degraded == (None, None):
+            break
+    else:
+        pytest.fail(f"no pair of answers enriched without degradation in 8 tries: {seen}")
     lb, rb = local.json()["seatbid"][0]["bid"][0], remote.json()["seatbid"][0]["bid"][0]
     assert rb["ext"]["pricing"] == f"model:{MODEL}"
     assert (lb["cid"], lb["price"]) == (rb["cid"], rb["price"])
