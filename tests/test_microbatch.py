@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -145,3 +146,16 @@ def test_observe_times_each_waiter_until_its_answer_arrives_late_ones_included()
     assert len(seen) == 3 and all(0.045 <= s < 1.0 for s in seen)
     quiet = MicroBatcher(None, window_s=0.0, join=join_lists, coerce=list, start=start)
     assert quiet.observe is None  # no clock read per submit unless asked
+
+
+def test_batcher_bench_times_every_lookup_only_in_its_observed_variant(tmp_path):
+    """``fleet bench batcher``: both variants run the same lookups, the observed one puts each
+    into the histogram, and the document carries the ratio against the unobserved reference."""
+    from fleet.bench.batcher import run_batcher_bench
+
+    doc = run_batcher_bench(tmp_path / "b.json", lookups=320, rounds=2, groups=(1, 16), log=lambda *_: None)
+    assert json.loads((tmp_path / "b.json").read_text()) == doc
+    for row in doc["results"]:
+        assert row["observations_last_round"] == 320  # 320 lookups: 320 x 1 and 20 x 16
+        assert row["without_observe_us"] > 0 and row["with_observe_us"] > 0
+        assert row["ratio_min"] <= row["ratio_median"] <= row["ratio_max"]

@@ -52,6 +52,17 @@ def bench_lookups(rate: float, cpu_us: float, seconds: float, rounds: int) -> No
     run_lookup_bench(RESULTS / "lookups.json", rate, seconds, rounds, cpu_us, log=click.echo)
 
 
+@bench.command("batcher")
+@click.option("--lookups", default=20_000, show_default=True, help="Lookups per round and variant.")
+@click.option("--rounds", default=7, show_default=True)
+def bench_batcher(lookups: int, rounds: int) -> None:
+    """What timing each lookup's answer (enrichment_answer) costs the per-shard micro-batcher
+    (bench/results/batcher-observe.json)."""
+    from fleet.bench.batcher import run_batcher_bench
+
+    run_batcher_bench(RESULTS / "batcher-observe.json", lookups, rounds, log=click.echo)
+
+
 @bench.command("pacing")
 @click.option("--requests", default=3_000, show_default=True)
 @click.option("--rounds", default=6, show_default=True)
