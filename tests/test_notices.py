@@ -114,3 +114,32 @@ def test_forged_tampered_and_unsigned_notices_get_403_and_no_spend(fleet_http):
     assert after["notices"].get("forged", 0) == before["notices"].get("forged", 0) + 3
     assert after["notices"].get("bill", 0) == before["notices"].get("bill", 0)  # nothing billed
     assert after["ledger"]["emitted"] == before["ledger"]["emitted"]  # and no event emitted
+
+
+def test_a_signature_that_is_not_ascii_is_refused_not_an_error():
+    from fleet.ledger.signing import NoticeSigner
+
+    signer = NoticeSigner({"k0": b"0" * 32})
+    n = NoticeCounter(signer)
+    for sig in ("%C3%A9", "%ED%A0%80", "%FF"):
+        status, reason, notice = n.handle("win", Q + f"&px=1&k=k0&s={sig}", "us-east")
+        assert status == 403 and notice is None
+    assert n.counts["forged"] == 3
+
+
+def test_a_price_the_exchange_could_not_have_charged_is_refused(regions):
+    """The price and its currency are the exchange's to fill in, outside the signature: a charge
+    above the signed bid, or in a currency the fleet cannot convert, is refused, and counts
+    nothing (a huge one once blocked the campaign's lease)."""
+    from fleet.campaigns.catalog import load_catalog
+    from fleet.pipeline.bidder import RegionBidder
+
+    bidder = RegionBidder("us-east", regions, load_catalog(regions.defaults.catalog))
+    n = NoticeCounter()
+    check = bidder.notice_problem
+    assert n.handle("bill", Q + "&px=2.5&b=2.7", "us-east", check)[0] == 200
+    assert n.handle("bill", Q + "&px=1e300&b=2.7", "us-east", check)[:2] == (400, "price above the bid")
+    assert n.handle("win", Q + "&px=2.71&b=2.7", "us-east", check)[:2] == (400, "price above the bid")
+    assert n.handle("bill", Q + "&px=2.5&cur=XXX&b=2.7", "us-east", check)[0] == 400
+    assert n.handle("loss", Q + "&lr=102&px=9&b=2.7", "us-east", check)[0] == 200  # min to win may exceed it
+    assert n.counts["implausible"] == 3 and n.spend_cpm == {"c-banner-us": 2.5}

@@ -66,7 +66,7 @@ class NoticeSigner:
         sig = q.get("s", "")
         if key is None or not sig:
             raise SignatureError("unsigned or unknown key")
-        if not hmac.compare_digest(self._mac(key, q), sig):
+        if not hmac.compare_digest(self._mac(key, q).encode(), sig.encode("utf-8", "replace")):  # bytes: any text compares
             raise SignatureError("bad signature")
         try:
             expires = int(q.get("x", ""))

@@ -74,6 +74,8 @@ def decode_request(body: bytes, content_encoding: str | None, max_bytes: int) ->
         raise RequestError(400, f"not JSON: {exc}") from None
     except RecursionError:
         raise RequestError(400, "JSON nested too deeply") from None
+    except UnicodeDecodeError:  # msgspec checks UTF-8 lazily, in the string fields it decodes
+        raise RequestError(400, "not UTF-8") from None
     validate(req)
     return req
 

@@ -9,6 +9,7 @@ deployment in ``fleet.serve.region_app`` is a thin wrapper around this class.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ from fleet.pipeline.respond import BidIds, build_response
 from fleet.pipeline.targeting import CampaignIndex, ImpFacts
 
 JSON = "application/json"
+log = logging.getLogger("fleet.bidder")
 
 
 @dataclass(slots=True)
@@ -114,6 +116,7 @@ class RegionBidder:
         *,
         replicas: int | None = None,
         max_candidates: int = 16,
+        max_imps: int = 64,
         scorer=None,
         profiles=None,
         signer=None,
@@ -126,6 +129,7 @@ class RegionBidder:
         self.base_url = spec.public_url.rstrip("/") + spec.route_prefix
         self.clock = clock
         self.max_candidates = max_candidates  # per imp, best max bid first (see targeting)
+        self.max_imps = max_imps  # imps past this many in one request are not bid on
         self.index = CampaignIndex(campaigns)
         self.admission = Admission(config.admission)
         self.budget = LocalBudget(spec.budget_share / (replicas or spec.replicas), clock=clock)
@@ -184,6 +188,19 @@ class RegionBidder:
         spent = {**dl.spent, "total": now() - dl.arrival}
         self.latency.observe_all(spent)
         return spent
+
+    def notice_problem(self, notice) -> str | None:
+        """Why a notice's unsigned figures cannot be true, or None. An exchange never charges more
+        than the bid (first or second price), in the bid's currency or another it converts to;
+        a price it could not have charged would block or misstate the campaign's spend."""
+        if notice.price is None:
+            return None
+        price = self._to_fleet(notice.price, notice.currency or self.fleet_cur)
+        if price is None:
+            return f"unknown currency {notice.currency!r}"
+        if notice.kind in ("win", "bill") and notice.our_bid is not None and price > notice.our_bid * 1.001 + 1e-4:
+            return "price above the bid"
+        return None
 
     def learn(self, notice) -> None:
         """Notices settle the bid's reservation; win and loss notices teach the win-rate model
@@ -337,7 +354,13 @@ class RegionBidder:
         candidates: list[tuple[Imp, Campaign, Creative, str | None, float, int]] = []
         truncated = False
         stored = user.freq or {}
-        for imp in req.imp:
+        for i, imp in enumerate(req.imp):
+            if i >= self.max_imps:  # bounded work per request, whatever its size
+                self.stats["imp.over_limit"] += len(req.imp) - i
+                break
+            if i and dl.over():
+                truncated = True
+                break
             if imp.id not in floors:
                 self.stats["imp.unknown_floor_currency"] += 1
                 continue
@@ -460,12 +483,19 @@ class RegionBidder:
             ext["fleet"]["degraded"] = list(dl.degraded)
         if user.contextual_only:
             ext["fleet"]["contextual"] = user.reason
-        resp = build_response(
-            req.id, winners, imps, base_url=self.base_url, region=self.region, publisher=publisher_of(req),
-            seat=defaults.seat, currency=p.currency, rate=1.0 / self.rates[p.currency], ids=self.ids,
-            ts_ms=int(wall * 1000), ext=ext, signer=self.signer,
-        )
-        out, gz = codec.maybe_gzip(codec.encode_response(resp), p.accept_encoding)
+        try:
+            resp = build_response(
+                req.id, winners, imps, base_url=self.base_url, region=self.region, publisher=publisher_of(req),
+                seat=defaults.seat, currency=p.currency, rate=1.0 / self.rates[p.currency], ids=self.ids,
+                ts_ms=int(wall * 1000), ext=ext, signer=self.signer,
+            )
+            out, gz = codec.maybe_gzip(codec.encode_response(resp), p.accept_encoding)
+        except Exception:  # a request no test foresaw: no bid, and the reservations go back
+            log.exception("response for request %r not built", req.id)
+            self.stats["errors.respond"] += 1
+            for key in holds:
+                self.budget.release(key)
+            return self._no_bid(NBR.TECHNICAL_ERROR, "respond_error", dl)
         dl.finish()
         if dl.expired():
             self.stats["late_suppressed"] += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -121,9 +122,16 @@ class NoticeCounter:
         self.counts: Counter[str] = Counter()
         self.spend_cpm: Counter[str] = Counter()
 
-    def handle(self, kind: str, query: str, region: str) -> tuple[int, str, Notice | None]:
+    def handle(self, kind: str, query: str, region: str,
+               check: Callable[[Notice], str | None] | None = None) -> tuple[int, str, Notice | None]:
+        """``check`` judges what the signature cannot cover (the exchange fills in the price and
+        its currency): a reason refuses the notice with a 400."""
         try:
             n = parse_notice(kind, query, region, self.signer)
+            why = check(n) if check is not None else None
+            if why:
+                self.counts["implausible"] += 1
+                raise NoticeError(400, why)
         except NoticeError as exc:
             self.counts[f"{kind}.refused"] += 1
             if exc.status == 403:

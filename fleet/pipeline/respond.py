@@ -58,7 +58,7 @@ def _native_asset_ids(imp: Imp) -> tuple[int | None, int | None]:
     """The request's title and main-image asset ids (Native 1.2), tolerant of both wrappings."""
     try:
         spec = msgspec.json.decode(imp.native.request) if imp.native and imp.native.request else {}
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # the exchange's string, not ours
         return None, None
     if isinstance(spec, dict) and isinstance(spec.get("native"), dict):
         spec = spec["native"]

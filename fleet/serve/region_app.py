@@ -511,14 +511,16 @@ class RegionIngress:
                 asyncio.get_running_loop().call_soon(self.tracer.emit, a, arrival, kept, a.dl)
             return Response(a.body, status_code=a.status, headers=a.headers)
         if path.startswith("/notice/") and method == "GET":
-            status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region)
+            status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region,
+                                                         check=self.bidder.notice_problem)
             if status == 200:
-                self.bidder.learn(notice)
+                first = self._first_notice(notice)
+                if first:  # a replayed notice teaches nothing twice (its loss reason is unsigned)
+                    self.bidder.learn(notice)
                 if self.emitter is not None:
                     self._start_background()
                     self.emitter.emit(notice_event(path[8:], notice, self.bidder.clock()))
-                if (self.cache is not None and notice.publisher and notice.kind in ("win", "loss")
-                        and self._first_notice(notice)):
+                if first and self.cache is not None and notice.publisher and notice.kind in ("win", "loss"):
                     self.cache.feedback(notice.publisher, notice.kind == "win", notice.price)
                 return Response(b"", status_code=200)
             return _json_response(status, {"error": reason})
