@@ -235,3 +235,108 @@ def test_ledger_drift_compares_pacing_spend_with_the_ledger(redis_srv):
     drift, shown = asyncio.run(go())
     assert drift["pacing"] == 2.0 and drift["ledger"] == 1.6
     assert drift["drift"] == pytest.approx(0.25) and shown == pytest.approx(0.25)
+
+
+# -- which version prices: serve_config's declaration against control's promotion ---------------
+
+async def _sync(clock, control, region, replica, model, candidate=None, versions=None):
+    return await control.sync(Report(region=region, replica=replica, ts=clock(), model=model,
+                                     candidate=candidate, versions=versions or {}))
+
+
+async def _promote_v2(clock, control) -> None:
+    """Every region declares ctr/v1 with candidate ctr/v2; the canary runs one step and promotes."""
+    from fleet.control.rollout import VersionStats
+
+    await control.start()
+    control.set_thresholds({"steps": [0.5], "dwell_s": 1.0, "min_priced": 10})
+    for region in control.config.regions:
+        await _sync(clock, control, region, f"{region}-a", "ctr/v1", "ctr/v2")
+    (ro,) = control.rollouts.values()
+    assert (ro.version, ro.baseline) == ("ctr/v2", "ctr/v1")
+    during = control.assignment()
+    assert during.version_for("us-east", "ctr/v9") == "ctr/v1"  # a canary's baseline holds everywhere
+    figs = VersionStats(priced=50, bids=25, value=60.0, price=50.0).to_dict()
+    clock.t += 2.0
+    await _sync(clock, control, "us-east", "us-east-a", "ctr/v1", "ctr/v2", {"ctr/v1": figs, "ctr/v2": figs})
+    await control.tick(1.0)
+    assert ro.state == "promoted", ro.history
+
+
+def test_a_promotion_stands_over_the_declaration_it_superseded_until_a_region_deploys_another():
+    """After a promotion, a region whose serve_config still names the old version prices with
+    the promoted one; once every live replica of a region names another version (a later
+    ``serve deploy``), that newer decision prices there and the other regions keep the promoted
+    version; with no region left under it, control holds no version of its own."""
+    asyncio.run(_declarations_after_a_promotion())
+
+
+async def _declarations_after_a_promotion():
+    clock = Clock()
+    control = Control(load_regions(), None, clock=clock)
+    await _promote_v2(clock, control)
+    regions = list(control.config.regions)
+    a = control.assignment()
+    assert a.current == "ctr/v2" and a.over == {r: "ctr/v1" for r in regions}
+    assert all(a.version_for(r, "ctr/v1") == "ctr/v2" for r in regions)
+
+    # us-east is deployed again naming ctr/v3; its second replica is not reconfigured yet.
+    clock.t += 1.0
+    await _sync(clock, control, "us-east", "us-east-b", "ctr/v1", "ctr/v2")
+    epoch = control.epoch
+    await _sync(clock, control, "us-east", "us-east-a", "ctr/v3")
+    a = control.assignment()
+    assert "us-east" in a.over and a.version_for("us-east", "ctr/v1") == "ctr/v2"  # no step back to v1
+    assert a.version_for("us-east", "ctr/v3") == "ctr/v3"  # the redeployed replica prices v3 already
+    await _sync(clock, control, "us-east", "us-east-b", "ctr/v3")
+    a = control.assignment()
+    assert "us-east" not in a.over and control.epoch > epoch  # pushed to the regions at once
+    assert a.version_for("us-east", "ctr/v1") == "ctr/v1"  # a later deploy back to v1 is honoured too
+    assert all(a.version_for(r, "ctr/v1") == "ctr/v2" for r in regions if r != "us-east")
+    # A replica gone quiet (stopped in the deploy) does not hold its region under the promotion.
+    await _sync(clock, control, "eu-west", "eu-west-b", "ctr/v1")
+    clock.t += 10 * control.health.stale_s
+    for region in regions:
+        if region != "us-east":
+            await _sync(clock, control, region, f"{region}-a", "ctr/v2")
+    assert control.current is None and control.over is None
+    assert control.assignment().version_for("eu-west", "ctr/v2") == "ctr/v2"
+    # The next candidate is judged against what the region prices with.
+    await _sync(clock, control, "us-east", "us-east-a", "ctr/v3", "ctr/v4")
+    ro = next(r for r in control.rollouts.values() if r.active)
+    assert (ro.version, ro.baseline) == ("ctr/v4", "ctr/v3")
+
+
+def test_the_promotions_standing_survives_a_control_restart(redis_srv):
+    """``over`` and the replicas' declarations are part of control's saved state: a restarted
+    control still holds the stale regions under the promoted version."""
+    import redis.asyncio as aioredis
+
+    async def go():
+        clock = Clock()
+        r = aioredis.from_url(redis_srv.url)
+        await r.flushdb()
+        control = Control(load_regions(), r, clock=clock)
+        await _promote_v2(clock, control)
+        await _sync(clock, control, "us-east", "us-east-a", "ctr/v3")  # saved on sync
+        again = Control(load_regions(), aioredis.from_url(redis_srv.url), clock=clock)
+        await again.start()
+        return again
+
+    again = asyncio.run(go())
+    a = again.assignment()
+    assert a.current == "ctr/v2" and "us-east" not in a.over and a.over["eu-west"] == "ctr/v1"
+    assert again.declared["us-east"]["us-east-a"][0] == "ctr/v3"
+
+
+def test_an_assignment_from_before_over_holds_for_every_region():
+    """A push from a control without ``over`` (or a canary's baseline) applies everywhere; with no
+    current version the declaration prices."""
+    from fleet.control.messages import ModelAssignment, decode_push, encode, Push
+
+    old = decode_push(b'{"epoch": 3, "ts": 0, "model": {"current": "ctr/v2"}}').model
+    assert old.over is None and old.version_for("us-east", "ctr/v7") == "ctr/v2"
+    assert ModelAssignment().version_for("us-east", "ctr/v7") == "ctr/v7"
+    both = ModelAssignment(current="ctr/v2", over={"us-east": None})
+    assert both.version_for("us-east", None) == "ctr/v2" and both.version_for("us-east", "ctr/v1") == "ctr/v1"
+    assert decode_push(encode(Push(epoch=1, ts=0, model=both))).model == both

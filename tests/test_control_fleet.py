@@ -101,6 +101,15 @@ async def _rollout_under_load(base: str, version: str, until: set[str]) -> tuple
     return found, tallies
 
 
+def _wait_for(ok, what: str, timeout_s: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not ok():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.25)
+
+
 def _flights_for_load(base: str) -> None:
     """Open-ended flights so every campaign holds leases (candidates get priced) during the load."""
     import time
@@ -130,10 +139,20 @@ def test_canary_from_serve_deploy_is_promoted_under_load(pace_fleet):
     assert actions[0] == "start" and "advance" in actions and actions[-1] == "promote", actions
     assert all(t.sent == t.answered for t in tallies), [(t.region, t.statuses, t.error_kinds) for t in tallies]
     assert sum(t.statuses[200] for t in tallies) > 0
-    # Every region now prices with the promoted version.
+    # Every region now prices with the promoted version, though its serve_config names ctr/v1.
     for region in load_regions().regions:
         ctl = httpx.get(f"{pace_fleet}/pace/{region}/stats").json()["control"]
-        assert ctl["model"]["current"] == "ctr/v2", ctl
+        assert ctl["model"]["current"] == "ctr/v2" and ctl["model"]["pricing"] == "ctr/v2", ctl
+        assert httpx.get(f"{pace_fleet}/pace/{region}/ready").json()["pricing"] == "model:ctr/v2"
+    # A later `serve deploy` is a newer decision than the promotion: naming ctr/v2 settles it
+    # (control holds no version of its own any more), and naming ctr/v1 then takes it back.
+    _redeploy(pace_fleet, {"model": "ctr/v2"})
+    _wait_for(lambda: httpx.get(f"{pace_fleet}/control/v1/state", headers=h).json()["model"]["current"] is None,
+              "control still holds a version after every region declared the promoted one")
+    _redeploy(pace_fleet, {"model": "ctr/v1"})
+    for region in load_regions().regions:
+        _wait_for(lambda: httpx.get(f"{pace_fleet}/pace/{region}/ready").json()["pricing"] == "model:ctr/v1",
+                  f"{region} did not switch to the redeployed ctr/v1")
 
 
 def test_broken_canary_is_rolled_back_under_load(pace_fleet):

@@ -41,10 +41,26 @@ class Lease(msgspec.Struct, kw_only=True):
 
 
 class ModelAssignment(msgspec.Struct, kw_only=True):
+    """Which version prices. ``serve_config.yaml``'s ``model`` is the declared version; control
+    settles ``current`` over it during a canary (the baseline) and after a promotion. A promotion
+    stands only over the declarations it superseded (``over``: region -> the model it declared
+    then), so a later ``serve deploy`` of another version is a newer decision and takes effect,
+    in place, as it would without control. ``over`` None: ``current`` holds for every region (a
+    canary's baseline; a promotion from before ``over`` existed)."""
+
     current: str | None = None
     candidate: str | None = None
     share: float = 0.0  # of priced requests that go to the candidate
     rollout: str | None = None
+    over: dict[str, str | None] | None = None
+
+    def version_for(self, region: str, declared: str | None) -> str | None:
+        """The version a replica of ``region`` whose serve_config declares ``declared`` prices with."""
+        if not self.current:
+            return declared
+        if self.over is None or (region in self.over and self.over[region] == declared):
+            return self.current
+        return declared
 
 
 class Push(msgspec.Struct, kw_only=True):

@@ -44,6 +44,10 @@ class Control:
         self.thresholds = Thresholds.from_dict(s.rollout) if s.rollout else Thresholds()
         self.rollouts: dict[str, Rollout] = {}
         self.current: str | None = None  # the model version control has settled on (None: the regions')
+        # region -> the model its serve_config declared when ``current`` was promoted over it;
+        # a region leaves once its live replicas all declare something else (see ModelAssignment)
+        self.over: dict[str, str | None] | None = None
+        self.declared: dict[str, dict[str, list]] = {}  # region -> replica -> [declared model, t]
         self.reported_model: str | None = None  # what serve_config.yaml names, as replicas report it
         self.decided: set[str] = set()  # candidates already promoted or rolled back
         self.epoch = 0
@@ -80,7 +84,8 @@ class Control:
         return {"epoch": self.epoch, "pacer": self.pacer.to_dict(), "health": self.health.to_dict(),
                 "policies": self.policies.to_dict(), "base_policies": self.base_policies,
                 "rollouts": {k: r.to_dict() for k, r in self.rollouts.items()},
-                "current": self.current, "decided": sorted(self.decided),
+                "current": self.current, "over": self.over, "declared": self.declared,
+                "decided": sorted(self.decided),
                 "thresholds": self.thresholds.to_dict()}
 
     def load(self, doc: dict) -> None:
@@ -94,13 +99,15 @@ class Control:
         self.base_policies = doc.get("base_policies", self.base_policies)
         self.rollouts = {k: Rollout.from_dict(r) for k, r in doc.get("rollouts", {}).items()}
         self.current = doc.get("current")
+        self.over = doc.get("over")
+        self.declared = doc.get("declared", {})
         self.decided = set(doc.get("decided", []))
         if "thresholds" in doc:
             self.thresholds = Thresholds.from_dict(doc["thresholds"])
 
     async def save(self) -> bool:
         """Write the state; in order (one writer at a time). False when Redis is out of reach:
-        control goes on in memory and says so (``redis_up`` on /health)."""
+        control goes on in memory and says so (``redis_up`` in /v1/state and /v1/dashboard)."""
         if self.redis is None:
             return False
         async with self._lock:
@@ -128,7 +135,32 @@ class Control:
         if active is not None:
             return ModelAssignment(current=active.baseline, candidate=active.version, share=active.share,
                                    rollout=active.id)
-        return ModelAssignment(current=self.current)
+        return ModelAssignment(current=self.current, over=self.over)
+
+    def _declare(self, r: Report, now: float) -> None:
+        """Note what the replica's serve_config names; a region whose live replicas all name
+        another version than the one a promotion superseded has been deployed since: control's
+        version no longer stands over it (and once over no region, ``current`` is cleared)."""
+        self.declared.setdefault(r.region, {})[r.replica] = [r.model, now]
+        for reps in self.declared.values():
+            for rid in [k for k, (_, t) in reps.items() if now - t > 10 * self.health.stale_s]:
+                del reps[rid]  # replicas long gone
+        if self.over is None or r.region not in self.over:
+            return
+        live = {m for m, t in self.declared[r.region].values() if now - t <= self.health.stale_s}
+        if self.over[r.region] in live:
+            return
+        log.info("region %s now declares %s: promoted %s no longer stands over it", r.region,
+                 sorted(live, key=str), self.current)
+        del self.over[r.region]
+        if not self.over:
+            self.current, self.over = None, None
+        self._bump()
+
+    def _declared_now(self, region: str, now: float) -> str | None | bool:
+        """The latest live declaration of ``region``; False when none of its replicas is live."""
+        live = [(t, m) for m, t in self.declared.get(region, {}).values() if now - t <= self.health.stale_s]
+        return max(live, key=lambda x: x[0])[1] if live else False
 
     def push(self, leases=None) -> Push:
         return Push(epoch=self.epoch, ts=self.clock(), leases=leases or {}, policy=self.policies.policies,
@@ -138,6 +170,7 @@ class Control:
         """A replica's report in, its leases and the current policy out (state saved first)."""
         now = self.clock()
         self.reported_model = r.model or self.reported_model
+        self._declare(r, now)
         self.pacer.absorb(r, now)
         hb = dict(r.heartbeat)
         self.health.beat(r.region, r.replica, now, hb)
@@ -149,9 +182,10 @@ class Control:
             stats = VersionStats.from_dict(figs)
             for ro in self.rollouts.values():
                 ro.observe(version, stats)
-        if r.candidate and r.candidate not in self.decided and r.candidate != (self.current or r.model):
+        pricing = self.assignment().version_for(r.region, r.model)
+        if r.candidate and r.candidate not in self.decided and r.candidate != pricing:
             if not any(ro.version == r.candidate or ro.active for ro in self.rollouts.values()):
-                self.start_rollout(r.candidate, self.current or r.model, now)
+                self.start_rollout(r.candidate, pricing, now)
         leases = self.pacer.grant(r, now)
         await self.save()
         return self.push(leases)
@@ -185,6 +219,11 @@ class Control:
             log.info("rollout %s (%s): %s at share %.2f", ro.id, ro.version, action, ro.share)
             if action == "promote":
                 self.current = ro.version
+                # over each region's declaration now (a silent one: assumed the baseline)
+                self.over = {}
+                for region in self.config.regions:
+                    d = self._declared_now(region, now)
+                    self.over[region] = ro.baseline if d is False else d
             if action in ("promote", "rollback"):
                 self.decided.add(ro.version)
             changed = True

@@ -258,13 +258,14 @@ class RegionIngress:
     async def _assign(self, m) -> None:
         """Control's model assignment: the current version, and a candidate for a share."""
         self.assigned = m
+        settled = m.version_for(self.region, self.user_model)
         if self.inference is not None:
-            self.model = m.current or self.user_model
+            self.model = settled
             self.canary = (m.candidate, m.share) if m.candidate else None
             for version in (self.model, m.candidate):
                 self._ensure_warm(version)  # before its first request, not on it
             return
-        current = m.current or self.user_model
+        current = settled
         if current and (self.bidder.scorer is None or self.bidder.scorer.version != current):
             await asyncio.to_thread(self._load_model, current)
         if not m.candidate:
@@ -468,8 +469,8 @@ class RegionIngress:
         spec = (user_config or {}).get("model")
         self.user_model = spec
         self.user_candidate = (user_config or {}).get("candidate")  # control canaries it
-        if self.assigned is not None and self.assigned.current:
-            return  # control settled the version (a promotion): its assignment stands
+        if self.assigned is not None and self.assigned.version_for(self.region, spec) != spec:
+            return  # control's version stands over this declaration (a canary's baseline, a promotion)
         if self.inference is not None:
             self.model = spec  # the inference replicas load it (multiplexed) on first use
             return
@@ -484,7 +485,8 @@ class RegionIngress:
             return None
         m = self.assigned
         return {**self.control_state, "epoch": self.control_epoch, "policy_epoch": self.policy_epoch,
-                "model": {"current": m.current, "candidate": m.candidate, "share": m.share} if m else None,
+                "model": {"current": m.current, "candidate": m.candidate, "share": m.share,
+                          "over": m.over, "pricing": m.version_for(self.region, self.user_model)} if m else None,
                 **_summary_of(self.bidder.budget)}
 
     async def __call__(self, request: Request) -> Response:
