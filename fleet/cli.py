@@ -1,4 +1,4 @@
-"""The ``fleet`` command: up, down, status, sim, bench.
+"""The ``fleet`` command: up, down, status, sim, bench, model, ledger, node.
 
 ``up`` uses REDIS_URL and RAY_ADDRESS when set and starts local ones otherwise (the embedded
 default), deploys ``serve_config.yaml``, waits for every region, prints the endpoints, sends a

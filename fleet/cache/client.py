@@ -1,6 +1,6 @@
 """The ingress side of the cache: batched lookups with a deadline, batched fire-and-forget writes.
 
-Lookups of concurrent requests going to one shard share one actor call (a micro-batcher per
+Lookups of concurrent requests going to one shard share one message on the shard socket (a micro-batcher per
 shard: one call per shard per batch, never per key), and the request waits at most what its
 enrichment budget allows; past it the request goes on with defaults and the shard fills the
 miss in the background. Writes (frequency events, publisher feedback, traffic counts) leave the

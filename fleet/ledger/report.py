@@ -6,7 +6,7 @@ replicas hold for today, which they publish) against the ledger's (reserved minu
 billed, today). Flags:
 - ``billed>won``: more billing notices than wins (notices lost, or not the exchange's);
 - ``won>selected``: wins for bids the ledger never saw selected (events lost upstream);
-- ``pacing_drift``: pacing's view and the ledger's differ by more than the tolerance.
+- per campaign today, ``flag`` (``DRIFT`` in the CLI): pacing's view and the ledger's differ by more than the tolerance.
 """
 
 from __future__ import annotations

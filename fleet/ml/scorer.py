@@ -5,7 +5,7 @@ One small interface (MLServer's load/predict), one backend per way of running th
 * ``onnx-cpu``: ONNX Runtime's CPU tree-ensemble operator, one thread. Tens of microseconds
   for a handful of rows, so CPU regions score in-process, without a hop.
 * ``onnx-cuda``: the tensorized graph on ONNX Runtime's CUDA provider (large batches on a GPU).
-* ``xgboost``: XGBoost's own predictor (``device="cuda"`` on a GPU).
+* ``xgboost-cpu``, ``xgboost-cuda``: XGBoost's own predictor (``device="cuda"`` on a GPU).
 
 Loading checks every artifact's sha256 against ``manifest.json`` before the first prediction:
 a replica never prices with a file that is not the version it claims.

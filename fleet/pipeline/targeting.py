@@ -162,7 +162,7 @@ class CampaignIndex:
         """Yield campaigns of a bitset, lowest index (highest max bid) first.
 
         Works on 512-bit windows: isolating the lowest bit of a small int is far cheaper than of
-        a 10,000-bit one, and callers usually stop after a few dozen.
+        a 10,000-bit one, and callers usually stop after ``max_candidates`` (16).
         """
         campaigns = self.campaigns
         base = 0
