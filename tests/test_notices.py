@@ -136,10 +136,15 @@ def test_a_price_the_exchange_could_not_have_charged_is_refused(regions):
 
     bidder = RegionBidder("us-east", regions, load_catalog(regions.defaults.catalog))
     n = NoticeCounter()
-    check = bidder.notice_problem
-    assert n.handle("bill", Q + "&px=2.5&b=2.7", "us-east", check)[0] == 200
-    assert n.handle("bill", Q + "&px=1e300&b=2.7", "us-east", check)[:2] == (400, "price above the bid")
-    assert n.handle("win", Q + "&px=2.71&b=2.7", "us-east", check)[:2] == (400, "price above the bid")
-    assert n.handle("bill", Q + "&px=2.5&cur=XXX&b=2.7", "us-east", check)[0] == 400
-    assert n.handle("loss", Q + "&lr=102&px=9&b=2.7", "us-east", check)[0] == 200  # min to win may exceed it
-    assert n.counts["implausible"] == 3 and n.spend_cpm == {"c-banner-us": 2.5}
+    admit = bidder.admit_notice
+    assert n.handle("bill", Q + "&px=2.5&b=2.7", "us-east", admit)[0] == 200
+    assert n.handle("bill", Q + "&px=1e300&b=2.7", "us-east", admit)[:2] == (400, "price above the bid")
+    assert n.handle("win", Q + "&px=2.71&b=2.7", "us-east", admit)[:2] == (400, "price above the bid")
+    assert n.handle("bill", Q + "&px=2.5&cur=XXX&b=2.7", "us-east", admit)[0] == 400
+    assert n.handle("win", Q + "&px=2.6&cur=EUR&b=2.7", "us-east", admit)[:2] == (400, "price above the bid")
+    assert n.handle("loss", Q + "&lr=102&px=9&b=2.7", "us-east", admit)[0] == 200  # min to win may exceed it
+    assert n.counts["implausible"] == 4 and n.spend_cpm == {"c-banner-us": 2.5}
+    # A charge in another currency is counted in the fleet's (USD here: 400 JPY = 2.64).
+    status, _, bill = n.handle("bill", Q + "&px=400&cur=JPY&b=2.7", "us-east", admit)
+    assert (status, bill.currency) == (200, "USD") and bill.price == pytest.approx(2.64)
+    assert n.spend_cpm["c-banner-us"] == pytest.approx(2.5 + 2.64)

@@ -8,6 +8,7 @@ deployment in ``fleet.serve.region_app`` is a thin wrapper around this class.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -189,18 +190,21 @@ class RegionBidder:
         self.latency.observe_all(spent)
         return spent
 
-    def notice_problem(self, notice) -> str | None:
-        """Why a notice's unsigned figures cannot be true, or None. An exchange never charges more
-        than the bid (first or second price), in the bid's currency or another it converts to;
-        a price it could not have charged would block or misstate the campaign's spend."""
+    def admit_notice(self, notice):
+        """The notice with its price in the fleet's currency (what pacing and the ledger count),
+        or why its unsigned figures cannot be true. An exchange charges in the response's
+        currency (``cur``) and never more than the bid, first or second price; a price it could
+        not have charged would block or misstate the campaign's spend."""
         if notice.price is None:
-            return None
+            return notice
         price = self._to_fleet(notice.price, notice.currency or self.fleet_cur)
         if price is None:
             return f"unknown currency {notice.currency!r}"
         if notice.kind in ("win", "bill") and notice.our_bid is not None and price > notice.our_bid * 1.001 + 1e-4:
             return "price above the bid"
-        return None
+        if notice.currency is None or notice.currency.upper() == self.fleet_cur:
+            return notice
+        return dataclasses.replace(notice, price=price, currency=self.fleet_cur)
 
     def learn(self, notice) -> None:
         """Notices settle the bid's reservation; win and loss notices teach the win-rate model

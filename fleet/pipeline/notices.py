@@ -123,15 +123,17 @@ class NoticeCounter:
         self.spend_cpm: Counter[str] = Counter()
 
     def handle(self, kind: str, query: str, region: str,
-               check: Callable[[Notice], str | None] | None = None) -> tuple[int, str, Notice | None]:
-        """``check`` judges what the signature cannot cover (the exchange fills in the price and
-        its currency): a reason refuses the notice with a 400."""
+               admit: Callable[[Notice], Notice | str] | None = None) -> tuple[int, str, Notice | None]:
+        """``admit`` judges what the signature cannot cover (the exchange fills in the price and
+        its currency): it returns the notice to count (its price converted), or a reason, which
+        refuses it with a 400."""
         try:
             n = parse_notice(kind, query, region, self.signer)
-            why = check(n) if check is not None else None
-            if why:
-                self.counts["implausible"] += 1
-                raise NoticeError(400, why)
+            if admit is not None:
+                n = admit(n)
+                if isinstance(n, str):
+                    self.counts["implausible"] += 1
+                    raise NoticeError(400, n)
         except NoticeError as exc:
             self.counts[f"{kind}.refused"] += 1
             if exc.status == 403:

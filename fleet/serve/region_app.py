@@ -514,7 +514,7 @@ class RegionIngress:
             return Response(a.body, status_code=a.status, headers=a.headers)
         if path.startswith("/notice/") and method == "GET":
             status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region,
-                                                         check=self.bidder.notice_problem)
+                                                         admit=self.bidder.admit_notice)
             if status == 200:
                 first = self._first_notice(notice)
                 if first:  # a replayed notice teaches nothing twice (its loss reason is unsigned)
