@@ -77,6 +77,25 @@ def test_notice_urls_from_a_real_bid_come_back(fleet_http):
 
 
 @pytest.mark.slow
+def test_a_replayed_notice_is_counted_but_teaches_once(fleet_http):
+    """An exchange resends, and anyone holding a signed URL can replay it (its loss reason and
+    price are not signed): every copy is counted, but the bid's budget settles and the win-rate
+    model learns from the first only (one replica serves the region here)."""
+    req = {"id": "notice-replay", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}],
+           "device": {"geo": {"country": "USA"}}, "site": {"domain": "site3.example", "publisher": {"id": "pub-3"}}}
+    r = httpx.post(f"{fleet_http}/us-east/openrtb2/bid", json=req, headers={"x-openrtb-version": "2.6"})
+    assert r.status_code == 200
+    u = urlsplit(_substitute(r.json()["seatbid"][0]["bid"][0]["lurl"], "1.75"))
+    stats = lambda: httpx.get(f"{fleet_http}/us-east/stats").json()  # noqa: E731
+    before = stats()
+    for _ in range(5):
+        assert httpx.get(f"{fleet_http}{u.path}?{u.query}").status_code == 200
+    after = stats()
+    assert after["notices"]["loss"] - before["notices"].get("loss", 0) == 5
+    assert after["bidder"]["notices_learned"] - before["bidder"].get("notices_learned", 0) == 1
+
+
+@pytest.mark.slow
 def test_frequency_cap_over_http(fleet_http):
     def ask(n):
         req = {"id": f"fcap-{n}", "imp": [{"id": "1", "banner": {"w": 970, "h": 90}}],

@@ -211,6 +211,7 @@ class RegionBidder:
         (loss reason 102: outbid)."""
         if notice is None:
             return
+        self.stats["notices_learned"] += 1
         self.budget.settle(notice)
         if notice.publisher is None or notice.our_bid is None:
             return
