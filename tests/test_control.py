@@ -8,6 +8,7 @@ only the auctions are drawn (``fleet.sim.pacing_loop``), so the pacing figures c
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -301,10 +302,62 @@ async def _declarations_after_a_promotion():
             await _sync(clock, control, region, f"{region}-a", "ctr/v2")
     assert control.current is None and control.over is None
     assert control.assignment().version_for("eu-west", "ctr/v2") == "ctr/v2"
-    # The next candidate is judged against what the region prices with.
+    # A canary's baseline prices everywhere: with regions on v2 and v3 no candidate is started
+    # (nor with nothing declared), and syncs go on; once they agree, it is judged against v3.
+    await _sync(clock, control, "us-east", "us-east-a", "ctr/v3", "ctr/v4")
+    await _sync(clock, control, "eu-west", "eu-west-a", None, "ctr/v4")
+    assert not any(r.active for r in control.rollouts.values())
+    for region in regions:
+        await _sync(clock, control, region, f"{region}-a", "ctr/v3")
     await _sync(clock, control, "us-east", "us-east-a", "ctr/v3", "ctr/v4")
     ro = next(r for r in control.rollouts.values() if r.active)
     assert (ro.version, ro.baseline) == ("ctr/v4", "ctr/v3")
+
+
+def test_a_deploy_under_way_at_the_promotion_is_not_taken_for_the_declaration_it_replaces():
+    """us-east's replica a already runs a new config (v3) when v2 is promoted, b still names v1,
+    and a reported last: the promotion stands over v1, the older declaration, so a prices v3 and
+    b v2, and once b names v3 too the region is released. A region silent at the promotion
+    keeps its last known declaration rather than being taken for the baseline."""
+    from fleet.control.rollout import VersionStats
+
+    async def go():
+        clock = Clock()
+        control = Control(load_regions(), None, clock=clock)
+        await control.start()
+        control.set_thresholds({"steps": [0.5], "dwell_s": 1.0, "min_priced": 10})
+        await _sync(clock, control, "ap-southeast", "ap-southeast-a", "ctr/v0")
+        clock.t += 3 * control.health.stale_s  # ap-southeast goes quiet, still naming v0
+        await _sync(clock, control, "us-east", "us-east-b", "ctr/v1", "ctr/v2")
+        await _sync(clock, control, "eu-west", "eu-west-a", "ctr/v1", "ctr/v2")
+        clock.t += 1.0
+        await _sync(clock, control, "us-east", "us-east-a", "ctr/v3")  # deployed already
+        figs = VersionStats(priced=50, bids=25, value=60.0, price=50.0).to_dict()
+        clock.t += 2.0
+        await _sync(clock, control, "us-east", "us-east-b", "ctr/v1", "ctr/v2", {"ctr/v1": figs, "ctr/v2": figs})
+        await _sync(clock, control, "eu-west", "eu-west-a", "ctr/v1", "ctr/v2")
+        await _sync(clock, control, "us-east", "us-east-a", "ctr/v3")  # the last to report
+        await control.tick(1.0)
+        assert control.current == "ctr/v2"
+        return control
+
+    control = asyncio.run(go())
+    a = control.assignment()
+    assert a.over["us-east"] == "ctr/v1" and a.over["ap-southeast"] == "ctr/v0"
+    assert a.version_for("us-east", "ctr/v3") == "ctr/v3" and a.version_for("us-east", "ctr/v1") == "ctr/v2"
+
+
+def test_state_saved_before_over_holds_the_promotion_over_its_baseline_only():
+    clock = Clock()
+    control = Control(load_regions(), None, clock=clock)
+    asyncio.run(_promote_v2(clock, control))
+    doc = json.loads(json.dumps(control.to_dict()))
+    del doc["over"], doc["declared"]
+    again = Control(load_regions(), None, clock=clock)
+    again.load(doc)
+    a = again.assignment()
+    assert a.current == "ctr/v2" and set(a.over.values()) == {"ctr/v1"}
+    assert a.version_for("eu-west", "ctr/v3") == "ctr/v3"
 
 
 def test_the_promotions_standing_survives_a_control_restart(redis_srv):

@@ -47,7 +47,8 @@ class Control:
         # region -> the model its serve_config declared when ``current`` was promoted over it;
         # a region leaves once its live replicas all declare something else (see ModelAssignment)
         self.over: dict[str, str | None] | None = None
-        self.declared: dict[str, dict[str, list]] = {}  # region -> replica -> [declared model, t]
+        # region -> replica -> [declared model, last reported, reported since (that model)]
+        self.declared: dict[str, dict[str, list]] = {}
         self.reported_model: str | None = None  # what serve_config.yaml names, as replicas report it
         self.decided: set[str] = set()  # candidates already promoted or rolled back
         self.epoch = 0
@@ -62,6 +63,7 @@ class Control:
         self.saves = 0
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._refused: tuple | None = None  # the last candidate not canaried, and why (logged once)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -100,7 +102,12 @@ class Control:
         self.rollouts = {k: Rollout.from_dict(r) for k, r in doc.get("rollouts", {}).items()}
         self.current = doc.get("current")
         self.over = doc.get("over")
-        self.declared = doc.get("declared", {})
+        if self.current and "over" not in doc:  # saved before ``over``: the promotion's baseline
+            ro = next((r for r in self.rollouts.values() if r.state == "promoted" and r.version == self.current), None)
+            if ro is not None:
+                self.over = {region: ro.baseline for region in self.config.regions}
+        self.declared = {region: {rid: e if len(e) == 3 else [e[0], e[1], e[1]] for rid, e in reps.items()}
+                         for region, reps in doc.get("declared", {}).items()}
         self.decided = set(doc.get("decided", []))
         if "thresholds" in doc:
             self.thresholds = Thresholds.from_dict(doc["thresholds"])
@@ -135,19 +142,21 @@ class Control:
         if active is not None:
             return ModelAssignment(current=active.baseline, candidate=active.version, share=active.share,
                                    rollout=active.id)
-        return ModelAssignment(current=self.current, over=self.over)
+        return ModelAssignment(current=self.current, over=None if self.over is None else dict(self.over))
 
     def _declare(self, r: Report, now: float) -> None:
         """Note what the replica's serve_config names; a region whose live replicas all name
         another version than the one a promotion superseded has been deployed since: control's
         version no longer stands over it (and once over no region, ``current`` is cleared)."""
-        self.declared.setdefault(r.region, {})[r.replica] = [r.model, now]
-        for reps in self.declared.values():
-            for rid in [k for k, (_, t) in reps.items() if now - t > 10 * self.health.stale_s]:
-                del reps[rid]  # replicas long gone
+        reps = self.declared.setdefault(r.region, {})
+        prev = reps.get(r.replica)
+        reps[r.replica] = [r.model, now, prev[2] if prev is not None and prev[0] == r.model else now]
+        # Replicas long gone are forgotten, but a silent region keeps its last word.
+        for rid in [k for k, (_, t, _) in reps.items() if now - t > 10 * self.health.stale_s]:
+            del reps[rid]
         if self.over is None or r.region not in self.over:
             return
-        live = {m for m, t in self.declared[r.region].values() if now - t <= self.health.stale_s}
+        live = {m for m, t, _ in reps.values() if now - t <= self.health.stale_s}
         if self.over[r.region] in live:
             return
         log.info("region %s now declares %s: promoted %s no longer stands over it", r.region,
@@ -157,10 +166,20 @@ class Control:
             self.current, self.over = None, None
         self._bump()
 
-    def _declared_now(self, region: str, now: float) -> str | None | bool:
-        """The latest live declaration of ``region``; False when none of its replicas is live."""
-        live = [(t, m) for m, t in self.declared.get(region, {}).values() if now - t <= self.health.stale_s]
-        return max(live, key=lambda x: x[0])[1] if live else False
+    def _superseded(self, region: str, now: float, baseline: str | None) -> str | None:
+        """What ``region`` declared before whatever deploy may be under way: among its live
+        replicas (else its last known ones) the declaration held the longest; the baseline for a
+        region never heard from."""
+        entries = list(self.declared.get(region, {}).values())
+        live = [e for e in entries if now - e[1] <= self.health.stale_s]
+        pool = live or entries
+        return min(pool, key=lambda e: e[2])[0] if pool else baseline
+
+    def _pricing_split(self, now: float) -> set:
+        """The versions the regions price with now (more than one: a deploy released some)."""
+        a = self.assignment()
+        return {a.version_for(region, e[0]) for region, reps in self.declared.items()
+                for e in reps.values() if now - e[1] <= self.health.stale_s}
 
     def push(self, leases=None) -> Push:
         return Push(epoch=self.epoch, ts=self.clock(), leases=leases or {}, policy=self.policies.policies,
@@ -185,7 +204,17 @@ class Control:
         pricing = self.assignment().version_for(r.region, r.model)
         if r.candidate and r.candidate not in self.decided and r.candidate != pricing:
             if not any(ro.version == r.candidate or ro.active for ro in self.rollouts.values()):
-                self.start_rollout(r.candidate, pricing, now)
+                split = self._pricing_split(now)
+                if not pricing or len(split) > 1:
+                    # A canary's baseline prices in every region: with none, or regions on
+                    # different versions, there is nothing one comparison could stand for.
+                    why = (r.candidate, tuple(sorted(split, key=str)))
+                    if self._refused != why:
+                        self._refused = why
+                        log.warning("candidate %s not canaried: regions price %s (start it with "
+                                    "POST /control/v1/rollouts and a baseline)", r.candidate, sorted(split, key=str))
+                else:
+                    self.start_rollout(r.candidate, pricing, now)
         leases = self.pacer.grant(r, now)
         await self.save()
         return self.push(leases)
@@ -220,10 +249,7 @@ class Control:
             if action == "promote":
                 self.current = ro.version
                 # over each region's declaration now (a silent one: assumed the baseline)
-                self.over = {}
-                for region in self.config.regions:
-                    d = self._declared_now(region, now)
-                    self.over[region] = ro.baseline if d is False else d
+                self.over = {region: self._superseded(region, now, ro.baseline) for region in self.config.regions}
             if action in ("promote", "rollback"):
                 self.decided.add(ro.version)
             changed = True

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 
 import msgspec
 from ray import serve
@@ -80,6 +81,7 @@ class RegionIngress:
         config = load_regions(a.regions_file)
         catalog = load_catalog(a.catalog or config.defaults.catalog)
         self.region = a.region
+        self._model_lock = threading.Lock()
         self.resources = region_resources(a.region, a.region_resource)  # the actors it creates
         self.bidder = RegionBidder(a.region, config, catalog)
         if a.route_prefix:  # notice URLs lead back to this app, wherever it is deployed
@@ -285,21 +287,34 @@ class RegionIngress:
             scorer = None
         self.bidder.candidate = (scorer, m.candidate, m.share)
 
+    def _wanted_model(self) -> str | None:
+        """The version this replica should price with now: its declaration, or control's."""
+        return self.user_model if self.assigned is None else self.assigned.version_for(self.region, self.user_model)
+
     def _load_model(self, spec: str) -> None:
-        """Load a model version and swap it in; on failure keep pricing as before and say so."""
+        """Load a model version and swap it in; on failure keep pricing as before and say so.
+
+        Loads run one at a time (``reconfigure`` and control's pushes call this from threads),
+        and a version no longer wanted when its load ends is not swapped in: a slow load of an
+        older decision cannot overwrite a newer one."""
         from fleet.ml.scorer import load_scorer
 
-        try:
-            scorer = load_scorer(spec, self.backend)
-        except Exception as exc:  # the region keeps bidding on what it had
-            self.model_error = f"{spec}: {exc}"
-            self.bidder.stats["model.load_error"] += 1
-            log.error("model %s not loaded, pricing stays on %s: %s", spec,
-                      self.bidder.scorer.version if self.bidder.scorer else "rule", exc)
-            return
-        scorer.predict(np.zeros((1, N_FEATURES), np.float32))  # warm up before the swap
-        self.bidder.scorer = scorer  # one assignment: requests see the old or the new, never half
-        self.model_error = ""
+        with self._model_lock:
+            if spec != self._wanted_model():
+                return
+            try:
+                scorer = load_scorer(spec, self.backend)
+            except Exception as exc:  # the region keeps bidding on what it had
+                self.model_error = f"{spec}: {exc}"
+                self.bidder.stats["model.load_error"] += 1
+                log.error("model %s not loaded, pricing stays on %s: %s", spec,
+                          self.bidder.scorer.version if self.bidder.scorer else "rule", exc)
+                return
+            scorer.predict(np.zeros((1, N_FEATURES), np.float32))  # warm up before the swap
+            if spec != self._wanted_model():
+                return
+            self.bidder.scorer = scorer  # one assignment: requests see the old or the new, never half
+            self.model_error = ""
 
     async def _bid(self, body: bytes, kw: dict) -> Answer:
         """Stage 1; the cache lookup within the enrichment budget; stages 3-4; prices (in
