@@ -156,7 +156,7 @@ class Control:
             del reps[rid]
         if self.over is None or r.region not in self.over:
             return
-        live = {m for m, t, _ in reps.values() if now - t <= self.health.stale_s}
+        live = {e[0] for e in self._live(reps.values(), now)}
         if self.over[r.region] in live:
             return
         log.info("region %s now declares %s: promoted %s no longer stands over it", r.region,
@@ -171,15 +171,18 @@ class Control:
         replicas (else its last known ones) the declaration held the longest; the baseline for a
         region never heard from."""
         entries = list(self.declared.get(region, {}).values())
-        live = [e for e in entries if now - e[1] <= self.health.stale_s]
-        pool = live or entries
+        pool = self._live(entries, now) or entries
         return min(pool, key=lambda e: e[2])[0] if pool else baseline
 
     def _pricing_split(self, now: float) -> set:
         """The versions the regions price with now (more than one: a deploy released some)."""
         a = self.assignment()
         return {a.version_for(region, e[0]) for region, reps in self.declared.items()
-                for e in reps.values() if now - e[1] <= self.health.stale_s}
+                for e in self._live(reps.values(), now)}
+
+    def _live(self, entries, now: float) -> list:
+        """The declarations (``declared`` entries) of replicas that reported within ``stale_s``."""
+        return [e for e in entries if now - e[1] <= self.health.stale_s]
 
     def push(self, leases=None) -> Push:
         return Push(epoch=self.epoch, ts=self.clock(), leases=leases or {}, policy=self.policies.policies,
@@ -201,7 +204,7 @@ class Control:
             stats = VersionStats.from_dict(figs)
             for ro in self.rollouts.values():
                 ro.observe(version, stats)
-        pricing = self.assignment().version_for(r.region, r.model)
+        pricing = self.assignment().version_for(r.region, r.model) if r.candidate else None
         if r.candidate and r.candidate not in self.decided and r.candidate != pricing:
             if not any(ro.version == r.candidate or ro.active for ro in self.rollouts.values()):
                 split = self._pricing_split(now)
@@ -212,7 +215,7 @@ class Control:
                     if self._refused != why:
                         self._refused = why
                         log.warning("candidate %s not canaried: regions price %s (start it with "
-                                    "POST /control/v1/rollouts and a baseline)", r.candidate, sorted(split, key=str))
+                                    "POST /control/v1/rollouts and a baseline)", r.candidate, list(why[1]))
                 else:
                     self.start_rollout(r.candidate, pricing, now)
         leases = self.pacer.grant(r, now)
@@ -248,7 +251,7 @@ class Control:
             log.info("rollout %s (%s): %s at share %.2f", ro.id, ro.version, action, ro.share)
             if action == "promote":
                 self.current = ro.version
-                # over each region's declaration now (a silent one: assumed the baseline)
+                # over what each region declared before any deploy under way (see _superseded)
                 self.over = {region: self._superseded(region, now, ro.baseline) for region in self.config.regions}
             if action in ("promote", "rollback"):
                 self.decided.add(ro.version)

@@ -260,7 +260,7 @@ class RegionIngress:
     async def _assign(self, m) -> None:
         """Control's model assignment: the current version, and a candidate for a share."""
         self.assigned = m
-        settled = m.version_for(self.region, self.user_model)
+        settled = self._wanted_model()
         if self.inference is not None:
             self.model = settled
             self.canary = (m.candidate, m.share) if m.candidate else None
@@ -484,7 +484,7 @@ class RegionIngress:
         spec = (user_config or {}).get("model")
         self.user_model = spec
         self.user_candidate = (user_config or {}).get("candidate")  # control canaries it
-        if self.assigned is not None and self.assigned.version_for(self.region, spec) != spec:
+        if self._wanted_model() != spec:
             return  # control's version stands over this declaration (a canary's baseline, a promotion)
         if self.inference is not None:
             self.model = spec  # the inference replicas load it (multiplexed) on first use
@@ -501,7 +501,7 @@ class RegionIngress:
         m = self.assigned
         return {**self.control_state, "epoch": self.control_epoch, "policy_epoch": self.policy_epoch,
                 "model": {"current": m.current, "candidate": m.candidate, "share": m.share,
-                          "over": m.over, "pricing": m.version_for(self.region, self.user_model)} if m else None,
+                          "over": m.over, "pricing": self._wanted_model()} if m else None,
                 **_summary_of(self.bidder.budget)}
 
     async def __call__(self, request: Request) -> Response:
