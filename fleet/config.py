@@ -86,6 +86,12 @@ class CacheSettings(Strict):
     # Ingress micro-batch window per shard: 0 batches what one event-loop turn gathered, with
     # no added wait (lookups travel the shards' socket, tens of microseconds a call).
     lookup_window_s: float = Field(default=0.0, ge=0)
+    # The ingress's near-cache (fleet.cache.client): users it looked up within near_ttl_s are
+    # answered from its own memory, re-read in the background once older than near_refresh_s.
+    # 0 turns it off (every lookup waits for its shard).
+    near_ttl_s: float = Field(default=30.0, ge=0)
+    near_refresh_s: float = Field(default=1.0, gt=0)
+    near_max_users: int = Field(default=50_000, ge=1)  # per ingress replica
 
     def shard_options(self) -> dict:
         return {"max_users": self.max_users, "window_s": self.window_s, "max_pending": self.max_pending,
@@ -198,6 +204,7 @@ class RegionAppArgs(BaseModel):
     # deployment batches rows across requests (GPU regions, with a fractional num_gpus).
     pricing: Literal["local", "remote"] = "local"
     cache: bool = True  # look users up in the region's cache shards (False: request data only)
+    near_cache: bool = True  # the ingress's near-cache in front of them (False: every lookup waits)
     ledger: bool = True  # emit events and run the region's ledger consumer (False: neither)
     control: bool = True  # spend under control's leases and policies (False: a local allowance)
     route_prefix: str | None = None  # where this app is deployed, when not the region's own prefix

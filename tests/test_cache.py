@@ -175,6 +175,114 @@ def test_a_slow_shard_becomes_defaults_within_the_budget(redis_srv):
     assert waited < 0.25  # bounded by the budget, not by the shard's half second
 
 
+class Clock:
+    """A hand-moved clock for the ingress's near-cache (the shards keep real time)."""
+
+    def __init__(self):
+        self.t = 1_000.0
+
+    def __call__(self):
+        return self.t
+
+
+def settled(coro):
+    """The value of a coroutine that must finish without suspending: a near-cache hit may not
+    cost the request an event-loop pass."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("the lookup suspended")
+
+
+async def _loaded(client, user):
+    """Look ``user`` up until its shard has read it through (the first sight is a miss)."""
+    for _ in range(100):
+        p, outcome = await client.lookup(user, 1.0)
+        if outcome == "hit":
+            return p
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{user} never loaded")
+
+
+def test_near_cache_answers_a_known_user_in_process_without_a_shard_call(redis_srv):
+    async def go():
+        shard = Shard("r", "s0", redis_srv.url)
+        await shard.record([ev("nu1", i) for i in range(3)])
+        clock = Clock()
+        client = CacheClient({"s0": shard}, near_ttl_s=30.0, near_refresh_s=1.0, clock=clock)
+        first = await _loaded(client, "nu1")
+        keys = shard.counts["keys"]
+        clock.t += 0.5  # fresher than near_refresh_s: no re-read either
+        again = [settled(client.lookup("nu1", 1.0)) for _ in range(5)]
+        await asyncio.sleep(0.02)
+        await shard.close()
+        return first, again, keys, shard.counts["keys"], client.summary()
+
+    first, again, keys_before, keys_after, summary = run(go())
+    assert all(outcome == "hit" and p is first for p, outcome in again)
+    assert keys_after == keys_before  # the shard was not asked
+    assert summary["near_hit"] == 5 and summary["near_users"] == 1
+    assert summary.get("near_refresh", 0) == 0
+
+
+def test_near_cache_serves_its_copy_then_refreshes_it_in_the_background(redis_srv):
+    """Another replica's exposures reach this replica's copy at the next re-read: the request
+    that starts the re-read gets the old copy at once, the next one the new."""
+
+    async def go():
+        shard = Shard("r", "s0", redis_srv.url)
+        await shard.record([ev("nu2", 0)])
+        clock = Clock()
+        mine = CacheClient({"s0": shard}, near_ttl_s=30.0, near_refresh_s=1.0, clock=clock)
+        other = CacheClient({"s0": shard})  # another ingress replica, no near-cache
+        await _loaded(mine, "nu2")
+        await other.record_now([ev("nu2", 1), ev("nu2", 2)])
+        clock.t += 2.0  # past near_refresh_s, inside the TTL
+        stale, outcome = settled(mine.lookup("nu2", 1.0))
+        for _ in range(100):  # the re-read answers on a later loop turn
+            await asyncio.sleep(0.005)
+            if mine.stats["near_refresh"] and not mine._refreshing:
+                break
+        fresh, outcome2 = settled(mine.lookup("nu2", 1.0))
+        clock.t += 31.0  # past the TTL: the shard is asked again, and the request waits for it
+        keys = shard.counts["keys"]
+        _, outcome3 = await mine.lookup("nu2", 1.0)
+        await shard.close()
+        return stale, outcome, fresh, outcome2, outcome3, shard.counts["keys"] - keys, mine.stats
+
+    stale, outcome, fresh, outcome2, outcome3, asked, stats = run(go())
+    assert outcome == outcome2 == outcome3 == "hit"
+    assert len(stale.freq["c1"]) == 1 and len(fresh.freq["c1"]) == 3
+    assert stats["near_refresh"] == 1 and stats["near_expired"] == 1 and asked == 1
+
+
+def test_near_cache_is_bounded_and_keeps_serving_while_its_shard_is_slow(redis_srv):
+    async def go():
+        shard = Shard("r", "s0", redis_srv.url)
+        clock = Clock()
+        client = CacheClient({"s0": shard}, near_ttl_s=30.0, near_refresh_s=1.0, near_max_users=3,
+                             near_refresh_timeout_s=0.05, clock=clock)
+        for i in range(5):
+            await shard.record([ev(f"nb{i}", 0)])
+            await _loaded(client, f"nb{i}")
+        kept = list(client.near)
+        shard.delay_s = 0.5
+        clock.t += 2.0
+        served = settled(client.lookup("nb4", 0.005))  # at once, while its re-read waits on the shard
+        await asyncio.sleep(0.1)
+        cold = await client.lookup("nb0", 0.005)  # evicted: it waits for the shard, within budget
+        await shard.close()
+        return kept, served, cold, client.stats, client.near
+
+    kept, served, cold, stats, near = run(go())
+    assert kept == ["nb2", "nb3", "nb4"]  # the least recently fetched went first
+    assert served[1] == "hit"
+    assert cold == (None, "timeout")
+    assert stats["near_refresh_failed"] == 1 and "nb4" in near  # a failed re-read keeps the copy
+
+
 def test_writes_through_the_client_are_retried_after_a_failure(redis_srv):
     class Flaky:
         """A shard that refuses its first call, as one restarting would."""

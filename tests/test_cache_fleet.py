@@ -154,6 +154,13 @@ def test_second_sight_of_a_user_is_a_cache_hit(fleet_http):
     assert first_sight >= 1
     assert after["bidder"].get("enrich.hit", 0) == before.get("enrich.hit", 0) + 1
     assert after["cache"]["lookups"] > 0 and after["cache"]["hit_rate"] > 0
+    # the third sight is answered from the ingress's own near-cache, not the shard
+    r = httpx.post(f"{fleet_http}{APP}/openrtb2/bid", content=json.dumps({**req, "id": "hit-third"}),
+                   headers=HEADERS)
+    assert r.status_code in (200, 204) and "enrichment" not in r.headers.get("x-fleet-degraded", "")
+    third = stats(fleet_http)
+    assert third["cache"].get("near_hit", 0) == after["cache"].get("near_hit", 0) + 1
+    assert third["bidder"].get("enrich.hit", 0) == after["bidder"].get("enrich.hit", 0) + 1
 
 
 def shard_view(user: str, timeout: float = 10.0):

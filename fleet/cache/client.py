@@ -1,5 +1,13 @@
 """The ingress side of the cache: batched lookups with a deadline, batched fire-and-forget writes.
 
+A replica-local near-cache stands in front of the shards (``near_ttl_s`` > 0): a user this
+replica looked up within the TTL is answered from process memory with no await, so the request
+pays neither the hop nor the two event-loop passes a shard answer costs, and an entry older than
+``near_refresh_s`` is re-read from its shard in the background for the next request
+(stale-while-revalidate). Frequency caps stay exact for this replica's own exposures (the
+bidder counts those itself and merges by event id); what other replicas and the ledger counted
+is seen at most one refresh late, which billing-driven counters already are.
+
 Lookups of concurrent requests going to one shard share one message on the shard socket (a micro-batcher per
 shard: one call per shard per batch, never per key), and the request waits at most what its
 enrichment budget allows; past it the request goes on with defaults and the shard fills the
@@ -18,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
+from functools import partial
 
 from fleet.cache.ring import HashRing
 from fleet.cache.store import FreqEvent, Profile
@@ -41,7 +50,11 @@ def _expire(fut: asyncio.Future) -> None:
 
 class CacheClient:
     def __init__(self, shards: dict, *, window_s: float = 0.0, flush_s: float = 0.02,
-                 max_outbox: int = 50_000, clock=time.time, on_answer=None):
+                 max_outbox: int = 50_000, clock=time.time, on_answer=None,
+                 near_ttl_s: float = 0.0, near_refresh_s: float = 1.0, near_max_users: int = 50_000,
+                 near_refresh_timeout_s: float = 1.0):
+        """``near_ttl_s`` 0 (the default here) turns the near-cache off; the region app passes
+        ``regions.yaml``'s ``defaults.cache`` settings."""
         self.shards = shards
         self.on_answer = on_answer  # seconds from a lookup's submit to its answer's arrival
         self.ring = HashRing(list(shards))
@@ -61,11 +74,22 @@ class CacheClient:
         self.stats: Counter[str] = Counter()
         self.per_shard: Counter[str] = Counter()
         self.age_sum = 0.0
+        self.near_ttl_s = near_ttl_s
+        self.near_refresh_s = near_refresh_s
+        self.near_max_users = near_max_users
+        self.near_refresh_timeout_s = near_refresh_timeout_s
+        self.near: OrderedDict[str, tuple[Profile, float]] = OrderedDict()  # user -> (profile, fetched at)
+        self._refreshing: set[str] = set()
 
     # -- reads --------------------------------------------------------------------------
 
     async def lookup(self, user: str, timeout: float) -> tuple[Profile | None, str]:
-        """(profile, "hit") or (None, "miss" | "timeout" | "error")."""
+        """(profile, "hit") or (None, "miss" | "timeout" | "error"). A near-cache hit returns
+        without suspending: awaiting this costs the caller no event-loop pass."""
+        if self.near_ttl_s > 0:
+            p = self._near(user)
+            if p is not None:
+                return p, "hit"
         shard = self.ring.owner(user)
         self.per_shard[shard] += 1
         try:
@@ -89,7 +113,56 @@ class CacheClient:
             return None, "miss"
         self.stats["hit"] += 1
         self.age_sum += p.age_s
+        if self.near_ttl_s > 0:
+            self._keep(user, p)
         return p, "hit"
+
+    def _near(self, user: str) -> Profile | None:
+        """The near-cache's copy if younger than the TTL (a re-read started when it is older
+        than ``near_refresh_s``), else None."""
+        e = self.near.get(user)
+        if e is None:
+            return None
+        p, at = e
+        age = self.clock() - at
+        if age >= self.near_ttl_s:
+            del self.near[user]
+            self.stats["near_expired"] += 1
+            return None
+        if age >= self.near_refresh_s:
+            self._refresh(user)
+        self.stats["hit"] += 1
+        self.stats["near_hit"] += 1
+        self.age_sum += p.age_s + age
+        return p
+
+    def _keep(self, user: str, p: Profile) -> None:
+        self.near[user] = (p, self.clock())
+        self.near.move_to_end(user)
+        if len(self.near) > self.near_max_users:
+            self.near.popitem(last=False)  # the least recently fetched
+
+    def _refresh(self, user: str) -> None:
+        """Re-read ``user`` from its shard off the request's path (once at a time per user)."""
+        if user in self._refreshing:
+            return
+        self._refreshing.add(user)
+        shard = self.ring.owner(user)
+        self.per_shard[shard] += 1
+        self.stats["near_refresh"] += 1
+        fut = self._batcher(shard).submit([user])
+        timer = asyncio.get_running_loop().call_later(self.near_refresh_timeout_s, _expire, fut)
+        fut.add_done_callback(partial(self._refreshed, user, timer))
+
+    def _refreshed(self, user: str, timer: asyncio.TimerHandle, fut: asyncio.Future) -> None:
+        timer.cancel()
+        self._refreshing.discard(user)
+        if fut.cancelled() or fut.exception() is not None:
+            self.stats["near_refresh_failed"] += 1  # the entry stands until its TTL
+            return
+        (p,) = fut.result()
+        if p is not None:  # None: the shard is reading the user through; keep the copy we have
+            self._keep(user, p)
 
     def _batcher(self, shard: str) -> MicroBatcher:
         b = self.batchers.get(shard)
@@ -204,6 +277,7 @@ class CacheClient:
         s = self.stats
         looked = s["hit"] + s["miss"] + s["timeout"] + s["error"]
         return {**s, "lookups": looked, "hit_rate": s["hit"] / looked if looked else 0.0,
+                "near_hit_rate": s["near_hit"] / looked if looked else 0.0, "near_users": len(self.near),
                 "default_rate": (looked - s["hit"]) / looked if looked else 0.0,
                 "age_mean_s": self.age_sum / s["hit"] if s["hit"] else 0.0,
                 "outbox": self._outbox_n + self._inflight, "per_shard": dict(self.per_shard),

@@ -111,7 +111,10 @@ class RegionIngress:
             # rest is this loop's queue): the stage's tail split into shard and ingress.
             self.cache = CacheClient({n: cache_actor.RemoteShard(h) for n, h in shards.items()},
                                      window_s=self.cache_settings.lookup_window_s,
-                                     on_answer=lambda s: self.bidder.latency.observe("enrichment_answer", s))
+                                     on_answer=lambda s: self.bidder.latency.observe("enrichment_answer", s),
+                                     near_ttl_s=self.cache_settings.near_ttl_s if a.near_cache else 0.0,
+                                     near_refresh_s=self.cache_settings.near_refresh_s,
+                                     near_max_users=self.cache_settings.near_max_users)
             try:  # shards exist before the replica says ready; a slow start degrades, never blocks
                 import ray
 
