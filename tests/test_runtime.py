@@ -189,3 +189,14 @@ def test_generated_config_pins_regions_and_control_on_several_nodes():
             assert app["args"]["head"] is True
     assert "catalog" not in many["applications"][1]["args"]
     assert cfg == yaml.safe_load(resolve("serve_config.yaml").read_text())  # the original untouched
+
+
+def test_cache_delta_reports_the_near_cache_share_of_a_steps_lookups():
+    from fleet.bench.capacity import cache_delta
+
+    before = {"hit": 10, "near_hit": 4, "miss": 5, "timeout": 1, "error": 0, "near_refresh": 2}
+    after = {"hit": 100, "near_hit": 84, "miss": 5, "timeout": 11, "error": 0, "near_refresh": 40}
+    d = cache_delta(after, before)
+    assert d["lookups"] == 100 and d["near_hit_rate"] == 0.8 and d["default_rate"] == 0.1
+    assert d["near_refresh"] == 38
+    assert cache_delta({}, {}) == {}

@@ -84,6 +84,27 @@ def _stage_counts(base: str, prefix: str | None) -> dict:
     return out
 
 
+CACHE_COUNTS = ("hit", "near_hit", "miss", "timeout", "error", "near_refresh")
+
+
+def _cache_counts(base: str, prefix: str | None) -> dict[str, int]:
+    """The ingress's cache outcome counters (empty for an app without a cache)."""
+    if prefix is None:
+        return {}
+    cache = httpx.get(f"{base}{prefix}/stats", timeout=5).json().get("cache") or {}
+    return {k: int(cache.get(k, 0)) for k in CACHE_COUNTS} if cache else {}
+
+
+def cache_delta(after: dict[str, int], before: dict[str, int]) -> dict:
+    """Lookups over a step by outcome, with the share the near-cache answered."""
+    if not after:
+        return {}
+    d = {k: after[k] - before.get(k, 0) for k in after}
+    looked = d["hit"] + d["miss"] + d["timeout"] + d["error"]
+    return {**d, "lookups": looked, "near_hit_rate": round(d["near_hit"] / looked, 4) if looked else None,
+            "default_rate": round((looked - d["hit"]) / looked, 4) if looked else None}
+
+
 def _late(base: str, prefix: str | None) -> int:
     if prefix is None:
         return 0
@@ -261,11 +282,15 @@ def _one_round(wrk, bodies, base: str, targets: dict, slo_ms: float, step_s: flo
         # with its users looked up once (its steady state), not while every lookup is a first miss.
         step(start_rate, max(step_s, BODIES / start_rate))
         capacity, steps = find_capacity(step, start_rate, log=log)
-        before = _stage_counts(base, stats_prefix)
+        before, cache0 = _stage_counts(base, stats_prefix), _cache_counts(base, stats_prefix)
         half, half_cpu = step_cpu(capacity / 2) if capacity else (None, {})
         stages = histogram.summary(histogram.delta(_stage_counts(base, stats_prefix), before))
+        lookups = cache_delta(_cache_counts(base, stats_prefix), cache0)
         if half is not None:
             log(f"  at 50% ({capacity / 2:.0f}/s): p50 {half.p50_ms:.2f} ms  p99 {half.p99_ms:.2f} ms")
+            if lookups:
+                log(f"    lookups {lookups['lookups']}: near-cache {lookups['near_hit_rate']}, "
+                    f"defaults {lookups['default_rate']}, background re-reads {lookups['near_refresh']}")
             for name, st in stages.items():
                 log(f"    stage {name:<11} p50 {st['p50_ms']} ms  p99 {st['p99_ms']} ms  (n={st['n']})")
         sat, sat_cpu = step_cpu(float("inf"))  # closed loop, no pacing: the saturation throughput
@@ -282,6 +307,7 @@ def _one_round(wrk, bodies, base: str, targets: dict, slo_ms: float, step_s: flo
             "saturation_rps": sat.achieved,
             "half_load": asdict(half) if half else None,
             "half_load_stages": stages,
+            "half_load_lookups": lookups,
             "collector_pauses": pauses,
             "cpu_us_per_request": {"half_load": half_cpu, "saturation": sat_cpu},
             "steps": [asdict(s) for s in steps],

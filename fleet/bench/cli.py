@@ -165,6 +165,14 @@ def bench_ledger(region, requests):
     click.echo(json.dumps(doc, indent=2))
 
 
+PARTS = ("cache", "near_cache", "telemetry")  # what a capacity comparison can turn off
+
+
+def _without(part: str) -> str:
+    """Route and app suffix of the region without ``part``: -nocache, -nonear-cache, ..."""
+    return "-no" + part.replace("_", "-")
+
+
 @bench.command("capacity")
 @click.option("--region", default="us-east", show_default=True)
 @click.option("--slo-ms", default=15.0, show_default=True, help="p99 limit for a passing step.")
@@ -174,7 +182,8 @@ def bench_ledger(region, requests):
 @click.option("--port", default=8123, show_default=True, help="Ingress port of the bench's own Ray.")
 @click.option("--model", default=None, help="Price with this model version (e.g. ctr/v1); default rule.")
 @click.option("--compare-cache/--no-compare-cache", default=False, show_default=True,
-              help="Also measure the region without its cache shards (enrichment from the request only).")
+              help="Also measure the region without its cache shards (enrichment from the request only) "
+                   "and with them but without the ingress's near-cache (every lookup waits for its shard).")
 @click.option("--compare-telemetry/--no-compare-telemetry", default=False, show_default=True,
               help="Also measure the region without tracing and metrics (telemetry off).")
 @click.option("--rounds", default=1, show_default=True,
@@ -221,13 +230,13 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
         targets = {"noop": ("/bench-noop", None)}
         prefixes = [spec.route_prefix]
         # The region without one part, measured the same way in the same run (the comparison).
-        for wanted, part in ((compare_cache, "cache"), (compare_telemetry, "telemetry")):
+        for wanted, part in ((compare_cache, "cache"), (compare_cache, "near_cache"), (compare_telemetry, "telemetry")):
             if not wanted:
                 continue
-            prefix = f"{spec.route_prefix}-no{part}"
+            prefix = f"{spec.route_prefix}{_without(part)}"
             serve.run(region_app.build_app(RegionAppArgs(region=region, model=model, **{part: False})),
-                      name=f"bench-{region}-no{part}", route_prefix=prefix, blocking=False)
-            targets[f"{region} without {part}"] = (prefix, prefix)
+                      name=f"bench-{region}{_without(part)}", route_prefix=prefix, blocking=False)
+            targets[f"{region} without {part.replace('_', '-')}"] = (prefix, prefix)
             prefixes.append(prefix)
         targets[region] = (spec.route_prefix, spec.route_prefix)
         base = f"http://127.0.0.1:{port}"
@@ -237,7 +246,7 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
         suffix = (("-" + model.replace("/", "-") if model else "") + ("-cache" if compare_cache else "")
                   + ("-telemetry" if compare_telemetry else ""))
         apps = {"noop": "bench-noop", region: f"bench-{region}",
-                **{f"{region} without {part}": f"bench-{region}-no{part}" for part in ("cache", "telemetry")}}
+                **{f"{region} without {part.replace('_', '-')}": f"bench-{region}{_without(part)}" for part in PARTS}}
         doc = run_capacity(
             base, targets, region, slo_ms=slo_ms, step_s=step_s, connections=connections, start_rate=start_rate,
             out=RESULTS / f"capacity-{region}{suffix}.json",
@@ -252,7 +261,12 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
             ratio = r[region]["capacity_rps"] / without if without else float("nan")
             click.echo(f"capacity with cache / without: {ratio:.3f}; enrichment p99 at half load: "
                        f"{r[region]['half_load_stages'].get('enrichment', {}).get('p99_ms')} ms (the shard's "
-                       f"answer in: {r[region]['half_load_stages'].get('enrichment_answer', {}).get('p99_ms')} ms)")
+                       f"answer in: {r[region]['half_load_stages'].get('enrichment_answer', {}).get('p99_ms')} ms; "
+                       f"near-cache answered {r[region].get('half_load_lookups', {}).get('near_hit_rate')})")
+            shards_only = r[f"{region} without near-cache"]
+            ratio = shards_only["capacity_rps"] / without if without else float("nan")
+            click.echo(f"without the near-cache: capacity / without cache {ratio:.3f}; enrichment p99 at half "
+                       f"load: {shards_only['half_load_stages'].get('enrichment', {}).get('p99_ms')} ms")
             for i, rr in enumerate(doc.get("ratios_per_round", [])):
                 c, n = rr.get(region), rr.get(f"{region} without cache")
                 click.echo(f"  round {i + 1}: with cache / without {c / n:.3f}" if c and n else f"  round {i + 1}: -")
@@ -262,7 +276,7 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
             sat = r[region]["saturation_rps"] / r[f"{region} without telemetry"]["saturation_rps"]
             click.echo(f"capacity with telemetry / without: {ratio:.3f}; saturation: {sat:.3f}")
     finally:
-        for app in (f"bench-{region}", "bench-noop", f"bench-{region}-nocache", f"bench-{region}-notelemetry"):
+        for app in (f"bench-{region}", "bench-noop", *(f"bench-{region}{_without(part)}" for part in PARTS)):
             try:
                 serve.delete(app)
             except Exception:

@@ -47,6 +47,8 @@ class RegionMetrics:
         self.cache_age = m.Gauge("fleet_cache_entry_age_s", "mean age of served cache entries", tag_keys=keys)
         self.cache_default = m.Gauge("fleet_cache_default_rate", "lookups answered by population defaults",
                                      tag_keys=keys)
+        self.cache_near = m.Gauge("fleet_cache_near_hit_rate", "lookups answered by the ingress's near-cache",
+                                  tag_keys=keys)
         self.lease_util = m.Gauge("fleet_lease_utilisation", "committed share of the replica's live leases",
                                   tag_keys=keys)
         self.stream_lag = m.Gauge("fleet_ledger_stream_lag", "events in the region's stream not yet applied",
@@ -97,12 +99,10 @@ class RegionMetrics:
                     self.stage_ms.set(v * 1000.0, {**tags, "stage": stage, "quantile": label})
         self.prev["_lat"] = {k: list(v) for k, v in latency.items()}
         if cache:
-            if cache.get("hit_rate") is not None:
-                self.cache_hit.set(cache["hit_rate"], tags)
-            if cache.get("age_mean_s") is not None:
-                self.cache_age.set(cache["age_mean_s"], tags)
-            if cache.get("default_rate") is not None:
-                self.cache_default.set(cache["default_rate"], tags)
+            for gauge, key in ((self.cache_hit, "hit_rate"), (self.cache_age, "age_mean_s"),
+                               (self.cache_default, "default_rate"), (self.cache_near, "near_hit_rate")):
+                if cache.get(key) is not None:
+                    gauge.set(cache[key], tags)
         if budget is not None and getattr(budget, "leases", None):
             amount = sum(l.amount for l in budget.leases.values())
             if amount > 0:
