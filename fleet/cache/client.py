@@ -6,7 +6,9 @@ pays neither the hop nor the two event-loop passes a shard answer costs, and an 
 ``near_refresh_s`` is re-read from its shard in the background for the next request
 (stale-while-revalidate). Frequency caps stay exact for this replica's own exposures (the
 bidder counts those itself and merges by event id); what other replicas and the ledger counted
-is seen at most one refresh late, which billing-driven counters already are.
+is seen at most one refresh late, which billing-driven counters already are. Entries are held
+packed (``fleet.cache.store.pack_profile``): a hit unpacks a copy, a few microseconds, so
+holding thousands of users adds nothing for the garbage collector to walk.
 
 Lookups of concurrent requests going to one shard share one message on the shard socket (a micro-batcher per
 shard: one call per shard per batch, never per key), and the request waits at most what its
@@ -30,7 +32,7 @@ from collections import Counter, OrderedDict, defaultdict
 from functools import partial
 
 from fleet.cache.ring import HashRing
-from fleet.cache.store import FreqEvent, Profile
+from fleet.cache.store import FreqEvent, Profile, pack_profile, unpack_profile
 from fleet.serve.microbatch import MicroBatcher, join_lists
 
 log = logging.getLogger("fleet.cache")
@@ -78,7 +80,7 @@ class CacheClient:
         self.near_refresh_s = near_refresh_s
         self.near_max_users = near_max_users
         self.near_refresh_timeout_s = near_refresh_timeout_s
-        self.near: OrderedDict[str, tuple[Profile, float]] = OrderedDict()  # user -> (profile, fetched at)
+        self.near: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # user -> (packed profile, fetched at)
         self._refreshing: set[str] = set()
 
     # -- reads --------------------------------------------------------------------------
@@ -123,7 +125,7 @@ class CacheClient:
         e = self.near.get(user)
         if e is None:
             return None
-        p, at = e
+        packed, at = e
         age = self.clock() - at
         if age >= self.near_ttl_s:
             del self.near[user]
@@ -133,11 +135,12 @@ class CacheClient:
             self._refresh(user)
         self.stats["hit"] += 1
         self.stats["near_hit"] += 1
+        p = unpack_profile(packed)
         self.age_sum += p.age_s + age
         return p
 
     def _keep(self, user: str, p: Profile) -> None:
-        self.near[user] = (p, self.clock())
+        self.near[user] = (pack_profile(p), self.clock())
         self.near.move_to_end(user)
         if len(self.near) > self.near_max_users:
             self.near.popitem(last=False)  # the least recently fetched

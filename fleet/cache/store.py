@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import msgspec
+
 
 @dataclass(frozen=True, slots=True)
 class FreqEvent:
@@ -30,6 +32,24 @@ class Profile:
     seen: float
     freq: dict[str, tuple[tuple[str, float], ...]]  # cid -> ((event id, ts), ...)
     age_s: float  # since this copy was loaded from Redis (or created here)
+
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(
+    tuple[tuple[str, ...], float, dict[str, tuple[tuple[str, float], ...]], float]).decode
+
+
+def pack_profile(p: Profile) -> bytes:
+    """``p`` as one bytes object, for copies held a long time in a busy process (the ingress's
+    near-cache): bytes are invisible to the garbage collector, where a held Profile is a dict and
+    a tuple per campaign it must walk in every full collection (measured: thousands of held
+    profiles took the ingress's full collections from 2-5 ms to 9-16 ms)."""
+    return _pack((p.segments, p.seen, p.freq, p.age_s))
+
+
+def unpack_profile(b: bytes) -> Profile:
+    """The Profile ``pack_profile`` packed: a fresh copy that dies with the request using it."""
+    return Profile(*_unpack(b))
 
 
 @dataclass(slots=True)
