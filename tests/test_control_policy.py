@@ -9,7 +9,7 @@ import pytest
 from fleet.config import TierPolicy, load_regions
 from fleet.control.cutoffs import PolicyBook, recompute
 from fleet.control.health import HealthBook
-from fleet.control.rollout import Rollout, Thresholds, VersionStats
+from fleet.control.rollout import Rollout, Thresholds, VersionStats, tail_quantile
 from fleet.obs.histogram import StageHistograms
 
 V1, V2 = "ctr/v1", "ctr/v2"
@@ -123,6 +123,24 @@ def test_round_trip_mid_rollout_preserves_behaviour():
         feed(x, stats(30), stats(300))
         assert x.evaluate(25) == "promote"
     assert r2.to_dict() == r.to_dict()
+
+
+def test_one_stall_in_a_small_window_is_not_a_slower_tail():
+    """30 candidate samples: their p99 is their slowest one. One 18 ms stall against a baseline
+    whose p99 over 150 samples is 2 ms must not roll back; a tail slow in six of the 30 must."""
+    th = Thresholds(steps=(0.2,), dwell_s=3, min_priced=30, max_p99_ratio=5.0, p99_slack_ms=5.0)
+    one = stats(29)
+    one.add(stats(1, latency_s=0.018))
+    r = Rollout.begin("r1", V2, V1, now=0.0, thresholds=th)
+    feed(r, one, stats(150))
+    assert r.evaluate(4) == "promote", r.history[-1]
+    six = stats(24)
+    six.add(stats(6, latency_s=0.018))
+    r2 = Rollout.begin("r2", V2, V1, now=0.0, thresholds=th)
+    feed(r2, six, stats(150))
+    assert r2.evaluate(4) == "rollback"
+    assert r2.history[-1]["reason"].startswith("max_p99_ratio: p83.3")
+    assert tail_quantile(30) == pytest.approx(1 - 5 / 30) and tail_quantile(5000) == 0.99
 
 
 def test_version_stats_accumulate():

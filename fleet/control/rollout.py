@@ -22,6 +22,7 @@ from fleet.obs.histogram import BOUNDS_S, quantile
 
 STATES = ("canary", "promoted", "rolled_back", "aborted")
 FAIL_FAST_MIN_PRICED = 20
+TAIL_SAMPLES = 5  # the latency check's quantile leaves at least this many samples above it
 
 
 @dataclass
@@ -87,8 +88,15 @@ class VersionStats:
 
     @property
     def p99_ms(self) -> float | None:
-        s = quantile(self.latency_counts, 0.99)
+        return self.quantile_ms(0.99)
+
+    def quantile_ms(self, q: float) -> float | None:
+        s = quantile(self.latency_counts, q)
         return None if s is None else s * 1000.0
+
+    @property
+    def timed(self) -> int:
+        return sum(self.latency_counts)
 
     def figures(self) -> dict:
         """Rounded, JSON-safe (no inf) figures for history and reasons."""
@@ -102,6 +110,14 @@ class VersionStats:
     @classmethod
     def from_dict(cls, d: dict) -> "VersionStats":
         return cls(**{**d, "latency_counts": list(d.get("latency_counts") or _empty_hist())})
+
+
+def tail_quantile(n: int) -> float:
+    """The latency quantile both versions are compared at: 0.99, or lower when the smaller window
+    holds under 500 samples, so that ``TAIL_SAMPLES`` samples lie above it. The p99 of 30 samples
+    is their largest, one GC pause or scheduling stall; compared with the p99 of the baseline's
+    several hundred it rolled healthy candidates back. Both sides use the same quantile."""
+    return 0.99 if n <= 0 else max(0.5, min(0.99, 1.0 - TAIL_SAMPLES / n))
 
 
 def _num(x: float | None) -> float | None:
@@ -184,9 +200,12 @@ class Rollout:
         if cand.error_share > base.error_share + t.max_error_delta:
             return (f"max_error_delta: error share {cand.error_share:.4f} > baseline "
                     f"{base.error_share:.4f} + {t.max_error_delta}")
-        cp, bp = cand.p99_ms, base.p99_ms
+        q = tail_quantile(min(cand.timed, base.timed))
+        cp, bp = cand.quantile_ms(q), base.quantile_ms(q)
         if cp is not None and bp is not None and cp > bp * t.max_p99_ratio + t.p99_slack_ms:
-            return f"max_p99_ratio: p99 {cp:.3f} ms > baseline {bp:.3f} ms * {t.max_p99_ratio} + {t.p99_slack_ms}"
+            name = "p99" if q == 0.99 else f"p{q * 100:.1f}"
+            return (f"max_p99_ratio: {name} {cp:.3f} ms > baseline {bp:.3f} ms * {t.max_p99_ratio} + "
+                    f"{t.p99_slack_ms}")
         if base.bid_rate > 0 and abs(cand.bid_rate / base.bid_rate - 1) > t.bid_rate_tolerance:
             return (f"bid_rate_tolerance: bid rate {cand.bid_rate:.4f} vs baseline {base.bid_rate:.4f}, "
                     f"off by more than {t.bid_rate_tolerance:.0%}")
