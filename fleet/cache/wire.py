@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from fleet.cache.store import FreqEvent, Profile
+from fleet.cache.store import FreqEvent, Profile, profile_tuple
 
 log = logging.getLogger("fleet.cache")
 _enc = msgspec.msgpack.Encoder()
@@ -33,7 +33,7 @@ MAX_FRAME = 16 * 1024 * 1024
 
 
 def _profile_out(p: Profile | None):
-    return None if p is None else (p.segments, p.seen, p.freq, p.age_s)
+    return None if p is None else profile_tuple(p)
 
 
 def _profile_in(t) -> Profile | None:
