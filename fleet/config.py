@@ -102,8 +102,13 @@ class LedgerSettings(Strict):
     """Event emission, the ledger consumer and notice signing."""
 
     enabled: bool = True
-    expire_s: float = Field(default=600.0, gt=0)  # no notice by then: the reservation is released
-    notice_ttl_s: float = Field(default=86_400.0, gt=0)  # a notice URL's signature expires after
+    # A bid's win, bill and loss notices are accepted until its signed deadline: the bid time plus
+    # the imp's ``exp`` (at most ``max_bill_window_s``) or, without one, ``bill_window_s``. The
+    # reservation stays held that long (docs/ledger.md, "The overspend bound").
+    bill_window_s: float = Field(default=900.0, gt=0)
+    max_bill_window_s: float = Field(default=3600.0, gt=0)
+    expire_s: float = Field(default=900.0, gt=0)  # an open bid without a deadline (older events) expires after
+    notice_ttl_s: float = Field(default=86_400.0, gt=0)  # click URLs' signatures expire after
     max_buffer: int = Field(default=50_000, ge=1)  # events held in memory while Redis is away
     flush_s: float = Field(default=0.05, gt=0)
     spill_dir: str = ".fleet/spill"  # then to an append-only file here, replayed in order
@@ -118,7 +123,9 @@ class ControlSettings(Strict):
     lease_ttl_s: float = Field(default=5.0, gt=0)  # control out of reach this long: spending stops
     lease_horizon_s: float = Field(default=2.0, gt=0)  # plan one lease covers
     headroom: float = Field(default=1.1, ge=1.0)
-    hold_s: float = Field(default=30.0, gt=0)  # an unsettled reservation is released after this
+    # A replica's lease counts at control until this long after it expired: a bid it reserved may
+    # still bill until its deadline (at least ledger.max_bill_window_s; checked below).
+    hold_s: float = Field(default=3600.0, gt=0)
     catchup_s: float = Field(default=10.0, gt=0)  # a gap between spend and plan to date closes over this
     p_min: float = Field(default=0.0005, gt=0, le=1)
     p_start: float = Field(default=0.2, gt=0, le=1)
@@ -180,6 +187,12 @@ class RegionsFile(Strict):
             raise ValueError(f"budget_share over regions must sum to 1, got {share}")
         if not self.tiers:
             raise ValueError("at least one tier policy is required")
+        led, ctl = self.defaults.ledger, self.defaults.control
+        if led.bill_window_s > led.max_bill_window_s:
+            raise ValueError("ledger.bill_window_s must not exceed ledger.max_bill_window_s")
+        if ctl.hold_s < led.max_bill_window_s:
+            raise ValueError("control.hold_s must cover ledger.max_bill_window_s: a lost replica's bids may "
+                             "bill until their deadline, and control counts its lease until then")
         return self
 
     def tier_for(self, has_deals: bool, floor_usd: float) -> str:

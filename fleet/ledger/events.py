@@ -27,6 +27,10 @@ class Event(msgspec.Struct, omit_defaults=True, array_like=True):
     price: float = 0.0  # CPM: our bid (selected), the clearing price (win, billed)
     user: str = ""  # whom the impression counts toward (selected only; never in URLs)
     reason: int = 0  # loss reason (lost)
+    # Appended fields (array_like: an older event decodes with their defaults).
+    bid_ts: float = 0.0  # the bid's own time (notices): spend counts on the bid's UTC day
+    until: float = 0.0  # selected: the bid's notice deadline (unix s); open until then
+    flag: str = ""  # comma-separated: "unpriced" (price unreadable: counted at our bid), "test"
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -46,4 +50,5 @@ def notice_event(kind: str, notice, ts: float) -> Event:
     k = {"win": "win", "bill": "billed", "loss": "lost", "click": "click"}[kind]
     return Event(f"{k}:{notice.bid_id}", k, ts, notice.region, notice.bid_id, notice.auction_id or "",
                  notice.imp_id or "", notice.campaign, notice.creative, notice.model or "",
-                 notice.publisher or "", notice.price or 0.0, "", notice.loss_reason or 0)
+                 notice.publisher or "", notice.price or 0.0, "", notice.loss_reason or 0,
+                 notice.bid_ts_ms / 1000.0, 0.0, ",".join(notice.flags))

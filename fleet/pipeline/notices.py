@@ -46,6 +46,7 @@ class Notice:
     publisher: str | None = None
     our_bid: float | None = None  # what we bid, CPM (from the bid's own URL)
     model: str | None = None  # what priced the bid: "rule" or "model:<version>"
+    flags: tuple[str, ...] = ()  # "unpriced" (price unreadable: counted at our bid), "test"
 
 
 def _price(raw: str | None, required: bool) -> float | None:
