@@ -1,10 +1,13 @@
-"""Signed bid identity for notice URLs: HMAC-SHA256 over the identity and an expiry.
+"""Signed notice URLs: each URL's HMAC-SHA256 binds the bid's identity, its kind, the response
+currency, the test flag and the bid's notice deadline.
 
-The bid's identity (auction, imp, bid, campaign, creative, region, model version, time,
-publisher, our price) travels in the nurl/burl/lurl query with an expiry ``x`` and the key id
-``k``; ``s`` is the truncated HMAC of those fields in a fixed order. The exchange's macro
-values (clearing price, loss reason, currency) are not signed: the exchange fills them in.
-A forged, tampered or expired notice is refused with 403 and creates nothing.
+The identity (auction, imp, bid, campaign, creative, region, model version, time, publisher, our
+price), the response currency ``cu``, ``e=1`` for a test request, the deadline ``x`` and the key
+id ``k`` are common to a bid's URLs; the kind ``n`` (win, bill, loss, click) is signed last, so
+one HMAC state over the common part is copied per URL (one pass over the identity, not four).
+``s`` is the truncated HMAC. A loss URL turned into a bill, or a deadline pushed out, no longer
+verifies: 403. The exchange's macro values (clearing price, loss reason, its currency) are not
+signed: the exchange fills them in, and ``fleet.pipeline.notices`` judges them.
 
 Keys: ``FLEET_NOTICE_KEYS`` as ``id:hexkey[,id:hexkey...]`` (the first signs, all verify, so a
 key rotates without refusing notices for bids already out), else ``.fleet/notice_key``, created
@@ -23,7 +26,8 @@ from pathlib import Path
 
 from fleet.secretfile import read_or_create
 
-SIGNED = ("a", "i", "bid", "c", "cr", "r", "m", "t", "p", "b", "x", "k")
+COMMON = ("a", "i", "bid", "c", "cr", "r", "m", "t", "p", "b", "cu", "e", "x", "k")
+SIGNED = COMMON + ("n",)
 KEY_FILE = Path(__file__).resolve().parents[2] / ".fleet" / "notice_key"
 
 
@@ -44,30 +48,53 @@ def load_keys() -> dict[str, bytes]:
     return {"k0": bytes.fromhex(read_or_create(KEY_FILE, lambda: secrets.token_hex(32)))}
 
 
+def _b64(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
+
+
 class NoticeSigner:
     def __init__(self, keys: dict[str, bytes] | None = None, ttl_s: float = 86_400.0, clock=time.time):
         self.keys = keys if keys is not None else load_keys()
         self.current = next(iter(self.keys))
-        self.ttl_s = ttl_s
+        self.ttl_s = ttl_s  # the deadline when the caller names none
         self.clock = clock
 
-    def _mac(self, key: bytes, fields: dict[str, str]) -> str:
-        msg = "\x1f".join(f"{k}={fields.get(k, '')}" for k in SIGNED).encode()
-        return base64.urlsafe_b64encode(hmac.new(key, msg, hashlib.sha256).digest()[:16]).decode().rstrip("=")
+    @staticmethod
+    def _common(key: bytes, fields: dict[str, str]):
+        return hmac.new(key, "\x1f".join(f"{k}={fields.get(k, '')}" for k in COMMON).encode(), hashlib.sha256)
 
-    def sign(self, fields: dict[str, str]) -> dict[str, str]:
-        """``fields`` plus expiry, key id and signature."""
-        out = {**fields, "x": str(int(self.clock() + self.ttl_s)), "k": self.current}
-        out["s"] = self._mac(self.keys[self.current], out)
+    def sign_kinds(self, fields: dict[str, str], kinds: tuple[str, ...],
+                   expires_at: float | None = None) -> tuple[dict[str, str], dict[str, str]]:
+        """``fields`` with deadline and key id, and one signature per kind (kind -> ``s``)."""
+        x = int(expires_at if expires_at is not None else self.clock() + self.ttl_s)
+        out = {**fields, "x": str(x), "k": self.current}
+        base = self._common(self.keys[self.current], out)
+        sigs = {}
+        for kind in kinds:
+            h = base.copy()
+            h.update(f"\x1fn={kind}".encode())
+            sigs[kind] = _b64(h.digest())
+        return out, sigs
+
+    def sign(self, fields: dict[str, str], expires_at: float | None = None) -> dict[str, str]:
+        """``fields`` (with its kind ``n``) plus deadline, key id and signature."""
+        out, sigs = self.sign_kinds(fields, (fields.get("n", ""),), expires_at)
+        out["s"] = sigs[fields.get("n", "")]
         return out
 
-    def verify(self, q: dict[str, str]) -> None:
+    def verify(self, q: dict[str, str], kind: str | None = None) -> None:
+        """Refuses (``SignatureError``) a query whose signature, key or deadline fails, or whose
+        signed kind is not ``kind`` (a loss URL called as a bill)."""
         key = self.keys.get(q.get("k", ""))
         sig = q.get("s", "")
         if key is None or not sig:
             raise SignatureError("unsigned or unknown key")
-        if not hmac.compare_digest(self._mac(key, q).encode(), sig.encode("utf-8", "replace")):  # bytes: any text compares
+        h = self._common(key, q)
+        h.update(f"\x1fn={q.get('n', '')}".encode())
+        if not hmac.compare_digest(_b64(h.digest()).encode(), sig.encode("utf-8", "replace")):  # bytes: any text compares
             raise SignatureError("bad signature")
+        if kind is not None and q.get("n") != kind:
+            raise SignatureError("kind swapped")
         try:
             expires = int(q.get("x", ""))
         except ValueError:

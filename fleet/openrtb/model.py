@@ -87,6 +87,7 @@ class Imp(msgspec.Struct):
     bidfloorcur: str = "USD"
     instl: int = 0
     secure: int | None = None
+    exp: float | None = None  # seconds the exchange may take from auction to impression (advisory)
 
     def formats(self) -> tuple[str, ...]:
         return tuple(
@@ -210,6 +211,7 @@ class Bid(msgspec.Struct, omit_defaults=True):
     w: int | None = None
     h: int | None = None
     mtype: int | None = None
+    exp: int | None = None  # seconds we wait for the impression: notices are accepted that long
     ext: dict | None = None
 
 

@@ -34,7 +34,7 @@ from fleet.pipeline.enrichment import UserContext, enrich, identity
 from fleet.pipeline.pacing import FrequencyCounter, LocalBudget
 from fleet.ml.features import FeatureBuilder, matrix
 from fleet.pipeline.pricing import WinRateModel, meet_floor, model_prices, rule_price
-from fleet.pipeline.respond import BidIds, build_response
+from fleet.pipeline.respond import BidIds, bill_window, build_response
 from fleet.pipeline.targeting import CampaignIndex, ImpFacts
 
 JSON = "application/json"
@@ -399,10 +399,11 @@ class RegionBidder:
         if truncated:
             dl.degrade("targeting_truncated")
 
-        # 4 pacing: the local budget allowance (at the campaign's cap).
+        # 4 pacing: the local budget allowance (at the campaign's cap). A test request (``test:
+        # 1``) spends nothing, so it asks no budget and counts no opportunity.
         dl.start("pacing")
-        paced = [cand for cand in candidates
-                 if self.budget.allow(cand[1], cand[1].strategy.max_bid / 1000.0, wall)]
+        paced = candidates if req.test == 1 else [
+            cand for cand in candidates if self.budget.allow(cand[1], cand[1].strategy.max_bid / 1000.0, wall)]
         self.stats["part.eligible"] += len(candidates)
         self.stats["part.called"] += len(paced)
 
@@ -448,13 +449,13 @@ class RegionBidder:
             self.stats[f"priced.{p.model}.{'model' if ctrs is not None else 'fallback'}"] += 1
         if ctrs is not None:
             self.stats["part.in_time"] += len(paced)
-            priced = model_prices(ctrs, [c[1] for c in paced], [c[5] != 2 for c in paced],
+            priced = model_prices(ctrs, [c[1] for c in paced], [c[5] not in (2, 3) for c in paced],
                                   user.multiplier, self.win_rate, source, publisher_of(req),
                                   [c[2].format for c in paced])
         for n, (imp, c, cr, deal_id, floor, at) in enumerate(paced):
             price = priced[n] if priced is not None else rule_price(
-                c, first_price=at != 2, shade=shade, multiplier=user.multiplier)
-            bid = meet_floor(price, floor, c.strategy.max_bid)
+                c, first_price=at not in (2, 3), shade=shade, multiplier=user.multiplier)
+            bid = meet_floor(price, floor, c.strategy.max_bid, fixed=at == 3 and deal_id is not None)
             if bid is None or bid <= 0:
                 continue
             offers.setdefault(imp.id, []).append(
@@ -465,11 +466,19 @@ class RegionBidder:
         dl.start("auction")
         winners = choose(offers)
         # Pacing's reservation is made as the bid is chosen: a lease that ran dry since
-        # targeting (concurrent requests) drops the bid rather than overspend.
+        # targeting (concurrent requests) drops the bid rather than overspend. It is held until
+        # the bid's notice deadline: a bill may come until then.
         holds = []
+        test = req.test == 1
+        imps = {imp.id: imp for imp in req.imp}
+        ls = defaults.ledger
+        windows = (ls.bill_window_s, ls.max_bill_window_s)
         for imp_id, o in list(winners.items()):
             key = f"{req.id}:{imp_id}"
-            if self.budget.reserve(o.campaign, o.price / 1000.0, wall, key):
+            if test:
+                continue
+            if self.budget.reserve(o.campaign, o.price / 1000.0, wall, key,
+                                   until=wall + bill_window(imps[imp_id], *windows)):
                 holds.append(key)
             else:
                 del winners[imp_id]
@@ -481,7 +490,6 @@ class RegionBidder:
 
         # 8 respond
         dl.start("respond")
-        imps = {imp.id: imp for imp in req.imp}
         ext = {"fleet": {"region": self.region, "tier": p.tier,
                          "pricing": next(iter(winners.values())).source}}
         if dl.degraded:
@@ -492,7 +500,7 @@ class RegionBidder:
             resp = build_response(
                 req.id, winners, imps, base_url=self.base_url, region=self.region, publisher=publisher_of(req),
                 seat=defaults.seat, currency=p.currency, rate=1.0 / self.rates[p.currency], ids=self.ids,
-                ts_ms=int(wall * 1000), ext=ext, signer=self.signer,
+                ts_ms=int(wall * 1000), ext=ext, signer=self.signer, windows=windows, test=test,
             )
             out, gz = codec.maybe_gzip(codec.encode_response(resp), p.accept_encoding)
         except Exception:  # a request no test foresaw: no bid, and the reservations go back
@@ -510,13 +518,14 @@ class RegionBidder:
         # Only a bid that leaves reserves tentative spend and counts toward frequency caps
         # (on bids until the ledger counts billed impressions).
         events, ledger = [], []
-        bid_ids = {b.impid: b.id for sb in resp.seatbid for b in sb.bid}
+        bids = {b.impid: b for sb in resp.seatbid for b in sb.bid}
         pub = publisher_of(req) or ""
         for o in winners.values():
-            bid_id = bid_ids[o.imp_id]
-            ledger.append(Event(f"selected:{bid_id}", "selected", wall, self.region, bid_id, req.id, o.imp_id,
-                                o.campaign.id, o.creative.id, o.source, pub, o.price, user.user_id or ""))
-            if user.user_id is not None:
+            b = bids[o.imp_id]
+            ledger.append(Event(f"selected:{b.id}", "selected", wall, self.region, b.id, req.id, o.imp_id,
+                                o.campaign.id, o.creative.id, o.source, pub, o.price, user.user_id or "",
+                                0, wall, wall + (b.exp or 0), "test" if test else ""))
+            if user.user_id is not None and not test:
                 eid = f"{req.id}:{o.imp_id}"
                 self.freq.record(user.user_id, o.campaign, wall, eid)
                 events.append(FreqEvent(user.user_id, o.campaign.id, eid, wall, user.segments))

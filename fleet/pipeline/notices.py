@@ -1,11 +1,16 @@
 """Win, billing, loss and click notices: validate what the exchange substituted, then count.
 
 The bid path puts the bid's identity and the OpenRTB macros in every notice URL; here the
-exchange's call comes back. An unsubstituted macro, a missing identity field, a price that is not
-a finite non-negative number, or a notice for another region is a 400 that creates nothing.
-With a signer (``fleet.ledger.signing``) the identity's signature and expiry are checked first:
-a forged, tampered or expired notice is a 403, counted, and creates nothing. Durability and
-idempotent spend are the ledger's (``fleet.ledger``).
+exchange's call comes back. With a signer (``fleet.ledger.signing``) the signature, the URL's
+own kind and the bid's deadline are checked first: a forged, tampered, kind-swapped or late
+notice is a 403, counted, and creates nothing. Then what the exchange filled in:
+- a win or bill whose price cannot be read (unsubstituted, empty, encrypted, not a finite
+  non-negative number) is kept as an ``unpriced`` notice at our signed bid, an upper bound on
+  what the exchange may charge, flagged for reconciliation: the impression happened, and a 400
+  would lose its spend (exchanges do not retry). Without a signed bid it is a 400;
+- an unsubstituted or missing currency is the response's (signed ``cu``), not the fleet's;
+- a missing identity field or a notice for another region is a 400.
+Durability and idempotent spend are the ledger's (``fleet.ledger``).
 """
 
 from __future__ import annotations
@@ -49,22 +54,23 @@ class Notice:
     flags: tuple[str, ...] = ()  # "unpriced" (price unreadable: counted at our bid), "test"
 
 
-def _price(raw: str | None, required: bool) -> float | None:
+def _price(raw: str | None) -> float | str:
+    """The price, or why it cannot be read."""
     if raw is None or raw == "":
-        if required:
-            raise NoticeError(400, "missing price")
-        return None
+        return "missing price"
     if raw.startswith("${"):
-        if required:
-            raise NoticeError(400, "price macro not substituted")
-        return None
+        return "price macro not substituted"
     try:
         value = float(raw)
     except ValueError:
-        raise NoticeError(400, "price is not a number") from None
+        return "price is not a number"
     if not math.isfinite(value) or value < 0:
-        raise NoticeError(400, "price must be finite and non-negative")
+        return "price must be finite and non-negative"
     return value
+
+
+def _macro_free(raw: str | None) -> str | None:
+    return raw if raw and not raw.startswith("${") else None
 
 
 def parse_notice(kind: str, query: str, region: str, signer=None) -> Notice:
@@ -75,9 +81,11 @@ def parse_notice(kind: str, query: str, region: str, signer=None) -> Notice:
     q = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
     if signer is not None:
         try:
-            signer.verify(q)
+            signer.verify(q, kind)
         except SignatureError as exc:
             raise NoticeError(403, exc.reason) from None
+    elif q.get("n") and q["n"] != kind:
+        raise NoticeError(403, "kind swapped")
     missing = [k for k in IDENTITY if not q.get(k)]
     if missing:
         raise NoticeError(400, f"missing identity fields {missing}")
@@ -95,8 +103,25 @@ def parse_notice(kind: str, query: str, region: str, signer=None) -> Notice:
                 loss = int(lr)
             except ValueError:
                 raise NoticeError(400, "loss reason is not an integer") from None
-    auc = q.get("a") or q.get("auc")
-    imp = q.get("i") or q.get("imp")
+    our_bid = _price(q.get("b"))
+    our_bid = our_bid if isinstance(our_bid, float) else None
+    flags: list[str] = []
+    price = _price(q.get("px"))
+    currency = _macro_free(q.get("cur")) or _macro_free(q.get("cu"))
+    if isinstance(price, str):
+        if kind in ("win", "bill"):
+            if our_bid is None:
+                raise NoticeError(400, price)
+            # What the exchange charged cannot be read: it charged at most our bid (in the
+            # fleet's currency), so that is what counts, flagged.
+            price, currency = our_bid, None
+            flags.append("unpriced")
+        else:
+            price = None
+    if q.get("e") == "1":
+        flags.append("test")
+    auc = _macro_free(q.get("a") or q.get("auc"))
+    imp = _macro_free(q.get("i") or q.get("imp"))
     return Notice(
         kind=kind,
         bid_id=q["bid"],
@@ -104,14 +129,15 @@ def parse_notice(kind: str, query: str, region: str, signer=None) -> Notice:
         creative=q["cr"],
         region=q["r"],
         bid_ts_ms=ts,
-        auction_id=None if not auc or auc.startswith("${") else auc,
-        imp_id=None if not imp or imp.startswith("${") else imp,
-        price=_price(q.get("px"), required=kind in ("win", "bill")),
-        currency=q.get("cur") if q.get("cur") and not q["cur"].startswith("${") else None,
+        auction_id=auc,
+        imp_id=imp,
+        price=price,
+        currency=currency,
         loss_reason=loss,
         publisher=q.get("p") or None,
-        our_bid=_price(q.get("b"), required=False),
+        our_bid=our_bid,
         model=q.get("m") or None,
+        flags=tuple(flags),
     )
 
 
@@ -139,8 +165,11 @@ class NoticeCounter:
             self.counts[f"{kind}.refused"] += 1
             if exc.status == 403:
                 self.counts["forged"] += 1
+                self.counts[f"forged.{exc.reason.replace(' ', '_')}"] += 1
             return exc.status, exc.reason, None
         self.counts[kind] += 1
+        for flag in n.flags:
+            self.counts[f"{kind}.{flag}"] += 1
         if kind == "bill" and n.price is not None:
             self.spend_cpm[n.campaign] += n.price
         return 200, "", n

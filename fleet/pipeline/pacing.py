@@ -1,8 +1,9 @@
 """Stage 4, pacing: may this campaign spend here, now; reserve the tentative spend if so.
 
 With the control actor (``LeaseBudget``) a replica spends only what it holds a live lease for:
-each bid reserves its price against the lease, the notices settle it (win: the clearing price,
-bill: spend, loss: released) and a reservation nobody settles is released after ``hold_s``.
+each bid reserves its price against the lease, the notices settle it (bill: spend, loss:
+released) and a reservation nobody settles is released at the bid's notice deadline, when no
+bill can be accepted for it any more (``fleet.pipeline.respond.bill_window``).
 Spend, reservations and opportunities go back to control in every report; a lease that is not
 renewed expires and the campaign stops spending here. Without control (``LocalBudget``, tests
 and single-box use) each replica holds the campaign's daily budget times the region's share,
@@ -11,6 +12,7 @@ released evenly over the UTC day. Frequency caps count per user and campaign.
 
 from __future__ import annotations
 
+import heapq
 import random
 import time
 from collections import Counter, OrderedDict
@@ -48,7 +50,8 @@ class LocalBudget:
 
     allow = can_spend
 
-    def reserve(self, c: Campaign, amount: float, now: float | None = None, key: str | None = None) -> bool:
+    def reserve(self, c: Campaign, amount: float, now: float | None = None, key: str | None = None,
+                until: float | None = None) -> bool:
         now = self.clock() if now is None else now
         if not self.can_spend(c, amount, now):
             return False
@@ -137,15 +140,17 @@ class LeaseBudget:
     """A replica's budget under control's leases (see the module docstring)."""
 
     def __init__(self, hold_s: float = 30.0, clock=time.time, rng=random.random, max_settled: int = 200_000):
-        self.hold_s = hold_s
+        self.hold_s = hold_s  # a reservation made without a deadline is held this long
         self.clock = clock
         self.rng = rng
         self.max_settled = max_settled
         self.leases: dict[str, HeldLease] = {}
         self.reserved: dict[str, float] = {}  # campaign -> held now
-        self.holds: OrderedDict[str, tuple[str, float, float]] = OrderedDict()  # key -> (campaign, amount, t)
+        self.holds: dict[str, tuple[str, float, float]] = {}  # key -> (campaign, amount, deadline)
+        self._deadlines: list[tuple[float, str]] = []  # heap of (deadline, key); stale entries skipped
         self.settled: OrderedDict[str, None] = OrderedDict()  # billed keys: a resent bill counts once
         self.spend: dict[str, float] = {}  # campaign -> billed spend, cumulative
+        self.spend_days: dict[int, dict[str, float]] = {}  # bid's UTC day -> campaign -> billed spend
         self.opportunities: Counter[str] = Counter()
         self.blocked: Counter[str] = Counter()
         self.throttled: Counter[str] = Counter()
@@ -176,8 +181,10 @@ class LeaseBudget:
             return False
         return True
 
-    def reserve(self, c: Campaign, amount: float, now: float | None = None, key: str | None = None) -> bool:
-        """Hold ``amount`` of the lease for a bid leaving now (``key``: auction:imp)."""
+    def reserve(self, c: Campaign, amount: float, now: float | None = None, key: str | None = None,
+                until: float | None = None) -> bool:
+        """Hold ``amount`` of the lease for a bid leaving now (``key``: auction:imp) until its
+        notice deadline ``until`` (without one, ``hold_s``)."""
         cid = c.id
         now = self.clock() if now is None else now
         lease = self.leases.get(cid)
@@ -186,7 +193,9 @@ class LeaseBudget:
         lease.committed += amount
         self.reserved[cid] = self.reserved.get(cid, 0.0) + amount
         if key is not None:
-            self.holds[key] = (cid, amount, now)
+            deadline = now + self.hold_s if until is None else until
+            self.holds[key] = (cid, amount, deadline)
+            heapq.heappush(self._deadlines, (deadline, key))
         self.expire(now)
         return True
 
@@ -205,27 +214,26 @@ class LeaseBudget:
         self._unhold(key)
 
     def settle(self, notice, now: float | None = None) -> None:
-        """A win holds the clearing price, a bill spends it, a loss releases the hold."""
+        """A bill spends its price and ends the hold, a loss releases it. A win changes nothing:
+        the hold stays at our bid until the bill, so what a bid may still spend is always held
+        (a bill above a win's price, or one without a price, stays inside the bound)."""
         if notice is None or notice.auction_id is None or notice.imp_id is None:
             return
         key = f"{notice.auction_id}:{notice.imp_id}"
-        now = self.clock() if now is None else now
+        if "test" in notice.flags:
+            return
         if notice.kind == "loss":
             self._unhold(key)
-        elif notice.kind == "win" and notice.price is not None and key in self.holds:
-            cid, amount, t = self.holds[key]
-            held = min(amount, notice.price / 1000.0)
-            self._unhold(key)
-            self.holds[key] = (cid, held, t)
-            self.reserved[cid] = self.reserved.get(cid, 0.0) + held
-            lease = self.leases.get(cid)
-            if lease is not None:
-                lease.committed += held
         elif notice.kind == "bill" and notice.price is not None and key not in self.settled:
             self._unhold(key)
             spend = notice.price / 1000.0
-            self.spend[notice.campaign] = self.spend.get(notice.campaign, 0.0) + spend
-            lease = self.leases.get(notice.campaign)
+            cid = notice.campaign
+            self.spend[cid] = self.spend.get(cid, 0.0) + spend
+            day = self.spend_days.setdefault(int(notice.bid_ts_ms // 1000 // DAY_S), {})
+            day[cid] = day.get(cid, 0.0) + spend
+            if len(self.spend_days) > 2:
+                del self.spend_days[min(self.spend_days)]
+            lease = self.leases.get(cid)
             if lease is not None:
                 lease.committed += spend
             self.settled[key] = None
@@ -233,12 +241,15 @@ class LeaseBudget:
                 self.settled.popitem(last=False)
 
     def expire(self, now: float) -> None:
-        """Release reservations that no notice settled within ``hold_s`` (oldest first)."""
-        while self.holds:
-            key, (_cid, _amount, t) = next(iter(self.holds.items()))
-            if now - t < self.hold_s:
-                break
-            self._unhold(key)
+        """Release reservations whose deadline passed without a bill (no bill is accepted after)."""
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            deadline, key = heapq.heappop(dl)
+            held = self.holds.get(key)
+            if held is not None and held[2] == deadline:
+                self._unhold(key)
 
     def spent_today(self, cid: str, now: float | None = None) -> float:
-        return self.spend.get(cid, 0.0)
+        """Billed spend for bids made today (UTC), as this replica counted it."""
+        now = self.clock() if now is None else now
+        return self.spend_days.get(int(now // DAY_S), {}).get(cid, 0.0)

@@ -30,12 +30,16 @@ def rule_price(c: Campaign, *, first_price: bool, shade: float, multiplier: floa
     return Price(value=value, bid=min(bid, c.strategy.max_bid), source="rule")
 
 
-def meet_floor(price: Price, floor: float, max_bid: float) -> float | None:
+def meet_floor(price: Price, floor: float, max_bid: float, fixed: bool = False) -> float | None:
     """The bid to send against a floor, or None when the campaign cannot defend the floor.
 
     A bid below its value but under the floor is lifted to the floor when the value (and the
-    campaign's cap) still cover it: paying the floor is still worth it.
+    campaign's cap) still cover it: paying the floor is still worth it. A fixed-price deal
+    (``at: 3``, OpenRTB 2.6) is bid at its price exactly, when worth it: shading or outbidding
+    it would only misstate what the deal charges.
     """
+    if fixed:
+        return floor if min(price.value, max_bid) >= floor else None
     if price.bid >= floor:
         return price.bid
     if min(price.value, max_bid) >= floor:

@@ -31,27 +31,50 @@ class BidIds:
         return f"{self.tag}{next(self._n):x}"
 
 
+NOTICE_KINDS = ("win", "bill", "loss", "click")
+
+
 def notice_urls(base: str, bid_id: str, offer: Offer, region: str, ts_ms: int,
-                publisher: str | None = None, auction_id: str = "", signer=None) -> tuple[str, str, str]:
-    """nurl, burl, lurl: the bid's identity, signed when a signer is given (see
+                publisher: str | None = None, auction_id: str = "", signer=None, *,
+                currency: str = "", test: bool = False, expires_at: float | None = None) -> dict[str, str]:
+    """The bid's notice URLs by kind (win, bill, loss, click): its identity, the response
+    currency and its deadline, each URL signed with its own kind when a signer is given (see
     ``fleet.ledger.signing``), then the ${...} macros left for the exchange to substitute.
 
     Besides the identity they carry the publisher and our bid (CPM, fleet currency), so a win or
     a loss can teach the win-rate model what that bid bought on that publisher, and the model
-    version that priced it, so the ledger can say which version spent what.
+    version that priced it, so the ledger can say which version spent what. ``cu`` is what
+    ``${AUCTION_CURRENCY}`` should have said: an exchange that leaves it unsubstituted is read
+    in the response's currency, not the fleet's.
     """
     fields = {"a": auction_id, "i": offer.imp_id, "bid": bid_id, "c": offer.campaign.id,
               "cr": offer.creative.id, "r": region, "m": offer.source, "t": str(ts_ms),
-              "p": publisher or "", "b": f"{offer.price:.4f}"}
+              "p": publisher or "", "b": f"{offer.price:.4f}", "cu": currency}
+    if test:
+        fields["e"] = "1"
     if signer is not None:
-        fields = signer.sign(fields)
+        fields, sigs = signer.sign_kinds(fields, NOTICE_KINDS, expires_at)
+    else:
+        sigs = None
     ident = urlencode(fields, quote_via=quote)
-    priced = ident + "&px=${AUCTION_PRICE}&cur=${AUCTION_CURRENCY}"
-    return (
-        f"{base}/notice/win?{priced}",
-        f"{base}/notice/bill?{priced}",
-        f"{base}/notice/loss?{ident}&lr=${{AUCTION_LOSS}}&px=${{AUCTION_MIN_TO_WIN}}",
-    )
+    out = {}
+    for kind in NOTICE_KINDS:
+        url = f"{base}/notice/{kind}?{ident}&n={kind}" + (f"&s={sigs[kind]}" if sigs else "")
+        if kind in ("win", "bill"):
+            url += "&px=${AUCTION_PRICE}&cur=${AUCTION_CURRENCY}"
+        elif kind == "loss":
+            url += "&lr=${AUCTION_LOSS}&px=${AUCTION_MIN_TO_WIN}"
+        out[kind] = url
+    return out
+
+
+def bill_window(imp: Imp, default_s: float, max_s: float) -> int:
+    """Seconds a bid's notices are accepted (and its reservation held): the imp's ``exp`` when
+    it states one (the exchange's own bound on auction-to-impression), else the default; never
+    over ``max_s``."""
+    exp = imp.exp
+    window = exp if exp is not None and exp > 0 else default_s
+    return int(min(window, max_s))
 
 
 def _native_asset_ids(imp: Imp) -> tuple[int | None, int | None]:
@@ -74,7 +97,9 @@ def _native_asset_ids(imp: Imp) -> tuple[int | None, int | None]:
     return title, image
 
 
-def markup(offer: Offer, imp: Imp) -> str:
+def markup(offer: Offer, imp: Imp, click_notice: str | None = None) -> str:
+    """The creative's markup; ``click_notice`` (our signed click URL) is its click tracker
+    where the format has one (VAST ``ClickTracking``, Native ``link.clicktrackers``)."""
     cr = offer.creative
     click = html.escape(cr.click_url, quote=True)
     if cr.format == "banner":
@@ -94,7 +119,9 @@ def markup(offer: Offer, imp: Imp) -> str:
             f"<Duration>{dur}</Duration><MediaFiles>"
             f'<MediaFile delivery="progressive" type="{html.escape(cr.mime)}"{size}>'
             f"<![CDATA[{cr.media_url}]]></MediaFile></MediaFiles>"
-            f"<VideoClicks><ClickThrough><![CDATA[{cr.click_url}]]></ClickThrough></VideoClicks>"
+            f"<VideoClicks><ClickThrough><![CDATA[{cr.click_url}]]></ClickThrough>"
+            + (f"<ClickTracking><![CDATA[{click_notice}]]></ClickTracking>" if click_notice else "")
+            + "</VideoClicks>"
             f"</Linear></Creative></Creatives></InLine></Ad></VAST>"
         )
     title_id, image_id = _native_asset_ids(imp)
@@ -107,7 +134,8 @@ def markup(offer: Offer, imp: Imp) -> str:
         },
     ]
     return msgspec.json.encode(
-        {"native": {"ver": "1.2", "assets": assets, "link": {"url": cr.click_url}}}
+        {"native": {"ver": "1.2", "assets": assets,
+                    "link": {"url": cr.click_url, **({"clicktrackers": [click_notice]} if click_notice else {})}}}
     ).decode()
 
 
@@ -126,23 +154,28 @@ def build_response(
     ext: dict | None,
     publisher: str | None = None,
     signer=None,
+    windows: tuple[float, float] = (900.0, 3600.0),
+    test: bool = False,
 ) -> BidResponse:
-    """``rate`` converts fleet-currency prices into the response currency (units per USD)."""
+    """``rate`` converts fleet-currency prices into the response currency (units per USD);
+    ``windows``: the default and the longest notice window (``bill_window``)."""
     bids = []
     for imp_id, o in winners.items():
         bid_id = ids()
-        nurl, burl, lurl = notice_urls(base_url, bid_id, o, region, ts_ms, publisher, request_id, signer)
         cr, imp = o.creative, imps[imp_id]
+        exp = bill_window(imp, *windows)
+        urls = notice_urls(base_url, bid_id, o, region, ts_ms, publisher, request_id, signer,
+                           currency=currency, test=test, expires_at=ts_ms / 1000.0 + exp)
         bids.append(
             Bid(
                 id=bid_id,
                 impid=imp_id,
                 price=round(o.price * rate, 6),
                 adid=cr.id,
-                nurl=nurl,
-                burl=burl,
-                lurl=lurl,
-                adm=markup(o, imp),
+                nurl=urls["win"],
+                burl=urls["bill"],
+                lurl=urls["loss"],
+                adm=markup(o, imp, urls["click"]),
                 adomain=o.campaign.adomain,
                 bundle=cr.bundle,
                 cid=o.campaign.id,
@@ -153,7 +186,10 @@ def build_response(
                 w=cr.w or None,
                 h=cr.h or None,
                 mtype=MTYPE[cr.format],
-                ext={"pricing": o.source},  # the model version (or rule) that priced this bid
+                exp=exp,
+                # the model version (or rule) that priced this bid; our click notice, for formats
+                # whose markup has no click tracker of its own
+                ext={"pricing": o.source, "clickurl": urls["click"]},
             )
         )
     return BidResponse(

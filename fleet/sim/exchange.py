@@ -172,8 +172,10 @@ class Exchanges:
                     rec.true_ctr = self.market.ctr(opp, campaign)
                     if self.rng.random() < rec.true_ctr:
                         rec.clicked = True
-                        click = substitute(bid["burl"], price=rec.price, **ident).replace("/notice/bill?", "/notice/click?")
-                        self._notice("click", click)
+                        # the bid's own click tracker (its URL is signed for clicks only)
+                        click = (bid.get("ext") or {}).get("clickurl")
+                        if click:
+                            self._notice("click", substitute(click, price=rec.price, **ident))
         else:
             self._notice("loss", substitute(bid["lurl"], loss=102, min_to_win=max(opp.competing, opp.floor), **ident))
 
