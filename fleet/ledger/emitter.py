@@ -1,6 +1,11 @@
 """Emit ledger events off the request path, and lose none.
 
-``emit`` appends to an in-memory buffer and returns (no I/O on the request path); a flush task
+Two ways in. ``emit`` (the bid path's selected and response events) appends to an in-memory
+buffer and returns: no I/O on the request path. ``emit_durable`` (notices) returns only once the
+event is in the stream or in the fsynced spill file, so a notice is acknowledged to the exchange
+only when a SIGKILL can no longer lose it; the events of every notice that arrives in one loop
+pass go in one pipeline (group commit). With Redis away, a durable wait spills the buffer to disk
+at once instead of waiting for it to fill. Then a flush task
 writes the buffer to the region's Redis Stream in batches (stream entries of up to 256 events,
 one pipeline per flush). With Redis
 unreachable the buffer holds up to ``max_buffer`` events; past that they go, oldest first, to an
@@ -50,15 +55,51 @@ class EventEmitter:
         self._lock = asyncio.Lock()
         self._retry_at = 0.0
         self.redis_up = self.redis is not None
+        # Durability as a prefix count: events taken in, and events in the stream or on disk.
+        # The buffer is always the oldest not-yet-durable events in order, so the two counters
+        # say which durable waiters may be answered.
+        self._queued = 0
+        self._durable = 0
+        self._waiters: list[tuple[int, asyncio.Future]] = []
+        self._urgent = False
 
     # -- the request path ---------------------------------------------------------------
 
     def emit(self, ev: Event) -> None:
         self.buffer.append(encode(ev))
+        self._queued += 1
         self.stats["emitted"] += 1
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_later(self.flush_s, self._spawn)
+
+    async def emit_durable(self, ev: Event) -> None:
+        """Emit, and return once the event (and everything emitted before it) is durable."""
+        self.emit(ev)
+        if self.redis is None:
+            # No stream to reach: the spill file is the only durable place.
+            self._spill(self.buffer)
+            self._made_durable(len(self.buffer))
+            self.buffer = []
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._queued, fut))
+        if not self._urgent:
+            self._urgent = True
+            asyncio.get_running_loop().call_soon(self._spawn_urgent)
+        await fut
+        self.stats["durable_acks"] += 1
+
+    def _spawn_urgent(self) -> None:
+        self._urgent = False
+        asyncio.get_running_loop().create_task(self._flush_scheduled(reschedule=False))
+
+    def _made_durable(self, n: int) -> None:
+        self._durable += n
+        while self._waiters and self._waiters[0][0] <= self._durable:
+            _, fut = self._waiters.pop(0)
+            if not fut.done():
+                fut.set_result(None)
 
     def emit_many(self, evs: list[Event]) -> None:
         for ev in evs:
@@ -67,10 +108,12 @@ class EventEmitter:
     def _spawn(self) -> None:
         asyncio.get_running_loop().create_task(self._flush_scheduled())
 
-    async def _flush_scheduled(self) -> None:
+    async def _flush_scheduled(self, reschedule: bool = True) -> None:
         try:
             await self.flush()
         finally:
+            if not reschedule:
+                return  # an urgent flush for durable waiters; the timer's own flush goes on
             self._scheduled = False
             if self.buffer or self.spilled():
                 self._scheduled = True
@@ -161,6 +204,7 @@ class EventEmitter:
                     sent += len(old)
                     log.warning("ledger %s: replayed %d spilled events", self.region, len(old))
                 await self._xadd(items)
+                self._made_durable(len(items))
                 sent += len(items)
                 self.stats["streamed"] += len(items)
                 if not self.redis_up:
@@ -174,11 +218,19 @@ class EventEmitter:
                 if not backing_off:
                     self._retry_at = loop.time() + 0.25
                 self.buffer[:0] = items  # back in front of anything newer
-                if len(self.buffer) > self.max_buffer:
+                if self._waiters:
+                    # A notice waits for its answer: everything buffered goes to disk now, in
+                    # order (a late ack is an exchange's retry, a lost one its money).
+                    over = len(self.buffer)
+                elif len(self.buffer) > self.max_buffer:
                     # past the bound, the oldest go to disk (after anything spilled before)
                     over = len(self.buffer) - self.max_buffer // 2
+                else:
+                    over = 0
+                if over:
                     self._spill(self.buffer[:over])
                     del self.buffer[:over]
+                    self._made_durable(over)
             finally:
                 self._inflight = 0
             return sent
@@ -188,6 +240,7 @@ class EventEmitter:
         await self.flush()
         if self.buffer:
             self._spill(self.buffer)
+            self._made_durable(len(self.buffer))
             self.buffer = []
         if self.redis is not None:
             await self.redis.aclose()

@@ -395,8 +395,13 @@ class RegionIngress:
                 self.ledger.start.remote()
                 if self.emitter.redis is not None and self.emitter.redis_up:
                     now = self.bidder.clock()
-                    view = {cid: self.bidder.budget.spent_today(cid, now) for cid in self.bidder.budget.reserved}
+                    budget = self.bidder.budget
+                    # Under control's leases the replica counts bills; the local allowance, bids.
+                    billed = hasattr(budget, "spend_days")
+                    cids = set(budget.reserved) | set(getattr(budget, "spend", ()))
+                    view = {cid: budget.spent_today(cid, now) for cid in cids}
                     if view:
+                        view["_kind"] = "billed" if billed else "reserved"
                         key = f"fleet:{self.region}:pacing:{self.replica}"
                         await self.emitter.redis.hset(key, mapping=view)
                         await self.emitter.redis.expire(key, 2 * 86_400)
@@ -534,12 +539,14 @@ class RegionIngress:
             status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region,
                                                          admit=self.bidder.admit_notice)
             if status == 200:
+                if self.emitter is not None:
+                    # Durable before acknowledged, and before pacing counts it: control takes a
+                    # replica's spend as already in the ledger's stream (docs/control.md).
+                    self._start_background()
+                    await self.emitter.emit_durable(notice_event(path[8:], notice, self.bidder.clock()))
                 first = self._first_notice(notice)
                 if first:  # a replayed notice teaches nothing twice (its loss reason is unsigned)
                     self.bidder.learn(notice)
-                if self.emitter is not None:
-                    self._start_background()
-                    self.emitter.emit(notice_event(path[8:], notice, self.bidder.clock()))
                 if first and self.cache is not None and notice.publisher and notice.kind in ("win", "loss"):
                     self.cache.feedback(notice.publisher, notice.kind == "win", notice.price)
                 return Response(b"", status_code=200)
