@@ -80,15 +80,20 @@ def _control_of(cfg: dict) -> str | None:
                  if app["import_path"].startswith("fleet.serve.control_app")), None)
 
 
-def generated_config(cfg: dict, catalog: str | None, n_nodes: int) -> dict:
-    """``serve_config.yaml`` as ``up`` deploys it: another catalog everywhere, and on several
-    nodes every region pinned to its node's resource, control to the head, and Serve's ingress on
-    the head only (the nodes share one host, so one ingress port)."""
+def generated_config(cfg: dict, catalog: str | None, n_nodes: int, replicas: int | None = None) -> dict:
+    """``serve_config.yaml`` as ``up`` deploys it: another catalog everywhere, another number of
+    ingress replicas per region, and on several nodes every region pinned to its node's resource,
+    control to the head, and Serve's ingress on the head only (the nodes share one host, so one
+    ingress port)."""
     cfg = json.loads(json.dumps(cfg))
     for app in cfg["applications"]:
         args = app.setdefault("args", {})
         if catalog:
             args["catalog"] = catalog
+        if replicas and _is_region(app):
+            for dep in app.setdefault("deployments", [{"name": f"ingress-{args['region']}"}]):
+                if dep["name"].startswith("ingress-"):
+                    dep["num_replicas"] = replicas
         if n_nodes > 1 and _is_region(app):
             args["region_resource"] = True
         if n_nodes > 1 and app["import_path"].startswith("fleet.serve.control_app"):
@@ -117,7 +122,10 @@ def main() -> None:
 @click.option("--nodes", "n_nodes", default=1, show_default=True, type=click.IntRange(1, 16),
               help="A local cluster of this many Ray nodes, each region on its own node's resource "
                    "(regions dealt round-robin, head first; control on the head).")
-def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout, catalog=None, n_nodes=1):
+@click.option("--replicas", type=click.IntRange(1, 8), default=None,
+              help="Ingress replicas per region (default: regions.yaml's).")
+def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout, catalog=None, n_nodes=1,
+       replicas=None):
     """Start (or join) Ray and Redis, deploy every region, and show it working."""
     if local.State.load() is not None:
         raise click.ClickException(f"the fleet is already up (see {local.STATE_FILE}): run `fleet down` first")
@@ -125,9 +133,9 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
         raise click.ClickException("--nodes starts a local cluster: unset RAY_ADDRESS, or add nodes to yours")
     cfg = _serve_config(config_path)
     layout = nodes.plan([a["args"]["region"] for a in cfg["applications"] if _is_region(a)], n_nodes)
-    if catalog or n_nodes > 1:
+    if catalog or n_nodes > 1 or replicas:
         # The same applications, changed: deployed from a generated copy of the file.
-        cfg = generated_config(cfg, catalog, n_nodes)
+        cfg = generated_config(cfg, catalog, n_nodes, replicas)
         local.STATE_DIR.mkdir(parents=True, exist_ok=True)
         generated = local.STATE_DIR / "serve_config.generated.yaml"
         generated.write_text(yaml.safe_dump(cfg, sort_keys=False))

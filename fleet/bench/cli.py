@@ -165,6 +165,45 @@ def bench_ledger(region, requests):
     click.echo(json.dumps(doc, indent=2))
 
 
+@bench.command("notices")
+@click.option("--duration", default=120.0, show_default=True, help="Seconds of auctions.")
+@click.option("--rate", default=60.0, show_default=True, help="Mean auctions/s over all regions.")
+@click.option("--compress", default=10.0, show_default=True, help="Late bills (1-15 min) divided by this.")
+@click.option("--campaigns", "n", default=20, show_default=True, help="Campaigns (synth:pacing:<n>:11).")
+@click.option("--kill/--no-kill", default=True, show_default=True, help="SIGKILL one ingress replica mid-run.")
+@click.option("--label", default="notices", show_default=True)
+@click.option("--up", "bring_up", is_flag=True, help="Bring the fleet up (two replicas per region) and down after.")
+def bench_notices(duration, rate, compress, n, kill, label, bring_up):
+    """Money under a misbehaving exchange: ledger, pacing and budgets against the simulator's
+    own billed truth (bench/results/<label>.json)."""
+    import asyncio
+    import json
+
+    from fleet.bench.notices import run_notices
+    from fleet.campaigns.catalog import load_catalog
+    from fleet.cli import _http_base, _serve_config, down, up
+    from fleet.control.auth import load_token
+    from fleet.runtime import local
+
+    catalog = f"synth:pacing:{n}:11"
+    ctx = click.get_current_context()
+    if bring_up and local.State.load() is None:
+        ctx.invoke(up, detach=True, burst=False, catalog=catalog, replicas=2)
+    try:
+        state = local.State.load()
+        base = state.http if state else _http_base(_serve_config("serve_config.yaml"))
+        redis_url = os.environ.get("REDIS_URL") or (state.redis_url if state else None)
+        doc = asyncio.run(run_notices(base, f"{base}/control", load_token(), load_regions(), load_catalog(catalog),
+                                      redis_url, duration_s=duration, rate=rate, compress=compress, kill=kill,
+                                      progress=click.echo))
+    finally:
+        if bring_up:
+            ctx.invoke(down)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{label}.json").write_text(json.dumps(doc, indent=2))
+    click.echo(json.dumps(doc, indent=2))
+
+
 PARTS = ("cache", "near_cache", "telemetry")  # what a capacity comparison can turn off
 
 

@@ -10,6 +10,13 @@ After each auction the exchange behaves like a real one: win notice (``nurl``) a
 (``burl``, once the ad renders) with ``${AUCTION_PRICE}`` and friends substituted, a loss notice
 (``lurl``) with the loss reason and the price to beat, and a click notice drawn from the true
 click probability. Some notices are dropped, some duplicated, some sent late, at set rates.
+
+For the money bench (``fleet bench notices``) it misbehaves the way real exchanges do, at set
+rates: a notice resent several times, bills delayed by minutes, forged and kind-swapped notices
+(a loss URL called as a bill; a bid raised in a signed URL), an exchange that asks for JPY and
+leaves ``${AUCTION_CURRENCY}`` unsubstituted, and retries of a notice whose call failed (as after
+a replica was killed). Its ground truth, ``billed``, is what it charged: each bid billed once,
+in USD, counted when the fleet acknowledged the bill.
 """
 
 from __future__ import annotations
@@ -49,6 +56,15 @@ class SimConfig:
     grace_s: float = 12.0  # time after the last auction for late notices
     cross_region_share: float = 0.1  # auctions from an exchange in another region (far away)
     concurrency: int = 256
+    # The money bench's faults (all off by default)
+    resend_rate: float = 0.0  # notices sent resend_copies extra times
+    resend_copies: int = 3
+    bill_delay_rate: float = 0.0  # bills delayed by bill_delay_min_s..max_s
+    bill_delay_min_s: float = 60.0
+    bill_delay_max_s: float = 900.0
+    forge_rate: float = 0.0  # per bill: a kind-swapped loss URL and a tampered bill beside it
+    jpy_share: float = 0.0  # auctions from an exchange trading in JPY, currency macro left as is
+    notice_retries: int = 0  # a notice whose call failed (transport, 5xx) is sent again
 
 
 @dataclass
@@ -75,9 +91,11 @@ class AuctionRecord:
 
 
 def substitute(url: str, *, auction_id: str, imp_id: str, price: float | None = None,
-               loss: int | None = None, min_to_win: float | None = None) -> str:
-    """Fill the OpenRTB macros the way an exchange does."""
-    subs = {"${AUCTION_ID}": auction_id, "${AUCTION_IMP_ID}": imp_id, "${AUCTION_CURRENCY}": "USD",
+               loss: int | None = None, min_to_win: float | None = None, currency: str | None = "USD") -> str:
+    """Fill the OpenRTB macros the way an exchange does (``currency`` None: left unsubstituted,
+    as some exchanges do)."""
+    subs = {"${AUCTION_ID}": auction_id, "${AUCTION_IMP_ID}": imp_id,
+            "${AUCTION_CURRENCY}": "${AUCTION_CURRENCY}" if currency is None else currency,
             "${AUCTION_PRICE}": "" if price is None else f"{price:.4f}",
             "${AUCTION_LOSS}": "" if loss is None else str(loss),
             "${AUCTION_MIN_TO_WIN}": "" if min_to_win is None else f"{min_to_win:.4f}"}
@@ -101,8 +119,12 @@ class Exchanges:
         self.notices: Counter[str] = Counter()  # delivered (HTTP 200) per kind
         self.notice_outcomes: Counter[str] = Counter()  # planned/dropped/duplicated/late per kind
         self.notice_errors: Counter[str] = Counter()
+        # bid id -> (what the exchange charged, CPM USD; campaign; region): acknowledged bills
+        self.billed: dict[str, tuple[float, str | None, str]] = {}
+        self.forged: Counter[str] = Counter()  # refused / accepted forgeries
+        self.cur_rng = random.Random(cfg.seed + 5)
         self.progress = progress
-        self._pending: list = []  # heap of (due, seq, kind, url)
+        self._pending: list = []  # heap of (due, seq, kind, url, truth)
         self._seq = 0
         names = list(regions.regions)
         self.region_weights = [regions.regions[n].budget_share for n in names]
@@ -144,7 +166,11 @@ class Exchanges:
         opp = rec.opp
         spec = self.regions.regions[opp.region]
         url = f"{self.cfg.base_url}{spec.route_prefix}/openrtb2/bid"
-        body = msgspec.json.encode(opp.to_openrtb())
+        req = opp.to_openrtb()
+        jpy = self.cfg.jpy_share > 0 and self.cur_rng.random() < self.cfg.jpy_share
+        if jpy:
+            req["cur"] = ["JPY"]
+        body = msgspec.json.encode(req)
         headers = {"content-type": "application/json", "x-openrtb-version": "2.6"}
         t0 = time.perf_counter()
         try:
@@ -158,16 +184,24 @@ class Exchanges:
         rec.late = rec.latency_ms > opp.tmax
         if rec.status != 200 or rec.late:
             return  # a late answer is a no-bid to the exchange
-        bid = msgspec.json.decode(payload)["seatbid"][0]["bid"][0]
-        rec.bid_price = float(bid["price"])
+        resp = msgspec.json.decode(payload)
+        bid = resp["seatbid"][0]["bid"][0]
+        rate = self.regions.currencies.get(resp.get("cur") or "USD", 1.0)  # USD per unit
+        rec.bid_price = float(bid["price"]) * rate
         rec.campaign_id = bid.get("cid")
         campaign = self.campaigns.get(rec.campaign_id)
         rec.won, rec.price = resolve(rec.bid_price, opp.competing, opp.floor, opp.at)
         ident = {"auction_id": opp.request_id, "imp_id": bid["impid"]}
         if rec.won:
-            self._notice("win", substitute(bid["nurl"], price=rec.price, **ident))
+            # The exchange charges in the response's currency; the JPY one leaves the macro.
+            charged = rec.price / rate
+            cur = None if jpy else (resp.get("cur") or "USD")
+            self._notice("win", substitute(bid["nurl"], price=charged, currency=cur, **ident))
             if self.rng.random() < self.cfg.render_rate:
-                self._notice("bill", substitute(bid["burl"], price=rec.price, **ident))
+                self._notice("bill", substitute(bid["burl"], price=charged, currency=cur, **ident),
+                             truth=(bid["id"], (rec.price, rec.campaign_id, opp.region)))
+                if self.cfg.forge_rate and self.rng.random() < self.cfg.forge_rate:
+                    self._forge(bid, charged, ident)
                 if campaign is not None:
                     rec.true_ctr = self.market.ctr(opp, campaign)
                     if self.rng.random() < rec.true_ctr:
@@ -179,8 +213,22 @@ class Exchanges:
         else:
             self._notice("loss", substitute(bid["lurl"], loss=102, min_to_win=max(opp.competing, opp.floor), **ident))
 
-    def _notice(self, kind: str, url: str) -> None:
-        """Schedule a notice with the exchange's imperfections: drop, duplicate, delay."""
+    def _forge(self, bid: dict, charged: float, ident: dict) -> None:
+        """What a fraudster holding our URLs tries: the loss URL called as a bill, and the bill
+        URL with our bid raised (so a higher price would pass the bid check)."""
+        swapped = substitute(bid["lurl"], loss=102, min_to_win=charged, **ident).replace("/notice/loss?", "/notice/bill?")
+        self._push(0.0, "forged", swapped + f"&px={charged:.4f}")
+        raised = substitute(bid["burl"], price=charged * 3, **ident)
+        head, _, tail = raised.partition("&b=")
+        value, _, rest = tail.partition("&")
+        self._push(0.0, "forged", f"{head}&b={float(value) * 4:.4f}&{rest}")
+
+    def _push(self, delay: float, kind: str, url: str, truth=None) -> None:
+        self._seq += 1
+        heapq.heappush(self._pending, (time.perf_counter() + delay, self._seq, kind, url, truth))
+
+    def _notice(self, kind: str, url: str, truth: tuple | None = None) -> None:
+        """Schedule a notice with the exchange's imperfections: drop, duplicate, delay, resend."""
         self.notice_outcomes[f"{kind}.planned"] += 1
         r = self.rng
         if r.random() < self.cfg.drop_rate:
@@ -190,36 +238,53 @@ class Exchanges:
         if r.random() < self.cfg.late_rate:
             delay = r.uniform(self.cfg.late_min_s, self.cfg.late_max_s)
             self.notice_outcomes[f"{kind}.late"] += 1
+        if kind == "bill" and self.cfg.bill_delay_rate and r.random() < self.cfg.bill_delay_rate:
+            delay = r.uniform(self.cfg.bill_delay_min_s, self.cfg.bill_delay_max_s)
+            self.notice_outcomes["bill.delayed"] += 1
         copies = 2 if r.random() < self.cfg.dup_rate else 1
         if copies == 2:
             self.notice_outcomes[f"{kind}.duplicated"] += 1
-        due = time.perf_counter() + delay
+        if self.cfg.resend_rate and r.random() < self.cfg.resend_rate:
+            copies += self.cfg.resend_copies
+            self.notice_outcomes[f"{kind}.resent"] += 1
         for i in range(copies):
-            self._seq += 1
-            heapq.heappush(self._pending, (due + 0.2 * i, self._seq, kind, url))
+            self._push(delay + 0.2 * i, kind, url, truth)
 
     async def _send_notices(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         sem = asyncio.Semaphore(64)
 
-        async def send(kind: str, url: str) -> None:
+        async def send(kind: str, url: str, truth) -> None:
             u = urlsplit(url)
-            async with sem:
-                try:
-                    async with session.get(f"{self._origin}{u.path}?{u.query}") as resp:
-                        await resp.read()
-                        if resp.status == 200:
-                            self.notices[kind] += 1
-                        else:
-                            self.notice_errors[f"{kind}.{resp.status}"] += 1
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    self.notice_errors[f"{kind}.transport"] += 1
+            for attempt in range(self.cfg.notice_retries + 1):
+                if attempt:
+                    await asyncio.sleep(min(0.25 * 2 ** attempt, 4.0))
+                    self.notice_outcomes[f"{kind}.retried"] += 1
+                async with sem:
+                    try:
+                        async with session.get(f"{self._origin}{u.path}?{u.query}") as resp:
+                            await resp.read()
+                            status = resp.status
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                        self.notice_errors[f"{kind}.transport"] += 1
+                        continue
+                if kind == "forged":
+                    self.forged["refused" if status == 403 else f"accepted.{status}"] += 1
+                    return
+                if status == 200:
+                    self.notices[kind] += 1
+                    if truth is not None:
+                        self.billed.setdefault(*truth)
+                    return
+                self.notice_errors[f"{kind}.{status}"] += 1
+                if status < 500:
+                    return  # refused: an exchange does not resend what the bidder rejected
 
         tasks: set[asyncio.Task] = set()
         while not (stop.is_set() and not self._pending):
             now = time.perf_counter()
             while self._pending and self._pending[0][0] <= now:
-                _, _, kind, url = heapq.heappop(self._pending)
-                t = asyncio.create_task(send(kind, url))
+                _, _, kind, url, truth = heapq.heappop(self._pending)
+                t = asyncio.create_task(send(kind, url, truth))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
             await asyncio.sleep(0.02)
