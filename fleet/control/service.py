@@ -10,7 +10,6 @@ incarnation's pushes from a stale answer.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -19,14 +18,13 @@ import msgspec
 
 from fleet.control.cutoffs import PolicyBook, recompute, validate_tier
 from fleet.control.health import HealthBook
+from fleet.control.idempotency import Idempotency
 from fleet.control.messages import ModelAssignment, Push, Report
 from fleet.control.pacer import DAY_S, Flight, Pacer
 from fleet.control.rollout import Rollout, Thresholds, VersionStats
 
 log = logging.getLogger("fleet.control")
 STATE_KEY = "fleet:control:state"
-IDEM_PREFIX = "fleet:control:idem:"
-IDEM_TTL_S = 86_400
 
 
 class Control:
@@ -62,6 +60,7 @@ class Control:
         self.redis_up = True
         self.saves = 0
         self._lock = asyncio.Lock()
+        self.idem = Idempotency()
         self._changed = asyncio.Event()
         self._refused: tuple | None = None  # the last candidate not canaried, and why (logged once)
 
@@ -397,19 +396,6 @@ class Control:
     # -- idempotent writes ------------------------------------------------------------------
 
     async def idempotent(self, key: str | None, fingerprint: str, fn):
-        """Run ``fn`` once per idempotency key: a retry with the same key and request gets the
-        first answer again; the same key with another request is a 422."""
-        if key is None or self.redis is None:
-            return fn()
-        rkey = IDEM_PREFIX + hashlib.sha256(key.encode()).hexdigest()
-        fp = hashlib.sha256(fingerprint.encode()).hexdigest()
-        raw = await self.redis.get(rkey)
-        if raw:
-            prior = json.loads(raw)
-            if prior["fp"] != fp:
-                return 422, {"error": "idempotency key reused with a different request"}
-            return prior["status"], prior["body"]
-        status, body = fn()
-        if status < 500:
-            await self.redis.set(rkey, json.dumps({"fp": fp, "status": status, "body": body}), ex=IDEM_TTL_S)
-        return status, body
+        """Run the write ``fn`` once per idempotency key (``fleet.control.idempotency``): a retry
+        with the same key and request gets the first answer; another request under it, a 422."""
+        return await self.idem.run(self.redis, key, fingerprint, fn)
