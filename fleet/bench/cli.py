@@ -165,6 +165,34 @@ def bench_ledger(region, requests):
     click.echo(json.dumps(doc, indent=2))
 
 
+@bench.command("notice-ack")
+@click.option("--notices", "n", default=20_000, show_default=True)
+@click.option("--rounds", default=3, show_default=True)
+def bench_notice_ack(n, rounds):
+    """What answering a notice only once its event is durable costs, against answering at once
+    (bench/results/notice-ack.json)."""
+    import json
+    import tempfile
+
+    from fleet.bench.notice_ack import run
+    from fleet.runtime import local
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ack-"))
+    url, _, proc = local.start_redis(tmp / "redis")
+    try:
+        doc = run(url, tmp, n, rounds=rounds)
+    finally:
+        proc.terminate()
+    doc["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "notice-ack.json").write_text(json.dumps(doc, indent=2))
+    for c, v in doc["results"].items():
+        for k in ("emit", "emit_durable"):
+            click.echo(f"{c:<16}{k:<14}" + "  ".join(f"{x['cpu_us_per_notice']:7.2f} us  p99 {x['answer_p99_ms']:7.3f} ms"
+                                                  for x in v[k]))
+        click.echo(f"{c:<16}cpu durable/emit: {v['cpu_ratio_durable_to_emit']}")
+
+
 @bench.command("notices")
 @click.option("--duration", default=120.0, show_default=True, help="Seconds of auctions.")
 @click.option("--rate", default=60.0, show_default=True, help="Mean auctions/s over all regions.")
