@@ -550,21 +550,40 @@ def ledger_consume(region, consumer, expire_s, until_idle):
 
 @ledger.command("ivt")
 @click.option("--region", required=True)
-@click.option("--campaign", required=True)
+@click.option("--campaign", default=None, help="The campaign the IVT report names (checked against the ledger's record).")
 @click.argument("bids", nargs=-1, required=True)
 def ledger_ivt(region, campaign, bids):
     """Reverse billed impressions found to be invalid traffic (the exchange's or a verifier's
     IVT report): an ``ivt`` event per bid into the region's stream; the ledger takes the billed
-    spend back, once per bid however often this is run."""
+    spend back from the bid's own campaign and the day it counted on, once per bid however often
+    this is run. Where ``--campaign`` disagrees with the ledger's record, the record wins."""
     import asyncio
 
+    import redis
+
+    from fleet.ledger.consumer import ledger_prefix
     from fleet.ledger.emitter import EventEmitter
     from fleet.ledger.events import Event
 
+    url = _redis_url()
+    p = ledger_prefix(region)
+    try:
+        records = [redis.Redis.from_url(url).hmget(f"{p}bid:{b}", "campaign", "billed") for b in bids]
+    except redis.RedisError as exc:
+        records = []
+        click.echo(f"the ledger cannot be read ({exc}): reversals sent unchecked")
+    for b, (own, billed) in zip(bids, records):
+        own = own.decode() if own else None
+        if billed is None:
+            click.echo(f"{b}: no bill counted for it yet: reversed if its bill is ahead in the stream, "
+                       "else run this again once it is counted")
+        if campaign and own and own != campaign:
+            click.echo(f"{b}: the ledger has it under campaign {own}, not {campaign}: reversed from {own}")
+
     async def go():
-        em = EventEmitter(region, _redis_url(), resolve(load_regions().defaults.ledger.spill_dir) / f"{region}-cli.bin")
+        em = EventEmitter(region, url, resolve(load_regions().defaults.ledger.spill_dir) / f"{region}-cli.bin")
         now = time.time()
-        em.emit_many([Event(f"ivt:{b}", "ivt", now, region, b, campaign=campaign) for b in bids])
+        em.emit_many([Event(f"ivt:{b}", "ivt", now, region, b, campaign=campaign or "") for b in bids])
         await em.close()
         click.echo(f"{len(bids)} reversal(s) sent; spilled: {em.summary()['spill_bytes']} bytes")
 

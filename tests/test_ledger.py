@@ -19,6 +19,7 @@ from fleet.config import REPO_ROOT
 from fleet.ledger.consumer import LedgerConsumer, ledger_prefix
 from fleet.ledger.emitter import EventEmitter, stream_key
 from fleet.ledger.events import Event, notice_event
+from fleet.ledger.freq import FreqForwarder
 from fleet.ledger.report import ledger_rows, report
 from fleet.ledger.signing import NoticeSigner
 from fleet.pipeline.notices import NoticeError, parse_notice
@@ -349,9 +350,10 @@ def test_notices_that_overtake_their_bid_count_the_same(redis_srv, tmp_path):
         async def on_billed(fe):
             billed.extend((f.user, f.cid, f.eid) for f in fe)
 
-        c = LedgerConsumer(REGION, url, expire_s=3600, on_billed=on_billed)
+        c = LedgerConsumer(REGION, url, expire_s=3600)
         await c.ensure_group()
         await c.drain()
+        await FreqForwarder(c.redis, REGION, on_billed).drain()  # the outbox, to the "shards"
         await c.close()
 
     def totals(url):

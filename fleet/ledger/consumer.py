@@ -8,18 +8,26 @@ first) and they apply as no-ops when already counted: nothing is lost, nothing c
 duplicate or replayed notices, which carry the same event id, count once.
 
 State, per region prefix ``fleet:<region>:ledger:``:
-- ``agg:<campaign>:<minute>``: selected, won, billed, lost, expired, clicks, ivt counts and
-  reserved, released, spend (fleet currency) for that campaign in that minute;
+- ``agg:<campaign>:<minute>``: selected, won, billed, lost, expired, clicks, ivt counts,
+  billed_after_lost, unpriced and test counts, and reserved, released, spend (fleet currency)
+  for that campaign in that minute;
 - ``bid:<bid>``: what a selected bid reserved and for whom, and what closed it (billed, lost,
-  expired); a notice may overtake its bid's selected event (it went through another replica),
-  and the selected event then finds the bid closed and releases at once;
-- ``open``: sorted set of open bids by expiry; the sweep emits ``expired`` for them, which
-  releases the reservation;
-- ``spend:<day>``: finalized spend per campaign for the UTC day (what pacing consumes), also
-  announced on the ``fleet:ledger:spend`` channel.
+  expired), what it billed and on which day (``bday``); a notice may overtake its bid's selected
+  event (it went through another replica), and the selected event then finds the bid closed and
+  releases at once;
+- ``open``: sorted set of open bids by their notice deadline (``until``, else ts + expire_s);
+  the sweep expires them, which releases the reservation;
+- ``spend:<day>``: finalized spend per campaign for the UTC day *of the bid* (what pacing
+  consumes), also announced on the ``fleet:ledger:spend`` channel;
+- ``freq``: the outbox of billed impressions for the region's cache shards (frequency counters
+  advance on impressions), appended in the same atomic step as the bill and drained by
+  ``fleet.ledger.freq.FreqForwarder``: the ledger never waits on a shard;
+- ``stats``: outbox bookkeeping (``freq_head``, ``freq_dropped``, ``freq_forwarded``);
+- ``caught_up``: unix time (the consumer's clock) at which a read started that found the stream
+  drained: every event in the stream then has been applied (control reads it).
 
-Frequency counters advance on billed impressions: the consumer returns (user, campaign, event)
-for each billed bid and its runner sends them to the region's cache shards.
+An event flagged ``test`` (an OpenRTB ``test: 1`` request) creates no money: it is counted in
+``test`` and nothing else.
 """
 
 from __future__ import annotations
@@ -29,39 +37,62 @@ import logging
 import time
 
 from fleet.cache.shard import redis_client
-from fleet.cache.store import FreqEvent
 from fleet.ledger.emitter import stream_key
 import msgspec
 
-from fleet.ledger.events import Event, decode
+from fleet.ledger.events import decode
 
 log = logging.getLogger("fleet.ledger")
 GROUP = "ledger"
 _unpack = msgspec.msgpack.Decoder(list[bytes]).decode
 SEEN_TTL_S = 14 * 86_400
+OUTBOX_CAP = 100_000  # billed impressions waiting for the shards; beyond, the oldest are dropped
+SWEEP_BATCH = 1000  # due bids per sweep script call (Redis runs one script at a time: keep it short)
+SWEEP_BUDGET_S = 0.5  # per sweep: batches until none are due or this is spent
 
 APPLY = r"""
 local p = KEYS[1]
 local id, kind, ts, bid, campaign = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local price, user, expire_s, publisher, model = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local bid_ts, deadline, flag = tonumber(ARGV[12]), tonumber(ARGV[13]), ',' .. ARGV[14] .. ','
+local ekey, cap = ARGV[15], tonumber(ARGV[16])
 local bidkey = p .. 'bid:' .. bid
 if not redis.call('SET', p .. 'seen:' .. id, 1, 'NX', 'EX', tonumber(ARGV[11])) then
-  -- already counted; a billed impression is handed out again (its frequency write is keyed
-  -- by event id, so a resend is harmless, and it may never have reached a shard)
-  if (kind == 'billed' or kind == 'selected') and redis.call('HGET', bidkey, 'closed') == 'billed' then
-    local u = redis.call('HGET', bidkey, 'user')
-    if u then return {3, u, redis.call('HGET', bidkey, 'campaign') or ''} end
-  end
-  return {0}
+  return {0}  -- already counted (its impression, if any, went to the outbox then)
 end
-if kind ~= 'selected' and kind ~= 'response' and campaign == '' then
+if kind == 'ivt' then
+  if redis.call('HEXISTS', bidkey, 'billed') == 0 then
+    -- nothing billed (yet): give the claim back, so a later run still reverses it, once
+    redis.call('DEL', p .. 'seen:' .. id)
+    return {1}
+  end
+  campaign = redis.call('HGET', bidkey, 'campaign') or campaign  -- the bid's own, whatever the report said
+elseif kind ~= 'selected' and kind ~= 'response' and campaign == '' then
   campaign = redis.call('HGET', bidkey, 'campaign') or ''
 end
 local agg = p .. 'agg:' .. campaign .. ':' .. math.floor(ts / 60)
-redis.call('SADD', p .. 'campaigns', campaign)
 if kind ~= 'response' then
+  redis.call('SADD', p .. 'campaigns', campaign)
   redis.call('HINCRBY', agg, 'events', 1)  -- the key exists from here, so its TTL sticks
   redis.call('EXPIRE', agg, 8 * 86400)
+end
+if string.find(flag, ',test,', 1, true) then
+  -- an OpenRTB test request: no reservation, no spend, no open bid
+  if kind ~= 'response' then redis.call('HINCRBY', agg, 'test', 1) end
+  return {1}
+end
+local function impression(u, c)
+  -- the billed impression for the cache shards, in this same atomic step (the forwarder
+  -- sends it; its shard write is keyed by ekey, so a resend is harmless)
+  if cap <= 0 or not u or u == '' then return 0 end
+  local ob = p .. 'freq'
+  local n = redis.call('RPUSH', ob, cjson.encode({u, c, ekey, ARGV[3]}))
+  if n > cap then
+    redis.call('LTRIM', ob, n - cap, -1)
+    redis.call('HINCRBY', p .. 'stats', 'freq_dropped', n - cap)
+    redis.call('HINCRBY', p .. 'stats', 'freq_head', n - cap)
+  end
+  return 1
 end
 local function close(field)
   -- release what the bid reserved, once, whichever closes it first; a notice that overtook its
@@ -87,10 +118,14 @@ if kind == 'selected' then
   local closed = redis.call('HGET', bidkey, 'closed')
   if closed then
     redis.call('HINCRBYFLOAT', agg, 'released', reserved)
-    if closed == 'billed' then return {2, user, campaign} end
+    if closed == 'billed' then return {1 + impression(user, campaign)} end
     return {1}
   end
-  redis.call('ZADD', p .. 'open', ts + expire_s, bid)
+  if deadline > 0 then
+    redis.call('ZADD', p .. 'open', deadline, bid)  -- open until its own notice deadline
+  else
+    redis.call('ZADD', p .. 'open', ts + expire_s, bid)
+  end
   return {1}
 elseif kind == 'response' then
   local rkey = p .. 'responses:' .. math.floor(ts / 86400)
@@ -104,15 +139,28 @@ elseif kind == 'billed' then
   local spend = price / 1000.0
   redis.call('HINCRBY', agg, 'billed', 1)
   redis.call('HINCRBYFLOAT', agg, 'spend', spend)
-  local known = redis.call('HEXISTS', bidkey, 'user') == 1
+  if string.find(flag, ',unpriced,', 1, true) then
+    redis.call('HINCRBY', agg, 'unpriced', 1)  -- counted at our bid: an upper bound
+  end
+  local rec = redis.call('HMGET', bidkey, 'user', 'closed', 'ts')
+  if rec[2] == 'lost' then
+    -- the exchange says it charged: the spend counts (the conservative side), flagged
+    redis.call('HINCRBY', agg, 'billed_after_lost', 1)
+  end
   close('billed')
-  redis.call('HSET', bidkey, 'billed', spend)
-  local day = math.floor(ts / 86400)
+  -- spend counts on the bid's UTC day: a bill for a bid at 23:59:59 arriving after midnight
+  -- belongs to the day the flight spent it
+  local day
+  if bid_ts > 0 then day = math.floor(bid_ts / 86400)
+  elseif rec[3] then day = math.floor(tonumber(rec[3]) / 86400)
+  else day = math.floor(ts / 86400) end
+  redis.call('HSET', bidkey, 'billed', spend, 'bday', day)
+  if campaign ~= '' then redis.call('HSETNX', bidkey, 'campaign', campaign) end
   redis.call('HINCRBYFLOAT', p .. 'spend:' .. day, campaign, spend)
   redis.call('EXPIRE', p .. 'spend:' .. day, 8 * 86400)
   redis.call('PUBLISH', 'fleet:ledger:spend', campaign .. ' ' .. spend)
-  if not known then return {1} end  -- counted when its selected event arrives
-  return {2, redis.call('HGET', bidkey, 'user') or '', campaign}
+  if not rec[1] then return {1} end  -- queued when its selected event arrives
+  return {1 + impression(rec[1], campaign)}
 elseif kind == 'lost' then
   redis.call('HINCRBY', agg, 'lost', 1)
   close('lost')
@@ -124,15 +172,45 @@ elseif kind == 'click' then
   redis.call('HINCRBY', agg, 'clicks', 1)
   return {1}
 elseif kind == 'ivt' then
-  local billed = redis.call('HGET', bidkey, 'billed')
-  if billed then
-    redis.call('HINCRBY', agg, 'ivt', 1)
-    redis.call('HINCRBYFLOAT', agg, 'spend', -tonumber(billed))
-    redis.call('HINCRBYFLOAT', p .. 'spend:' .. math.floor(ts / 86400), campaign, -tonumber(billed))
-  end
+  -- reversed from the bid's own record: its billed spend, its campaign, the day it counted on
+  local rec = redis.call('HMGET', bidkey, 'billed', 'bday')
+  local day = rec[2] or tostring(math.floor(ts / 86400))
+  redis.call('HINCRBY', agg, 'ivt', 1)
+  redis.call('HINCRBYFLOAT', agg, 'spend', -tonumber(rec[1]))
+  redis.call('HINCRBYFLOAT', p .. 'spend:' .. day, campaign, -tonumber(rec[1]))
+  redis.call('PUBLISH', 'fleet:ledger:spend', campaign .. ' ' .. -tonumber(rec[1]))
   return {1}
 end
 return {1}
+"""
+
+SWEEP = r"""
+-- Expire up to ARGV[2] bids whose deadline is past: release what they reserved, once.
+local p, now, ttl = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', p .. 'open', '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+if #due == 0 then return 0 end
+redis.call('ZREM', p .. 'open', unpack(due))
+local minute = math.floor(now / 60)
+local touched = {}
+for _, bid in ipairs(due) do
+  local bidkey = p .. 'bid:' .. bid
+  if redis.call('SET', p .. 'seen:expired:' .. bid, 1, 'NX', 'EX', ttl)
+     and redis.call('HSETNX', bidkey, 'closed', 'expired') == 1 then
+    redis.call('EXPIRE', bidkey, 8 * 86400)
+    local r = redis.call('HMGET', bidkey, 'campaign', 'reserved')
+    local campaign = r[1] or ''
+    local agg = p .. 'agg:' .. campaign .. ':' .. minute
+    redis.call('HINCRBY', agg, 'events', 1)
+    redis.call('HINCRBY', agg, 'expired', 1)
+    if r[2] then redis.call('HINCRBYFLOAT', agg, 'released', r[2]) end
+    touched[agg] = campaign
+  end
+end
+for agg, campaign in pairs(touched) do
+  redis.call('EXPIRE', agg, 8 * 86400)
+  redis.call('SADD', p .. 'campaigns', campaign)
+end
+return #due
 """
 
 
@@ -140,9 +218,13 @@ def ledger_prefix(region: str) -> str:
     return f"fleet:{region}:ledger:"
 
 
+def outbox_key(region: str) -> str:
+    return ledger_prefix(region) + "freq"
+
+
 class LedgerConsumer:
     def __init__(self, region: str, redis_url: str, *, consumer: str = "c0", expire_s: float = 300.0,
-                 batch: int = 8, clock=time.time, on_billed=None):
+                 batch: int = 8, clock=time.time, outbox_cap: int = OUTBOX_CAP):
         self.region = region
         self.redis = redis_client(redis_url, decode=False, timeout_s=5.0)  # reads block up to 0.5 s
         self.stream = stream_key(region)
@@ -151,14 +233,18 @@ class LedgerConsumer:
         self.expire_s = expire_s
         self.batch = batch  # stream entries per read (each up to 256 events)
         self.clock = clock
-        self.on_billed = on_billed  # async callable(list[FreqEvent]) or None
+        # billed impressions kept for the shards (0: none, for a region without cache shards)
+        self.outbox_cap = outbox_cap
         self._script = self.redis.register_script(APPLY)
+        self._sweep = self.redis.register_script(SWEEP)
         self._backlog = True  # start with our own pending entries
         self.applied = 0
         # events already claimed: replayed notices, and the redelivery of entries whose
         # earlier attempt failed after Redis ran its scripts (a reply lost to a timeout)
         self.duplicates = 0
+        self.queued = 0  # billed impressions appended to the outbox
         self.failed_steps = 0  # attempts that raised; their entries are read again
+        self.caught_up = 0.0  # the last caught-up mark written
 
     async def ensure_group(self) -> None:
         try:
@@ -169,40 +255,43 @@ class LedgerConsumer:
 
     async def _apply(self, entries: list[tuple[str, dict]]) -> int:
         pipe = self.redis.pipeline(transaction=False)
-        evs: list[Event] = []
+        n = 0
         for ev in (decode(raw) for _eid, fields in entries for raw in _unpack(fields[b"b"])):
-            evs.append(ev)
+            n += 1
+            ekey = f"{ev.auction}:{ev.imp}" if ev.auction else ev.bid  # the frequency write's key
             await self._script(keys=[self.prefix], args=[
                 ev.id, ev.kind, ev.ts, ev.bid, ev.campaign, ev.price, ev.user, self.expire_s,
-                ev.publisher, ev.model, SEEN_TTL_S], client=pipe)
+                ev.publisher, ev.model, SEEN_TTL_S, ev.bid_ts, ev.until, ev.flag, ekey, self.outbox_cap],
+                client=pipe)
         results = await pipe.execute()
-        billed = []
-        for ev, res in zip(evs, results):
-            if res[0] in (0, 3):
+        for res in results:
+            if res[0] == 0:
                 self.duplicates += 1
             else:
                 self.applied += 1
-            if res[0] in (2, 3) and res[1]:
-                user = res[1].decode() if isinstance(res[1], bytes) else res[1]
-                campaign = res[2].decode() if isinstance(res[2], bytes) else str(res[2])
-                billed.append(FreqEvent(user, campaign, f"{ev.auction}:{ev.imp}" if ev.auction else ev.bid, ev.ts))
-        if billed and self.on_billed is not None:
-            # Awaits the shards' answer; if it raises, nothing is acked, the entries are read
-            # again, and the script hands the billed impressions out again (code 3).
-            await self.on_billed(billed)
+                self.queued += res[0] == 2
+        # Acknowledged once applied, and never waiting on anything outside Redis: the billed
+        # impressions are in the outbox already, for the forwarder to take to the shards.
         await self.redis.xack(self.stream, GROUP, *[eid for eid, _ in entries])
-        return len(evs)
+        return n
 
     async def step(self, block_ms: int = 200) -> int:
-        """Read and apply one batch (pending entries first after a start); returns how many."""
-        start = "0" if self._backlog else ">"
-        res = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: start}, count=self.batch,
-                                          block=None if self._backlog else block_ms)
+        """Read and apply one batch (pending entries first after a start); returns how many.
+        A read of fewer entries than asked, past the backlog, marks the ledger caught up to the
+        time the read started."""
+        backlog = self._backlog
+        started = self.clock()
+        res = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: "0" if backlog else ">"},
+                                          count=self.batch, block=None if backlog else block_ms)
         entries = res[0][1] if res else []
-        if self._backlog and not entries:
+        if backlog and not entries:
             self._backlog = False
             return 0
-        return await self._apply(entries) if entries else 0  # events applied (entries hold many)
+        n = await self._apply(entries) if entries else 0  # events applied (entries hold many)
+        if not backlog and len(entries) < self.batch:
+            await self.redis.set(self.prefix + "caught_up", repr(started))
+            self.caught_up = started
+        return n
 
     async def trim(self) -> None:
         """Drop stream entries every consumer of the group is done with (below the oldest
@@ -227,18 +316,18 @@ class LedgerConsumer:
             if n == 0 and not backlog:
                 return total
 
-    async def sweep(self) -> int:
-        """Emit ``expired`` for bids past their notice window (straight into the ledger)."""
+    async def sweep(self, budget_s: float = SWEEP_BUDGET_S) -> int:
+        """Expire bids past their notice deadline (straight into the ledger): batches of
+        ``SWEEP_BATCH`` until none are due, or until ``budget_s`` is spent (the rest waits for
+        the next sweep, so consumption is never starved). Returns how many were due."""
         now = self.clock()
-        due = await self.redis.zrangebyscore(self.prefix + "open", "-inf", now, start=0, num=500)
-        if not due:
-            return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for bid in (b.decode() for b in due):
-            await self._script(keys=[self.prefix], args=[f"expired:{bid}", "expired", now, bid, "", 0, "",
-                                                   self.expire_s, "", "", SEEN_TTL_S], client=pipe)
-        await pipe.execute()
-        return len(due)
+        t0 = time.perf_counter()
+        total = 0
+        while True:
+            n = int(await self._sweep(keys=[self.prefix], args=[now, SWEEP_BATCH, SEEN_TTL_S]))
+            total += n
+            if n < SWEEP_BATCH or time.perf_counter() - t0 >= budget_s:
+                return total
 
     async def lag(self) -> int:
         """Entries not yet delivered to the group plus those delivered and not acknowledged.

@@ -6,6 +6,10 @@ replicas hold for today, which they publish) against the ledger's (reserved minu
 billed, today). Flags:
 - ``billed>won``: more billing notices than wins (notices lost, or not the exchange's);
 - ``won>selected``: wins for bids the ledger never saw selected (events lost upstream);
+- ``billed_after_lost``: a bill for a bid the ledger had closed as lost (counted: the exchange
+  says it charged);
+- ``unpriced``: bills whose price could not be read, counted at our bid (an upper bound): to be
+  reconciled with the exchange's invoice;
 - per campaign today, ``flag`` (``DRIFT`` in the CLI): pacing's view and the ledger's differ by more than the tolerance.
 """
 
@@ -16,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 from fleet.ledger.consumer import ledger_prefix
 
-COUNTS = ("selected", "won", "billed", "lost", "expired", "clicks", "ivt")
+COUNTS = ("selected", "won", "billed", "lost", "expired", "clicks", "ivt", "billed_after_lost", "unpriced", "test")
 AMOUNTS = ("reserved", "released", "spend")
 
 
@@ -31,6 +35,9 @@ class Row:
     expired: int = 0
     clicks: int = 0
     ivt: int = 0
+    billed_after_lost: int = 0
+    unpriced: int = 0
+    test: int = 0
     reserved: float = 0.0
     released: float = 0.0
     spend: float = 0.0
@@ -64,6 +71,10 @@ def ledger_rows(r, region: str, window_s: int = 600, since: float = 0.0) -> list
             row.flags.append("billed>won")
         if row.won > row.selected:
             row.flags.append("won>selected")
+        if row.billed_after_lost:
+            row.flags.append("billed_after_lost")
+        if row.unpriced:
+            row.flags.append("unpriced")
     return out
 
 

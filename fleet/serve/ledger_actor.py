@@ -1,8 +1,10 @@
 """The region's ledger consumer as a Ray actor: named, detached, restarted when it dies.
 
-Thin: it runs ``fleet.ledger.consumer.LedgerConsumer`` and sends billed impressions to the
-region's cache shards (frequency counters advance on impressions). A restarted actor resumes
-from its consumer group's pending entries, so a kill loses and double-counts nothing.
+Thin: it runs ``fleet.ledger.consumer.LedgerConsumer`` and, where the region has cache shards,
+a ``fleet.ledger.freq.FreqForwarder`` that takes the billed impressions from the ledger's outbox
+to them (frequency counters advance on impressions), as two tasks: the consumer never waits on
+a shard. A restarted actor resumes from its consumer group's pending entries and from the
+outbox, so a kill loses and double-counts nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import os
 
 import ray
 
-from fleet.ledger.consumer import LedgerConsumer
+from fleet.ledger.consumer import OUTBOX_CAP, LedgerConsumer
+from fleet.ledger.freq import FreqForwarder
 from fleet.serve.cache_actor import NAMESPACE
 
 log = logging.getLogger("fleet.ledger")
@@ -31,27 +34,39 @@ class LedgerRunner:
 
             shards = cache_actor.connect(region, shard_count, redis_url, shard_options, resources)
             self.cache = CacheClient({n: cache_actor.RemoteShard(h) for n, h in shards.items()})
+        # Without shards the outbox is not kept (nothing would drain it).
         self.consumer = LedgerConsumer(region, redis_url, consumer="c0", expire_s=expire_s,
-                                       on_billed=self._billed if self.cache else None)
+                                       outbox_cap=OUTBOX_CAP if self.cache else 0)
+        self.forwarder = FreqForwarder(self.consumer.redis, region, self._billed) if self.cache else None
         self.task = None
+        self.fwd_task = None
 
     async def _billed(self, events) -> None:
-        # Awaited, so the consumer acknowledges its entries only once the shards took them
-        # (acked by Redis, or held in a shard's pending queue while Redis is away).
+        # The forwarder removes a batch from the outbox only once the shards took it (acked by
+        # Redis, or held in a shard's pending queue while Redis is away); else it retries.
         await self.cache.record_now(events)
+
+    @staticmethod
+    def _alive(task, what: str, make):
+        if task is None or task.done():
+            if task is not None and not task.cancelled() and task.exception():
+                log.error("%s stopped: %r; restarting", what, task.exception())
+            task = asyncio.get_running_loop().create_task(make())
+        return task
 
     async def start(self) -> bool:
         """Idempotent; the ingresses call it every few seconds, so a consumer task that ended
         (or an actor that restarted) is running again within one period."""
-        if self.task is None or self.task.done():
-            if self.task is not None and not self.task.cancelled() and self.task.exception():
-                log.error("ledger consumer %s stopped: %r; restarting", self.region, self.task.exception())
-            self.task = asyncio.get_running_loop().create_task(self.consumer.run())
+        self.task = self._alive(self.task, f"ledger consumer {self.region}", self.consumer.run)
+        if self.forwarder is not None:
+            self.fwd_task = self._alive(self.fwd_task, f"ledger forwarder {self.region}", self.forwarder.run)
         return True
 
     async def stats(self) -> dict:
         return {"region": self.region, "applied": self.consumer.applied, "duplicates": self.consumer.duplicates,
-                "failed_steps": self.consumer.failed_steps,
+                "failed_steps": self.consumer.failed_steps, "caught_up": self.consumer.caught_up,
+                "outbox": (await self.forwarder.backlog()) if self.forwarder else None,
+                "forwarder": self.forwarder.summary() if self.forwarder else None,
                 "lag": await self.consumer.lag(), "pid": os.getpid(),
                 "running": self.task is not None and not self.task.done(),
                 "cache": self.cache.summary() if self.cache else None}
