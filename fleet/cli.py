@@ -596,8 +596,10 @@ def ledger_ivt(region, campaign, bids):
 @click.option("--tolerance", default=None, type=float, help="Drift flagged beyond (default: regions.yaml).")
 @click.option("--json", "as_json", is_flag=True)
 def ledger_report(region, window_s, tolerance, as_json):
-    """Per campaign and window: selected, won, billed, reserved vs finalized spend, pacing's
-    view vs the ledger's; drift beyond the tolerance flagged."""
+    """Per campaign and window: selected, won, billed, reserved vs finalized spend; flags
+    (billed>won, won>selected, billed_after_lost, unpriced); per campaign today, pacing's view
+    (billed under control, reserved under the local allowance) vs the ledger's same figure, drift
+    beyond the tolerance flagged."""
     import json
     import time
 
@@ -617,10 +619,11 @@ def ledger_report(region, window_s, tolerance, as_json):
         click.echo(f"{r['campaign']:<22}{when:<18}{r['selected']:>6}{r['won']:>6}{r['billed']:>6}{r['lost']:>6}"
                    f"{r['expired']:>5}{r['reserved']:>11.4f}{r['released']:>11.4f}{r['spend']:>10.4f}  "
                    f"{','.join(r['flags'])}")
-    click.echo("\ntoday: pacing's reservations vs the ledger's")
+    click.echo("\ntoday: pacing's view vs the ledger's (billed: finalized spend for today's bids; reserved: reservations)")
     for cid, t in doc["today"].items():
-        click.echo(f"{cid:<22} pacing {t['pacing_reserved']:.4f}  ledger {t['ledger_reserved']:.4f}  "
-                   f"open {t['open']:.4f}  finalized {t['finalized']:.4f}  drift {t['drift']:.2%}"
+        views = "  ".join(f"{k} pacing {v['pacing']:.4f} ledger {v['ledger']:.4f} ({v['drift']:.2%})"
+                          for k, v in t["views"].items())
+        click.echo(f"{cid:<22} {views}  open {t['open']:.4f}  finalized {t['finalized']:.4f}"
                    f"{'  DRIFT' if t['flag'] else ''}")
     click.echo(f"flagged: {', '.join(doc['flagged']) or 'none'}")
 

@@ -334,3 +334,49 @@ def test_an_ivt_run_before_the_bill_is_counted_reverses_it_when_run_again(redis_
     run(consume(redis_srv.url))
     assert day_spend(r, int(now // DAY)) == {"c1": pytest.approx(0.0)}
     assert sum(x.ivt for x in ledger_rows(r, REGION, window_s=DAY)) == 1
+
+
+# -- 6. the report compares like with like ------------------------------------------------------
+
+def _control_region(url, tmp_path, now):
+    """Bids of today for c1 and c2, some billed; one bill today for yesterday's bid."""
+    y = now - DAY
+    evs = [sel(f"p{i}", now, campaign=c, price=2000.0) for i, c in enumerate(["c1"] * 6 + ["c2"] * 6)]
+    evs += [note(k, f"p{i}", now + 1, "c1" if i < 6 else "c2", 1000.0, now) for i in (0, 1, 2, 6, 7) for k in ("win", "billed")]
+    evs += [sel("old", y, campaign="c1"), note("win", "old", now, "c1", 1000.0, y), note("billed", "old", now, "c1", 1000.0, y)]
+    run(emit(url, evs, tmp_path / "p.bin"))
+    run(consume(url))
+
+
+def test_a_control_region_whose_billed_view_matches_the_ledger_is_not_flagged(redis_srv, tmp_path):
+    now = time.time()
+    _control_region(redis_srv.url, tmp_path, now)
+    r = redis_lib.Redis.from_url(redis_srv.url)
+    r.hset(f"fleet:{REGION}:pacing:a", mapping={"_kind": "billed", "c1": 2.0, "c2": 1.0})
+    r.hset(f"fleet:{REGION}:pacing:b", mapping={"_kind": "billed", "c1": 1.0, "c2": 1.0})
+    doc = report(r, REGION, tolerance=0.02, day_start=now // DAY * DAY)
+    assert doc["today"]["c1"]["views"] == {"billed": {"pacing": 3.0, "ledger": 3.0, "drift": 0.0, "flag": False}}
+    assert doc["today"]["c2"]["views"]["billed"]["ledger"] == pytest.approx(2.0)
+    assert doc["flagged"] == []
+
+
+def test_a_control_region_whose_billed_view_drifts_is_flagged(redis_srv, tmp_path):
+    now = time.time()
+    _control_region(redis_srv.url, tmp_path, now)
+    r = redis_lib.Redis.from_url(redis_srv.url)
+    # c1's replica still counts yesterday's bid billed today (4.0): drift from the ledger's 3.0
+    r.hset(f"fleet:{REGION}:pacing:a", mapping={"_kind": "billed", "c1": 4.0, "c2": 2.0})
+    doc = report(r, REGION, tolerance=0.02, day_start=now // DAY * DAY)
+    assert doc["today"]["c1"]["flag"] and not doc["today"]["c2"]["flag"]
+    assert doc["flagged"] == ["c1"]
+
+
+def test_reserved_views_with_or_without_kind_compare_with_reservations(redis_srv, tmp_path):
+    now = time.time()
+    _control_region(redis_srv.url, tmp_path, now)
+    r = redis_lib.Redis.from_url(redis_srv.url)
+    r.hset(f"fleet:{REGION}:pacing:old", mapping={"c1": 6.0, "c2": 12.0})  # an older replica, no _kind
+    r.hset(f"fleet:{REGION}:pacing:new", mapping={"_kind": "reserved", "c1": 6.0})
+    doc = report(r, REGION, tolerance=0.02, day_start=now // DAY * DAY)
+    assert doc["today"]["c1"]["views"] == {"reserved": {"pacing": 12.0, "ledger": 12.0, "drift": 0.0, "flag": False}}
+    assert doc["today"]["c2"]["views"]["reserved"]["drift"] == 0.0 and doc["flagged"] == []
