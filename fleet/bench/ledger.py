@@ -9,6 +9,11 @@ of the CPU one request costs at the region's measured capacity (``capacity-<regi
 Consumer: events of a simulated run (bids from the in-process bidder and the exchange's
 notices for them, duplicates included) written to a stream, then applied by one consumer; its
 rate against the region's bid capacity, in events per bid.
+
+Sweep: ``sweep_bids`` open bids (50,000) all past their deadline, expired by the consumer's
+sweep; its rate in bids per second of sweep time, and what one sweep a second (each at most
+``SWEEP_BUDGET_S``) can expire, against the region's bid rate (about 1,000 bids/s on the 2-core
+box, and 5x that). Alone: ``python -m fleet.bench.ledger sweep [N]`` (its own redis-server).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import random
 import time
 from pathlib import Path
 
-from fleet.ledger.consumer import LedgerConsumer
+from fleet.ledger.consumer import SWEEP_BATCH, SWEEP_BUDGET_S, LedgerConsumer
 from fleet.ledger.emitter import EventEmitter
 from fleet.ledger.events import Event, notice_event
 from fleet.ledger.signing import NoticeSigner
@@ -68,7 +73,50 @@ async def _consume(url: str, region: str, events: list[Event], spill: Path) -> d
             "duplicates": c.duplicates}
 
 
-def run(url: str, region: str, requests: int, capacity_rps: float | None, spill_dir: Path) -> dict:
+REGION_BIDS_PER_S = 1_000.0  # a region's bid rate on the 2-core box (docs/ledger.md)
+
+
+async def _sweep(url: str, region: str, n: int, spill: Path) -> dict:
+    """``n`` selected bids whose deadline has passed, applied, then swept until none are due."""
+    region = f"{region}-sweep"
+    now = time.time()
+    em = EventEmitter(region, url, spill)
+    em.emit_many([Event(f"selected:s{i}", "selected", now - 60, region, f"s{i}", f"sa{i}", "1", f"c{i % 50}",
+                        price=1000.0, user=f"u{i}", bid_ts=now - 60, until=now - 1) for i in range(n)])
+    await em.close()
+    c = LedgerConsumer(region, url, expire_s=3600)
+    await c.ensure_group()
+    await c.drain()
+    calls = []
+    while True:
+        t0 = time.perf_counter()
+        k = await c.sweep()
+        if not k:
+            break
+        calls.append((k, time.perf_counter() - t0))
+    # one script call (what Redis runs without answering anyone else)
+    t0 = time.perf_counter()
+    await c._sweep(keys=[c.prefix], args=[time.time(), SWEEP_BATCH])
+    empty_call_ms = (time.perf_counter() - t0) * 1000
+    left = await c.redis.zcard(c.prefix + "open")
+    await c.close()
+    swept, secs = sum(k for k, _ in calls), sum(t for _, t in calls)
+    rate = swept / secs
+    return {"due_bids": n, "expired": swept, "left_open": left, "sweep_calls": len(calls), "seconds": secs,
+            "bids_per_s": rate, "batch": SWEEP_BATCH, "ms_per_batch": SWEEP_BATCH / rate * 1000,
+            "empty_call_ms": empty_call_ms, "budget_s": SWEEP_BUDGET_S, "max_call_s": max(t for _, t in calls),
+            "expirable_per_s": rate * SWEEP_BUDGET_S,  # one sweep a second, each within its budget
+            "vs_region_bids_1x": rate * SWEEP_BUDGET_S / REGION_BIDS_PER_S,
+            "vs_region_bids_5x": rate * SWEEP_BUDGET_S / (5 * REGION_BIDS_PER_S)}
+
+
+def sweep_bench(url: str, region: str, n: int, spill_dir: Path) -> dict:
+    doc = asyncio.run(_sweep(url, region, n, spill_dir / "bench-sweep.bin"))
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in doc.items()}
+
+
+def run(url: str, region: str, requests: int, capacity_rps: float | None, spill_dir: Path,
+        sweep_bids: int = 50_000) -> dict:
     events, answered = simulated_events(region, requests)
     per_request = len(events) / requests
     emission = asyncio.run(_emission(url, events, spill_dir / "bench-emit.bin"))
@@ -77,6 +125,8 @@ def run(url: str, region: str, requests: int, capacity_rps: float | None, spill_
     doc = {"benchmark": "ledger", "region": region, "requests": requests, "answered_with_bid": answered,
            "events": len(events), "events_per_request": round(per_request, 3), **{k: round(v, 3) for k, v in emission.items()},
            "consumer": {k: round(v, 3) if isinstance(v, float) else v for k, v in consumer.items()}}
+    if sweep_bids:
+        doc["sweep"] = sweep_bench(url, region, sweep_bids, spill_dir)
     if capacity_rps:
         per_req_us = 1e6 / capacity_rps  # CPU-seconds per request at capacity on one core's worth
         cost_us = per_request * (emission["emit_us_per_event"] + emission["flush_us_per_event"])
@@ -84,3 +134,20 @@ def run(url: str, region: str, requests: int, capacity_rps: float | None, spill_
         doc["emission_share_of_request_cpu"] = round(cost_us / per_req_us, 4)
         doc["consumer_vs_capacity_events"] = round(consumer["events_per_s"] / (capacity_rps * per_request), 2)
     return doc
+
+
+if __name__ == "__main__":  # python -m fleet.bench.ledger sweep [N]: the sweep alone
+    import json
+    import sys
+    import tempfile
+
+    from fleet.runtime import local
+
+    if sys.argv[1:2] != ["sweep"]:
+        sys.exit("usage: python -m fleet.bench.ledger sweep [N]  (the whole bench: fleet bench ledger)")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    url, _, proc = local.start_redis(tmp / "redis")
+    try:
+        print(json.dumps(sweep_bench(url, "us-east", int(sys.argv[2]) if len(sys.argv) > 2 else 50_000, tmp), indent=2))
+    finally:
+        proc.terminate()

@@ -47,7 +47,7 @@ GROUP = "ledger"
 _unpack = msgspec.msgpack.Decoder(list[bytes]).decode
 SEEN_TTL_S = 14 * 86_400
 OUTBOX_CAP = 100_000  # billed impressions waiting for the shards; beyond, the oldest are dropped
-SWEEP_BATCH = 1000  # due bids per sweep script call (Redis runs one script at a time: keep it short)
+SWEEP_BATCH = 500  # due bids per sweep script call (Redis runs one script at a time: ~3 ms)
 SWEEP_BUDGET_S = 0.5  # per sweep: batches until none are due or this is spent
 
 APPLY = r"""
@@ -185,28 +185,29 @@ return {1}
 """
 
 SWEEP = r"""
--- Expire up to ARGV[2] bids whose deadline is past: release what they reserved, once.
-local p, now, ttl = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[3])
+-- Expire up to ARGV[2] bids whose deadline is past: release what they reserved, once (the bid's
+-- 'closed' field says which close came first). Two commands per bid; the aggregates change once
+-- per campaign, so a batch is cheap and Redis is not held long.
+local p, now = KEYS[1], tonumber(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', p .. 'open', '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 if #due == 0 then return 0 end
 redis.call('ZREM', p .. 'open', unpack(due))
-local minute = math.floor(now / 60)
-local touched = {}
+local count, released = {}, {}
 for _, bid in ipairs(due) do
   local bidkey = p .. 'bid:' .. bid
-  if redis.call('SET', p .. 'seen:expired:' .. bid, 1, 'NX', 'EX', ttl)
-     and redis.call('HSETNX', bidkey, 'closed', 'expired') == 1 then
-    redis.call('EXPIRE', bidkey, 8 * 86400)
+  if redis.call('HSETNX', bidkey, 'closed', 'expired') == 1 then
     local r = redis.call('HMGET', bidkey, 'campaign', 'reserved')
     local campaign = r[1] or ''
-    local agg = p .. 'agg:' .. campaign .. ':' .. minute
-    redis.call('HINCRBY', agg, 'events', 1)
-    redis.call('HINCRBY', agg, 'expired', 1)
-    if r[2] then redis.call('HINCRBYFLOAT', agg, 'released', r[2]) end
-    touched[agg] = campaign
+    count[campaign] = (count[campaign] or 0) + 1
+    released[campaign] = (released[campaign] or 0) + (tonumber(r[2]) or 0)
   end
 end
-for agg, campaign in pairs(touched) do
+local minute = math.floor(now / 60)
+for campaign, n in pairs(count) do
+  local agg = p .. 'agg:' .. campaign .. ':' .. minute
+  redis.call('HINCRBY', agg, 'events', n)
+  redis.call('HINCRBY', agg, 'expired', n)
+  redis.call('HINCRBYFLOAT', agg, 'released', released[campaign])
   redis.call('EXPIRE', agg, 8 * 86400)
   redis.call('SADD', p .. 'campaigns', campaign)
 end
@@ -324,7 +325,7 @@ class LedgerConsumer:
         t0 = time.perf_counter()
         total = 0
         while True:
-            n = int(await self._sweep(keys=[self.prefix], args=[now, SWEEP_BATCH, SEEN_TTL_S]))
+            n = int(await self._sweep(keys=[self.prefix], args=[now, SWEEP_BATCH]))
             total += n
             if n < SWEEP_BATCH or time.perf_counter() - t0 >= budget_s:
                 return total
