@@ -6,7 +6,9 @@ the curve, plus the gap between plan and spend to date closed over ``catchup_s``
 region's share of the campaign's eligible opportunities. Replicas hold leases: the most they may
 newly commit until the lease expires. A lease covers the replica's reservations in flight plus
 its share of the plan for the next horizon, and never more than the budget minus what is spent
-and what other live leases may still commit, so spend can never pass the budget by construction.
+(the ledger's finalized spend plus what replicas reported that it may not hold yet:
+``fleet.control.spend``) and what other leases may still commit (a lapsed one until its bids can
+no longer bill), so spend can never pass the budget by construction.
 A participation probability (throttle) per campaign and region spreads a replica's lease over
 the interval rather than spending it at once. It is set forward from what is observed, the
 target rate over the eligible opportunity rate times the spend per participation, not walked
@@ -21,117 +23,13 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 
-from fleet.control.curve import Curve
+from fleet.control.flight import DAY_S, Flight  # noqa: F401 (re-exported)
 from fleet.control.messages import Lease, Report
-
-DAY_S = 86_400.0
-
-
-@dataclass
-class PacingSettings:
-    interval_s: float = 1.0  # control tick, and how often replicas report and renew
-    lease_ttl_s: float = 5.0  # control unreachable this long: the replica's spending stops
-    lease_horizon_s: float = 2.0  # plan covered by a lease (hot campaigns: half)
-    headroom: float = 1.1  # over the plan, so a replica is not starved by rounding
-    hold_s: float = 30.0  # a reservation without notice is released after this
-    catchup_s: float = 10.0  # a gap between spend and plan to date is closed over about this long
-    p_min: float = 0.0005
-    p_start: float = 0.2  # before anything is known of the campaign's opportunities
-    ewma: float = 0.3  # weight of the newest interval in opportunity rates
-    value_s: float = 30.0  # spend per participation is averaged over about this long
-    value_prior: float = 0.5  # spend per participation, as a share of the max bid, before any is seen
-    value_weight: float = 10.0  # a prior counts as this many participations
-
-
-@dataclass
-class Flight:
-    campaign: str
-    budget: float  # fleet currency
-    start: float
-    end: float
-    curve: str = "traffic"  # even | traffic
-    weights: list[float] | None = None  # traffic shape over the flight (default: a diurnal day)
-    paused: bool = False
-    daily: bool = False  # renews every UTC day with the same budget
-
-    def shape(self) -> Curve:
-        from fleet.control.curve import DIURNAL
-
-        if self.curve == "even":
-            return Curve(self.start, self.end)
-        return Curve(self.start, self.end, self.weights or DIURNAL)
-
-
-@dataclass
-class LeaseRec:
-    id: str
-    campaign: str
-    region: str
-    replica: str
-    amount: float
-    issued: float
-    expires_at: float
-    used: float = 0.0  # spend reported against it since it was issued
-
-    def outstanding(self) -> float:
-        return max(0.0, self.amount - self.used)
-
-
-@dataclass
-class RegionPace:
-    throttle: float = 0.5
-    opp_rate: float = 0.0  # eligible opportunities per second (EWMA)
-    spend_tick: float = 0.0  # since the last tick
-    opp_tick: int = 0
-    blocked_tick: int = 0
-    throttled_tick: float = 0.0  # expected, where a replica does not count them
-    target_rate: float = 0.0
-    actual_rate: float = 0.0
-    hot: bool = False
-    # Spend per participating opportunity: decayed sums of spend and of participations (each
-    # counted a tick late, as bills come after bids), and the largest bid asked (max bid).
-    spend_w: float = 0.0
-    part_w: float = 0.0
-    part_prev: float = 0.0
-    unit: float = 0.0
-    carried: bool = False  # the sums are from an earlier flight
-
-
-@dataclass
-class CampaignPace:
-    flight: Flight
-    spent: float = 0.0
-    by_region: dict[str, float] = field(default_factory=dict)
-    regions: dict[str, RegionPace] = field(default_factory=dict)
-    days: list[dict] = field(default_factory=list)  # finished daily flights: {start, budget, spent}
-
-    def region(self, name: str, p_start: float) -> RegionPace:
-        r = self.regions.get(name)
-        if r is None:
-            r = self.regions[name] = RegionPace(throttle=p_start)
-        return r
-
-
-@dataclass
-class ReplicaBook:
-    region: str
-    spend: dict[str, float] = field(default_factory=dict)  # last cumulative totals seen
-    opp: dict[str, int] = field(default_factory=dict)
-    blocked: dict[str, int] = field(default_factory=dict)
-    throttled: dict[str, int] = field(default_factory=dict)
-    opp_tick: dict[str, int] = field(default_factory=dict)
-    opp_rate: dict[str, float] = field(default_factory=dict)
-    last_seen: float = 0.0
-
-
-def _delta(totals: dict, seen: dict, key: str) -> float:
-    """Growth of a cumulative figure since the last report (a new replica starts at zero)."""
-    new = totals.get(key, 0)
-    d = new - seen.get(key, 0)
-    seen[key] = new
-    return d if d > 0 else 0
+from fleet.control.records import (CampaignPace, LeaseRec, PacingSettings, RegionPace,  # noqa: F401
+                                   ReplicaBook, _delta, _known)
+from fleet.control.spend import SpendBook, flight_days
 
 
 class Pacer:
@@ -140,6 +38,7 @@ class Pacer:
         self.priors = priors  # region -> budget share, used before opportunities are seen
         self.clock = clock
         self.campaigns: dict[str, CampaignPace] = {}
+        self.seen: dict[str, dict[int, dict[str, float]]] = {}  # region -> day -> the ledger's last read
         self.leases: dict[str, LeaseRec] = {}  # "campaign|replica" -> the replica's live lease
         self.replicas: dict[str, ReplicaBook] = {}
         self._ids = itertools.count(1)
@@ -153,13 +52,22 @@ class Pacer:
     def put_flight(self, f: Flight) -> CampaignPace:
         cp = self.campaigns.get(f.campaign)
         if cp is None:
-            cp = self.campaigns[f.campaign] = CampaignPace(f)
+            cp = self.campaigns[f.campaign] = CampaignPace(f, self._book(f))
         else:
             if (f.start, f.end) != (cp.flight.start, cp.flight.end):  # a new flight starts at zero
-                cp.spent, cp.by_region = 0.0, {}
+                cp.book = self._book(f)
                 self._restart(cp)
             cp.flight = f
         return cp
+
+    def _book(self, f: Flight) -> SpendBook:
+        """A new flight's books. Starting mid-day, what the ledger last showed for the campaign
+        that day is an earlier flight's: left out (``base``). None read yet: the day counts whole."""
+        day = int(f.start // DAY_S)
+        if f.start <= day * DAY_S:
+            return SpendBook()
+        return SpendBook(base={r: days[day][f.campaign] for r, days in self.seen.items()
+                               if f.campaign in days.get(day, {})})
 
     def _restart(self, cp: CampaignPace) -> None:
         """A new flight's controller starts afresh; what was learnt of the market stays (see
@@ -176,8 +84,33 @@ class Pacer:
                 del cp.days[:-7]
                 day = now - now % DAY_S
                 cp.flight = Flight(f.campaign, f.budget, day, day + DAY_S, f.curve, f.weights, f.paused, True)
-                cp.spent, cp.by_region = 0.0, {}
+                cp.book = SpendBook()
                 self._restart(cp)
+
+    # -- the ledger's finalized spend ----------------------------------------------------
+
+    def ledger_days(self, now: float) -> list[int]:
+        """The UTC days whose finalized spend the flights need (none after today), and today."""
+        today = int(now // DAY_S)
+        days = {today}
+        for cp in self.campaigns.values():
+            days.update(d for d in flight_days(cp.flight.start, cp.flight.end) if d <= today)
+        return sorted(days)
+
+    def merge_ledger(self, region: str, caught_up: float, hashes: dict[int, dict[str, float]]) -> None:
+        """One read of a region's ledger: finalized spend per day (campaign -> spend; empty when
+        the day's key is missing) and its caught-up mark (see ``fleet.control.spend``)."""
+        seen = self.seen.setdefault(region, {})
+        for day, h in hashes.items():
+            if h:
+                seen[day] = h
+        for day in [d for d in seen if d < max(hashes, default=0) - 8]:
+            del seen[day]
+        for cid, cp in self.campaigns.items():
+            f = cp.flight
+            days = flight_days(f.start, f.end)
+            cp.book.merge(region, caught_up, {d: (h.get(cid, 0.0) if h else None)
+                                              for d, h in hashes.items() if d in days})
 
     # -- reports and leases -------------------------------------------------------------
 
@@ -192,8 +125,7 @@ class Pacer:
             cp = self.campaigns.get(cid)
             if d <= 0 or cp is None:
                 continue
-            cp.spent += d
-            cp.by_region[r.region] = cp.by_region.get(r.region, 0.0) + d
+            cp.book.add(r.region, d, now)
             cp.region(r.region, self.s.p_start).spend_tick += d
             lease = self.leases.get(f"{cid}|{r.replica}")
             if lease is not None:
@@ -219,7 +151,9 @@ class Pacer:
         return self.lead if f.end - now < 10 * self.s.interval_s else 0.0
 
     def outstanding(self, cid: str, exclude: str | None = None) -> float:
-        """What live (and recently expired, reservations still settling) leases may still commit."""
+        """What the campaign's leases may still commit or bill: live ones, and lapsed ones (a
+        replica gone, SIGKILLed or renewed elsewhere) until ``hold_s`` after they expired, as long
+        as a bid made under them may still bill."""
         return sum(l.outstanding() for k, l in self.leases.items() if l.campaign == cid and k != exclude)
 
     def _region_share(self, cp: CampaignPace, region: str) -> float:
@@ -239,27 +173,34 @@ class Pacer:
         return self.replicas[replica].opp_rate.get(cid, 0.0) / total if replica in self.replicas else 0.0
 
     def grant(self, r: Report, now: float) -> dict[str, Lease]:
-        """Fresh leases for every campaign in flight; each replaces the replica's previous one."""
+        """Fresh leases for every campaign in flight; each replaces the replica's previous one.
+        Whatever the cap, a lease covers the replica's own reservations (bids that may still
+        bill): they count against the campaign until ``hold_s`` after it expires."""
         out: dict[str, Lease] = {}
         for cid, cp in self.campaigns.items():
             f = cp.flight
             key = f"{cid}|{r.replica}"
+            held = r.reserved.get(cid, 0.0)
             if f.paused or not f.start <= now < f.end:
-                self.leases.pop(key, None)
+                if held > 0:  # no lease to push, but its bids in flight still count
+                    self.leases[key] = LeaseRec(f"{self.incarnation}-{next(self._ids)}", cid, r.region, r.replica,
+                                                held, now, now + self.s.lease_ttl_s)
+                else:
+                    self.leases.pop(key, None)
                 continue
             rp = cp.region(r.region, self.s.p_start)
             horizon = self.s.lease_horizon_s * (0.5 if rp.hot else 1.0)
             remaining = max(0.0, f.budget - cp.spent)
             need = self._plan(cp, now, horizon)
             share = self._region_share(cp, r.region) * self._replica_share(cid, r.region, r.replica, now)
-            want = r.reserved.get(cid, 0.0) + need * share * self.s.headroom
+            want = held + need * share * self.s.headroom
             # A lease smaller than a bid buys nothing, and bids in flight hold their whole price
             # until a notice settles them: a replica with opportunities gets two bids' worth
             # over the plan, and the throttle spaces the bids out.
             if share > 0 and cid in r.units:
                 want += 2 * r.units[cid]
             cap = remaining - self.outstanding(cid, exclude=key)
-            amount = max(0.0, min(want, cap))
+            amount = max(held, min(want, cap))  # below ``held`` the replica cannot commit anything new
             rec = LeaseRec(f"{self.incarnation}-{next(self._ids)}", cid, r.region, r.replica, amount, now,
                            now + self.s.lease_ttl_s)
             self.leases[key] = rec
@@ -359,6 +300,8 @@ class Pacer:
             out[cid] = {
                 "budget": f.budget, "start": f.start, "end": f.end, "curve": f.curve, "paused": f.paused,
                 "spent": round(cp.spent, 6), "planned": round(planned, 6),
+                "ledger": round(sum(cp.book.finalized(n) for n in cp.book.regions()), 6),
+                "provisional": round(sum(cp.book.provisional(n) for n in cp.book.regions()), 6),
                 "pacing_error": round((cp.spent - planned) / planned, 4) if planned > 0 else None,
                 "outstanding": round(self.outstanding(cid), 6),
                 "regions": {n: {"throttle": round(rp.throttle, 4), "opp_rate": round(rp.opp_rate, 3),
@@ -371,6 +314,7 @@ class Pacer:
     def to_dict(self) -> dict:
         return {
             "campaigns": {cid: {"flight": asdict(cp.flight), "spent": cp.spent, "by_region": cp.by_region,
+                                "book": cp.book.to_dict(),
                                 "regions": {n: asdict(rp) for n, rp in cp.regions.items()}, "days": cp.days}
                           for cid, cp in self.campaigns.items()},
             "leases": {k: asdict(l) for k, l in self.leases.items()},
@@ -378,16 +322,13 @@ class Pacer:
         }
 
     def load(self, doc: dict) -> None:
+        now = self.clock()
         for cid, c in doc.get("campaigns", {}).items():
-            self.campaigns[cid] = CampaignPace(Flight(**c["flight"]), c["spent"], c["by_region"],
+            # Written before control read the ledger: the replicas' totals, counted until the
+            # ledger has caught up past this start.
+            book = SpendBook.from_dict(c["book"]) if "book" in c else SpendBook.legacy(c.get("by_region", {}), now)
+            self.campaigns[cid] = CampaignPace(_known(Flight, c["flight"]), book,
                                                {n: _known(RegionPace, rp) for n, rp in c["regions"].items()},
                                                c.get("days", []))
         self.leases = {k: LeaseRec(**l) for k, l in doc.get("leases", {}).items()}
         self.replicas = {n: _known(ReplicaBook, b) for n, b in doc.get("replicas", {}).items()}
-
-
-def _known(cls, d: dict):
-    """A dataclass from a stored document written by another version: fields it no longer has
-    are dropped, new ones take their defaults (a restart across a deploy must not fail)."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})

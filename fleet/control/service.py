@@ -19,6 +19,7 @@ import msgspec
 from fleet.control.cutoffs import PolicyBook, recompute, validate_tier
 from fleet.control.health import HealthBook
 from fleet.control.idempotency import Idempotency
+from fleet.control.ledger_view import LedgerView
 from fleet.control.messages import ModelAssignment, Push, Report
 from fleet.control.pacer import DAY_S, Flight, Pacer
 from fleet.control.rollout import Rollout, Thresholds, VersionStats
@@ -52,8 +53,7 @@ class Control:
         self.epoch = 0
         self.stage_p99: dict[str, float] = {}
         self.latency: dict[str, dict] = {}
-        self.drift: dict[str, dict] = {}  # region -> pacing's spend against the ledger's, today
-        self.last_drift = 0.0
+        self.ledger = LedgerView(config.regions, self.pacer)  # finalized spend into the books
         self.history: dict[str, list] = {}  # campaign -> [(t, spent, planned)], for the dashboard
         self.last_policy = clock()
         self.catalog = catalog or []
@@ -232,16 +232,16 @@ class Control:
 
     # -- the control interval ---------------------------------------------------------------
 
+    @property
+    def drift(self) -> dict[str, dict]:
+        """Region -> the replicas' reported spend for today's daily flights against the ledger's."""
+        return self.ledger.drift
+
     async def tick(self, dt: float) -> None:
         now = self.clock()
+        await self.ledger.refresh(self.redis, now)  # the books converge on the ledger's spend
         self.pacer.tick(now, dt)
         self._sample(now)
-        if now - self.last_drift >= 10.0 and self.redis is not None:
-            self.last_drift = now
-            try:
-                await self._ledger_drift(now)
-            except Exception as exc:  # Redis away: the figure ages, pacing does not care
-                log.warning("ledger drift not read: %s", exc)
         changed = False
         for ro in self.rollouts.values():
             action = ro.evaluate(now)
@@ -264,21 +264,6 @@ class Control:
         if changed:
             self._bump()
         await self.save()
-
-    async def _ledger_drift(self, now: float) -> None:
-        """Per region: spend the replicas reported for today's daily flights against the ledger's
-        finalized spend for the UTC day (billing truth). Positive: pacing counted more."""
-        from fleet.ledger.consumer import ledger_prefix
-
-        day = int(now // DAY_S)
-        for region in self.config.regions:
-            raw = await self.redis.hgetall(f"{ledger_prefix(region)}spend:{day}")
-            daily = [cid for cid, cp in self.pacer.campaigns.items()
-                     if cp.flight.daily and cp.flight.start == day * DAY_S]
-            ledger = sum(float(raw.get(cid, 0.0)) for cid in daily)
-            pacing = sum(self.pacer.campaigns[cid].by_region.get(region, 0.0) for cid in daily)
-            self.drift[region] = {"pacing": round(pacing, 6), "ledger": round(ledger, 6),
-                                  "drift": round((pacing - ledger) / ledger, 5) if ledger > 0 else None, "t": now}
 
     def _sample(self, now: float, every_s: float = 2.0, keep: int = 600) -> None:
         """Spend against plan per campaign, every few seconds (kept in memory for the dashboard)."""
@@ -342,8 +327,8 @@ class Control:
             raise ValueError("weights: a non-empty list of non-negative numbers")
         if end <= start:
             raise ValueError("end must be after start")
-        flight = Flight(cid, budget, start, end, curve, weights, bool(body.get("paused", f.paused if f else False)),
-                        daily)
+        paused = bool(body.get("paused", f.paused if f else False))
+        flight = Flight(cid, budget, start, end, curve, weights, paused, daily)
         self.pacer.put_flight(flight)
         return self.campaign_view(cid)
 
@@ -390,7 +375,7 @@ class Control:
     def state_view(self) -> dict:
         now = self.clock()
         return {"epoch": self.epoch, "policy_epoch": self.policies.epoch, "model": msgspec.to_builtins(self.assignment()),
-                "redis_up": self.redis_up, "campaigns": len(self.pacer.campaigns),
+                "redis_up": self.redis_up, "ledger_read": self.ledger.up, "campaigns": len(self.pacer.campaigns),
                 "leases": len(self.pacer.leases), "health": self.health.view(now)}
 
     # -- idempotent writes ------------------------------------------------------------------
