@@ -1,7 +1,7 @@
 """Money truth at control (plain Python and a real redis-server; no Ray): idempotent writes under
-concurrency, one spend converging on the ledger's, and leases counted while their bids may bill.
-The ledger's part is played by writing its Redis keys (``fleet:<region>:ledger:spend:<day>`` and
-``caught_up``) directly.
+concurrency, one spend converging on the ledger's, leases counted while their bids may bill, and a
+first day planned from its own start. The ledger's part is played by writing its Redis keys
+(``fleet:<region>:ledger:spend:<day>`` and ``caught_up``) directly.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import asyncio
 import heapq
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -526,7 +527,57 @@ def test_spend_never_passes_the_budget_whatever_replicas_and_the_ledger_do(redis
         return checks, truth["billed"], sum(1 for x in reps if not x.alive)
 
     checks, billed, dead = asyncio.run(go())
-    print(checks, billed, dead)
     assert checks["steps"] == 3000 and checks["grants"] > 200 and dead >= 2
     assert billed > 0.5 * budget  # the budget was actually contended for
 
+
+# -- 4. a first day planned from its own start --------------------------------------------------------
+
+def test_a_fleet_started_mid_day_plans_the_first_day_from_its_start():
+    """Started at 20:00 UTC, control seeds each catalog campaign's first day from now to
+    midnight, with the share of the daily budget that the day's curve still has to come, planned
+    along the rest of that curve: nothing planned yet (not 80% of the day behind), the day's plan
+    from then on, a pacing error near 0 on plan; the next day is a whole one at the full budget.
+    A daily campaign created through the API mid-day is the same, and so is a change to it."""
+    t0 = DAY * DAY_S + 20 * 3600.0
+    clock = Clock(t0)
+    control = Control(load_regions(), None, clock=clock, catalog=[SimpleNamespace(id="cat", budget_daily=240.0)])
+    asyncio.run(control.start())
+    day = Flight("x", 240.0, DAY * DAY_S, (DAY + 1) * DAY_S).shape()  # the whole day's curve
+    left = 1.0 - day.fraction(t0)
+    cp = control.pacer.campaigns["cat"]
+    f = cp.flight
+    assert (f.start, f.end, f.daily, f.day_budget) == (t0, (DAY + 1) * DAY_S, True, 240.0)
+    assert f.budget == pytest.approx(240.0 * left)
+    v = control.pacer.view(t0)["cat"]
+    assert v["planned"] == pytest.approx(0.0) and v["pacing_error"] is None  # was -1: 80% of a day planned
+    clock.t = t0 + 3600.0
+    planned = 240.0 * (day.fraction(clock.t) - day.fraction(t0))
+    assert control.pacer.view(clock.t)["cat"]["planned"] == pytest.approx(planned)
+    control.pacer.absorb(Report(region="us-east", replica="a", ts=clock.t, spend={"cat": planned}), clock.t)
+    assert control.pacer.view(clock.t)["cat"]["pacing_error"] == pytest.approx(0.0, abs=1e-6)
+    assert control.pacer._plan(cp, clock.t, 1.0) == pytest.approx(240.0 * (day.fraction(clock.t + 1) - day.fraction(clock.t)),
+                                                                 rel=1e-3)
+    # a restart keeps it; the next day renews whole, at the full daily budget
+    again = Control(load_regions(), None, clock=clock)
+    again.load(json.loads(json.dumps(control.to_dict())))
+    assert again.pacer.campaigns["cat"].flight == f
+    clock.t = (DAY + 1) * DAY_S + 5.0
+    control.pacer.tick(clock.t, 1.0)
+    f2 = cp.flight
+    assert (f2.start, f2.end, f2.budget, f2.day_budget) == ((DAY + 1) * DAY_S, (DAY + 2) * DAY_S, 240.0, None)
+    assert cp.days[-1]["budget"] == pytest.approx(240.0 * left) and cp.spent == 0.0
+
+    # through the API: a new daily campaign at 20:00, then its daily budget changed
+    clock.t = t0
+
+    async def api():
+        s1, v1 = await route(control, "PUT", "/v1/campaigns/new", body=b'{"budget": 100}')
+        s2, v2 = await route(control, "PUT", "/v1/campaigns/new", body=b'{"budget": 200}')
+        return s1, v1, s2, v2
+
+    s1, v1, s2, v2 = asyncio.run(api())
+    assert (s1, s2) == (200, 200)
+    assert v1["start"] == t0 and v1["budget"] == pytest.approx(100.0 * left) and v1["pacing_error"] is None
+    assert v2["start"] == t0 and v2["budget"] == pytest.approx(200.0 * left)
+    assert control.pacer.campaigns["new"].flight.day_budget == 200.0

@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import asdict
 
-from fleet.control.flight import DAY_S, Flight  # noqa: F401 (re-exported)
+from fleet.control.flight import DAY_S, Flight, daily_flight  # noqa: F401 (re-exported)
 from fleet.control.messages import Lease, Report
 from fleet.control.records import (CampaignPace, LeaseRec, PacingSettings, RegionPace,  # noqa: F401
                                    ReplicaBook, _delta, _known)
@@ -83,7 +83,8 @@ class Pacer:
                 cp.days.append({"start": f.start, "budget": f.budget, "spent": round(cp.spent, 6)})
                 del cp.days[:-7]
                 day = now - now % DAY_S
-                cp.flight = Flight(f.campaign, f.budget, day, day + DAY_S, f.curve, f.weights, f.paused, True)
+                budget = f.budget if f.day_budget is None else f.day_budget  # after a partial first day
+                cp.flight = Flight(f.campaign, budget, day, day + DAY_S, f.curve, f.weights, f.paused, True)
                 cp.book = SpendBook()
                 self._restart(cp)
 

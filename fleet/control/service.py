@@ -21,7 +21,7 @@ from fleet.control.health import HealthBook
 from fleet.control.idempotency import Idempotency
 from fleet.control.ledger_view import LedgerView
 from fleet.control.messages import ModelAssignment, Push, Report
-from fleet.control.pacer import DAY_S, Flight, Pacer
+from fleet.control.pacer import DAY_S, Flight, Pacer, daily_flight
 from fleet.control.rollout import Rollout, Thresholds, VersionStats
 
 log = logging.getLogger("fleet.control")
@@ -75,10 +75,9 @@ class Control:
         self.epoch += 1
         if self.settings.seed_catalog:
             now = self.clock()
-            day = now - now % DAY_S
-            for c in self.catalog:
+            for c in self.catalog:  # today's flight from now: the rest of the day's budget and curve
                 if c.id not in self.pacer.campaigns:
-                    self.pacer.put_flight(Flight(c.id, c.budget_daily, day, day + DAY_S, daily=True))
+                    self.pacer.put_flight(daily_flight(c.id, c.budget_daily, now))
         await self.save()
 
     def to_dict(self) -> dict:
@@ -312,7 +311,8 @@ class Control:
         if unknown:
             raise ValueError(f"unknown fields: {sorted(unknown)}")
         day = now - now % DAY_S
-        budget = float(body.get("budget", f.budget if f else -1))
+        # A daily flight's partial first day keeps its daily budget (the flight's is a share of it).
+        budget = float(body.get("budget", (f.budget if f.day_budget is None else f.day_budget) if f else -1))
         if budget < 0:
             raise ValueError("budget is required and must be >= 0")
         daily = bool(body.get("daily", f.daily if f else "start" not in body))
@@ -328,7 +328,13 @@ class Control:
         if end <= start:
             raise ValueError("end must be after start")
         paused = bool(body.get("paused", f.paused if f else False))
-        flight = Flight(cid, budget, start, end, curve, weights, paused, daily)
+        if daily and (f is None and not {"start", "end"} & set(body)
+                      or f is not None and f.day_budget is not None and (start, end) == (f.start, f.end)):
+            # A new daily campaign is planned from now (the rest of today's budget and curve), and
+            # a change to such a first day keeps it so; later days renew whole.
+            flight = daily_flight(cid, budget, now if f is None else f.start, curve, weights, paused)
+        else:
+            flight = Flight(cid, budget, start, end, curve, weights, paused, daily)
         self.pacer.put_flight(flight)
         return self.campaign_view(cid)
 
