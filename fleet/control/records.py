@@ -16,7 +16,7 @@ class PacingSettings:
     lease_ttl_s: float = 5.0  # control unreachable this long: the replica's spending stops
     lease_horizon_s: float = 2.0  # plan covered by a lease (hot campaigns: half)
     headroom: float = 1.1  # over the plan, so a replica is not starved by rounding
-    hold_s: float = 30.0  # a lease counts this long after it expired: a bid under it may still bill
+    hold_s: float = 3600.0  # a lease counts this long after it expired: a bid under it may still bill
     catchup_s: float = 10.0  # a gap between spend and plan to date is closed over about this long
     p_min: float = 0.0005
     p_start: float = 0.2  # before anything is known of the campaign's opportunities
