@@ -97,8 +97,8 @@ def ledger_runner():
 
 
 def wait_settled(base, timeout=40):
-    """Until nothing is in flight: the ingress's outbox and event buffer, the ledger's lag, and
-    the ledger runner's writes to the shards."""
+    """Until nothing is in flight: the ingress's outbox and event buffer, the ledger's lag, the
+    ledger's outbox of billed impressions, and the ledger runner's writes to the shards."""
     import ray
 
     end = time.monotonic() + timeout
@@ -112,7 +112,7 @@ def wait_settled(base, timeout=40):
         leds = [httpx.get(f"{base}{app}/stats", timeout=5).json()["ledger"]
                 for app in ("/us-east", APP, "/remote/us-east")]
         if (s["cache"]["outbox"] == 0 and all(x["buffered"] == 0 and x["spill_bytes"] == 0 for x in leds)
-                and lr["lag"] == 0 and lr["cache"]["outbox"] == 0 and lr["running"]):
+                and lr["lag"] == 0 and not lr["outbox"] and lr["cache"]["outbox"] == 0 and lr["running"]):
             return s, lr
         time.sleep(0.2)
     raise AssertionError(f"not settled: {s}, {lr}")

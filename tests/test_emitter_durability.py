@@ -136,3 +136,35 @@ def test_a_durable_emit_returns_once_flushed_and_groups_its_neighbours(redis_srv
 
     entries, acks = asyncio.run(go())
     assert acks == n and entries == 1  # one stream entry: the notices of one loop pass commit together
+
+
+def test_a_notice_acknowledged_from_disk_says_so_and_is_announced_once_streamed(redis_srv, tmp_path):
+    """Control drops a replica's counted spend once the ledger has caught up past it, so a bill
+    the replica acknowledged from the spill file (not yet in the stream) must not be counted by
+    the replica until the file is replayed: ``emit_durable`` says where the event went, and
+    ``on_replayed`` fires when the spill file reached the stream (the region app settles then)."""
+    import asyncio
+
+    from fleet.ledger.emitter import EventEmitter
+    from fleet.ledger.events import Event
+
+    async def go():
+        em = EventEmitter(REGION, redis_srv.url, tmp_path / "s.bin", flush_s=0.05)
+        replayed = []
+        em.on_replayed = lambda: replayed.append(True)
+        up = await em.emit_durable(Event("billed:u1", "billed", 1.0, REGION, "u1"))
+        redis_srv.stop()
+        down = await em.emit_durable(Event("billed:d1", "billed", 1.0, REGION, "d1"))
+        assert not replayed
+        redis_srv.start()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            await em.flush()
+            if replayed:
+                break
+        await em.close()
+        return up, down, replayed
+
+    up, down, replayed = asyncio.run(go())
+    assert (up, down, replayed) == ("stream", "spill", [True])
+    assert {"billed:u1", "billed:d1"} <= _stored(redis_srv.url, tmp_path / "s.bin")

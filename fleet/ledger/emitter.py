@@ -62,6 +62,7 @@ class EventEmitter:
         self._durable = 0
         self._waiters: list[tuple[int, asyncio.Future]] = []
         self._urgent = False
+        self.on_replayed = None  # called once the spill file reached the stream
 
     # -- the request path ---------------------------------------------------------------
 
@@ -73,33 +74,36 @@ class EventEmitter:
             self._scheduled = True
             asyncio.get_running_loop().call_later(self.flush_s, self._spawn)
 
-    async def emit_durable(self, ev: Event) -> None:
-        """Emit, and return once the event (and everything emitted before it) is durable."""
+    async def emit_durable(self, ev: Event) -> str:
+        """Emit, and return once the event (and everything emitted before it) is durable:
+        ``"stream"`` when it is in the stream, ``"spill"`` when it waits in the spill file
+        (``on_replayed`` is called once the spill file has reached the stream)."""
         self.emit(ev)
         if self.redis is None:
             # No stream to reach: the spill file is the only durable place.
             self._spill(self.buffer)
-            self._made_durable(len(self.buffer))
+            self._made_durable(len(self.buffer), "spill")
             self.buffer = []
-            return
+            return "spill"
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append((self._queued, fut))
         if not self._urgent:
             self._urgent = True
             asyncio.get_running_loop().call_soon(self._spawn_urgent)
-        await fut
+        where = await fut
         self.stats["durable_acks"] += 1
+        return where
 
     def _spawn_urgent(self) -> None:
         self._urgent = False
         asyncio.get_running_loop().create_task(self._flush_scheduled(reschedule=False))
 
-    def _made_durable(self, n: int) -> None:
+    def _made_durable(self, n: int, where: str) -> None:
         self._durable += n
         while self._waiters and self._waiters[0][0] <= self._durable:
             _, fut = self._waiters.pop(0)
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(where)
 
     def emit_many(self, evs: list[Event]) -> None:
         for ev in evs:
@@ -201,10 +205,12 @@ class EventEmitter:
                     await self._xadd(old)
                     self.spill_path.unlink()
                     self.stats["replayed"] += len(old)
+                    if self.on_replayed is not None:
+                        self.on_replayed()
                     sent += len(old)
                     log.warning("ledger %s: replayed %d spilled events", self.region, len(old))
                 await self._xadd(items)
-                self._made_durable(len(items))
+                self._made_durable(len(items), "stream")
                 sent += len(items)
                 self.stats["streamed"] += len(items)
                 if not self.redis_up:
@@ -230,7 +236,7 @@ class EventEmitter:
                 if over:
                     self._spill(self.buffer[:over])
                     del self.buffer[:over]
-                    self._made_durable(over)
+                    self._made_durable(over, "spill")
             finally:
                 self._inflight = 0
             return sent
@@ -240,7 +246,7 @@ class EventEmitter:
         await self.flush()
         if self.buffer:
             self._spill(self.buffer)
-            self._made_durable(len(self.buffer))
+            self._made_durable(len(self.buffer), "spill")
             self.buffer = []
         if self.redis is not None:
             await self.redis.aclose()

@@ -139,6 +139,7 @@ class RegionIngress:
         if a.control and config.defaults.control.enabled:
             self._start_control(a, config)
         self._seen_notices: dict[tuple[str, str], None] = {}
+        self._unstreamed: list = []  # notices acknowledged from the spill file, settled on its replay
         # The ledger: signed notice URLs, events to the region's stream, the region's consumer.
         self.emitter = None
         self.ledger = None
@@ -154,6 +155,7 @@ class RegionIngress:
                 spill = resolve(ls.spill_dir) / f"{a.region}-{self.replica}.bin"
                 self.emitter = EventEmitter(a.region, redis_url, spill, max_buffer=ls.max_buffer,
                                             flush_s=ls.flush_s)
+                self.emitter.on_replayed = self._settle_unstreamed
                 self.emitter.adopt_orphans()
                 # The region's consumer feeds billed impressions to the region's shards whenever
                 # the region has them (a setting of the region, not of this app).
@@ -368,6 +370,12 @@ class RegionIngress:
             self._background.append(loop.create_task(self._control_loop()))
             self._background.append(loop.create_task(self._watch_loop()))
 
+    def _settle_unstreamed(self) -> None:
+        """Notices acknowledged from the spill file settle once it reached the stream."""
+        held, self._unstreamed = self._unstreamed, []
+        for notice in held:
+            self.bidder.learn(notice)
+
     def _first_notice(self, notice) -> bool:
         """False for a notice this replica already saw (exchanges resend): publisher statistics
         count each win or loss once. Bounded; the ledger dedups for money."""
@@ -539,14 +547,19 @@ class RegionIngress:
             status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region,
                                                          admit=self.bidder.admit_notice)
             if status == 200:
+                where = "stream"
                 if self.emitter is not None:
                     # Durable before acknowledged, and before pacing counts it: control takes a
-                    # replica's spend as already in the ledger's stream (docs/control.md).
+                    # replica's spend as already in the ledger's stream (docs/control.md), so a
+                    # notice that waits in the spill file settles once the file is replayed.
                     self._start_background()
-                    await self.emitter.emit_durable(notice_event(path[8:], notice, self.bidder.clock()))
+                    where = await self.emitter.emit_durable(notice_event(path[8:], notice, self.bidder.clock()))
                 first = self._first_notice(notice)
                 if first:  # a replayed notice teaches nothing twice (its loss reason is unsigned)
-                    self.bidder.learn(notice)
+                    if where == "stream":
+                        self.bidder.learn(notice)
+                    elif len(self._unstreamed) < 200_000:  # beyond: held until the bid's deadline
+                        self._unstreamed.append(notice)
                 if first and self.cache is not None and notice.publisher and notice.kind in ("win", "loss"):
                     self.cache.feedback(notice.publisher, notice.kind == "win", notice.price)
                 return Response(b"", status_code=200)

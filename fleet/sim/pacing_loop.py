@@ -167,7 +167,8 @@ class Loop:
             when += self.rng.uniform(2.0, 10.0)
         auction, imp = key.split(":")
         n = SimpleNamespace(kind=kind, auction_id=auction, imp_id=imp, campaign=c.id,
-                            price=c.price * c.clear * 1000.0 if kind != "loss" else None, dup=dup)
+                            price=c.price * c.clear * 1000.0 if kind != "loss" else None, dup=dup,
+                            flags=(), bid_ts_ms=int(self.clock.t * 1000))
         self.seq += 1
         heapq.heappush(self.events, (when, self.seq, region, n))
 
