@@ -108,7 +108,7 @@ class LedgerSettings(Strict):
     bill_window_s: float = Field(default=900.0, gt=0)
     max_bill_window_s: float = Field(default=3600.0, gt=0)
     expire_s: float = Field(default=900.0, gt=0)  # an open bid without a deadline (older events) expires after
-    notice_ttl_s: float = Field(default=86_400.0, gt=0)  # click URLs' signatures expire after
+    notice_ttl_s: float = Field(default=86_400.0, gt=0)  # a signature made without a bid's deadline expires after
     max_buffer: int = Field(default=50_000, ge=1)  # events held in memory while Redis is away
     flush_s: float = Field(default=0.05, gt=0)
     spill_dir: str = ".fleet/spill"  # then to an append-only file here, replayed in order
