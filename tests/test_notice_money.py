@@ -167,11 +167,11 @@ def test_a_bill_after_the_old_hold_still_finds_its_reservation(regions):
     budget = _lease_budget(clock)
     camp = next(c for c in load_catalog(regions.defaults.catalog) if c.id == "c-banner-us")
     price = 0.007  # two bids fit at most once: 0.014 > 0.01
-    assert budget.reserve(camp, price, clock(), "a1:1", until=clock() + 900)
-    assert not budget.reserve(camp, price, clock(), "a2:1", until=clock() + 900)
+    assert budget.reserve(camp, price, clock(), "b1", until=clock() + 900)  # keyed by bid id
+    assert not budget.reserve(camp, price, clock(), "b2", until=clock() + 900)
     clock.t += 120  # past the old 30 s hold, inside the bid's window
     budget.expire(clock())
-    assert not budget.reserve(camp, price, clock(), "a3:1", until=clock() + 900), "the lease recommitted money a bill may still claim"
+    assert not budget.reserve(camp, price, clock(), "b3", until=clock() + 900), "the lease recommitted money a bill may still claim"
     from fleet.pipeline.notices import Notice
 
     bill = Notice("bill", "b1", camp.id, "cr", "us-east", int((clock() - 120) * 1000), "a1", "1", price * 1000,
@@ -201,7 +201,7 @@ def test_a_win_keeps_the_whole_bid_held_until_the_bill(regions):
     camp = next(c for c in load_catalog(regions.defaults.catalog) if c.id == "c-banner-us")
     from fleet.pipeline.notices import Notice
 
-    budget.reserve(camp, 0.5, clock(), "a:1", until=clock() + 900)
+    budget.reserve(camp, 0.5, clock(), "b", until=clock() + 900)
     win = Notice("win", "b", camp.id, "cr", "us-east", int(clock() * 1000), "a", "1", 100.0, "USD", None)
     budget.settle(win)
     assert budget.reserved[camp.id] == pytest.approx(0.5)

@@ -54,10 +54,10 @@ def run_pacing_bench(requests: int, rounds: int, out: Path, region: str = "us-ea
                 total.append(a.spent.get("total", 0.0) * 1e6)
                 if kind == "lease" and a.status == 200:
                     # The exchange's answer: a loss for most, a bill for some (settles the hold).
-                    req = msgspec.json.decode(body)
-                    for imp in req["imp"]:
-                        b.budget.settle(SimpleNamespace(kind="loss" if n % 3 else "bill", auction_id=req["id"],
-                                                        imp_id=imp["id"], campaign="", price=1.0))
+                    for sb in msgspec.json.decode(a.body)["seatbid"]:
+                        for bid in sb["bid"]:
+                            b.budget.settle(SimpleNamespace(kind="loss" if n % 3 else "bill", bid_id=bid["id"],
+                                                            campaign=bid["cid"], price=1.0, flags=(), bid_ts_ms=0))
             figures[kind]["pacing"].append(statistics.fmean(pacing))
             figures[kind]["total"].append(statistics.fmean(total))
     med = {k: {s: statistics.median(v) for s, v in f.items()} for k, f in figures.items()}

@@ -23,6 +23,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from fleet.secretfile import read_or_create
 
@@ -61,7 +62,10 @@ class NoticeSigner:
 
     @staticmethod
     def _common(key: bytes, fields: dict[str, str]):
-        return hmac.new(key, "\x1f".join(f"{k}={fields.get(k, '')}" for k in COMMON).encode(), hashlib.sha256)
+        # Each value percent-encoded: an exchange-supplied id holding the separator (or "=")
+        # cannot shift where one signed field ends and the next begins.
+        msg = "\x1f".join(f"{k}={quote(fields.get(k, ''), safe='')}" for k in COMMON)
+        return hmac.new(key, msg.encode(), hashlib.sha256)
 
     def sign_kinds(self, fields: dict[str, str], kinds: tuple[str, ...],
                    expires_at: float | None = None) -> tuple[dict[str, str], dict[str, str]]:
@@ -90,7 +94,7 @@ class NoticeSigner:
         if key is None or not sig:
             raise SignatureError("unsigned or unknown key")
         h = self._common(key, q)
-        h.update(f"\x1fn={q.get('n', '')}".encode())
+        h.update(f"\x1fn={quote(q.get('n', ''), safe='')}".encode())
         if not hmac.compare_digest(_b64(h.digest()).encode(), sig.encode("utf-8", "replace")):  # bytes: any text compares
             raise SignatureError("bad signature")
         if kind is not None and q.get("n") != kind:

@@ -34,7 +34,7 @@ from fleet.pipeline.enrichment import UserContext, enrich, identity
 from fleet.pipeline.pacing import FrequencyCounter, LocalBudget
 from fleet.ml.features import FeatureBuilder, matrix
 from fleet.pipeline.pricing import WinRateModel, meet_floor, model_prices, rule_price
-from fleet.pipeline.respond import BidIds, bill_window, build_response
+from fleet.pipeline.respond import BidIds, NoticeUrlTooLong, bill_window, build_response
 from fleet.pipeline.targeting import CampaignIndex, ImpFacts
 
 JSON = "application/json"
@@ -200,9 +200,12 @@ class RegionBidder:
         price = self._to_fleet(notice.price, notice.currency or self.fleet_cur)
         if price is None:
             return f"unknown currency {notice.currency!r}"
-        if notice.kind in ("win", "bill") and notice.our_bid is not None and price > notice.our_bid * 1.001 + 1e-4:
-            return "price above the bid"
-        if notice.currency is None or notice.currency.upper() == self.fleet_cur:
+        if notice.kind in ("win", "bill") and notice.our_bid is not None:
+            if price > notice.our_bid * 1.001 + 1e-4:
+                return "price above the bid"
+            # within conversion rounding of our bid: never more than the reservation it settles
+            price = min(price, notice.our_bid)
+        if price == notice.price and (notice.currency is None or notice.currency.upper() == self.fleet_cur):
             return notice
         return dataclasses.replace(notice, price=price, currency=self.fleet_cur)
 
@@ -473,11 +476,16 @@ class RegionBidder:
         imps = {imp.id: imp for imp in req.imp}
         ls = defaults.ledger
         windows = (ls.bill_window_s, ls.max_bill_window_s)
+        # Reservations are keyed by bid id (signed into its notices): an exchange that reuses
+        # a request id cannot settle one bid's hold with another's notice.
+        bid_ids = {imp_id: self.ids() for imp_id in winners}
         for imp_id, o in list(winners.items()):
-            key = f"{req.id}:{imp_id}"
+            key = bid_ids[imp_id]
             if test:
                 continue
-            if self.budget.reserve(o.campaign, o.price / 1000.0, wall, key,
+            # What a bill may charge: our bid as its notice URL signs it (4 decimals of CPM).
+            amount = max(o.price, round(o.price, 4)) / 1000.0
+            if self.budget.reserve(o.campaign, amount, wall, key,
                                    until=wall + bill_window(imps[imp_id], *windows)):
                 holds.append(key)
             else:
@@ -501,8 +509,15 @@ class RegionBidder:
                 req.id, winners, imps, base_url=self.base_url, region=self.region, publisher=publisher_of(req),
                 seat=defaults.seat, currency=p.currency, rate=1.0 / self.rates[p.currency], ids=self.ids,
                 ts_ms=int(wall * 1000), ext=ext, signer=self.signer, windows=windows, test=test,
+                bid_ids=bid_ids,
             )
             out, gz = codec.maybe_gzip(codec.encode_response(resp), p.accept_encoding)
+        except NoticeUrlTooLong:
+            # The exchange's ids make notice URLs longer than we accept back: its bills would be
+            # refused, so no bid at all (bidding would spend what we could never count).
+            for key in holds:
+                self.budget.release(key)
+            return self._no_bid(NBR.INVALID_REQUEST, "notice_url_too_long", dl)
         except Exception:  # a request no test foresaw: no bid, and the reservations go back
             log.exception("response for request %r not built", req.id)
             self.stats["errors.respond"] += 1

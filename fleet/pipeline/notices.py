@@ -95,6 +95,7 @@ def parse_notice(kind: str, query: str, region: str, signer=None) -> Notice:
         ts = int(q["t"])
     except ValueError:
         raise NoticeError(400, "bad bid time") from None
+    flags: list[str] = []
     loss = None
     if kind == "loss":
         lr = q.get("lr", "")
@@ -105,9 +106,14 @@ def parse_notice(kind: str, query: str, region: str, signer=None) -> Notice:
                 raise NoticeError(400, "loss reason is not an integer") from None
     our_bid = _price(q.get("b"))
     our_bid = our_bid if isinstance(our_bid, float) else None
-    flags: list[str] = []
     price = _price(q.get("px"))
-    currency = _macro_free(q.get("cur")) or _macro_free(q.get("cu"))
+    # The clearing price is in the response's currency (signed ``cu``): an exchange that leaves
+    # the macro out means it; one that states another contradicts the signature, and is read in
+    # ``cu`` all the same, flagged (read as stated, a USD bill called JPY would count 1/150).
+    stated, signed_cur = _macro_free(q.get("cur")), _macro_free(q.get("cu"))
+    currency = signed_cur or stated
+    if stated and signed_cur and stated.upper() != signed_cur.upper():
+        flags.append("currency_mismatch")
     if isinstance(price, str):
         if kind in ("win", "bill"):
             if our_bid is None:

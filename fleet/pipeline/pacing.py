@@ -13,6 +13,7 @@ released evenly over the UTC day. Frequency caps count per user and campaign.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from collections import Counter, OrderedDict
@@ -156,11 +157,21 @@ class LeaseBudget:
         self.throttled: Counter[str] = Counter()
         self.units: dict[str, float] = {}  # campaign -> largest amount asked (a lease below it buys nothing)
         self.epoch = 0
+        self._reported: dict[str, float] = {}  # spend as of the last report to control
+
+    def mark_report(self) -> dict[str, float]:
+        """The cumulative spend a report to control carries; the answer's leases are sized on it."""
+        self._reported = dict(self.spend)
+        return dict(self._reported)
 
     def apply(self, leases: dict, epoch: int) -> None:
         """New leases from control replace the old ones (their unspent part goes back). A lease
-        covers the reservations in flight (control sized it with them), so they count against it."""
-        self.leases = {cid: HeldLease(l.id, l.amount, l.expires_at, l.throttle, self.reserved.get(cid, 0.0))
+        covers the reservations in flight and the spend the report carried (control sized it
+        with them), so they count against it, and so does every bill settled since the report:
+        control has not counted those yet, and would grant their money twice."""
+        since = {cid: v - self._reported.get(cid, 0.0) for cid, v in self.spend.items()}
+        self.leases = {cid: HeldLease(l.id, l.amount, l.expires_at, l.throttle,
+                                      self.reserved.get(cid, 0.0) + max(0.0, since.get(cid, 0.0)))
                        for cid, l in leases.items()}
         self.epoch = epoch
 
@@ -183,8 +194,8 @@ class LeaseBudget:
 
     def reserve(self, c: Campaign, amount: float, now: float | None = None, key: str | None = None,
                 until: float | None = None) -> bool:
-        """Hold ``amount`` of the lease for a bid leaving now (``key``: auction:imp) until its
-        notice deadline ``until`` (without one, ``hold_s``)."""
+        """Hold ``amount`` of the lease for a bid leaving now (``key``: its bid id, which its
+        notices carry signed) until its notice deadline ``until`` (without one, ``hold_s``)."""
         cid = c.id
         now = self.clock() if now is None else now
         lease = self.leases.get(cid)
@@ -213,15 +224,20 @@ class LeaseBudget:
     def release(self, key: str) -> None:
         self._unhold(key)
 
+    def pin(self, key: str) -> None:
+        """Keep a hold past its deadline: its bill was acknowledged but not counted yet (it
+        waits in the spill file), so the money must stay held until it is."""
+        held = self.holds.get(key)
+        if held is not None:
+            self.holds[key] = (held[0], held[1], math.inf)
+
     def settle(self, notice, now: float | None = None) -> None:
         """A bill spends its price and ends the hold, a loss releases it. A win changes nothing:
         the hold stays at our bid until the bill, so what a bid may still spend is always held
         (a bill above a win's price, or one without a price, stays inside the bound)."""
-        if notice is None or notice.auction_id is None or notice.imp_id is None:
+        if notice is None or "test" in notice.flags:
             return
-        key = f"{notice.auction_id}:{notice.imp_id}"
-        if "test" in notice.flags:
-            return
+        key = notice.bid_id
         if notice.kind == "loss":
             self._unhold(key)
         elif notice.kind == "bill" and notice.price is not None and key not in self.settled:

@@ -32,6 +32,13 @@ class BidIds:
 
 
 NOTICE_KINDS = ("win", "bill", "loss", "click")
+# The longest notice query we mint: the notice route refuses queries over 4,096 characters
+# (``fleet.pipeline.notices.MAX_QUERY``), and the exchange's substitutions may add some.
+MAX_NOTICE_QUERY = 3_800
+
+
+class NoticeUrlTooLong(ValueError):
+    """The exchange's ids would make a notice URL we could not accept back."""
 
 
 def notice_urls(base: str, bid_id: str, offer: Offer, region: str, ts_ms: int,
@@ -156,16 +163,20 @@ def build_response(
     signer=None,
     windows: tuple[float, float] = (900.0, 3600.0),
     test: bool = False,
+    bid_ids: dict[str, str] | None = None,
 ) -> BidResponse:
     """``rate`` converts fleet-currency prices into the response currency (units per USD);
-    ``windows``: the default and the longest notice window (``bill_window``)."""
+    ``windows``: the default and the longest notice window (``bill_window``); ``bid_ids``: the
+    ids the bids were reserved under (else new ones). Raises ``NoticeUrlTooLong``."""
     bids = []
     for imp_id, o in winners.items():
-        bid_id = ids()
+        bid_id = bid_ids[imp_id] if bid_ids else ids()
         cr, imp = o.creative, imps[imp_id]
         exp = bill_window(imp, *windows)
         urls = notice_urls(base_url, bid_id, o, region, ts_ms, publisher, request_id, signer,
                            currency=currency, test=test, expires_at=ts_ms / 1000.0 + exp)
+        if max(len(u) - u.index("?") for u in urls.values()) > MAX_NOTICE_QUERY:
+            raise NoticeUrlTooLong(imp_id)
         bids.append(
             Bid(
                 id=bid_id,

@@ -214,7 +214,7 @@ class RegionIngress:
                 p99[stage] = round(q * 1000.0, 4)
         self._lat_prev = snap
         return Report(region=self.region, replica=self.replica, ts=now, epoch=self.control_epoch,
-                      spend=dict(b.spend), reserved={k: v for k, v in b.reserved.items() if v > 0},
+                      spend=b.mark_report(), reserved={k: v for k, v in b.reserved.items() if v > 0},
                       opportunities=dict(b.opportunities), blocked=dict(b.blocked), throttled=dict(b.throttled),
                       units=dict(b.units), heartbeat=beat,
                       stage_p99_ms=p99, versions=self.bidder.take_versions(), model=self.user_model,
@@ -559,7 +559,12 @@ class RegionIngress:
                     if where == "stream":
                         self.bidder.learn(notice)
                     elif len(self._unstreamed) < 200_000:  # beyond: held until the bid's deadline
+                        # acknowledged but not in the stream yet: its money stays held, past the
+                        # bid's deadline if need be, until the replay lets it count
                         self._unstreamed.append(notice)
+                        pin = getattr(self.bidder.budget, "pin", None)
+                        if pin is not None and notice.kind == "bill":
+                            pin(notice.bid_id)
                 if first and self.cache is not None and notice.publisher and notice.kind in ("win", "loss"):
                     self.cache.feedback(notice.publisher, notice.kind == "win", notice.price)
                 return Response(b"", status_code=200)
