@@ -342,10 +342,6 @@ def _billed(bid: str, price: float) -> Event:
     return Event(f"billed:{bid}", "billed", T_BID, REGION, bid, f"a-{bid}", "1", "c1", price=price, bid_ts=T_BID)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fleet/ledger/emitter.py adopt_orphans appends a dead replica's spill file byte for byte, torn last "
-    "record included; the bills this replica spills (and acknowledges) after it are misframed by "
-    "_read_spill, so they never reach the stream (and the garbage it sends stalls the consumer)"))
 def test_an_adopted_spill_file_with_a_torn_tail_loses_no_acknowledged_bill(redis_srv, tmp_path):
     spill = tmp_path / "spill"
     spill.mkdir()
@@ -376,10 +372,6 @@ def test_an_adopted_spill_file_with_a_torn_tail_loses_no_acknowledged_bill(redis
     assert spend.get("c1", 0.0) == pytest.approx(1.0 + 3.0), spend  # 'old' and 'mine'
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fleet/ledger/consumer.py _apply decodes every event of a batch before running any script and never "
-    "acknowledges an entry it cannot decode: one bad entry is re-read from the pending list forever and "
-    "the region's ledger (spend, caught_up, the frequency outbox) stops for good"))
 def test_one_undecodable_stream_entry_does_not_stop_the_regions_ledger(redis_srv):
     r = redis_srv.client()
     pack = msgspec.msgpack.Encoder().encode
@@ -406,10 +398,6 @@ class _Killed(BaseException):
     """The control actor dies (SIGKILL) at this point."""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fleet/control/api.py stores the idempotent answer (Idempotency.run) before c.save() persists the "
-    "write: control killed in between comes back without the write, and every retry with the key gets "
-    "the stored 200; a pause or budget cut the operator made sure of is silently lost"))
 def test_an_acknowledged_write_survives_a_restart(redis_srv):
     from fleet.control.api import route
 

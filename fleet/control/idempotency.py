@@ -40,9 +40,20 @@ class Idempotency:
                 out = await out
             return out
 
-    async def run(self, redis, key: str | None, fingerprint: str, fn):
+    async def run(self, redis, key: str | None, fingerprint: str, fn, persist=None):
         """Run ``fn`` once per key: a retry with the same key and request gets the first answer
-        again; the same key with another request is a 422."""
+        again; the same key with another request is a 422. ``persist`` (async, True when saved)
+        makes the write durable before its answer is stored: a 200 is never the answer to a
+        write a restart would lose (a failed save is a 503, and frees the key)."""
+        if persist is not None:
+            inner = fn
+
+            async def fn():
+                out = inner()
+                status, body = (await out) if inspect.isawaitable(out) else out
+                if status < 500 and not await persist():
+                    return 503, {"error": "the change could not be persisted: retry with the same key"}
+                return status, body
         if key is None or redis is None:
             return await self.write(fn)
         rkey = IDEM_PREFIX + hashlib.sha256(key.encode()).hexdigest()

@@ -389,4 +389,5 @@ class Control:
     async def idempotent(self, key: str | None, fingerprint: str, fn):
         """Run the write ``fn`` once per idempotency key (``fleet.control.idempotency``): a retry
         with the same key and request gets the first answer; another request under it, a 422."""
-        return await self.idem.run(self.redis, key, fingerprint, fn)
+        return await self.idem.run(self.redis, key, fingerprint, fn,
+                                   persist=self.save if self.redis is not None else None)

@@ -245,6 +245,8 @@ class LedgerConsumer:
         self.duplicates = 0
         self.queued = 0  # billed impressions appended to the outbox
         self.failed_steps = 0  # attempts that raised; their entries are read again
+        self.dead = 0  # events that could not be decoded (dead-lettered, acknowledged)
+        self._dead_letters: list = []
         self.caught_up = 0.0  # the last caught-up mark written
 
     async def ensure_group(self) -> None:
@@ -257,14 +259,19 @@ class LedgerConsumer:
     async def _apply(self, entries: list[tuple[str, dict]]) -> int:
         pipe = self.redis.pipeline(transaction=False)
         n = 0
-        for ev in (decode(raw) for _eid, fields in entries for raw in _unpack(fields[b"b"])):
+        for ev in self._decoded(entries):
             n += 1
             ekey = f"{ev.auction}:{ev.imp}" if ev.auction else ev.bid  # the frequency write's key
             await self._script(keys=[self.prefix], args=[
                 ev.id, ev.kind, ev.ts, ev.bid, ev.campaign, ev.price, ev.user, self.expire_s,
                 ev.publisher, ev.model, SEEN_TTL_S, ev.bid_ts, ev.until, ev.flag, ekey, self.outbox_cap],
                 client=pipe)
+        dead, self._dead_letters = self._dead_letters, []
+        for eid, raw in dead:
+            pipe.rpush(self.prefix + "dead", (eid if isinstance(eid, bytes) else str(eid).encode()) + b" " + raw)
+            pipe.hincrby(self.prefix + "stats", "dead", 1)
         results = await pipe.execute()
+        results = results[:len(results) - 2 * len(dead)]
         for res in results:
             if res[0] == 0:
                 self.duplicates += 1
@@ -275,6 +282,27 @@ class LedgerConsumer:
         # impressions are in the outbox already, for the forwarder to take to the shards.
         await self.redis.xack(self.stream, GROUP, *[eid for eid, _ in entries])
         return n
+
+    def _decoded(self, entries):
+        """Every event of the entries; one that cannot be decoded (a corrupt or foreign entry)
+        goes to the dead-letter list ``dead`` with its stream id, counted, so it never holds the
+        region's ledger (an entry re-read forever would stop spend, caught_up and the outbox)."""
+        for eid, fields in entries:
+            try:
+                raws = _unpack(fields[b"b"])
+            except Exception:
+                self._dead(eid, repr(fields)[:4096].encode())
+                continue
+            for raw in raws:
+                try:
+                    yield decode(raw)
+                except Exception:
+                    self._dead(eid, raw)
+
+    def _dead(self, eid, raw: bytes) -> None:
+        self.dead += 1
+        log.error("ledger %s: undecodable event in entry %s: sent to %sdead", self.region, eid, self.prefix)
+        self._dead_letters.append((eid, raw))
 
     async def step(self, block_ms: int = 200) -> int:
         """Read and apply one batch (pending entries first after a start); returns how many.

@@ -34,6 +34,18 @@ _len = struct.Struct(">I")
 _pack = msgspec.msgpack.Encoder().encode
 
 
+def _records(data: bytes) -> list[bytes]:
+    """The whole length-prefixed records of a spill file's bytes."""
+    out, i = [], 0
+    while i + 4 <= len(data):
+        (n,) = _len.unpack_from(data, i)
+        if i + 4 + n > len(data):
+            break  # a torn last record (crash mid-write): it was never acknowledged anywhere
+        out.append(data[i + 4:i + 4 + n])
+        i += 4 + n
+    return out
+
+
 def stream_key(region: str) -> str:
     return f"fleet:{region}:events"
 
@@ -144,7 +156,10 @@ class EventEmitter:
                     fcntl.flock(lk, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # a live replica's
-                data = other.read_bytes()
+                # Whole records only: a replica killed mid-write left a torn last record, never
+                # acknowledged; appended as is, it would misframe everything spilled after it.
+                records = _records(other.read_bytes())
+                data = b"".join(_len.pack(len(x)) + x for x in records)
                 with open(self.spill_path, "ab") as fh:
                     fh.write(data)
                     fh.flush()
@@ -168,15 +183,7 @@ class EventEmitter:
         self.stats["spilled"] += len(items)
 
     def _read_spill(self) -> list[bytes]:
-        data = self.spill_path.read_bytes()
-        out, i = [], 0
-        while i + 4 <= len(data):
-            (n,) = _len.unpack_from(data, i)
-            if i + 4 + n > len(data):
-                break  # a torn last record (crash mid-write): it was never acknowledged anywhere
-            out.append(data[i + 4:i + 4 + n])
-            i += 4 + n
-        return out
+        return _records(self.spill_path.read_bytes())
 
     async def _xadd(self, items: list[bytes]) -> None:
         """Stream entries of up to ``per_entry`` events each (field ``b``: a msgpack array of

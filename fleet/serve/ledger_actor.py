@@ -65,6 +65,7 @@ class LedgerRunner:
     async def stats(self) -> dict:
         return {"region": self.region, "applied": self.consumer.applied, "duplicates": self.consumer.duplicates,
                 "failed_steps": self.consumer.failed_steps, "caught_up": self.consumer.caught_up,
+                "dead": self.consumer.dead,
                 "outbox": (await self.forwarder.backlog()) if self.forwarder else None,
                 "forwarder": self.forwarder.summary() if self.forwarder else None,
                 "lag": await self.consumer.lag(), "pid": os.getpid(),
