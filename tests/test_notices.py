@@ -67,12 +67,18 @@ def test_notice_urls_from_a_real_bid_come_back(fleet_http):
             u = urlsplit(_substitute(bid[key], "1.75"))
             assert u.path.startswith("/us-east/notice/")
             assert client.get(f"{fleet_http}{u.path}?{u.query}").status_code == 200
-        raw = urlsplit(bid["burl"])  # the exchange forgot to substitute
-        refused = client.get(f"{fleet_http}{raw.path}?{raw.query}")
-        assert refused.status_code == 400 and "macro" in refused.json()["error"]
+        # The exchange forgot to substitute: kept as an unpriced bill at our bid (docs/ledger.md),
+        # not refused (a 400 would lose an impression that happened).
+        raw = urlsplit(bid["burl"])
+        assert client.get(f"{fleet_http}{raw.path}?{raw.query}").status_code == 200
+        over = urlsplit(_substitute(bid["burl"], f"{bid['price'] * 10:.4f}"))  # above our bid: refused
+        refused = client.get(f"{fleet_http}{over.path}?{over.query}")
+        assert refused.status_code == 400 and "above the bid" in refused.json()["error"]
     after = httpx.get(f"{fleet_http}/us-east/stats").json()["notices"]
-    for kind in ("win", "bill", "loss"):
+    for kind in ("win", "loss"):
         assert after.get(kind, 0) == before.get(kind, 0) + 1
+    assert after.get("bill", 0) == before.get("bill", 0) + 2
+    assert after.get("bill.unpriced", 0) == before.get("bill.unpriced", 0) + 1
     assert after.get("bill.refused", 0) == before.get("bill.refused", 0) + 1
 
 

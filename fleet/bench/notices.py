@@ -96,7 +96,7 @@ async def run_notices(base_url: str, control_url: str, token: str, regions, camp
                     late_rate=0.05, late_min_s=1.0, late_max_s=5.0, resend_rate=0.01, resend_copies=3,
                     bill_delay_rate=0.05, bill_delay_min_s=60.0 / compress, bill_delay_max_s=delay_max,
                     forge_rate=0.02, jpy_share=0.2, notice_retries=8, cross_region_share=0.0,
-                    burst_every_s=1e9, grace_s=delay_max + 5.0)
+                    burst_every_s=1e9, grace_s=delay_max + 5.0, imp_exp=delay_max + 30.0)
     ex = Exchanges(Market(seed=seed, regions=tuple(names)), regions, campaigns, cfg, progress=progress)
     samples: list[tuple[float, dict[str, float]]] = []
     stop = asyncio.Event()

@@ -65,6 +65,10 @@ class SimConfig:
     forge_rate: float = 0.0  # per bill: a kind-swapped loss URL and a tampered bill beside it
     jpy_share: float = 0.0  # auctions from an exchange trading in JPY, currency macro left as is
     notice_retries: int = 0  # a notice whose call failed (transport, 5xx) is sent again
+    # imp.exp: the seconds the exchange says it may take from auction to impression (its bills
+    # come within them). A compressed day compresses it too: the fleet holds a bid's reservation
+    # until then, and 15 real minutes would outlast the whole compressed day.
+    imp_exp: float | None = None
 
 
 @dataclass
@@ -170,6 +174,9 @@ class Exchanges:
         jpy = self.cfg.jpy_share > 0 and self.cur_rng.random() < self.cfg.jpy_share
         if jpy:
             req["cur"] = ["JPY"]
+        if self.cfg.imp_exp:
+            for imp in req["imp"]:
+                imp["exp"] = int(self.cfg.imp_exp)
         body = msgspec.json.encode(req)
         headers = {"content-type": "application/json", "x-openrtb-version": "2.6"}
         t0 = time.perf_counter()
