@@ -84,13 +84,13 @@ async def run_notices(base_url: str, control_url: str, token: str, regions, camp
     rng = random.Random(seed)
     delay_max = 900.0 / compress
     start = time.time() + 3.0
-    end = start + duration_s + delay_max + 30.0
+    end = start + duration_s  # the flights end with the traffic: a tight budget is spent by then
     budgets = {}
     for c in campaigns:
         budgets[c.id] = tight_usd if rng.random() < tight_share else 1e6
         await ctl.put_flight(c.id, {"budget": budgets[c.id], "start": time.time(), "end": end, "curve": "even",
                                     "daily": False}, f"{run_id}-{c.id}")
-    days = sorted({int(time.time() // DAY_S), int(end // DAY_S)})
+    days = sorted({int(time.time() // DAY_S), int((end + delay_max + 60) // DAY_S)})
     before = await ledger_spend(r, names, days)  # earlier runs of the same day
     cfg = SimConfig(base_url=base_url, duration_s=duration_s, rate=rate, seed=seed, drop_rate=0.02, dup_rate=0.02,
                     late_rate=0.05, late_min_s=1.0, late_max_s=5.0, resend_rate=0.01, resend_copies=3,
