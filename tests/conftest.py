@@ -143,7 +143,7 @@ def fleet_http(redis_server):
     import ray
     from ray import serve
 
-    from fleet.cli import wait_ready
+    from fleet.cli.common import wait_ready
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "REDIS_URL": redis_server.url}})
@@ -185,7 +185,7 @@ def exclusive_ray():
 @pytest.fixture(scope="module")
 def control_regions(fleet_http):
     """Base URL with /pace/<region> apps under control deployed for the module, then removed."""
-    from fleet.cli import wait_ready
+    from fleet.cli.common import wait_ready
 
     deploy_config(serve_test_config_with_control())
     assert wait_ready(fleet_http, [f"/pace/{r}" for r in load_regions().regions] + ["/control"], 180)

@@ -172,7 +172,7 @@ def test_nodes_plan_deals_regions_round_robin_from_the_head():
 def test_generated_config_pins_regions_and_control_on_several_nodes():
     import yaml
 
-    from fleet.cli import generated_config
+    from fleet.cli.up import generated_config
     from fleet.config import RegionAppArgs, resolve
 
     cfg = yaml.safe_load(resolve("serve_config.yaml").read_text())

@@ -8,6 +8,8 @@ import time
 
 import click
 
+from fleet.cli.common import http_base, serve_config, wait_ready
+from fleet.cli.up import down, up
 from fleet.config import REPO_ROOT, load_regions
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -209,7 +211,6 @@ def bench_notices(duration, rate, compress, n, kill, label, bring_up):
 
     from fleet.bench.notices import run_notices
     from fleet.campaigns.catalog import load_catalog
-    from fleet.cli import _http_base, _serve_config, down, up
     from fleet.control.auth import load_token
     from fleet.runtime import local
 
@@ -219,7 +220,7 @@ def bench_notices(duration, rate, compress, n, kill, label, bring_up):
         ctx.invoke(up, detach=True, burst=False, catalog=catalog, replicas=2)
     try:
         state = local.State.load()
-        base = state.http if state else _http_base(_serve_config("serve_config.yaml"))
+        base = state.http if state else http_base(serve_config("serve_config.yaml"))
         redis_url = os.environ.get("REDIS_URL") or (state.redis_url if state else None)
         doc = asyncio.run(run_notices(base, f"{base}/control", load_token(), load_regions(), load_catalog(catalog),
                                       redis_url, duration_s=duration, rate=rate, compress=compress, kill=kill,
@@ -271,7 +272,6 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
     from ray import serve
 
     from fleet.bench.capacity import run_capacity
-    from fleet.cli import wait_ready
     from fleet.config import RegionAppArgs
     from fleet.serve import noop_app, region_app
 

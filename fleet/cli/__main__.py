@@ -1,0 +1,5 @@
+"""``python -m fleet.cli ...``: the ``fleet`` command without the console script."""
+
+from fleet.cli import main
+
+main()
