@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleet.campaigns.catalog import Campaign, Creative, FrequencyCap
+from fleet.campaigns.model import Campaign, Creative, FrequencyCap
 from fleet.pipeline.pacing import DAY_S, FrequencyCounter, LocalBudget
 
 

@@ -7,7 +7,8 @@ import random
 
 import msgspec
 
-from fleet.campaigns.catalog import Campaign, Creative, Strategy, Targeting, load_catalog
+from fleet.campaigns.catalog import load_catalog
+from fleet.campaigns.model import Campaign, Creative, Strategy, Targeting
 from fleet.campaigns.synth import COUNTRIES, SEGMENTS, SIZES, synth_campaigns
 from fleet.pipeline.bidder import RegionBidder
 from fleet.pipeline.targeting import CampaignIndex, ImpFacts, matches_linear

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from fleet.campaigns.catalog import Campaign, Creative, FrequencyCap, Strategy, Targeting
+from fleet.campaigns.model import Campaign, Creative, FrequencyCap, Strategy, Targeting
 
 COUNTRIES = ["USA", "CAN", "GBR", "DEU", "FRA", "NLD", "ESP", "ITA", "JPN", "SGP", "AUS", "IND", "BRA"]
 SIZES = [(300, 250), (728, 90), (320, 50), (300, 600), (160, 600), (970, 250), (320, 480)]

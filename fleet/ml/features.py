@@ -13,7 +13,7 @@ import hashlib
 
 import numpy as np
 
-from fleet.campaigns.catalog import Campaign, Creative
+from fleet.campaigns.model import Campaign, Creative
 from fleet.openrtb.model import BidRequest, Imp
 from fleet.pipeline.enrichment import UserContext
 

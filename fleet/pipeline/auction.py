@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleet.campaigns.catalog import Campaign, Creative
+from fleet.campaigns.model import Campaign, Creative
 
 
 @dataclass(slots=True)

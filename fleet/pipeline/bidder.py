@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fleet.campaigns.catalog import Campaign, Creative
+from fleet.campaigns.model import Campaign, Creative
 from fleet.config import RegionsFile
 from fleet.openrtb import codec
 from fleet.openrtb.model import BidRequest, Imp

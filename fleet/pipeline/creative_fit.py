@@ -7,7 +7,7 @@ per-candidate check is a handful of set lookups.
 
 from __future__ import annotations
 
-from fleet.campaigns.catalog import Campaign, Creative
+from fleet.campaigns.model import Campaign, Creative
 from fleet.openrtb.model import BidRequest, Imp
 
 

@@ -19,7 +19,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
-from fleet.campaigns.catalog import Campaign
+from fleet.campaigns.model import Campaign
 
 DAY_S = 86_400.0
 

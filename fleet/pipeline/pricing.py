@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleet.campaigns.catalog import Campaign
+from fleet.campaigns.model import Campaign
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from fleet.campaigns.catalog import Campaign, Creative
+from fleet.campaigns.model import Campaign, Creative
 
 
 def _bits(indices: list[int]) -> int:

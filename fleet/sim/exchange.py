@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
-from fleet.campaigns.catalog import Campaign
+from fleet.campaigns.model import Campaign
 from fleet.sim.market import Market, Opportunity, resolve
 
 

@@ -33,7 +33,7 @@ import random
 import uuid
 from dataclasses import dataclass, field
 
-from fleet.campaigns.catalog import Campaign
+from fleet.campaigns.model import Campaign
 
 FORMAT_CTR = {"banner": 0.0, "video": 0.9, "native": 0.6, "audio": -0.3}
 SIZE_CTR = {(300, 250): 0.1, (320, 50): -0.5, (728, 90): -0.2, (300, 600): 0.3, (970, 250): 0.2,

@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import msgspec
 
-from fleet.campaigns.catalog import Campaign
+from fleet.campaigns.model import Campaign
 from fleet.openrtb.model import BidRequest
 from fleet.pipeline.bidder import RegionBidder
 from fleet.pipeline.enrichment import enrich
