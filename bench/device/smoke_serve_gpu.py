@@ -1,3 +1,5 @@
+"""A local Ray with Serve (HAProxy ingress, throughput-optimised) and one replica holding
+`num_gpus: 0.25`: does it start, and which GPU does the replica see. Prints SMOKE OK."""
 import os, time
 os.environ.update({"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})
 import ray

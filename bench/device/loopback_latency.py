@@ -1,4 +1,5 @@
-# Loopback ping-pong between two processes at a paced 300/s for 3 s: the platform's own wake-up tail.
+"""Loopback ping-pong between two processes at a paced 300/s for 3 s: the platform's own wake-up
+tail (p50/p99/max round trip, and how far a 3.3 ms sleep overshoots)."""
 import socket, subprocess, sys, time, statistics
 if len(sys.argv) > 1:
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 8997)); s.listen(1)
