@@ -182,7 +182,7 @@ def test_win_rate_model_learns_a_publisher_from_notices():
 
 
 def test_notices_feed_the_bidders_win_rate_model(regions, scorer):
-    from fleet.pipeline.notices import parse_notice
+    from fleet.pipeline.notices import NoticeSettlement, parse_notice
 
     bidder = RegionBidder("us-east", regions, load_catalog(regions.defaults.catalog), scorer=scorer)
     a = bidder.bid(json.dumps(REQ).encode(), version="2.6")
@@ -190,7 +190,7 @@ def test_notices_feed_the_bidders_win_rate_model(regions, scorer):
     assert "&p=pub-3&" in bid["lurl"] and "&b=" in bid["lurl"]
     query = bid["lurl"].split("?", 1)[1].replace("${AUCTION_LOSS}", "102").replace("${AUCTION_MIN_TO_WIN}", "9")
     before = bidder.win_rate.log_m("pub-3")
-    bidder.learn(parse_notice("loss", query, "us-east"))
+    NoticeSettlement(bidder).learn(parse_notice("loss", query, "us-east"))
     assert bidder.win_rate.log_m("pub-3") > before  # outbid: winning costs more there than we thought
 
 

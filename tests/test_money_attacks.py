@@ -27,7 +27,7 @@ from fleet.ledger.emitter import EventEmitter, stream_key
 from fleet.ledger.events import Event, encode
 from fleet.ledger.signing import NoticeSigner
 from fleet.pipeline.bidder import RegionBidder
-from fleet.pipeline.notices import NoticeCounter
+from fleet.pipeline.notices import NoticeCounter, NoticeSettlement
 from fleet.pipeline.pacing import LeaseBudget
 
 REGION = "us-east"
@@ -75,7 +75,7 @@ def _fields(query: str) -> dict[str, str]:
 
 
 def _notice(bidder: RegionBidder, kind: str, query: str):
-    return NoticeCounter(bidder.signer).handle(kind, query, REGION, bidder.admit_notice)
+    return NoticeCounter(bidder.signer).handle(kind, query, REGION, NoticeSettlement(bidder).admit)
 
 
 # -- 1. signed notices ------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_a_bill_never_counts_more_than_the_reservation_it_settles(regions):
     our_bid = float(_fields(_fill(bid["burl"]))["b"])
     status, _, n = _notice(bidder, "bill", _fill(bid["burl"], price=f"{our_bid * 1.0009:.6f}", cur="USD"))
     if status == 200:
-        bidder.learn(n)
+        NoticeSettlement(bidder).learn(n)
     assert bidder.budget.spend.get(cid, 0.0) <= reserved + 1e-12, (bidder.budget.spend, reserved)
 
 
@@ -155,7 +155,7 @@ def test_a_reused_request_id_cannot_release_another_bids_hold(regions):
     held_second = bidder.budget.reserved[second["cid"]]
     status, _, loss = _notice(bidder, "loss", _fill(first["lurl"]))
     assert status == 200
-    bidder.learn(loss)
+    NoticeSettlement(bidder).learn(loss)
     # The second bid is still open: its campaign must still hold what it may bill ...
     assert bidder.budget.reserved.get(second["cid"], 0.0) == pytest.approx(held_second)
     # ... and the lost first bid holds nothing any more.

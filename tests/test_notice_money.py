@@ -14,7 +14,7 @@ import pytest
 from fleet.campaigns.catalog import load_catalog
 from fleet.ledger.signing import NoticeSigner
 from fleet.pipeline.bidder import RegionBidder
-from fleet.pipeline.notices import NoticeCounter, parse_notice
+from fleet.pipeline.notices import NoticeCounter, NoticeSettlement, parse_notice
 from fleet.pipeline.pacing import LeaseBudget
 
 REQ = {"id": "m1", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}], "device": {"geo": {"country": "USA"}}}
@@ -62,11 +62,11 @@ def test_a_loss_url_called_as_a_bill_is_forged(regions):
     counter = NoticeCounter(bidder.signer)
     _, loss_q = _fill(bid["lurl"])
     for kind in ("bill", "win"):
-        status, reason, _ = counter.handle(kind, loss_q + "&px=1.0", "us-east", bidder.admit_notice)
+        status, reason, _ = counter.handle(kind, loss_q + "&px=1.0", "us-east", NoticeSettlement(bidder).admit)
         assert (status, reason) == (403, "kind swapped")
     # Rewriting the signed kind itself breaks the signature.
     status, reason, _ = counter.handle("bill", loss_q.replace("n=loss", "n=bill") + "&px=1.0", "us-east",
-                                       bidder.admit_notice)
+                                       NoticeSettlement(bidder).admit)
     assert (status, reason) == (403, "bad signature")
     assert counter.counts["forged"] == 3 and counter.counts["forged.kind_swapped"] == 2
     assert counter.spend_cpm == {}
@@ -74,7 +74,7 @@ def test_a_loss_url_called_as_a_bill_is_forged(regions):
     for key, kind in (("nurl", "win"), ("burl", "bill"), ("lurl", "loss")):
         path_kind, q = _fill(bid[key])
         assert path_kind == kind
-        assert counter.handle(kind, q, "us-east", bidder.admit_notice)[0] == 200
+        assert counter.handle(kind, q, "us-east", NoticeSettlement(bidder).admit)[0] == 200
 
 
 def test_click_urls_are_signed_for_clicks_only(regions):
@@ -83,7 +83,7 @@ def test_click_urls_are_signed_for_clicks_only(regions):
     _, click_q = _fill(bid["ext"]["clickurl"])
     counter = NoticeCounter(bidder.signer)
     assert counter.handle("click", click_q, "us-east")[0] == 200
-    assert counter.handle("bill", click_q + "&px=1.0", "us-east", bidder.admit_notice)[:2] == (403, "kind swapped")
+    assert counter.handle("bill", click_q + "&px=1.0", "us-east", NoticeSettlement(bidder).admit)[:2] == (403, "kind swapped")
 
 
 def test_the_deadline_is_signed_and_follows_imp_exp(regions):
@@ -102,12 +102,12 @@ def test_the_deadline_is_signed_and_follows_imp_exp(regions):
     counter = NoticeCounter(bidder.signer)
     clock.t += ls.bill_window_s + 60  # past the default window, inside the long one
     _, q = _fill(bid["burl"])
-    assert counter.handle("bill", q, "us-east", bidder.admit_notice)[:2] == (403, "expired")
+    assert counter.handle("bill", q, "us-east", NoticeSettlement(bidder).admit)[:2] == (403, "expired")
     _, q_long = _fill(long_bid["burl"])
-    assert counter.handle("bill", q_long, "us-east", bidder.admit_notice)[0] == 200
+    assert counter.handle("bill", q_long, "us-east", NoticeSettlement(bidder).admit)[0] == 200
     x = parse_qs(q)["x"][0]
     pushed = q.replace(f"x={x}", f"x={int(x) + 3600}")
-    assert counter.handle("bill", pushed, "us-east", bidder.admit_notice)[:2] == (403, "bad signature")
+    assert counter.handle("bill", pushed, "us-east", NoticeSettlement(bidder).admit)[:2] == (403, "bad signature")
 
 
 def test_an_unsubstituted_currency_is_the_responses_not_the_fleets(regions):
@@ -120,7 +120,7 @@ def test_an_unsubstituted_currency_is_the_responses_not_the_fleets(regions):
     _, q = _fill(bid["burl"], price=f"{jpy_price:.4f}", cur=None)
     assert "${AUCTION_CURRENCY}" in q
     counter = NoticeCounter(bidder.signer)
-    status, reason, n = counter.handle("bill", q, "us-east", bidder.admit_notice)
+    status, reason, n = counter.handle("bill", q, "us-east", NoticeSettlement(bidder).admit)
     assert (status, reason) == (200, "")
     assert n.currency == "USD" and n.price == pytest.approx(jpy_price * regions.currencies["JPY"], rel=1e-3)
     assert n.price <= n.our_bid
@@ -134,7 +134,7 @@ def test_a_bill_whose_price_cannot_be_read_is_kept_at_our_bid_and_flagged(region
     bid, _ = _bid(bidder)
     _, q = _fill(bid["burl"], price=px)
     counter = NoticeCounter(bidder.signer)
-    status, _, n = counter.handle("bill", q, "us-east", bidder.admit_notice)
+    status, _, n = counter.handle("bill", q, "us-east", NoticeSettlement(bidder).admit)
     assert status == 200 and n.flags == ("unpriced",)
     assert n.price == pytest.approx(n.our_bid) and n.currency in (None, "USD")
     assert counter.counts["bill.unpriced"] == 1
@@ -221,7 +221,7 @@ def test_test_requests_bid_but_reserve_and_spend_nothing(regions):
     _, q = _fill(bid["burl"], price=f"{bid['price']:.4f}")
     n = parse_notice("bill", q, "us-east", bidder.signer)
     assert "test" in n.flags
-    bidder.learn(n)
+    NoticeSettlement(bidder).learn(n)
     assert bidder.budget.spend == {}
     # The flag is signed: dropping e=1 breaks the signature.
     assert NoticeCounter(bidder.signer).handle("bill", q.replace("&e=1", ""), "us-east")[0] == 403

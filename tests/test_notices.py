@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from fleet.pipeline.notices import NoticeCounter, NoticeError, parse_notice
+from fleet.pipeline.notices import NoticeCounter, NoticeError, NoticeSettlement, parse_notice
 
 Q = "bid=b1&c=c-banner-us&cr=cr-1&r=us-east&t=1700000000000&auc=a1&imp=1"
 
@@ -161,7 +161,7 @@ def test_a_price_the_exchange_could_not_have_charged_is_refused(regions):
 
     bidder = RegionBidder("us-east", regions, load_catalog(regions.defaults.catalog))
     n = NoticeCounter()
-    admit = bidder.admit_notice
+    admit = NoticeSettlement(bidder).admit
     assert n.handle("bill", Q + "&px=2.5&b=2.7", "us-east", admit)[0] == 200
     assert n.handle("bill", Q + "&px=1e300&b=2.7", "us-east", admit)[:2] == (400, "price above the bid")
     assert n.handle("win", Q + "&px=2.71&b=2.7", "us-east", admit)[:2] == (400, "price above the bid")

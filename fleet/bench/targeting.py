@@ -7,6 +7,7 @@ the same run is a linear scan applying the same rules (``matches_linear``) to ev
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import statistics
@@ -17,10 +18,11 @@ import msgspec
 
 from fleet.campaigns.synth import synth_campaigns
 from fleet.config import load_regions
+from fleet.openrtb.inventory import inventory
 from fleet.openrtb.model import BidRequest
 from fleet.pipeline.bidder import RegionBidder
 from fleet.pipeline.enrichment import enrich
-from fleet.pipeline.targeting import matches_linear
+from fleet.pipeline.targeting import imp_facts, matches_linear
 from fleet.sim.traffic import RequestFactory
 
 
@@ -46,8 +48,9 @@ def run_targeting(campaigns: int, requests: int, out: Path, region: str = "us-ea
     lin_us, idx_us = [], []
     for req in reqs:
         user = enrich(req)
+        when = dt.datetime.fromtimestamp(bidder.clock(), dt.timezone.utc)
         for imp in req.imp:
-            f = bidder._facts(req, imp, user, bidder.clock_dt())
+            f = imp_facts(req, imp, inventory(req), user.segments, when)
             t0 = time.perf_counter()
             expect = [c for c in bidder.index.campaigns if matches_linear(c, f)]
             t1 = time.perf_counter()

@@ -14,6 +14,7 @@ import hashlib
 import numpy as np
 
 from fleet.campaigns.model import Campaign, Creative
+from fleet.openrtb.inventory import Inventory, inventory
 from fleet.openrtb.model import BidRequest, Imp
 from fleet.pipeline.enrichment import UserContext
 
@@ -53,7 +54,9 @@ class FeatureBuilder:
 
     __slots__ = ("base", "seg")
 
-    def __init__(self, req: BidRequest, imp: Imp, user: UserContext, floor_usd: float):
+    def __init__(self, req: BidRequest, imp: Imp, user: UserContext, floor_usd: float,
+                 inv: Inventory | None = None):
+        """``inv``: the request's publisher and domain, when the caller has them already."""
         fmts = imp.formats()
         fmt = fmts[0] if fmts else "banner"
         w = h = NAN
@@ -64,8 +67,7 @@ class FeatureBuilder:
         elif imp.video is not None and imp.video.w and imp.video.h:
             w, h = float(imp.video.w), float(imp.video.h)
         dev = req.device
-        inv = req.site if req.site is not None else req.app
-        pub = inv.publisher.id if inv is not None and inv.publisher is not None else (inv.id if inv else None)
+        pub = (inventory(req) if inv is None else inv).publisher
         self.base = [
             FORMATS.get(fmt, NAN), w, h,
             float(dev.devicetype) if dev is not None and dev.devicetype is not None else NAN,

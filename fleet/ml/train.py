@@ -27,6 +27,7 @@ from fleet.ml.features import FEATURES, N_FEATURES, FeatureBuilder, matrix
 from fleet.openrtb.model import BidRequest
 from fleet.pipeline.bidder import RegionBidder
 from fleet.pipeline.enrichment import enrich
+from fleet.pipeline.targeting import eligible
 from fleet.sim.market import Market
 
 PARAMS = {"objective": "binary:logistic", "eval_metric": "logloss", "max_depth": 6, "eta": 0.1,
@@ -48,7 +49,7 @@ def make_dataset(n: int, seed: int, market_seed: int = 7, log=print) -> tuple[np
         opp = market.opportunity(rng, rng.choice(market.regions))
         req = msgspec.convert(opp.to_openrtb(), BidRequest)
         imp, user, b = req.imp[0], enrich(req), bidders[opp.region]
-        options = b.eligible(req, imp, user, when)
+        options = eligible(b.index, req, imp, user, when)
         if not options:
             continue
         c, cr = rng.choice(options)

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 
 from fleet.config import AdmissionPolicy
+from fleet.openrtb.inventory import Inventory, inventory
 from fleet.openrtb.model import BidRequest
 from fleet.openrtb.nbr import NBR
 
@@ -86,18 +87,16 @@ class Admission:
         )
         self.datacenter = IpRanges(policy.datacenter_cidrs)
 
-    def check(self, req: BidRequest) -> None:
-        """Raise ``Rejected`` with the reason code, or return when the request may go on."""
+    def check(self, req: BidRequest, inv: Inventory | None = None) -> None:
+        """Raise ``Rejected`` with the reason code, or return when the request may go on.
+        ``inv``: the request's publisher and domain, when the caller has them already."""
         if self.dedup.seen(req.id):
             raise Rejected(NBR.INVALID_REQUEST, "duplicate request id")
-        inventory = req.site if req.site is not None else req.app
-        if inventory is not None:
-            pub = inventory.publisher
-            if pub is not None and pub.id in self.blocked_publishers:
-                raise Rejected(NBR.BLOCKED_PUBLISHER, "blocked publisher")
-            domain = inventory.domain or (pub.domain if pub is not None else None)
-            if domain and domain.lower() in self.blocked_domains:
-                raise Rejected(NBR.BLOCKED_PUBLISHER, "blocked domain")
+        inv = inventory(req) if inv is None else inv
+        if inv.publisher is not None and inv.publisher in self.blocked_publishers:
+            raise Rejected(NBR.BLOCKED_PUBLISHER, "blocked publisher")
+        if inv.domain is not None and inv.domain in self.blocked_domains:
+            raise Rejected(NBR.BLOCKED_PUBLISHER, "blocked domain")
         dev = req.device
         if dev is not None:
             if dev.ua and self.crawler is not None and self.crawler.search(dev.ua):

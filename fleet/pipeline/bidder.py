@@ -1,109 +1,48 @@
-"""One region's request path, stages 1-8, in-process and without Ray.
+"""One region's request path, stages 1-8, in-process and without Ray: the stages' order.
 
 ``RegionBidder.bid`` takes the raw HTTP facts and returns an ``Answer`` (status, body, headers).
 It never raises for bad input: malformed bodies are 400/413, rejections and empty auctions are
-204 with a reason, and an answer that would leave after the deadline becomes a no-bid. The Serve
-deployment in ``fleet.serve.region_app`` is a thin wrapper around this class.
+204 with a reason, and an answer that would leave after the deadline becomes a no-bid. The
+region's runtime (``fleet.region``) drives it in parts: ``admit`` (stage 1), the cache lookup,
+``target`` (stages 2-4), pricing by the model version it picks (``fleet.region.models``), and
+``finish`` (stages 5-8). What notices do to it is ``fleet.pipeline.notices.NoticeSettlement``'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from fleet.campaigns.model import Campaign, Creative
 from fleet.config import RegionsFile
 from fleet.openrtb import codec
-from fleet.openrtb.model import BidRequest, Imp
+from fleet.openrtb.inventory import inventory
+from fleet.openrtb.model import Imp
 from fleet.openrtb.nbr import NBR
 from fleet.obs.histogram import StageHistograms
 from fleet.pipeline.admission import Admission, Rejected
-from fleet.pipeline.auction import Offer, choose
+from fleet.pipeline.auction import choose
 from fleet.pipeline.creative_fit import SlotRules
 from fleet.pipeline.deadline import Deadline, now
 from fleet.cache.store import FreqEvent, Profile
 from fleet.ledger.events import Event
-from fleet.pipeline.enrichment import UserContext, enrich, identity
+from fleet.pipeline.enrichment import enrich, identity, privacy_block
 from fleet.pipeline.pacing import FrequencyCounter, LocalBudget
-from fleet.ml.features import FeatureBuilder, matrix
-from fleet.pipeline.pricing import WinRateModel, meet_floor, model_prices, rule_price
-from fleet.pipeline.respond import BidIds, NoticeUrlTooLong, bill_window, build_response
-from fleet.pipeline.targeting import CampaignIndex, ImpFacts
+from fleet.pipeline.pricing import WinRateModel, model_prices
+from fleet.pipeline.pricing import offers as price_offers
+from fleet.pipeline.request import Admitted, Answer, Pending
+from fleet.pipeline.respond import BidIds, NoticeUrlTooLong, bill_window, build_response, response_currency
+from fleet.pipeline.targeting import CampaignIndex, deal_terms, imp_facts
+
+__all__ = [Admitted, "Answer", Pending, "RegionBidder"]
 
 JSON = "application/json"
 log = logging.getLogger("fleet.bidder")
-
-
-@dataclass(slots=True)
-class Answer:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    reason: str = ""
-    degraded: tuple[str, ...] = ()
-    spent: dict[str, float] = field(default_factory=dict)  # seconds per stage, and "total"
-    events: list[FreqEvent] = field(default_factory=list)  # exposures for the cache to count
-    ledger: list[Event] = field(default_factory=list)  # bid selected / response sent
-    dl: Deadline | None = None  # the request's deadline (tracing reads its budgets)
-
-
-def publisher_of(req: BidRequest) -> str | None:
-    inv = req.site if req.site is not None else req.app
-    if inv is None:
-        return None
-    return inv.publisher.id if inv.publisher is not None and inv.publisher.id else inv.id
-
-
-@dataclass(slots=True)
-class Admitted:
-    """A request through stage 1: decoded, admitted, its deadline and tier planned."""
-
-    req: BidRequest
-    version: str
-    dl: Deadline
-    floors: dict[str, float]
-    tier: str
-    currency: str
-    accept_encoding: str | None
-    uid: str | None  # whom enrichment looks up; None: contextual or anonymous
-
-
-@dataclass(slots=True)
-class Pending:
-    """A request through stages 1-4, waiting for its candidates to be priced (locally, or by
-    the inference deployment when the region prices remotely)."""
-
-    req: BidRequest
-    version: str
-    dl: Deadline
-    user: UserContext
-    paced: list  # (imp, campaign, creative, deal id, floor, auction type) per candidate
-    had_candidates: bool
-    floors: dict[str, float]
-    tier: str
-    currency: str
-    wall: float
-    accept_encoding: str | None
-    model: str | None = None  # the version asked to price (a canary's candidate, or the current)
-    pricing_s: float = 0.0  # time the model call took
-
-    def rows(self) -> np.ndarray:
-        """One feature row per candidate, in ``paced`` order: what the model is called with."""
-        builders: dict[str, FeatureBuilder] = {}
-        rows = []
-        for imp, c, cr, _deal, _floor, _at in self.paced:
-            fb = builders.get(imp.id)
-            if fb is None:
-                fb = builders[imp.id] = FeatureBuilder(self.req, imp, self.user, self.floors[imp.id])
-            rows.append(fb.row(c, cr))
-        return matrix(rows)
 
 
 class RegionBidder:
@@ -139,7 +78,9 @@ class RegionBidder:
         self.rates = config.currencies
         self.fleet_cur = config.defaults.currency
         self.stats: Counter[str] = Counter()
-        self.scorer = scorer  # a fleet.ml.scorer.Scorer, or None for rule pricing
+        # a fleet.ml.scorer.Scorer, or None for rule pricing: what ``bid`` prices with (a region
+        # runtime's model slots pass the version they pick to ``price_local`` instead)
+        self.scorer = scorer
         self.win_rate = WinRateModel()
         # creative id -> ad format: the win-rate model's segment within a publisher
         self.formats = {cr.id: cr.format for c in campaigns for cr in c.creatives}
@@ -157,17 +98,9 @@ class RegionBidder:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _to_fleet(self, amount: float, cur: str) -> float | None:
+    def to_fleet(self, amount: float, cur: str) -> float | None:
         rate = self.rates.get(cur.upper() if cur else self.fleet_cur)
         return None if rate is None else amount * rate
-
-    def _response_currency(self, req: BidRequest) -> str | None:
-        if not req.cur or self.fleet_cur in req.cur:
-            return self.fleet_cur
-        for c in req.cur:
-            if c.upper() in self.rates:
-                return c.upper()
-        return None
 
     def _no_bid(self, nbr: NBR, reason: str, dl: Deadline | None = None) -> Answer:
         self.stats["nobid"] += 1
@@ -190,76 +123,6 @@ class RegionBidder:
         self.latency.observe_all(spent)
         return spent
 
-    def admit_notice(self, notice):
-        """The notice with its price in the fleet's currency (what pacing and the ledger count),
-        or why its unsigned figures cannot be true. An exchange charges in the response's
-        currency (``cur``) and never more than the bid, first or second price; a price it could
-        not have charged would block or misstate the campaign's spend."""
-        if notice.price is None:
-            return notice
-        price = self._to_fleet(notice.price, notice.currency or self.fleet_cur)
-        if price is None:
-            return f"unknown currency {notice.currency!r}"
-        if notice.kind in ("win", "bill") and notice.our_bid is not None:
-            if price > notice.our_bid * 1.001 + 1e-4:
-                return "price above the bid"
-            # within conversion rounding of our bid: never more than the reservation it settles
-            price = min(price, notice.our_bid)
-        if price == notice.price and (notice.currency is None or notice.currency.upper() == self.fleet_cur):
-            return notice
-        return dataclasses.replace(notice, price=price, currency=self.fleet_cur)
-
-    def learn(self, notice) -> None:
-        """Notices settle the bid's reservation; win and loss notices teach the win-rate model
-        (loss reason 102: outbid)."""
-        if notice is None:
-            return
-        self.stats["notices_learned"] += 1
-        self.budget.settle(notice)
-        if notice.publisher is None or notice.our_bid is None:
-            return
-        segment = self.formats.get(notice.creative)
-        if notice.kind == "win":
-            self.win_rate.observe(notice.publisher, segment, notice.our_bid, True)
-        elif notice.kind == "loss" and notice.loss_reason == 102:
-            self.win_rate.observe(notice.publisher, segment, notice.our_bid, False)
-
-    def eligible(self, req: BidRequest, imp: Imp, user: UserContext,
-                 when: dt.datetime) -> list[tuple[Campaign, Creative]]:
-        """Every campaign (with its first fitting creative) targeting admits for ``imp``: the
-        bid path's targeting without its candidate cap or deadline, for the oracle and for
-        training data."""
-        rules = SlotRules(imp, req)
-        return [(c, cr) for c in self.index.iter_matches(self.index.match(self._facts(req, imp, user, when)))
-                if (cr := rules.first_fit(c)) is not None]
-
-    def clock_dt(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
-
-    def _facts(self, req: BidRequest, imp: Imp, user: UserContext, when: dt.datetime) -> ImpFacts:
-        dev = req.device
-        inv = req.site if req.site is not None else req.app
-        domain = None
-        publisher = None
-        if inv is not None:
-            domain = req.site.domain if req.site is not None else (req.app.bundle or req.app.domain)
-            publisher = inv.publisher.id if inv.publisher is not None else None
-        pmp = imp.pmp
-        formats = imp.formats()
-        return ImpFacts(
-            country=dev.geo.country if dev is not None and dev.geo is not None else None,
-            device_type=dev.devicetype if dev is not None else None,
-            os=dev.os if dev is not None else None,
-            domain=domain.lower() if domain else None,
-            publisher=publisher,
-            formats=formats,
-            banner_sizes=tuple(imp.banner.sizes()) if formats == ("banner",) else (),
-            deal_ids=tuple(d.id for d in pmp.deals) if pmp is not None else (),
-            private_auction=bool(pmp is not None and pmp.private_auction == 1),
-            segments=user.segments,
-            when=when,
-        )
-
     # -- the path -----------------------------------------------------------------------
 
     def bid(self, body: bytes, **http) -> Answer:
@@ -278,15 +141,19 @@ class RegionBidder:
             return cand[0], cand[1]
         return self.scorer, (self.scorer.version if self.scorer is not None else None)
 
-    def price_local(self, p: "Pending") -> Answer:
-        """Stages 5-8 priced by the in-process model (or by rule when it has nothing)."""
-        scorer, p.model = self.pick_model() if p.paced else (self.scorer, None)
+    def price_local(self, p: Pending, choice: tuple | None = None) -> Answer:
+        """Stages 5-8 priced by the in-process model (or by rule when it has nothing).
+        ``choice``: (scorer, version) for a request with candidates, as the region's model slots
+        picked it (``fleet.region.models``); by default the bidder's own ``scorer``."""
+        if choice is None:
+            choice = self.pick_model() if p.paced else (self.scorer, None)
+        scorer, p.model = choice
         t0 = now()
         ctrs = self.score_local(p, scorer)
         p.pricing_s = now() - t0
         return self.finish(p, ctrs, f"model:{scorer.version}" if ctrs is not None else "rule")
 
-    def begin(self, body: bytes, **http) -> "Answer | Pending":
+    def begin(self, body: bytes, **http) -> Answer | Pending:
         """Stages 1-4 in-process: the cache lookup (when ``profiles`` is set) is synchronous."""
         a = self.admit(body, **http)
         if isinstance(a, Answer):
@@ -303,7 +170,7 @@ class RegionBidder:
         accept_encoding: str | None = None,
         version: str | None = None,
         arrival: float | None = None,
-    ) -> "Answer | Admitted":
+    ) -> Answer | Admitted:
         """Stage 1, and the start of 2: an early answer (400, 413, 204) or an admitted request
         with the user key enrichment should look up (None: contextual or anonymous)."""
         arrival = now() if arrival is None else arrival
@@ -321,18 +188,19 @@ class RegionBidder:
                            self.spec.network_allowance_ms)
         if dl.budget_s <= 0:
             return self._no_bid(NBR.TECHNICAL_ERROR, "tmax_below_allowance", dl)
+        inv = inventory(req)  # the one publisher and domain every stage reads
         try:
-            self.admission.check(req)
+            self.admission.check(req, inv)
         except Rejected as exc:
             return self._no_bid(exc.nbr, exc.reason.replace(" ", "_"), dl)
-        cur = self._response_currency(req)
+        cur = response_currency(req.cur, self.fleet_cur, self.rates)
         if cur is None:
             return self._no_bid(NBR.INVALID_REQUEST, "no_supported_currency", dl)
 
         # Floors in the fleet currency, per imp; the tier comes from the richest imp.
         floors: dict[str, float] = {}
         for imp in req.imp:
-            f = self._to_fleet(imp.bidfloor, imp.bidfloorcur)
+            f = self.to_fleet(imp.bidfloor, imp.bidfloorcur)
             if f is not None:
                 floors[imp.id] = f
         has_deals = any(imp.pmp is not None and imp.pmp.deals for imp in req.imp)
@@ -340,14 +208,16 @@ class RegionBidder:
         dl.set_tier(tier, self.tiers[tier])
         self.stats[f"tier.{tier}"] += 1
 
-        # 2 enrichment starts here: the caller looks ``uid`` up within the stage's budget.
+        # 2 enrichment starts here: privacy decides once (the admitted request carries it), and
+        # the caller looks ``uid`` up within the stage's budget.
         dl.start("enrichment")
-        return Admitted(req, ver, dl, floors, tier, cur, accept_encoding, identity(req))
+        privacy = privacy_block(req)
+        return Admitted(req, ver, dl, floors, tier, cur, accept_encoding, identity(req, privacy), inv, privacy)
 
-    def target(self, a: "Admitted", profile: Profile | None, lookup: str) -> "Answer | Pending":
+    def target(self, a: Admitted, profile: Profile | None, lookup: str) -> Answer | Pending:
         """The rest of stage 2 (the context from the lookup's outcome), then stages 3-4."""
         req, dl, floors, defaults = a.req, a.dl, a.floors, self.config.defaults
-        user = enrich(req, profile, lookup, self.cache_default_multiplier)
+        user = enrich(req, profile, lookup, self.cache_default_multiplier, blocked=a.privacy, uid=a.uid)
         if user.contextual_only:
             self.stats[f"privacy.{user.reason}"] += 1
         elif user.defaulted:
@@ -372,7 +242,7 @@ class RegionBidder:
             if imp.id not in floors:
                 self.stats["imp.unknown_floor_currency"] += 1
                 continue
-            facts = self._facts(req, imp, user, when)
+            facts = imp_facts(req, imp, a.inv, user.segments, when)
             rules = SlotRules(imp, req)
             deals = {d.id: d for d in imp.pmp.deals} if imp.pmp is not None else {}
             found = 0
@@ -385,19 +255,12 @@ class RegionBidder:
                 if c.freq_cap is not None and not self.freq.allowed(user.user_id, c, wall, stored.get(c.id)):
                     self.stats["freq_capped"] += 1
                     continue
-                deal_id, floor, at = None, floors[imp.id], req.at
-                if c.targeting.deals:
-                    # A deal's own floor and auction type replace the imp's (section 3.2.12).
-                    deal = next((deals[d] for d in c.targeting.deals if d in deals), None)
-                    if deal is None or (deal.wseat and defaults.seat not in deal.wseat):
-                        continue
-                    floor = self._to_fleet(deal.bidfloor, deal.bidfloorcur)
-                    if floor is None:
-                        continue
-                    deal_id, at = deal.id, deal.at or req.at
+                terms = deal_terms(c, deals, floors[imp.id], req.at, defaults.seat, self.to_fleet)
+                if terms is None:
+                    continue
                 cr = rules.first_fit(c)
                 if cr is not None:
-                    candidates.append((imp, c, cr, deal_id, floor, at))
+                    candidates.append((imp, c, cr, *terms))
                     found += 1
         if truncated:
             dl.degrade("targeting_truncated")
@@ -412,9 +275,9 @@ class RegionBidder:
 
         dl.start("pricing")
         return Pending(req, a.version, dl, user, paced, bool(candidates), floors, a.tier, a.currency, wall,
-                       a.accept_encoding)
+                       a.accept_encoding, a.inv)
 
-    def score_local(self, p: "Pending", scorer=None) -> np.ndarray | None:
+    def score_local(self, p: Pending, scorer=None) -> np.ndarray | None:
         """Click probabilities from the in-process model, or None (rule pricing, flagged).
 
         In-process scoring costs tens of microseconds for a request's rows; if the pricing
@@ -440,30 +303,20 @@ class RegionBidder:
             self.stats["pricing.model_error"] += 1
             return None
 
-    def finish(self, p: "Pending", ctrs: np.ndarray | None, source: str) -> Answer:
+    def finish(self, p: Pending, ctrs: np.ndarray | None, source: str) -> Answer:
         """Stages 5-8: model prices when ``ctrs`` came back (from ``source``), else the rule."""
         req, dl, user, paced, wall = p.req, p.dl, p.user, p.paced, p.wall
         defaults = self.config.defaults
         # 5 pricing: the model's values for every candidate row; the rule when there are none.
-        offers: dict[str, list[Offer]] = {}
-        shade = defaults.first_price_shade
         priced = None
         if p.model is not None:
             self.stats[f"priced.{p.model}.{'model' if ctrs is not None else 'fallback'}"] += 1
         if ctrs is not None:
             self.stats["part.in_time"] += len(paced)
             priced = model_prices(ctrs, [c[1] for c in paced], [c[5] not in (2, 3) for c in paced],
-                                  user.multiplier, self.win_rate, source, publisher_of(req),
+                                  user.multiplier, self.win_rate, source, p.inv.publisher,
                                   [c[2].format for c in paced])
-        for n, (imp, c, cr, deal_id, floor, at) in enumerate(paced):
-            price = priced[n] if priced is not None else rule_price(
-                c, first_price=at not in (2, 3), shade=shade, multiplier=user.multiplier)
-            bid = meet_floor(price, floor, c.strategy.max_bid, fixed=at == 3 and deal_id is not None)
-            if bid is None or bid <= 0:
-                continue
-            offers.setdefault(imp.id, []).append(
-                Offer(imp.id, c, cr, bid, price.value, deal_id, price.source)
-            )
+        offers = price_offers(paced, priced, user.multiplier, defaults.first_price_shade)
 
         # 7 auction
         dl.start("auction")
@@ -491,6 +344,7 @@ class RegionBidder:
             else:
                 del winners[imp_id]
                 self.stats["pacing.lease_spent"] += 1
+        p.winners = winners
         if p.model is not None:
             self._version_outcome(p, winners)
         if not winners:
@@ -506,7 +360,7 @@ class RegionBidder:
             ext["fleet"]["contextual"] = user.reason
         try:
             resp = build_response(
-                req.id, winners, imps, base_url=self.base_url, region=self.region, publisher=publisher_of(req),
+                req.id, winners, imps, base_url=self.base_url, region=self.region, publisher=p.inv.publisher,
                 seat=defaults.seat, currency=p.currency, rate=1.0 / self.rates[p.currency], ids=self.ids,
                 ts_ms=int(wall * 1000), ext=ext, signer=self.signer, windows=windows, test=test,
                 bid_ids=bid_ids,
@@ -534,7 +388,7 @@ class RegionBidder:
         # (on bids until the ledger counts billed impressions).
         events, ledger = [], []
         bids = {b.impid: b for sb in resp.seatbid for b in sb.bid}
-        pub = publisher_of(req) or ""
+        pub = p.inv.publisher or ""
         for o in winners.values():
             b = bids[o.imp_id]
             ledger.append(Event(f"selected:{b.id}", "selected", wall, self.region, b.id, req.id, o.imp_id,
@@ -554,7 +408,7 @@ class RegionBidder:
             headers["content-encoding"] = "gzip"
         return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl), events, ledger, dl)
 
-    def _version_outcome(self, p: "Pending", winners: dict) -> None:
+    def _version_outcome(self, p: Pending, winners: dict) -> None:
         """What the version that priced this request did: the canary's evidence."""
         v = self.versions.get(p.model)
         if v is None:

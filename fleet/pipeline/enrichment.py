@@ -1,6 +1,7 @@
 """Stage 2, enrichment: who is this user, what do we know about them, and may we use it.
 
-Privacy decides first: COPPA, GDPR without consent, LMT or DNT make the request contextual only
+Privacy decides first, once per request (``privacy_block``, at admission; the admitted request
+carries the decision): COPPA, GDPR without consent, LMT or DNT make the request contextual only
 (no identity, no lookup, no segments, no per-user frequency capping). Otherwise the identity is
 ``user.id``, then ``user.buyeruid``, then ``device.ifa``, and the region's cache shards supply the
 stored profile (segments, last seen, frequency events). How the lookup went decides the rest:
@@ -60,9 +61,10 @@ def privacy_block(req: BidRequest) -> str:
     return ""
 
 
-def identity(req: BidRequest) -> str | None:
-    """The user key to look up, or None (contextual, or nobody to look up)."""
-    if privacy_block(req):
+def identity(req: BidRequest, blocked: str) -> str | None:
+    """The user key to look up, or None (``blocked``: the request's privacy decision, or nobody
+    to look up)."""
+    if blocked:
         return None
     user, dev = req.user, req.device
     uid = (user.id or user.buyeruid) if user is not None else None
@@ -80,11 +82,16 @@ def request_segments(req: BidRequest) -> list[str]:
 
 
 def enrich(req: BidRequest, profile: Profile | None = None, lookup: str = "off",
-           default_multiplier: float = DEFAULT_MULTIPLIER) -> UserContext:
-    blocked = privacy_block(req)
+           default_multiplier: float = DEFAULT_MULTIPLIER, *, blocked: str | None = None,
+           uid: str | None = None) -> UserContext:
+    """The user context. ``blocked`` and ``uid``: the privacy decision and the identity the
+    admitted request carries (``fleet.pipeline.request.Admitted``); without them (the oracle,
+    training) both are decided here."""
+    if blocked is None:
+        blocked = privacy_block(req)
+        uid = identity(req, blocked)
     if blocked:
         return UserContext(None, (), True, blocked, "skipped", None, CONTEXTUAL_MULTIPLIER)
-    uid = identity(req)
     segments = request_segments(req)
     if uid is None:
         return UserContext(None, tuple(segments), False, lookup="off")

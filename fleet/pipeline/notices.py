@@ -10,11 +10,16 @@ notice is a 403, counted, and creates nothing. Then what the exchange filled in:
   would lose its spend (exchanges do not retry). Without a signed bid it is a 400;
 - an unsubstituted or missing currency is the response's (signed ``cu``), not the fleet's;
 - a missing identity field or a notice for another region is a 400.
-Durability and idempotent spend are the ledger's (``fleet.ledger``).
+``NoticeSettlement`` judges the unsigned figures against the bid (``admit``: the price in the
+fleet's currency, never above the bid) and settles what a counted notice means for the replica
+(``learn``: pacing settles the bid's reservation, wins and outbid losses teach the win-rate
+model). Durability and idempotent spend are the ledger's (``fleet.ledger``); the order (durable,
+then counted) is the region's (``fleet.region.notices``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -179,3 +184,48 @@ class NoticeCounter:
         if kind == "bill" and n.price is not None:
             self.spend_cpm[n.campaign] += n.price
         return 200, "", n
+
+
+class NoticeSettlement:
+    """What the exchange's notices do to one replica's bidder (``fleet.pipeline.bidder``)."""
+
+    __slots__ = ("bidder",)
+
+    def __init__(self, bidder) -> None:
+        self.bidder = bidder
+
+    def admit(self, notice: Notice) -> Notice | str:
+        """The notice with its price in the fleet's currency (what pacing and the ledger count),
+        or why its unsigned figures cannot be true. An exchange charges in the response's
+        currency (``cur``) and never more than the bid, first or second price; a price it could
+        not have charged would block or misstate the campaign's spend."""
+        if notice.price is None:
+            return notice
+        b = self.bidder
+        price = b.to_fleet(notice.price, notice.currency or b.fleet_cur)
+        if price is None:
+            return f"unknown currency {notice.currency!r}"
+        if notice.kind in ("win", "bill") and notice.our_bid is not None:
+            if price > notice.our_bid * 1.001 + 1e-4:
+                return "price above the bid"
+            # within conversion rounding of our bid: never more than the reservation it settles
+            price = min(price, notice.our_bid)
+        if price == notice.price and (notice.currency is None or notice.currency.upper() == b.fleet_cur):
+            return notice
+        return dataclasses.replace(notice, price=price, currency=b.fleet_cur)
+
+    def learn(self, notice: Notice | None) -> None:
+        """Notices settle the bid's reservation; win and loss notices teach the win-rate model
+        (loss reason 102: outbid)."""
+        if notice is None:
+            return
+        b = self.bidder
+        b.stats["notices_learned"] += 1
+        b.budget.settle(notice)
+        if notice.publisher is None or notice.our_bid is None:
+            return
+        segment = b.formats.get(notice.creative)
+        if notice.kind == "win":
+            b.win_rate.observe(notice.publisher, segment, notice.our_bid, True)
+        elif notice.kind == "loss" and notice.loss_reason == 102:
+            b.win_rate.observe(notice.publisher, segment, notice.our_bid, False)

@@ -1,5 +1,6 @@
 """Stage 5, pricing: what one impression is worth to a campaign, and what to bid for it.
 
+``offers`` is the stage: each candidate's price, lifted to its floor and capped (``meet_floor``).
 ``model_prices`` turns predicted click probabilities into values by the campaign's goal (CPC,
 CPA, CPM) and shades first-price bids against a win-rate model. ``rule_price`` is the fallback: the campaign's base CPM,
 made conservative when user data is missing, shaded in first-price auctions, capped by the
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleet.campaigns.model import Campaign
+from fleet.pipeline.auction import Offer
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +149,19 @@ def model_prices(ctrs: np.ndarray, campaigns: list[Campaign], first_price: list[
         Price(value=float(v), bid=float(min(s if fp else v, c.strategy.max_bid)), source=source)
         for v, s, fp, c in zip(values, shaded, first_price, campaigns)
     ]
+
+
+def offers(paced: list, priced: list[Price] | None, multiplier: float, shade: float) -> dict[str, list[Offer]]:
+    """The offers per imp: each candidate (imp, campaign, creative, deal id, floor, auction
+    type) at its model price (``priced``, in the same order) or else its rule price, lifted to
+    its floor; a fixed-price deal (``at`` 3) bids the deal's price. No offer from a candidate that
+    cannot defend its floor, or that would bid nothing."""
+    out: dict[str, list[Offer]] = {}
+    for n, (imp, c, cr, deal_id, floor, at) in enumerate(paced):
+        price = priced[n] if priced is not None else rule_price(
+            c, first_price=at not in (2, 3), shade=shade, multiplier=multiplier)
+        bid = meet_floor(price, floor, c.strategy.max_bid, fixed=at == 3 and deal_id is not None)
+        if bid is None or bid <= 0:
+            continue
+        out.setdefault(imp.id, []).append(Offer(imp.id, c, cr, bid, price.value, deal_id, price.source))
+    return out

@@ -31,6 +31,17 @@ class BidIds:
         return f"{self.tag}{next(self._n):x}"
 
 
+def response_currency(accepted: list[str], fleet: str, rates: dict[str, float]) -> str | None:
+    """The currency to answer in: the fleet's when the request accepts it (or names none), else
+    the first accepted one we can convert, else None (no bid)."""
+    if not accepted or fleet in accepted:
+        return fleet
+    for c in accepted:
+        if c.upper() in rates:
+            return c.upper()
+    return None
+
+
 NOTICE_KINDS = ("win", "bill", "loss", "click")
 # The longest notice query we mint: the notice route refuses queries over 4,096 characters
 # (``fleet.pipeline.notices.MAX_QUERY``), and the exchange's substitutions may add some.

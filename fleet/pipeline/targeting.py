@@ -18,6 +18,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from fleet.campaigns.model import Campaign, Creative
+from fleet.openrtb.inventory import Inventory, inventory
+from fleet.openrtb.model import BidRequest, Imp
+from fleet.pipeline.creative_fit import SlotRules
+from fleet.pipeline.enrichment import UserContext
 
 
 def _bits(indices: list[int]) -> int:
@@ -72,6 +76,55 @@ class ImpFacts:
     private_auction: bool
     segments: tuple[str, ...]  # empty when privacy forbids user-level targeting
     when: dt.datetime
+
+
+def imp_facts(req: BidRequest, imp: Imp, inv: Inventory, segments: tuple[str, ...],
+              when: dt.datetime) -> ImpFacts:
+    """The impression's facts: the request's publisher and domain (``inv``), its device and
+    geography, the impression's formats and deals, the user's ``segments``, the time."""
+    dev = req.device
+    pmp = imp.pmp
+    formats = imp.formats()
+    return ImpFacts(
+        country=dev.geo.country if dev is not None and dev.geo is not None else None,
+        device_type=dev.devicetype if dev is not None else None,
+        os=dev.os if dev is not None else None,
+        domain=inv.domain,
+        publisher=inv.publisher,
+        formats=formats,
+        banner_sizes=tuple(imp.banner.sizes()) if formats == ("banner",) else (),
+        deal_ids=tuple(d.id for d in pmp.deals) if pmp is not None else (),
+        private_auction=bool(pmp is not None and pmp.private_auction == 1),
+        segments=segments,
+        when=when,
+    )
+
+
+def deal_terms(c: Campaign, deals: dict, floor: float, at: int, seat: str,
+               to_fleet) -> tuple[str | None, float, int] | None:
+    """What ``c`` bids on for an impression: (deal id, floor in the fleet currency, auction
+    type). An open campaign takes the imp's ``floor`` and ``at``; a deal campaign its deal's own
+    (section 3.2.12), or None when the impression offers it no deal open to our ``seat``.
+    ``deals``: the impression's deals by id; ``to_fleet(amount, currency)``: the conversion."""
+    if not c.targeting.deals:
+        return None, floor, at
+    deal = next((deals[d] for d in c.targeting.deals if d in deals), None)
+    if deal is None or (deal.wseat and seat not in deal.wseat):
+        return None
+    deal_floor = to_fleet(deal.bidfloor, deal.bidfloorcur)
+    if deal_floor is None:
+        return None
+    return deal.id, deal_floor, deal.at or at
+
+
+def eligible(index: "CampaignIndex", req: BidRequest, imp: Imp, user: UserContext,
+             when: dt.datetime) -> list[tuple[Campaign, Creative]]:
+    """Every campaign (with its first fitting creative) targeting admits for ``imp``: the bid
+    path's targeting without its candidate cap, frequency caps or deadline, for the simulator's
+    oracle and for training data."""
+    rules = SlotRules(imp, req)
+    facts = imp_facts(req, imp, inventory(req), user.segments, when)
+    return [(c, cr) for c in index.iter_matches(index.match(facts)) if (cr := rules.first_fit(c)) is not None]
 
 
 @dataclass(slots=True)

@@ -40,7 +40,7 @@ from fleet.ledger.signing import NoticeSigner
 from fleet.obs.histogram import StageHistograms, watch_gc, watch_loop_lag
 from fleet.pipeline.bidder import Answer, RegionBidder
 from fleet.pipeline.deadline import now
-from fleet.pipeline.notices import NoticeCounter
+from fleet.pipeline.notices import NoticeCounter, NoticeSettlement
 from fleet.runtime.placement import region_resources
 from fleet.serve.microbatch import MicroBatcher
 
@@ -374,7 +374,7 @@ class RegionIngress:
         """Notices acknowledged from the spill file settle once it reached the stream."""
         held, self._unstreamed = self._unstreamed, []
         for notice in held:
-            self.bidder.learn(notice)
+            NoticeSettlement(self.bidder).learn(notice)
 
     def _first_notice(self, notice) -> bool:
         """False for a notice this replica already saw (exchanges resend): publisher statistics
@@ -545,7 +545,7 @@ class RegionIngress:
             return Response(a.body, status_code=a.status, headers=a.headers)
         if path.startswith("/notice/") and method == "GET":
             status, reason, notice = self.notices.handle(path[8:], request.url.query, self.region,
-                                                         admit=self.bidder.admit_notice)
+                                                         admit=NoticeSettlement(self.bidder).admit)
             if status == 200:
                 where = "stream"
                 if self.emitter is not None:
@@ -557,7 +557,7 @@ class RegionIngress:
                 first = self._first_notice(notice)
                 if first:  # a replayed notice teaches nothing twice (its loss reason is unsigned)
                     if where == "stream":
-                        self.bidder.learn(notice)
+                        NoticeSettlement(self.bidder).learn(notice)
                     elif len(self._unstreamed) < 200_000:  # beyond: held until the bid's deadline
                         # acknowledged but not in the stream yet: its money stays held, past the
                         # bid's deadline if need be, until the replay lets it count

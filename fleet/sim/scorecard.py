@@ -24,6 +24,7 @@ import msgspec
 
 from fleet.campaigns.model import Campaign
 from fleet.openrtb.model import BidRequest
+from fleet.pipeline import targeting
 from fleet.pipeline.bidder import RegionBidder
 from fleet.pipeline.enrichment import enrich
 from fleet.pipeline.pricing import POP_CTR
@@ -49,7 +50,7 @@ def impression_value(market: Market, opp: Opportunity, c: Campaign) -> float:
 
 def eligible(bidder: RegionBidder, opp: Opportunity, when: dt.datetime) -> list[Campaign]:
     req = msgspec.convert(opp.to_openrtb(), BidRequest)
-    return [c for c, _ in bidder.eligible(req, req.imp[0], enrich(req), when)]
+    return [c for c, _ in targeting.eligible(bidder.index, req, req.imp[0], enrich(req), when)]
 
 
 def oracle(market: Market, bidders: dict[str, RegionBidder], records: list[AuctionRecord],

@@ -1,0 +1,37 @@
+"""Whose inventory a request offers: the one definition of its publisher and its domain.
+
+Admission's block lists, targeting's allow and deny lists, the model's features, the win-rate
+model's key and the publisher signed into notice URLs all read these two, computed once per
+request (``inventory``) and carried on the admitted request.
+
+- publisher: ``publisher.id`` of the site or app, else the site's or app's own ``id``;
+- domain: the site's ``domain``, an app's ``bundle`` (else its ``domain``), else the publisher's
+  ``domain``; lower case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet.openrtb.model import BidRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    publisher: str | None
+    domain: str | None
+
+
+NONE = Inventory(None, None)
+
+
+def inventory(req: BidRequest) -> Inventory:
+    inv = req.site if req.site is not None else req.app
+    if inv is None:
+        return NONE
+    pub = inv.publisher
+    publisher = pub.id if pub is not None and pub.id else inv.id
+    domain = req.site.domain if req.site is not None else (req.app.bundle or req.app.domain)
+    if not domain and pub is not None:
+        domain = pub.domain
+    return Inventory(publisher, domain.lower() if domain else None)
