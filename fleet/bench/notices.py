@@ -156,6 +156,7 @@ async def run_notices(base_url: str, control_url: str, token: str, regions, camp
         "per_campaign_worst": max((abs(final.get(c, 0.0) - truth.get(c, 0.0)) for c in budgets), default=0.0),
         "over_budget_samples": len(over), "over_budget_examples": over[:5],
         "tight_exhausted": sum(1 for c in tight if final.get(c, 0.0) >= 0.9 * budgets[c]),
+        "tight_spent_share": sorted(round(final.get(c, 0.0) / budgets[c], 3) for c in tight),
         "forged": dict(ex.forged), "acknowledged_bills": len(ex.billed), "acknowledged_missing": missing,
         "notices": {"delivered": dict(ex.notices), "outcomes": dict(ex.notice_outcomes),
                     "errors": dict(ex.notice_errors)},
