@@ -305,22 +305,22 @@ def _ingress_class():
 def test_a_bill_acknowledged_from_the_spill_stays_counted_past_its_deadline(regions, redis_srv, tmp_path):
     from starlette.requests import Request
 
+    from fleet.config import RegionAppArgs
+    from fleet.region.runtime import Region
+
     clock = Clock()
     bidder = _bidder(regions, clock, lease_amount=10.0)
     bid = _bid(bidder, BANNER_US)
     cid = bid["cid"]
     ing = object.__new__(_ingress_class())
-    ing.bidder, ing.notices, ing.region, ing.prefix, ing.cache = bidder, NoticeCounter(bidder.signer), REGION, \
-        "/us-east", None
-    ing._seen_notices, ing._unstreamed = {}, []
-    ing._start_background = lambda: None
     redis_srv.stop()  # Redis away: the bill goes to the spill file
     clock.t += bid["exp"] - 1  # a bill one second before its deadline
     query = _fill(bid["burl"], price="1.5")
 
     async def go():
-        ing.emitter = EventEmitter(REGION, redis_srv.url, tmp_path / "spill" / "us-east-r1.bin")
-        ing.emitter.on_replayed = ing._settle_unstreamed
+        emitter = EventEmitter(REGION, redis_srv.url, tmp_path / "spill" / "us-east-r1.bin")
+        ing.region = Region(RegionAppArgs(region=REGION, cache=False, control=False, telemetry=False),
+                            config=regions, bidder=bidder, emitter=emitter, replica="r1")
         scope = {"type": "http", "method": "GET", "path": "/us-east/notice/bill", "root_path": "",
                  "query_string": query.encode(), "headers": []}
         resp = await ing(Request(scope))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import random
 import time
 from collections import Counter
 
@@ -90,11 +89,6 @@ class RegionBidder:
         self.cache_default_multiplier = config.defaults.cache.default_multiplier
         self.signer = signer  # a fleet.ledger.signing.NoticeSigner: notice URLs carry a signature
         self.tiers = dict(config.tiers)  # stage budgets per tier; control's policy pushes replace them
-        # A canary: (scorer or None when it failed to load, its version, share of priced requests)
-        self.candidate: tuple[object | None, str, float] | None = None
-        self.versions: dict[str, dict] = {}  # version -> outcome counters since the last report
-        self.version_latency: dict[str, StageHistograms] = {}
-        self.rng = random.Random()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -133,20 +127,13 @@ class RegionBidder:
         p = self.begin(body, **http)
         return p if isinstance(p, Answer) else self.price_local(p)
 
-    def pick_model(self) -> tuple[object | None, str | None]:
-        """The scorer and version for one request: the canary's candidate for its share of
-        requests, the current version otherwise."""
-        cand = self.candidate
-        if cand is not None and cand[2] > 0 and self.rng.random() < cand[2]:
-            return cand[0], cand[1]
-        return self.scorer, (self.scorer.version if self.scorer is not None else None)
-
     def price_local(self, p: Pending, choice: tuple | None = None) -> Answer:
         """Stages 5-8 priced by the in-process model (or by rule when it has nothing).
         ``choice``: (scorer, version) for a request with candidates, as the region's model slots
         picked it (``fleet.region.models``); by default the bidder's own ``scorer``."""
         if choice is None:
-            choice = self.pick_model() if p.paced else (self.scorer, None)
+            s = self.scorer
+            choice = (s, s.version if s is not None else None) if p.paced else (s, None)
         scorer, p.model = choice
         t0 = now()
         ctrs = self.score_local(p, scorer)
@@ -344,9 +331,7 @@ class RegionBidder:
             else:
                 del winners[imp_id]
                 self.stats["pacing.lease_spent"] += 1
-        p.winners = winners
-        if p.model is not None:
-            self._version_outcome(p, winners)
+        p.winners = winners  # what the version that priced it did (fleet.region.models)
         if not winners:
             return self._no_bid(NBR.UNKNOWN, "no_bid_above_floor" if p.had_candidates else "no_eligible_bid", dl)
 
@@ -407,26 +392,3 @@ class RegionBidder:
         if gz:
             headers["content-encoding"] = "gzip"
         return Answer(200, out, headers, "", tuple(dl.degraded), self._spent(dl), events, ledger, dl)
-
-    def _version_outcome(self, p: Pending, winners: dict) -> None:
-        """What the version that priced this request did: the canary's evidence."""
-        v = self.versions.get(p.model)
-        if v is None:
-            v = self.versions[p.model] = {"priced": 0, "errors": 0, "bids": 0, "value": 0.0, "price": 0.0}
-            self.version_latency[p.model] = StageHistograms()
-        v["priced"] += 1
-        if "pricing_rule_fallback" in p.dl.degraded:
-            v["errors"] += 1
-        v["bids"] += bool(winners)
-        for o in winners.values():
-            v["value"] += o.value
-            v["price"] += o.price
-        self.version_latency[p.model].observe("pricing", p.pricing_s)
-
-    def take_versions(self) -> dict[str, dict]:
-        """Per-version outcome counters (with the pricing latency histogram) since the last call."""
-        out = {}
-        for name, v in self.versions.items():
-            out[name] = {**v, "latency_counts": self.version_latency[name].counts.get("pricing", [])}
-        self.versions, self.version_latency = {}, {}
-        return out

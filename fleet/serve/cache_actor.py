@@ -8,6 +8,7 @@ the first replica of a region creates them, the others and later deploys reuse t
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -18,6 +19,7 @@ from fleet.cache.store import FreqEvent
 from fleet.runtime.heap import freeze_startup_heap
 
 NAMESPACE = "fleet-cache"
+log = logging.getLogger("ray.serve")
 
 
 def shard_names(region: str, n: int) -> list[str]:
@@ -114,3 +116,16 @@ def connect(region: str, n: int, redis_url: str | None, options: dict,
                                  get_if_exists=True, **extra).remote(region, name, redis_url, names, options)
         for name in names
     }
+
+
+def remote_shards(region: str, n: int, redis_url: str | None, options: dict,
+                  resources: dict[str, float] | None = None, wait_s: float = 30.0) -> dict:
+    """What a region replica's cache client holds: its ``n`` shards by name, as ``RemoteShard``.
+    The shards exist before the replica says ready; a slow start degrades (lookups default until
+    they answer), never blocks."""
+    shards = connect(region, n, redis_url, options, resources)
+    try:
+        ray.get([h.address.remote() for h in shards.values()], timeout=wait_s)
+    except Exception as exc:
+        log.warning("cache shards of %s not ready yet (%s): lookups default until they are", region, exc)
+    return {name: RemoteShard(h) for name, h in shards.items()}

@@ -96,6 +96,13 @@ def connect(regions_file: str = "regions.yaml", redis_url: str | None = None, ca
     return h
 
 
+def region_link(regions_file: str, catalog: str | None, timeout_s: float, pin_head: bool = False):
+    """A region replica's link to the control actor (inside one Ray cluster)."""
+    from fleet.control.link import RayLink
+
+    return RayLink(connect(regions_file, catalog=catalog, pin_head=pin_head), timeout_s)
+
+
 def kill(address: str = "auto") -> str:
     """Kill the control actor the way a crash would (Ray restarts it; it reloads from Redis).
     Run as its own process (``python -m fleet.serve.control_actor kill``) so that a load

@@ -3,8 +3,9 @@
 Thin: ``@serve.multiplexed`` keeps up to two model versions loaded per replica (a canary beside
 the current version), ``@serve.batch`` gathers the rows of concurrent requests into one model
 call and hands each caller back its own rows. Batch size and wait are ``user_config`` so they
-can be tuned in place. The ingress calls it with all candidate rows of one request and waits no
-longer than its pricing budget (``fleet.serve.region_app``).
+can be tuned in place. The ingress calls it with all candidate rows of one request, through its
+micro-batcher (``InferenceClient``), and waits no longer than its pricing budget
+(``fleet.region.pricing``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ray import serve
 
 from fleet.ml.features import N_FEATURES
 from fleet.ml.scorer import Scorer, load_scorer
+from fleet.serve.microbatch import MicroBatcher
 
 DEFAULT_BATCH = {"max_batch_size": 256, "batch_wait_timeout_s": 0.0005}
 CONCURRENT_BATCHES = 2  # one batch on the model thread while the next is gathered or the last answered
@@ -77,6 +79,27 @@ class Inference:
         scorer = await self.get_model(serve.get_multiplexed_model_id())
         return {"version": scorer.version, "backend": scorer.backend,
                 "providers": list(getattr(scorer, "providers", []))}
+
+
+class InferenceClient:
+    """The region's inference deployment as its ingress calls it (``fleet.region.pricing``): one
+    micro-batcher per model version, so concurrent requests share one handle call."""
+
+    def __init__(self, handle):
+        self.handle = handle  # DeploymentHandle of the region's Inference
+        self.batchers: dict[str, MicroBatcher] = {}
+
+    def score(self, model: str, rows: np.ndarray):
+        """Click probabilities for ``rows`` from ``model`` (an awaitable, batched)."""
+        b = self.batchers.get(model)
+        if b is None:
+            handle = self.handle.options(multiplexed_model_id=model)
+            b = self.batchers[model] = MicroBatcher(lambda rows: handle.remote(rows))
+        return b(rows)
+
+    def call(self, model: str, rows: np.ndarray):
+        """One call of its own (the warm-up that loads ``model`` on a replica)."""
+        return self.handle.options(multiplexed_model_id=model).remote(rows)
 
 
 def build_app(args: dict | None = None) -> serve.Application:

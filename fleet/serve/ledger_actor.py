@@ -73,6 +73,19 @@ class LedgerRunner:
                 "cache": self.cache.summary() if self.cache else None}
 
 
+class RemoteLedger:
+    """What a region replica holds (``fleet.region``): ``start()`` without waiting, ``stats()``."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def start(self) -> None:
+        self.handle.start.remote()
+
+    async def stats(self) -> dict:
+        return await self.handle.stats.remote()
+
+
 def connect(region: str, redis_url: str, expire_s: float, shard_count: int | None, shard_options: dict,
             resources: dict[str, float] | None = None):
     extra = {"resources": resources} if resources else {}
