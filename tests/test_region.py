@@ -234,3 +234,46 @@ def test_remote_pricing_waits_for_warm_versions_and_canaries_only_a_warm_candida
         await region.stop()
 
     asyncio.run(go())
+
+
+def test_the_deployment_routes_to_its_region_outside_serve(regions, keys):
+    """The Serve deployment is glue: each route reads the request, asks the region, writes the
+    answer (the deployment's class, outside Serve, around a Region without Ray)."""
+    from starlette.requests import Request
+
+    from fleet.serve.region_app import RegionIngress
+
+    class Ingress(RegionIngress.func_or_class):
+        def __del__(self):
+            pass
+
+    def request(method: str, path: str, body: bytes = b"", query: str = "", headers=()) -> Request:
+        scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": query.encode(),
+                 "headers": [(k.encode(), v.encode()) for k, v in headers]}
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return Request(scope, receive)
+
+    async def go():
+        ing = object.__new__(Ingress)
+        ing.region = Region(RegionAppArgs(region=REGION, cache=False, telemetry=False, control=False),
+                            config=regions)
+        bid = await ing(request("POST", "/us-east/openrtb2/bid", _request("g-1"), headers=[("x-openrtb-version", "2.6")]))
+        assert bid.status_code == 200 and bid.headers["x-openrtb-version"] == "2.6"
+        assert json.loads(bid.body)["seatbid"][0]["bid"][0]["cid"]
+        assert (await ing(request("GET", "/us-east/openrtb2/bid"))).status_code == 405
+        big = b"x" * (regions.defaults.max_body_bytes + 1)
+        assert (await ing(request("POST", "/us-east/openrtb2/bid", big))).status_code == 413
+        forged = await ing(request("GET", "/us-east/notice/bill", query="bid=b&c=c&cr=cr&r=us-east&t=1&px=1"))
+        assert forged.status_code == 403 and json.loads(forged.body)["error"]
+        ready = json.loads((await ing(request("GET", "/us-east/ready"))).body)
+        assert ready["region"] == REGION and ready["pricing"] == "rule" and ready["campaigns"] > 0
+        stats = json.loads((await ing(request("GET", "/us-east/stats"))).body)
+        assert stats["bidder"]["answered_bid"] == 1 and stats["notices"]["forged"] == 1
+        assert stats["control"] is None and stats["cache"] is None
+        assert (await ing(request("GET", "/us-east/cache"))).status_code == 404  # no cache here
+        await ing.region.stop()
+
+    asyncio.run(go())
