@@ -71,6 +71,13 @@ class Region:
                  replica: str = "local", redis_url: str | None = None, bidder: RegionBidder | None = None,
                  shards: dict | None = None, link=None, ledger=None, inference=None,
                  emitter: EventEmitter | None = None, spill_dir: str | Path | None = None):
+        """``args``: the region app's (``serve_config.yaml``); ``config``/``catalog``: instead of
+        the files they name. Components (each only where ``needs`` asks for it): ``shards`` for
+        the cache client; ``link`` to control (else HTTP when ``control.url`` is set);
+        ``ledger``, the region's consumer to keep running; ``inference`` for remote pricing;
+        ``redis_url`` for the emitter (its spill file under ``spill_dir``, else
+        ``ledger.spill_dir``), or an ``emitter`` of the caller's. ``bidder``: a prepared one
+        (its signer is kept; its scorer moves into the model slots, which own the versions)."""
         a = RegionAppArgs.model_validate(args) if isinstance(args, dict) else args
         config = config if config is not None else load_regions(a.regions_file)
         d, spec = config.defaults, config.regions[a.region]
