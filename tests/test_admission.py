@@ -46,6 +46,9 @@ def _req(**kw) -> BidRequest:
         ({"device": {"ipv6": "2001:db8::5"}}, NBR.DATACENTER_IP),
         ({"site": {"publisher": {"id": "pub-fraud-7"}}}, NBR.BLOCKED_PUBLISHER),
         ({"app": {"domain": "Blocked.Example"}}, NBR.BLOCKED_PUBLISHER),
+        # an app's bundle does not hide its blocked domain, nor a site its blocked publisher domain
+        ({"app": {"bundle": "com.fine.app", "domain": "blocked.example"}}, NBR.BLOCKED_PUBLISHER),
+        ({"site": {"domain": "ok.example", "publisher": {"domain": "mfa-content.example"}}}, NBR.BLOCKED_PUBLISHER),
     ],
 )
 def test_rejections_carry_reason_codes(kw, nbr, regions):

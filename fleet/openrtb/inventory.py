@@ -6,7 +6,10 @@ request (``inventory``) and carried on the admitted request.
 
 - publisher: ``publisher.id`` of the site or app, else the site's or app's own ``id``;
 - domain: the site's ``domain``, an app's ``bundle`` (else its ``domain``), else the publisher's
-  ``domain``; lower case.
+  ``domain``; lower case;
+- names: every domain the request names for it (the site's or app's domain, an app's bundle, the
+  publisher's domain), lower case: a block list refuses the request when any of them is listed,
+  so an app is not let through by its bundle when its domain is blocked.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fleet.openrtb.model import BidRequest
 class Inventory:
     publisher: str | None
     domain: str | None
+    names: tuple[str, ...] = ()
 
 
 NONE = Inventory(None, None)
@@ -34,4 +38,6 @@ def inventory(req: BidRequest) -> Inventory:
     domain = req.site.domain if req.site is not None else (req.app.bundle or req.app.domain)
     if not domain and pub is not None:
         domain = pub.domain
-    return Inventory(publisher, domain.lower() if domain else None)
+    named = (inv.domain, getattr(inv, "bundle", None), pub.domain if pub is not None else None)
+    names = tuple(n.lower() for n in named if n)
+    return Inventory(publisher, domain.lower() if domain else None, names)

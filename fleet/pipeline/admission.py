@@ -95,7 +95,7 @@ class Admission:
         inv = inventory(req) if inv is None else inv
         if inv.publisher is not None and inv.publisher in self.blocked_publishers:
             raise Rejected(NBR.BLOCKED_PUBLISHER, "blocked publisher")
-        if inv.domain is not None and inv.domain in self.blocked_domains:
+        if self.blocked_domains and any(n in self.blocked_domains for n in inv.names):
             raise Rejected(NBR.BLOCKED_PUBLISHER, "blocked domain")
         dev = req.device
         if dev is not None:
