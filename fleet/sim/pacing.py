@@ -136,7 +136,7 @@ def summarise(records, samples, final, budgets, campaigns, curve, start, day_s, 
     over_samples = sum(1 for _, v in samples for cid in budgets if v[cid]["spent"] > budgets[cid] + 1e-9)
     bound_breaches = sum(1 for _, v in samples for cid in budgets
                          if v[cid]["spent"] + v[cid]["outstanding"] > budgets[cid] + 1e-6)
-    errors, window_errors = [], []
+    errors, window_errors, by_mark = [], [], {}
     marks = list(range(30, int(day_s) + 1, 30))
     for i, mark in enumerate(marks):
         near = min(samples, key=lambda s: abs(s[0] - (start + mark)))
@@ -146,6 +146,7 @@ def summarise(records, samples, final, budgets, campaigns, curve, start, day_s, 
             plan = budgets[cid] * curve.fraction(near[0])
             if plan > 0:
                 errors.append(abs(near[1][cid]["spent"] - plan) / plan)
+                by_mark.setdefault(mark, []).append((near[1][cid]["spent"] - plan) / plan)
             # And over the window alone (at this volume, mostly the count of impressions in it).
             wplan = budgets[cid] * (curve.fraction(near[0]) - curve.fraction(prev[0]))
             if wplan > 0 and i > 0:
@@ -166,6 +167,10 @@ def summarise(records, samples, final, budgets, campaigns, curve, start, day_s, 
         "overspent": over, "over_budget_samples": over_samples, "lease_bound_breaches": bound_breaches,
         "pacing_error_p90": errors[int(0.9 * len(errors))] if errors else None,
         "pacing_error_marks": len(errors),
+        # The same per mark: the median (signed: + ahead of plan) and the p90 of its size.
+        "pacing_error_by_mark": {m: {"median": round(sorted(v)[len(v) // 2], 4),
+                                     "p90": round(sorted(abs(x) for x in v)[int(0.9 * len(v))], 4)}
+                                 for m, v in sorted(by_mark.items())},
         "window_error_p90": window_errors[int(0.9 * len(window_errors))] if window_errors else None,
         "auctions": len(records), "statuses": statuses, "failed_at_s": failed[:50],
         "late": sum(r.late for r in records),
