@@ -117,25 +117,67 @@ async def run_pacing(base_url: str, control_url: str, token: str, regions, campa
 def summarise(records, samples, final, budgets, campaigns, curve, start, day_s, sample_s: float = 2.0) -> dict:
     """The pacing contract's figures. "Enough eligible traffic": a budget of at least 100 bids at
     the campaign's cap (one impression is then at most 1% of it) and not traffic-limited, i.e.
-    not behind plan with every region's throttle at (nearly) 1 for most of the day: such a
-    campaign could not have spent more at full participation, and is reported apart."""
+    not behind plan with its throttle at (nearly) 1 in every region where it has eligible
+    opportunities for most of the day: such a campaign could not have spent more at full
+    participation. The others are named in ``cannot_spend`` with the reason, reported apart
+    (their final delivery is in ``finals`` with everyone's): none is silently in or out."""
     max_bid = {c.id: c.strategy.max_bid / 1000.0 for c in campaigns}
     day = [(t, v) for t, v in samples if start + 0.1 * day_s <= t <= start + day_s]
-    limited = []
-    for cid in budgets:
+    # What the exchanges saw of each campaign over the day: bids answered in time, wins, charged.
+    seen: dict[str, list] = {}
+    for r in records:
+        cid = getattr(r, "campaign_id", None)
+        if cid is not None and r.status == 200 and not r.late:
+            x = seen.setdefault(cid, [0, 0, 0.0])
+            x[0] += 1
+            if r.won:
+                x[1] += 1
+                x[2] += r.price / 1000.0
+    limited, why = [], {}
+    for cid, b in budgets.items():
+        spent = final[cid]["spent"] if cid in final else 0.0
+        bids, wins, charged = seen.get(cid, [0, 0, 0.0])
+        opp = [r["opp_rate"] for _, v in day if cid in v for r in v[cid]["regions"].values()]
+        if b <= 0:
+            why[cid] = "no budget: the probe saw no eligible opportunity for it"
+            continue
+        if day and not any(x > 0 for x in opp):
+            why[cid] = f"no eligible opportunity in the day (budget {b:.4f}, spent {spent:.4f})"
+            continue
+        if b < max_bid[cid]:
+            why[cid] = (f"budget {b:.4f} is under one bid at its cap ({max_bid[cid] * 1000:.2f} CPM): a replica "
+                        f"takes part only with a lease that covers its max bid")
+            continue
         starved = sum(1 for _, v in day if cid in v and v[cid]["spent"] < v[cid]["planned"]
-                      and all(r["throttle"] >= 0.95 for r in v[cid]["regions"].values()))
+                      and all(r["throttle"] >= 0.95 for r in v[cid]["regions"].values() if r["opp_rate"] > 0))
         if day and starved > 0.5 * len(day):
             limited.append(cid)
-    enough = [cid for cid, b in budgets.items() if b >= 100 * max_bid[cid] and cid not in limited]
+            seen_txt = (f"; the exchanges saw {bids} bids from it, {wins} won (${charged:.4f} at clearing prices)"
+                        if records else "")
+            why[cid] = (f"traffic-limited: behind plan taking part in every eligible auction (throttle >= 0.95 "
+                        f"wherever it had opportunities) for {starved} of {len(day)} samples; spent {spent:.4f} "
+                        f"of {b:.4f} at a max bid of {max_bid[cid] * 1000:.2f} CPM{seen_txt}")
+            continue
+        if b < 100 * max_bid[cid]:
+            why[cid] = (f"budget of {b / max_bid[cid]:.0f} bids at its cap (under 100): one impression is more than "
+                        f"1% of it; spent {spent:.4f} of {b:.4f}")
+    enough = [cid for cid in budgets if cid not in why]
     finals = {cid: final[cid]["spent"] / budgets[cid] for cid in enough if budgets[cid] > 0}
     over = {cid: final[cid]["spent"] - budgets[cid] for cid in budgets if final[cid]["spent"] > budgets[cid] + 1e-9}
     # The hard bound: spend to date never above the budget. And control's own invariant, spend
     # plus what outstanding leases may still commit within the budget (a bill that arrives after
     # its reservation was released counts against no lease, so this one can be passed briefly).
+    # Control's spend is the ledger's plus the replicas' reports it may not hold yet: a bill can
+    # count in both for a second (fleet.control.spend), so a sample over either line is also told
+    # by whether its excess is more than that provisional part.
     over_samples = sum(1 for _, v in samples for cid in budgets if v[cid]["spent"] > budgets[cid] + 1e-9)
+    over_finalized = sum(1 for _, v in samples for cid in budgets
+                         if v[cid]["spent"] - v[cid].get("provisional", 0.0) > budgets[cid] + 1e-9)
     bound_breaches = sum(1 for _, v in samples for cid in budgets
                          if v[cid]["spent"] + v[cid]["outstanding"] > budgets[cid] + 1e-6)
+    excess = max((v[cid]["spent"] + v[cid]["outstanding"] - budgets[cid]) / max_bid[cid]
+                 for _, v in samples for cid in budgets if max_bid[cid] > 0) if samples else 0.0
+    spent_nothing = sorted(cid for cid in enough if final[cid]["spent"] < max_bid[cid])
     errors, window_errors, by_mark = [], [], {}
     marks = list(range(30, int(day_s) + 1, 30))
     for i, mark in enumerate(marks):
@@ -162,9 +204,17 @@ def summarise(records, samples, final, budgets, campaigns, curve, start, day_s, 
         kept.append(samples[-1])  # the last sample always: the day's final spend
     return {
         "campaigns": len(budgets), "enough_traffic": len(enough), "traffic_limited": sorted(limited),
+        "cannot_spend": {cid: why[cid] for cid in sorted(why)},
         "within_2pct": sum(1 for x in finals.values() if abs(x - 1) <= 0.02),
         "final_ratio": {"min": min(finals.values(), default=None), "max": max(finals.values(), default=None)},
         "overspent": over, "over_budget_samples": over_samples, "lease_bound_breaches": bound_breaches,
+        # finalized spend alone above the budget (the ledger counts each bill once), and the
+        # largest excess of spend + outstanding leases over the budget, in bids at the cap: a
+        # bill in transit, in the ledger and still in a report or a lease, is one bid at most
+        "over_budget_samples_finalized": over_finalized,
+        "lease_bound_excess_max_bids": round(max(0.0, excess), 3),
+        # in the figure, yet spent less than one bid at its cap all day: a pacing failure, named
+        "in_figure_spent_nothing": spent_nothing,
         "pacing_error_p90": errors[int(0.9 * len(errors))] if errors else None,
         "pacing_error_marks": len(errors),
         # The same per mark: the median (signed: + ahead of plan) and the p90 of its size.
