@@ -15,7 +15,8 @@ target rate over the eligible opportunity rate times the spend per participation
 there from a fixed start: the right value ranges over decades, and every interval spent on the
 way is an early overspend that stays in the spend to date. The gap to plan in the target is the
 feedback that corrects what the estimate misses. A campaign that keeps exhausting its leases
-(hot) gets shorter ones.
+(hot) gets shorter ones. The plan steers by the spend estimate, not the count the cap uses
+(``fleet.control.spend``).
 """
 
 from __future__ import annotations
@@ -220,8 +221,9 @@ class Pacer:
         f = cp.flight
         t = max(now, f.start)
         shape = f.shape()
-        remaining = max(0.0, f.budget - cp.spent)
-        gap = f.budget * shape.fraction(t) - cp.spent
+        spent = cp.book.estimate  # the lease cap counts ``cp.spent`` (fleet.control.spend)
+        remaining = max(0.0, f.budget - spent)
+        gap = f.budget * shape.fraction(t) - spent
         plan = remaining * shape.to_come(t + self._lead(f, t), horizon)
         # Behind, at most twice the plan: no burst after an outage (leases ran out, spend stopped).
         return plan + max(-plan, min(plan, gap * horizon / self.s.catchup_s))
@@ -298,12 +300,15 @@ class Pacer:
         for cid, cp in self.campaigns.items():
             f = cp.flight
             planned = f.budget * f.shape().fraction(now)
+            spent, ledger = cp.book.estimate, sum(cp.book.finalized(n) for n in cp.book.regions())
             out[cid] = {
                 "budget": f.budget, "start": f.start, "end": f.end, "curve": f.curve, "paused": f.paused,
-                "spent": round(cp.spent, 6), "planned": round(planned, 6),
-                "ledger": round(sum(cp.book.finalized(n) for n in cp.book.regions()), 6),
-                "provisional": round(sum(cp.book.provisional(n) for n in cp.book.regions()), 6),
-                "pacing_error": round((cp.spent - planned) / planned, 4) if planned > 0 else None,
+                "spent": round(spent, 6), "planned": round(planned, 6),
+                "ledger": round(ledger, 6), "provisional": round(spent - ledger, 6),
+                # what the lease cap counts: also the deltas the ledger has caught up past, for
+                # the clock-skew margin (fleet.control.spend)
+                "counted": round(cp.spent, 6),
+                "pacing_error": round((spent - planned) / planned, 4) if planned > 0 else None,
                 "outstanding": round(self.outstanding(cid), 6),
                 "regions": {n: {"throttle": round(rp.throttle, 4), "opp_rate": round(rp.opp_rate, 3),
                                 "target_rate": round(rp.target_rate, 6), "actual_rate": round(rp.actual_rate, 6),

@@ -271,7 +271,7 @@ class Control:
             if h and now - h[-1][0] < every_s:
                 continue
             f = cp.flight
-            h.append((round(now, 2), round(cp.spent, 6), round(f.budget * f.shape().fraction(now), 6)))
+            h.append((round(now, 2), round(cp.book.estimate, 6), round(f.budget * f.shape().fraction(now), 6)))
             del h[:-keep]
 
     def dashboard(self) -> dict:

@@ -15,6 +15,14 @@ So a bill never counts less than once: until the ledger has caught up past its r
 count twice (in P and already in L, or reported by two replicas when a resent notice reached
 both). With no ledger to read (no Redis, a stopped consumer, Redis errors) nothing is dropped and
 control counts what the replicas reported, as before the ledger was read.
+
+``total`` (L + P) is what the money side counts: the lease cap. ``estimate`` is what pacing
+steers by and what control reports as spent: the same less the deltas received before the
+ledger's last caught-up mark, which ``total`` keeps ``MARGIN_S`` longer in case the two clocks
+disagree. Steering by ``total``, every bill counted twice for a second or two: a campaign looked
+ahead of plan by its last seconds of spend, its throttle was cut, then it fell behind, and the
+pacing error measured the overcount too. A skew past the mark can only make the estimate count a
+bill late, never the cap lose it.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ class SpendBook:
     pending: dict[str, list[list[float]]] = field(default_factory=dict)  # region -> [[received, amount]]
     reported: dict[str, float] = field(default_factory=dict)  # region -> replicas' reported spend (all)
     _total: float | None = field(default=None, repr=False, compare=False)
+    # region -> the ledger's caught-up mark at the last read (not stored: a restart reads it anew)
+    marks: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, region: str, amount: float, now: float) -> None:
         """A replica's spend delta, received at ``now``."""
@@ -64,6 +74,7 @@ class SpendBook:
         for day, v in days.items():
             if v is not None and (v or str(day) in self.ledger.get(region, {})):
                 self.ledger.setdefault(region, {})[str(day)] = v
+        self.marks[region] = caught_up
         cut = caught_up - MARGIN_S
         pend = self.pending.get(region)
         if pend and pend[0][0] <= cut:
@@ -78,6 +89,11 @@ class SpendBook:
     def provisional(self, region: str) -> float:
         return sum(a for _, a in self.pending.get(region, ()))
 
+    def passed(self, region: str) -> float:
+        """The deltas the ledger's last caught-up mark passed, not yet dropped (the skew margin)."""
+        mark = self.marks.get(region, -math.inf)
+        return sum(a for t, a in self.pending.get(region, ()) if t <= mark)
+
     def regions(self) -> set[str]:
         return {r for r, v in self.ledger.items() if v} | {r for r, v in self.pending.items() if v}
 
@@ -86,9 +102,15 @@ class SpendBook:
 
     @property
     def total(self) -> float:
+        """L + P: never less than once (the lease cap counts this)."""
         if self._total is None:
             self._total = sum(self.by_region().values())
         return self._total
+
+    @property
+    def estimate(self) -> float:
+        """L + P less the deltas the ledger has caught up past (see the module docstring)."""
+        return self.total - sum(self.passed(r) for r in self.marks)
 
     def to_dict(self) -> dict:
         return {"ledger": self.ledger, "base": self.base, "pending": self.pending, "reported": self.reported}
