@@ -15,7 +15,9 @@ target rate over the eligible opportunity rate times the spend per participation
 there from a fixed start: the right value ranges over decades, and every interval spent on the
 way is an early overspend that stays in the spend to date. The gap to plan in the target is the
 feedback that corrects what the estimate misses. A campaign that keeps exhausting its leases
-(hot) gets shorter ones. The plan steers by the spend estimate, not the count the cap uses
+(hot) gets shorter ones; one ahead of where the plan will be when its lease is renewed gets a
+throttle of 0 until it is not (whatever the estimate says: a new flight's first seconds run on
+what the last flight taught). The plan steers by the spend estimate, not the count the cap uses
 (``fleet.control.spend``).
 """
 
@@ -206,8 +208,15 @@ class Pacer:
             rec = LeaseRec(f"{self.incarnation}-{next(self._ids)}", cid, r.region, r.replica, amount, now,
                            now + self.s.lease_ttl_s)
             self.leases[key] = rec
+            # Ahead of where the plan will be when this lease is renewed, the campaign takes part
+            # nowhere until it is: with a throttle set too high (a new flight's first seconds on
+            # what an earlier flight taught, a burst of late bills read as a shortfall) the two
+            # bids' worth of slack on every replica spent several bids at once, where the plan at
+            # a day's trough is a fraction of one a second. The lease stays as sized (the money
+            # side is unchanged); the pushed throttle is what stops.
+            ahead = cp.book.estimate >= f.budget * f.shape().fraction(now + horizon + self._lead(f, now))
             out[cid] = Lease(id=rec.id, campaign=cid, amount=amount, expires_at=rec.expires_at,
-                             throttle=rp.throttle)
+                             throttle=0.0 if ahead else rp.throttle)
         return out
 
     # -- the control interval -----------------------------------------------------------
@@ -247,9 +256,15 @@ class Pacer:
         self.roll_days(now)
         a = self.s.ewma
         keep = math.exp(-dt / self.s.value_s)
+        # An interval in which a region saw no opportunity at all, for any campaign (no traffic:
+        # the gap between a run's probe and its day, an exchange gone quiet), says nothing of each
+        # campaign's rate when traffic comes back: the rates stand. Decayed towards nothing, they
+        # set every throttle wide open (target / (rate x value)) for the first seconds of traffic.
+        busy = {b.region for b in self.replicas.values() if any(n > 0 for n in b.opp_tick.values())}
         for book in self.replicas.values():
-            for cid, n in book.opp_tick.items():
-                book.opp_rate[cid] = (1 - a) * book.opp_rate.get(cid, 0.0) + a * n / dt
+            if book.region in busy:
+                for cid, n in book.opp_tick.items():
+                    book.opp_rate[cid] = (1 - a) * book.opp_rate.get(cid, 0.0) + a * n / dt
             book.opp_tick = {}
         w = self.s.value_weight
         for cp in self.campaigns.values():
@@ -275,7 +290,8 @@ class Pacer:
             pooled = ((sum(rp.spend_w for rp in cp.regions.values()) + w * ratio * unit)
                       / (sum(rp.part_w for rp in cp.regions.values()) + w))
             for name, rp in cp.regions.items():
-                rp.opp_rate = (1 - a) * rp.opp_rate + a * rp.opp_tick / dt
+                if name in busy:
+                    rp.opp_rate = (1 - a) * rp.opp_rate + a * rp.opp_tick / dt
                 rp.target_rate = rate * self._region_share(cp, name)
                 rp.actual_rate = (1 - a) * rp.actual_rate + a * rp.spend_tick / dt  # shown, and for hot
                 blocked = rp.blocked_tick / rp.opp_tick if rp.opp_tick else 0.0
