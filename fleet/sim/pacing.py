@@ -60,8 +60,10 @@ async def run_pacing(base_url: str, control_url: str, token: str, regions, campa
     ctl = ControlClient(control_url, token)
     run_id = f"{int(time.time())}"
     market = Market(seed=seed, regions=tuple(regions.regions))
+    # Notices come within a few seconds (late ones up to 10 s): the imps say 30 s, as the
+    # compressed day's own scale.
     flat = SimConfig(base_url=base_url, duration_s=probe_s, rate=rate, seed=seed, diurnal_amplitude=0.0,
-                     burst_every_s=1e9, cross_region_share=0.0, grace_s=3.0)
+                     burst_every_s=1e9, cross_region_share=0.0, grace_s=3.0, imp_exp=30.0)
     # 1 probe
     now = time.time()
     for c in campaigns:
