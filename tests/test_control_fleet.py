@@ -60,9 +60,12 @@ def test_pacing_day_with_control_killed_mid_run(pace_fleet):
     assert killed, "control was not killed"
     h = __import__("ray").get_actor("control", namespace=NAMESPACE)
     assert ray.get(h.pid.remote()) != killed["pid"]  # a new incarnation paced the second half
-    # No campaign spent past its budget, at any sample or at the end.
+    # No campaign spent past its budget, at any sample or at the end, by the ledger's count.
+    # (Control's own figure adds the replicas' bills the ledger has not caught up with, and a
+    # bill can sit in both for about a second: docs/control.md, "One spend". That figure may
+    # touch the line; the money, the ledger's finalized spend, may not.)
     assert doc["overspent"] == {}
-    assert doc["over_budget_samples"] == 0
+    assert doc["over_budget_samples_finalized"] == 0
     # Pacing resumed after the restart: the second half of the day was spent on plan, within
     # what a 90 s day's handful of impressions per campaign allows (the figures at a realistic
     # scale are `fleet sim pacing`'s, docs/benchmarks.md).
