@@ -253,10 +253,6 @@ def _aioredis(url: str):
     return aioredis.Redis.from_url(url, decode_responses=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fleet/control/service.py sync returns the leases it granted even when save() failed (Redis away: "
-    "'control goes on in memory'); a control restarted from the last saved document no longer counts "
-    "them and grants their room again while the replica still holds them"))
 def test_a_restarted_control_counts_every_lease_it_handed_out(redis_srv):
     clock = Clock(T0)
     budget = 1.0

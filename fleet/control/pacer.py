@@ -28,6 +28,8 @@ import math
 import time
 from dataclasses import asdict
 
+import msgspec
+
 from fleet.control.flight import DAY_S, Flight, daily_flight  # noqa: F401 (re-exported)
 from fleet.control.messages import Lease, Report
 from fleet.control.records import (CampaignPace, LeaseRec, PacingSettings, RegionPace,  # noqa: F401
@@ -175,6 +177,18 @@ class Pacer:
         if total <= 0:
             return 1.0 / len(live)
         return self.replicas[replica].opp_rate.get(cid, 0.0) / total if replica in self.replicas else 0.0
+
+    def no_new_room(self, r: Report, leases: dict[str, Lease]) -> dict[str, Lease]:
+        """``leases`` cut to the replica's own reservations: what control grants while it cannot
+        persist its state (a restart would not count new room, and would grant it again)."""
+        out = {}
+        for cid, lease in leases.items():
+            amount = min(lease.amount, r.reserved.get(cid, 0.0))
+            rec = self.leases.get(f"{cid}|{r.replica}")
+            if rec is not None and rec.id == lease.id:
+                rec.amount = amount
+            out[cid] = msgspec.structs.replace(lease, amount=amount)
+        return out
 
     def grant(self, r: Report, now: float) -> dict[str, Lease]:
         """Fresh leases for every campaign in flight; each replaces the replica's previous one.

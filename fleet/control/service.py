@@ -60,6 +60,7 @@ class Control:
         self.redis_up = True
         self.saves = 0
         self._lock = asyncio.Lock()
+        self.quiet_until = 0.0  # after a restart: no new room until the last incarnation's leases ran out
         self.idem = Idempotency()
         self._changed = asyncio.Event()
         self._refused: tuple | None = None  # the last candidate not canaried, and why (logged once)
@@ -72,6 +73,7 @@ class Control:
             raw = await self.redis.get(STATE_KEY)
             if raw:
                 self.load(json.loads(raw))
+                self.quiet_until = self.clock() + self.settings.lease_ttl_s
         self.epoch += 1
         if self.settings.seed_catalog:
             now = self.clock()
@@ -217,6 +219,11 @@ class Control:
                 else:
                     self.start_rollout(r.candidate, pricing, now)
         leases = self.pacer.grant(r, now)
+        if now < self.quiet_until:
+            # Just restarted: the last incarnation may have granted leases it could not save
+            # (Redis away), and they are live for up to lease_ttl_s. No new room until they have
+            # run out; reservations stay covered.
+            leases = self.pacer.no_new_room(r, leases)
         await self.save()
         return self.push(leases)
 
