@@ -31,6 +31,16 @@ def _reported(b: LeaseBudget) -> dict[str, float]:
     return b.mark_report() if hasattr(b, "mark_report") else dict(b.spend)
 
 
+def poisson(rng: random.Random, lam: float) -> int:
+    """A Poisson draw (Knuth's method: the rates here are small)."""
+    n, p, limit = 0, 1.0, math.exp(-lam)
+    while True:
+        p *= rng.random()
+        if p < limit:
+            return n
+        n += 1
+
+
 class Clock:
     def __init__(self, t: float = 1_000_000.0):
         self.t = t
@@ -179,12 +189,7 @@ class Loop:
         heapq.heappush(self.events, (when, self.seq, region, n))
 
     def _poisson(self, lam: float) -> int:
-        n, p, limit = 0, 1.0, math.exp(-lam)
-        while True:
-            p *= self.rng.random()
-            if p < limit:
-                return n
-            n += 1
+        return poisson(self.rng, lam)
 
     async def sync_all(self):
         t = self.clock.t
@@ -436,12 +441,7 @@ class LiveRun:
             heapq.heappush(self.events, (due + 0.2 * i, self.seq, region, n))
 
     def _poisson(self, lam: float) -> int:
-        n, p, limit = 0, 1.0, math.exp(-lam)
-        while True:
-            p *= self.rng.random()
-            if p < limit:
-                return n
-            n += 1
+        return poisson(self.rng, lam)
 
     def notices(self, t: float) -> None:
         while self.events and self.events[0][0] <= t:
