@@ -217,7 +217,7 @@ def bench_notices(duration, rate, compress, n, kill, label, bring_up):
     catalog = f"synth:pacing:{n}:11"
     ctx = click.get_current_context()
     if bring_up and local.State.load() is None:
-        ctx.invoke(up, detach=True, burst=False, catalog=catalog, replicas=2)
+        ctx.invoke(up, detach=True, burst=False, catalog=catalog, replicas=2, fresh=True)
     try:
         state = local.State.load()
         base = state.http if state else http_base(serve_config("serve_config.yaml"))

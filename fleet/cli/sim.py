@@ -102,7 +102,7 @@ def sim_pacing(day_s, rate, probe_s, fill, n, kill_control, label, bring_up):
     catalog = f"synth:pacing:{n}:11"
     ctx = click.get_current_context()
     if bring_up and local.State.load() is None:
-        ctx.invoke(up, detach=True, burst=False, catalog=catalog)
+        ctx.invoke(up, detach=True, burst=False, catalog=catalog, fresh=True)
     try:
         state = local.State.load()
         base = state.http if state else http_base(serve_config("serve_config.yaml"))

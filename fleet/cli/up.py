@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -75,9 +76,11 @@ def generated_config(cfg: dict, catalog: str | None, n_nodes: int, replicas: int
 @click.option("--nodes", "n_nodes", default=1, show_default=True, type=click.IntRange(1, 16),
               help="A local cluster of this many Ray nodes, each region on its own node's resource "
                    "(regions dealt round-robin, head first; control on the head).")
+@click.option("--fresh", is_flag=True, help="Start the local Redis empty (control's state, the ledger, the "
+              "cache): a benchmark's own flights, not leases and spend left by an earlier run.")
 @click.option("--replicas", type=click.IntRange(1, 8), default=None,
               help="Ingress replicas per region (default: regions.yaml's).")
-def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout, catalog=None, n_nodes=1,
+def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout, catalog=None, n_nodes=1, fresh=False,
        replicas=None):
     """Start (or join) Ray and Redis, deploy every region, and show it working."""
     if local.State.load() is not None:
@@ -99,6 +102,8 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
             state.redis_url = os.environ["REDIS_URL"]
             click.echo(f"redis: using REDIS_URL {state.redis_url}")
         else:
+            if fresh:
+                shutil.rmtree(local.STATE_DIR / "redis", ignore_errors=True)
             state.redis_url, state.redis_pid, _ = local.start_redis(local.STATE_DIR / "redis")
             click.echo(f"redis: started {state.redis_url} (pid {state.redis_pid})")
         state.save()
