@@ -2,7 +2,7 @@
 a simulated clock (no Ray; Redis where persistence is the point).
 
 The closed loop is the same code the fleet runs (``Control.sync``/``tick``, ``LeaseBudget``);
-only the auctions are drawn (``fleet.sim.pacing_loop``), so the pacing figures can be checked exactly.
+only the auctions are drawn (``fleet.harness.pacing_loop``), so the pacing figures can be checked exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fleet.control.api import route
 from fleet.control.messages import Report
 from fleet.control.pacer import Flight, Pacer, PacingSettings
 from fleet.control.service import Control
-from fleet.sim.pacing_loop import Clock, Loop
+from fleet.harness.pacing_loop import Clock, Loop
 
 
 def _control(clock, redis=None):

@@ -21,7 +21,7 @@ from fleet.control.pacer import DAY_S, Flight
 from fleet.control.service import STATE_KEY, Control
 from fleet.control.spend import MARGIN_S
 from fleet.ledger.consumer import ledger_prefix
-from fleet.sim.pacing_loop import Clock
+from fleet.harness.pacing_loop import Clock
 
 
 def _aioredis(url: str):
