@@ -140,7 +140,7 @@ def markup(offer: Offer, imp: Imp, click_notice: str | None = None) -> str:
             f"<VideoClicks><ClickThrough><![CDATA[{cr.click_url}]]></ClickThrough>"
             + (f"<ClickTracking><![CDATA[{click_notice}]]></ClickTracking>" if click_notice else "")
             + "</VideoClicks>"
-            f"</Linear></Creative></Creatives></InLine></Ad></VAST>"
+            "</Linear></Creative></Creatives></InLine></Ad></VAST>"
         )
     title_id, image_id = _native_asset_ids(imp)
     assets = [
