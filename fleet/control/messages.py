@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import msgspec
 
+from fleet.partners.messages import PartnerTierStats
+
 
 class Report(msgspec.Struct, kw_only=True):
     region: str
@@ -27,6 +29,7 @@ class Report(msgspec.Struct, kw_only=True):
     versions: dict[str, dict] = {}  # model version -> VersionStats fields (deltas)
     model: str | None = None  # what serve_config.yaml names for this replica
     candidate: str | None = None  # a candidate named in serve_config.yaml, if any
+    partners: dict[str, dict[str, PartnerTierStats]] = {}  # partner -> tier -> stats (deltas; issue 21)
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -67,7 +70,7 @@ class Push(msgspec.Struct, kw_only=True):
     epoch: int  # control's state epoch; a replica ignores a push older than what it applied
     ts: float
     leases: dict[str, Lease] = {}
-    policy: dict[str, dict] = {}  # tier -> {"budgets": {stage: share}, "partners": {id: ms}}
+    policy: dict[str, dict] = {}  # tier -> {"budgets": {stage: share}, "partners": {id: ms | PartnerCutoff fields}}
     policy_epoch: int = 0
     model: ModelAssignment | None = None
 
