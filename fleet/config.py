@@ -54,6 +54,41 @@ class AdmissionPolicy(Strict):
     datacenter_cidrs: list[str] = []
 
 
+class PartnerSpec(Strict):
+    """One external demand partner a region calls over OpenRTB (stage 6, ``fleet.pipeline.fanout``)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    endpoint: str  # http(s) URL the BidRequest is POSTed to
+    openrtb: Literal["2.5", "2.6"] = "2.6"
+    tiers: list[str] = []  # tiers it may see; empty: every tier
+    cutoff_class: str = "standard"  # a row of ``partners.cutoff_classes``: default cutoff ms per tier
+    cutoff_ms: dict[str, float] = {}  # per-tier overrides of its class
+    currency: str = "USD"  # what it bids in (floors are sent converted to it)
+    gzip: bool = False  # gzip the request body (and accept a gzipped answer)
+    qps: float = Field(default=1000.0, gt=0)  # calls per second per replica, at most
+    seat: str | None = None  # its seat (wseat/bseat are checked against a bid's seat, else this)
+
+
+class PartnerSettings(Strict):
+    """How a region calls partners; the cutoffs are defaults control's policies override."""
+
+    reserve_ms: float = Field(default=4.0, ge=0)  # kept after the partners for auction + respond
+    min_tmax_ms: float = Field(default=3.0, ge=0)  # a partner given less than this is not called
+    cutoff_classes: dict[str, dict[str, float]] = {
+        "fast": {"premium": 40.0, "standard": 30.0, "remnant": 20.0},
+        "standard": {"premium": 50.0, "standard": 40.0, "remnant": 30.0},
+        "slow": {"premium": 60.0, "standard": 45.0, "remnant": 30.0},
+    }
+    probe_share: float = Field(default=0.1, gt=0, le=1)  # a throttled partner still gets this share
+    window: int = Field(default=200, ge=10)  # recent answers per partner and tier its p95 is read from
+    min_samples: int = Field(default=20, ge=1)  # no throttle from fewer answers than this
+    max_error_rate: float = Field(default=0.2, gt=0, le=1)  # over the window: throttled
+    backoff_s: float = Field(default=0.5, gt=0)  # after consecutive errors: no calls this long, doubling
+    max_backoff_s: float = Field(default=30.0, gt=0)
+    backoff_after: int = Field(default=3, ge=1)  # consecutive errors before backing off
+    max_connections: int = Field(default=64, ge=1)  # per partner per replica (keep-alive pool)
+
+
 class RegionSpec(Strict):
     route_prefix: str
     max_tmax_ms: int = Field(gt=0)
@@ -65,6 +100,7 @@ class RegionSpec(Strict):
     budget_share: float = Field(gt=0, le=1)
     public_url: str = "http://127.0.0.1:8000"
     exchanges: list[str] = []
+    partners: list[PartnerSpec] = []  # external demand (stage 6); none: no fan-out
 
     @model_validator(mode="after")
     def _prefix(self) -> "RegionSpec":
@@ -162,6 +198,7 @@ class Defaults(Strict):
     ledger: LedgerSettings = LedgerSettings()
     control: ControlSettings = ControlSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    partners: PartnerSettings = PartnerSettings()
 
 
 class RegionsFile(Strict):
@@ -187,6 +224,18 @@ class RegionsFile(Strict):
             raise ValueError(f"budget_share over regions must sum to 1, got {share}")
         if not self.tiers:
             raise ValueError("at least one tier policy is required")
+        classes = self.defaults.partners.cutoff_classes
+        for rname, r in self.regions.items():
+            if len({p.id for p in r.partners}) != len(r.partners):
+                raise ValueError(f"region {rname!r}: partner ids must be unique")
+            for p in r.partners:
+                if p.currency not in self.currencies:
+                    raise ValueError(f"partner {p.id!r}: currency {p.currency!r} not in the currency table")
+                if p.cutoff_class not in classes:
+                    raise ValueError(f"partner {p.id!r}: unknown cutoff_class {p.cutoff_class!r}")
+                unknown = (set(p.tiers) | set(p.cutoff_ms)) - set(self.tiers)
+                if unknown:
+                    raise ValueError(f"partner {p.id!r}: unknown tiers {sorted(unknown)}")
         led, ctl = self.defaults.ledger, self.defaults.control
         if led.bill_window_s > led.max_bill_window_s:
             raise ValueError("ledger.bill_window_s must not exceed ledger.max_bill_window_s")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+from fleet.partners.messages import PartnerUrls
+
 KINDS = ("selected", "response", "win", "billed", "lost", "expired", "click", "ivt")
 
 
@@ -31,6 +33,12 @@ class Event(msgspec.Struct, omit_defaults=True, array_like=True):
     bid_ts: float = 0.0  # the bid's own time (notices): spend counts on the bid's UTC day
     until: float = 0.0  # selected: the bid's notice deadline (unix s); open until then
     flag: str = ""  # comma-separated: "unpriced" (price unreadable: counted at our bid), "test"
+    # A partner's winning bid (issue 21; selected only): the partner, its own notice URLs as it
+    # sent them (macros unfilled; fired from the ledger's path), its price and currency.
+    partner: str = ""
+    partner_urls: PartnerUrls | None = None
+    partner_price: float = 0.0
+    partner_cur: str = ""
 
 
 _enc = msgspec.msgpack.Encoder()

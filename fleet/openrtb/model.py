@@ -187,6 +187,8 @@ class BidRequest(msgspec.Struct):
     bcat: list[str] = []
     badv: list[str] = []
     bapp: list[str] = []
+    wseat: list[str] = []  # buyer seats allowed to bid (a partner's bid is checked against them)
+    bseat: list[str] = []  # buyer seats blocked
 
 
 # --- response --------------------------------------------------------------------------
