@@ -250,9 +250,10 @@ def test_pricing_never_below_half_its_base(base):
     assert sum(n.values()) == pytest.approx(sum(b.values()))
 
 
-def test_partner_cutoffs_tighten_only(base):
-    new = recompute(base, {}, {}, partner_p99_ms={"dsp-a": 10.0, "dsp-b": 30.0, "dsp-z": 5.0})
-    assert new["premium"]["partners"] == {"dsp-a": 15.0, "dsp-b": 25.0}
+def test_partner_entries_are_carried_through_the_stage_recompute(base):
+    # Partner cutoffs are fleet.control.partner_policy's (tests/test_partner_policy.py).
+    new = recompute(base, {"enrichment": 12.0}, {"premium": 100.0})
+    assert new["premium"]["partners"] == {"dsp-a": 40.0, "dsp-b": 25.0}
 
 
 def test_policy_book_epoch_moves_only_on_change(base):

@@ -12,6 +12,10 @@ here through the control actor; tests call ``route`` on a ``Control`` directly. 
     GET  /v1/leases                     leases outstanding
     GET  /v1/policies                   cutoff policy per tier, with its epoch
     PUT  /v1/policies/{tier}            set one tier's policy
+    GET  /v1/partners                   demand partners: cutoff and share per tier (and why), ceilings,
+                                        backoffs, pins, each region's participation counters
+    PUT  /v1/partners/{id}/{tier}       pin a partner's cutoff on a tier: {"cutoff_ms": ms, "share": s}
+    DELETE /v1/partners/{id}/{tier}     unpin it (control's computation takes it back)
     GET  /v1/rollouts                   every rollout with its history
     GET  /v1/rollouts/thresholds        canary thresholds; PUT changes them (new rollouts)
     POST /v1/rollouts                   start one: {"version": ..., "baseline": ...}
@@ -83,6 +87,14 @@ async def _route(c: Control, method: str, parts: list[str], query: str, body: by
         if len(parts) == 2 and method == "PUT":
             obj = _json(body)
             status, out = await c.idempotent(idem, fp, lambda: (200, c.set_policy(parts[1], obj)))
+            await c.save()
+            return status, out
+    if head == "partners":
+        if len(parts) == 1 and method == "GET":
+            return 200, c.partners.view() | {"policy_epoch": c.policies.epoch}
+        if len(parts) == 3 and method in ("PUT", "DELETE"):
+            obj = _json(body) if method == "PUT" else None
+            status, out = await c.idempotent(idem, fp, lambda: (200, c.pin_partner(parts[1], parts[2], obj)))
             await c.save()
             return status, out
     if head == "rollouts":

@@ -2,8 +2,11 @@
 
 A tier's policy is a plain dict in the shape of ``regions.yaml`` ``tiers:`` (see
 ``fleet.config.TierPolicy``): ``budgets`` maps each stage to its share of the request's budget;
-``partners`` (optional) maps a demand partner's id to its cutoff in milliseconds. Other keys
-(``min_floor_usd``, ``deals``) are carried through untouched.
+``partners`` (optional) maps a demand partner's id to its cutoff: a bare number of milliseconds (a
+ceiling, the older format) or ``fleet.partners.messages.PartnerCutoff`` fields (``cutoff_ms``,
+``share``, ``pinned``), which control computes in ``fleet.control.partner_policy`` and overlays on
+the stage budgets recomputed here. Other keys (``min_floor_usd``, ``deals``) are carried through
+untouched.
 
 Regions apply a policy by its ``epoch``: the epoch moves only when a policy really changes, so
 regions re-apply nothing on a recompute that changed nothing.
@@ -15,11 +18,12 @@ import copy
 import math
 
 from fleet.config import STAGES
+from fleet.partners.messages import cutoff_from_value
 
 
 def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_budget_ms: dict[str, float],
               *, margin: float = 1.5, floor_share: float = 0.02, elastic: str = "pricing",
-              quantum: float = 0.01, partner_p99_ms: dict[str, float] | None = None) -> dict[str, dict]:
+              quantum: float = 0.01) -> dict[str, dict]:
     """New policies from ``base``: stages whose observed p99 * margin needs more than their base
     share get it, taken from the ``elastic`` stage; ``base`` is not mutated.
 
@@ -33,9 +37,8 @@ def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_bud
     - Needs are rounded up to ``quantum`` so small moves of a p99 leave the policy, and the epoch,
       unchanged. A share never goes below ``floor_share`` (within what the elastic stage can pay).
     - Tiers missing from ``typical_budget_ms`` and stages without a p99 keep their base shares.
-    - Partner cutoffs: ``min(base cutoff, p99 * margin)`` for partners in ``partner_p99_ms``,
-      else unchanged. The base is the most the policy will wait for a partner; a partner that
-      answers faster gets a tighter cutoff, so its rare stragglers stop holding the request.
+    - Partner entries are carried through untouched: their cutoffs and shares are
+      ``fleet.control.partner_policy``'s (one definition), overlaid after this.
     """
     out: dict[str, dict] = {}
     for tier, policy in base.items():
@@ -58,9 +61,6 @@ def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_bud
                     spare -= give
             for stage in shares:
                 shares[stage] = round(shares[stage], 6)
-        if partner_p99_ms and "partners" in new:
-            new["partners"] = {p: min(c, round(partner_p99_ms[p] * margin, 1)) if p in partner_p99_ms else c
-                               for p, c in new["partners"].items()}
     return out
 
 
@@ -80,10 +80,12 @@ def validate_tier(tier: str, policy: dict) -> None:
         raise ValueError(f"tier {tier!r}: stage shares sum to {total:.6g}, more than 1")
     partners = policy.get("partners", {})
     if not isinstance(partners, dict):
-        raise ValueError(f"tier {tier!r}: 'partners' must be a mapping of partner id -> cutoff ms")
-    for pid, ms in partners.items():
-        if not isinstance(ms, (int, float)) or isinstance(ms, bool) or not ms > 0:
-            raise ValueError(f"tier {tier!r}: cutoff of partner {pid!r} must be > 0 ms, got {ms!r}")
+        raise ValueError(f"tier {tier!r}: 'partners' must be a mapping of partner id -> cutoff")
+    for pid, v in partners.items():
+        c = cutoff_from_value(v)
+        if c is None or (not isinstance(v, dict) and not c.cutoff_ms > 0):
+            raise ValueError(f"tier {tier!r}: cutoff of partner {pid!r} must be > 0 ms or "
+                             f"{{cutoff_ms >= 0, share in [0, 1], pinned}}, got {v!r}")
 
 
 class PolicyBook:

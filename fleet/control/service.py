@@ -22,6 +22,7 @@ from fleet.control.idempotency import Idempotency
 from fleet.control.ledger_view import LedgerView
 from fleet.control.messages import ModelAssignment, Push, Report
 from fleet.control.pacer import DAY_S, Flight, Pacer, daily_flight
+from fleet.control.partner_policy import PartnerBook
 from fleet.control.rollout import Rollout, Thresholds, VersionStats
 
 log = logging.getLogger("fleet.control")
@@ -40,6 +41,7 @@ class Control:
         self.health.expect(list(config.regions))
         self.base_policies = {t: p.model_dump() for t, p in config.tiers.items()}
         self.policies = PolicyBook(self.base_policies)
+        self.partners = PartnerBook()  # demand partners' cutoffs and shares (issue 21)
         self.thresholds = Thresholds.from_dict(s.rollout) if s.rollout else Thresholds()
         self.rollouts: dict[str, Rollout] = {}
         self.current: str | None = None  # the model version control has settled on (None: the regions')
@@ -88,7 +90,7 @@ class Control:
                 "rollouts": {k: r.to_dict() for k, r in self.rollouts.items()},
                 "current": self.current, "over": self.over, "declared": self.declared,
                 "decided": sorted(self.decided),
-                "thresholds": self.thresholds.to_dict()}
+                "thresholds": self.thresholds.to_dict(), "partners": self.partners.to_dict()}
 
     def load(self, doc: dict) -> None:
         self.epoch = doc.get("epoch", 0)
@@ -111,6 +113,8 @@ class Control:
         self.decided = set(doc.get("decided", []))
         if "thresholds" in doc:
             self.thresholds = Thresholds.from_dict(doc["thresholds"])
+        if "partners" in doc:
+            self.partners = PartnerBook.from_dict(doc["partners"])
 
     async def save(self) -> bool:
         """Write the state; in order (one writer at a time). False when Redis is out of reach:
@@ -200,6 +204,7 @@ class Control:
             self.latency[r.region] = {"p50_ms": hb.get("p50_ms"), "p99_ms": hb["p99_ms"], "t": now}
         for stage, ms in r.stage_p99_ms.items():
             self.stage_p99[stage] = max(self.stage_p99.get(stage, 0.0), ms)
+        self.partners.absorb(r.region, r.partners)
         for version, figs in r.versions.items():
             stats = VersionStats.from_dict(figs)
             for ro in self.rollouts.values():
@@ -261,9 +266,11 @@ class Control:
             if action in ("promote", "rollback"):
                 self.decided.add(ro.version)
             changed = True
-        if now - self.last_policy >= self.settings.policy_every_s and self.stage_p99:
+        if now - self.last_policy >= self.settings.policy_every_s and (self.stage_p99 or self.partners.pending()):
             typical = self._typical_budget_ms()
-            if self.policies.update(recompute(self.base_policies, self.stage_p99, typical)):
+            stages = recompute(self.base_policies, self.stage_p99, typical) if self.stage_p99 else self.policies.policies
+            self.partners.recompute(list(self.base_policies), now, self.base_policies)
+            if self.policies.update(self.partners.overlay(stages)):
                 log.info("cutoff policies recomputed from p99 %s: epoch %d", self.stage_p99, self.policies.epoch)
                 changed = True
             self.stage_p99, self.last_policy = {}, now
@@ -291,6 +298,7 @@ class Control:
             figs["p50_ms"] = lat["p50_ms"] if fresh else None
             figs["p99_ms"] = lat["p99_ms"] if fresh else None
             figs["ledger_drift"] = self.drift.get(name, {}).get("drift")
+            figs["partners"] = self.partners.regions.get(name, {})
         campaigns = self.pacer.view(now)
         for cid, v in campaigns.items():
             v["series"] = self.history.get(cid, [])[-150:]
@@ -352,10 +360,19 @@ class Control:
         validate_tier(tier, policy)
         self.base_policies[tier] = policy  # a recompute starts from the operator's policy
         before = self.policies.epoch
-        self.policies.set_tier(tier, policy)
+        self.policies.set_tier(tier, self.partners.overlay({tier: policy})[tier])  # partner entries stay
         if self.policies.epoch != before:
             self._bump()
         return {"tier": tier, "policy": self.policies.policies[tier], "policy_epoch": self.policies.epoch}
+
+    def pin_partner(self, pid: str, tier: str, body: dict | None) -> dict:
+        """Pin (``body``: cutoff_ms, share) or unpin (None) a partner on a tier; pushed by epoch."""
+        if tier not in self.policies.policies:
+            raise KeyError(tier)
+        entry = self.partners.pin(pid, tier, body) if body is not None else self.partners.unpin(pid, tier)
+        if self.policies.update(self.partners.overlay(self.policies.policies)):
+            self._bump()
+        return {"partner": pid, "tier": tier, "entry": msgspec.to_builtins(entry), "policy_epoch": self.policies.epoch}
 
     def start_rollout(self, version: str, baseline: str | None, now: float | None = None) -> Rollout:
         now = self.clock() if now is None else now

@@ -1,0 +1,287 @@
+"""Demand partners' cutoffs and shares, per tier, from what the regions measure (issue 21).
+
+Regions report per partner and tier (``fleet.partners.messages.PartnerTierStats``, deltas):
+how often it was eligible, called, in time, late, in error, participating, winning, the value it
+won, its recent p95 and the cutoff it was given. Control sums them over regions into a window per
+(partner, tier) and, every policy interval, judges each window that holds ``min_calls`` calls
+(a window with fewer keeps accumulating, so a throttled partner on thin traffic is still judged,
+later). ``decide`` is the whole rule, a pure function:
+
+- **Ceiling.** The most a partner is ever given on a tier: the largest cutoff a region reported
+  using without a pin (the ``regions.yaml`` default: control never pushes above it, so the
+  maximum stays the default), or a number in the tier policy's ``partners``.
+- **Time by value.** A partner *defines* a tier's competition when it won at least
+  ``defining_share`` of the value partners won there (by participation when none won anything).
+  On the richest tier a defining partner keeps its ceiling: premium inventory keeps time for the
+  bidders that make its price. Elsewhere a partner gets what it needs, ``p95 x margin``, and a
+  slow partner that does not define the tier gets at most ``ceiling x fraction``, the fraction
+  falling linearly from 1 (richest tier) to ``lowest_fraction`` (poorest): a slow partner that
+  rarely wins stops holding remnant requests.
+- **Tail and errors.** A partner late on more than ``late_limit`` of its calls (its p95 is past
+  its cutoff: late answers count at the cutoff) or in error on more than ``error_limit`` is
+  throttled to ``probe_share`` (about 10% still sent, to re-measure it) and backed off:
+  ``backoff_s`` doubling per troubled window up to ``max_backoff_s``; a clean window after the
+  backoff ran out gives its share back.
+- **Pins.** An operator's pin (``PUT /control/v1/partners/{id}/{tier}``) is returned as pinned,
+  never computed over.
+- Cutoffs are rounded up to ``quantum_ms`` and moved only by more than ``hysteresis`` of the last
+  one, so a p95's noise leaves the policy, and its epoch, alone.
+
+``PartnerBook`` is control's state for it (windows, ceilings, backoffs, pins, the policy in force
+and each region's cumulative counters for the dashboard); ``overlay`` writes the policy into the
+tier policy documents control pushes by epoch (``tier["partners"][id]`` = PartnerCutoff fields).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import msgspec
+
+from fleet.partners.messages import PartnerCutoff, PartnerPolicy, PartnerTierStats, cutoff_from_value
+
+COUNTERS = ("eligible", "called", "in_time", "late", "errors", "participating", "won")
+
+
+class Params(msgspec.Struct, frozen=True, kw_only=True):
+    min_calls: int = 30  # calls before a (partner, tier) window is judged
+    margin: float = 1.25  # a partner is given its p95 x margin (below its ceiling)
+    late_limit: float = 0.05  # late on more than this share of calls: its p95 is past its cutoff
+    error_limit: float = 0.05
+    probe_share: float = 0.1  # what a throttled partner is still sent, to re-measure it
+    backoff_s: float = 30.0  # the first backoff; doubles per troubled window
+    max_backoff_s: float = 600.0
+    defining_share: float = 0.15  # of the tier's partner value won: defines its competition
+    lowest_fraction: float = 0.5  # the poorest tier gives a slow non-defining partner this x ceiling
+    min_cutoff_ms: float = 5.0
+    quantum_ms: float = 1.0
+    hysteresis: float = 0.1  # a computed cutoff within this share of the last one keeps the last
+
+
+class Window(msgspec.Struct, kw_only=True):
+    """One (partner, tier) summed over regions since it was last judged."""
+
+    eligible: int = 0
+    called: int = 0
+    in_time: int = 0
+    late: int = 0
+    errors: int = 0
+    participating: int = 0
+    won: int = 0
+    value_won: float = 0.0
+    p95_ms: float | None = None  # the worst region's (a cutoff must hold where the partner is slowest)
+    cutoff_ms: float = 0.0  # the largest cutoff a region used
+
+    def add(self, s: PartnerTierStats) -> None:
+        for k in COUNTERS:
+            setattr(self, k, getattr(self, k) + max(0, int(getattr(s, k))))
+        if math.isfinite(s.value_won) and s.value_won > 0:
+            self.value_won += s.value_won
+        if s.p95_ms is not None and math.isfinite(s.p95_ms) and s.p95_ms >= 0:
+            self.p95_ms = s.p95_ms if self.p95_ms is None else max(self.p95_ms, s.p95_ms)
+        if math.isfinite(s.cutoff_ms) and s.cutoff_ms > self.cutoff_ms:
+            self.cutoff_ms = s.cutoff_ms
+
+
+class Backoff(msgspec.Struct, kw_only=True):
+    level: int = 0  # troubled windows in a row
+    until: float = 0.0  # unix s: throttled at least until then
+
+
+def tier_fraction(rank: int, tiers: int, lowest: float) -> float:
+    """1 for the richest tier (rank 0), ``lowest`` for the poorest, linear between."""
+    return 1.0 if tiers <= 1 else 1.0 - (1.0 - lowest) * rank / (tiers - 1)
+
+
+def decide(w: Window, *, ceiling_ms: float, rank: int, tiers: int, defining: bool,
+           prev: PartnerCutoff | None, backoff: Backoff, now: float,
+           p: Params = Params()) -> tuple[PartnerCutoff, Backoff, str]:
+    """One partner's cutoff and share on one tier from its judged window; the new backoff; why."""
+    called = max(w.called, 1)
+    late_share, error_share = w.late / called, w.errors / called
+    used = w.cutoff_ms or (prev.cutoff_ms if prev else ceiling_ms)
+    past_cutoff = late_share > p.late_limit or (w.p95_ms is not None and used > 0 and w.p95_ms >= used)
+    erring = error_share > p.error_limit
+    if past_cutoff or erring:
+        wait = min(p.backoff_s * 2 ** backoff.level, p.max_backoff_s)
+        backoff = Backoff(level=backoff.level + 1, until=now + wait)
+        share = p.probe_share
+        why = ("errors %.1f%%" % (100 * error_share)) if erring else ("late %.1f%%" % (100 * late_share))
+    elif now < backoff.until:
+        share, why = p.probe_share, "backing off"
+    else:
+        backoff, share, why = Backoff(), 1.0, "healthy"
+    # What it needs: its p95 with a margin (a late p95 is the cutoff itself: ask for more, up to the ceiling).
+    need = (w.p95_ms if w.p95_ms is not None else used) * p.margin
+    cap = ceiling_ms * tier_fraction(rank, tiers, p.lowest_fraction)
+    if defining and rank == 0:
+        cutoff = ceiling_ms  # premium keeps its time for the partners that make its price
+        why += ", defines the tier"
+    elif not defining and need > cap:
+        cutoff = cap  # slow and rarely winning: less time on the poorer tiers
+        why += ", slow and not defining the tier"
+    else:
+        cutoff = min(need, ceiling_ms)
+    cutoff = min(ceiling_ms, max(p.min_cutoff_ms, math.ceil(cutoff / p.quantum_ms - 1e-9) * p.quantum_ms))
+    if prev is not None and prev.cutoff_ms > 0 and abs(cutoff - prev.cutoff_ms) <= p.hysteresis * prev.cutoff_ms \
+            and prev.cutoff_ms <= ceiling_ms:
+        cutoff = prev.cutoff_ms
+    return PartnerCutoff(cutoff_ms=round(cutoff, 3), share=share), backoff, why
+
+
+def defining_partners(windows: dict[str, Window], share: float) -> set[str]:
+    """The partners (of one tier's windows) that won ``share`` of its partner value, or, where
+    none won anything, of its participating bids."""
+    value = sum(w.value_won for w in windows.values())
+    part = sum(w.participating for w in windows.values())
+    if value > 0:
+        return {pid for pid, w in windows.items() if w.value_won / value >= share}
+    if part > 0:
+        return {pid for pid, w in windows.items() if w.participating / part >= share}
+    return set()
+
+
+class PartnerBook:
+    """Control's partner state: windows, ceilings, backoffs, pins, the policy, region counters."""
+
+    def __init__(self, params: Params = Params()) -> None:
+        self.p = params
+        self.windows: dict[str, dict[str, Window]] = {}  # partner -> tier -> since last judged
+        self.ceilings: dict[str, dict[str, float]] = {}  # partner -> tier -> ms
+        self.backoffs: dict[str, dict[str, Backoff]] = {}
+        self.pins: dict[str, dict[str, PartnerCutoff]] = {}
+        self.policy: PartnerPolicy = {}  # what control computed last (pins included)
+        self.why: dict[str, dict[str, str]] = {}
+        # region -> partner -> cumulative counters (summed over tiers), p95 and cutoff last reported
+        self.regions: dict[str, dict[str, dict]] = {}
+
+    # -- in ------------------------------------------------------------------------------------
+
+    def absorb(self, region: str, partners: dict[str, dict[str, PartnerTierStats]]) -> None:
+        """One report's partner figures (deltas) into the windows and the region's counters."""
+        for pid, tiers in partners.items():
+            for tier, s in tiers.items():
+                self.windows.setdefault(pid, {}).setdefault(tier, Window()).add(s)
+                pinned = tier in self.pins.get(pid, {})
+                if not pinned and math.isfinite(s.cutoff_ms) and s.cutoff_ms > 0:
+                    c = self.ceilings.setdefault(pid, {})
+                    c[tier] = max(c.get(tier, 0.0), float(s.cutoff_ms))
+                row = self.regions.setdefault(region, {}).setdefault(pid, {k: 0 for k in COUNTERS} | {"value_won": 0.0})
+                for k in COUNTERS:
+                    row[k] += max(0, int(getattr(s, k)))
+                if math.isfinite(s.value_won) and s.value_won > 0:
+                    row["value_won"] = round(row["value_won"] + s.value_won, 6)
+                if s.p95_ms is not None:
+                    row["p95_ms"] = s.p95_ms
+                row.setdefault("cutoff_ms", {})[tier] = s.cutoff_ms
+
+    def pending(self) -> bool:
+        """Any window waiting to be judged."""
+        return any(self.windows.values())
+
+    # -- the computation ---------------------------------------------------------------------------
+
+    def recompute(self, tiers: list[str], now: float, base: dict[str, dict] | None = None) -> PartnerPolicy:
+        """Judge every window with enough calls; the policy after it (pins over everything).
+        ``tiers`` richest first; ``base``: tier policies whose ``partners`` numbers are ceilings."""
+        for tier, pol in (base or {}).items():
+            for pid, v in (pol.get("partners") or {}).items():
+                c = cutoff_from_value(v)
+                if c is not None and not c.pinned and c.cutoff_ms > 0 and not isinstance(v, dict):
+                    self.ceilings.setdefault(pid, {})[tier] = float(c.cutoff_ms)
+        by_tier: dict[str, dict[str, Window]] = {}
+        for pid, ws in self.windows.items():
+            for tier, w in ws.items():
+                by_tier.setdefault(tier, {})[pid] = w
+        policy: PartnerPolicy = copy.deepcopy(self.policy)
+        for tier, ws in by_tier.items():
+            rank = tiers.index(tier) if tier in tiers else len(tiers) - 1
+            defining = defining_partners(ws, self.p.defining_share)
+            for pid, w in ws.items():
+                if tier in self.pins.get(pid, {}):
+                    del self.windows[pid][tier]  # pinned: the operator's word, not judged
+                    continue
+                ceiling = self.ceilings.get(pid, {}).get(tier)
+                if w.called < self.p.min_calls or not ceiling:
+                    continue  # not enough to judge yet: the window keeps filling
+                prev = self.policy.get(pid, {}).get(tier)
+                bo = self.backoffs.get(pid, {}).get(tier, Backoff())
+                c, bo, why = decide(w, ceiling_ms=ceiling, rank=rank, tiers=max(len(tiers), 1),
+                                    defining=pid in defining, prev=prev, backoff=bo, now=now, p=self.p)
+                policy.setdefault(pid, {})[tier] = c
+                self.backoffs.setdefault(pid, {})[tier] = bo
+                self.why.setdefault(pid, {})[tier] = why
+                del self.windows[pid][tier]
+        for pid, ts in self.pins.items():
+            for tier, c in ts.items():
+                policy.setdefault(pid, {})[tier] = c
+        self.policy = policy
+        return policy
+
+    def pin(self, pid: str, tier: str, body: dict) -> PartnerCutoff:
+        """An operator's pin: ``cutoff_ms`` (0: do not call) and optionally ``share``."""
+        unknown = set(body) - {"cutoff_ms", "share"}
+        if unknown:
+            raise ValueError(f"unknown fields: {sorted(unknown)}")
+        c = cutoff_from_value({"cutoff_ms": body.get("cutoff_ms"), "share": body.get("share", 1.0)})
+        if c is None:
+            raise ValueError("cutoff_ms must be a number >= 0 and share a number in [0, 1]")
+        c.pinned = True
+        self.pins.setdefault(pid, {})[tier] = c
+        self.policy.setdefault(pid, {})[tier] = c
+        return c
+
+    def unpin(self, pid: str, tier: str) -> bool:
+        """Back to the computation (the last computed entry is dropped; the next judged window
+        sets one; until then the region's own default holds)."""
+        if tier not in self.pins.get(pid, {}):
+            return False
+        del self.pins[pid][tier]
+        self.policy.get(pid, {}).pop(tier, None)
+        return True
+
+    def overlay(self, policies: dict[str, dict]) -> dict[str, dict]:
+        """``policies`` (tier -> policy) with each tier's ``partners`` set from the policy:
+        entries computed or pinned before are replaced (an unpinned entry leaves), bare numbers
+        (ceilings from the base) are kept for partners without an entry."""
+        out = copy.deepcopy(policies)
+        for pol in out.values():
+            if isinstance(pol.get("partners"), dict):
+                pol["partners"] = {pid: v for pid, v in pol["partners"].items() if not isinstance(v, dict)}
+                if not pol["partners"]:
+                    del pol["partners"]
+        for pid, ts in self.policy.items():
+            for tier, c in ts.items():
+                if tier in out:
+                    out[tier].setdefault("partners", {})[pid] = msgspec.structs.asdict(c)
+        return out
+
+    # -- out -----------------------------------------------------------------------------------
+
+    def view(self) -> dict:
+        return {"policy": {pid: {t: msgspec.structs.asdict(c) | {"why": self.why.get(pid, {}).get(t, "pinned" if c.pinned else "")}
+                                 for t, c in ts.items()} for pid, ts in self.policy.items()},
+                "pins": {pid: {t: msgspec.structs.asdict(c) for t, c in ts.items()} for pid, ts in self.pins.items()},
+                "ceilings": copy.deepcopy(self.ceilings),
+                "backoffs": {pid: {t: msgspec.structs.asdict(b) for t, b in ts.items()} for pid, ts in self.backoffs.items()},
+                "regions": copy.deepcopy(self.regions)}
+
+    def to_dict(self) -> dict:
+        def enc(d):
+            return {pid: {t: msgspec.structs.asdict(x) for t, x in ts.items()} for pid, ts in d.items()}
+        return {"ceilings": self.ceilings, "backoffs": enc(self.backoffs), "pins": enc(self.pins),
+                "policy": enc(self.policy), "regions": self.regions}
+
+    @classmethod
+    def from_dict(cls, d: dict, params: Params = Params()) -> "PartnerBook":
+        b = cls(params)
+
+        def dec(src, typ):
+            return {pid: {t: msgspec.convert(x, typ) for t, x in ts.items()} for pid, ts in (src or {}).items()}
+        b.ceilings = {pid: {t: float(v) for t, v in ts.items()} for pid, ts in (d.get("ceilings") or {}).items()}
+        b.backoffs = dec(d.get("backoffs"), Backoff)
+        b.pins = dec(d.get("pins"), PartnerCutoff)
+        b.policy = dec(d.get("policy"), PartnerCutoff)
+        b.regions = d.get("regions") or {}
+        return b

@@ -1,0 +1,225 @@
+"""Demand partners' cutoffs and shares from control (``fleet.control.partner_policy``): the rule
+on its own, then through ``Control`` (reports in, pushes out, pins through the API, restarts)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from fleet.config import load_regions
+from fleet.control.api import route
+from fleet.control.messages import Report
+from fleet.control.partner_policy import Backoff, PartnerBook, Params, Window, decide
+from fleet.control.service import Control
+from fleet.harness.pacing_loop import Clock
+from fleet.partners.messages import PartnerTierStats, partner_policy_from_tiers
+
+TIERS = ["premium", "standard", "remnant"]
+
+
+def stats(called=100, *, p95=10.0, cutoff=80.0, late=0, errors=0, part=None, won=0, value=0.0):
+    part = called // 2 if part is None else part
+    return PartnerTierStats(eligible=called, called=called, in_time=called - late - errors, late=late,
+                            errors=errors, participating=part, won=won, p95_ms=p95, value_won=value,
+                            cutoff_ms=cutoff)
+
+
+def judged(book: PartnerBook, reports: dict, now=1000.0, region="us-east"):
+    book.absorb(region, reports)
+    return book.recompute(TIERS, now)
+
+
+def test_a_slow_partner_that_rarely_wins_gets_less_time_on_remnant():
+    book = PartnerBook()
+    pol = judged(book, {
+        "fast": {t: stats(p95=10.0, won=30, value=90.0) for t in TIERS},
+        "slow": {t: stats(p95=60.0, won=1, value=1.0) for t in TIERS},
+    })
+    slow, fast = pol["slow"], pol["fast"]
+    # Remnant: the slow partner gets half its 80 ms ceiling, however much it would need.
+    assert slow["remnant"].cutoff_ms == 40.0
+    assert slow["standard"].cutoff_ms == 60.0  # three quarters on the middle tier
+    assert slow["premium"].cutoff_ms == 75.0  # premium: what it needs (60 x 1.25), within its ceiling
+    assert slow["remnant"].cutoff_ms < slow["standard"].cutoff_ms < slow["premium"].cutoff_ms
+    # The fast one is given what it needs on the poorer tiers (10 x 1.25, rounded up)...
+    assert fast["remnant"].cutoff_ms == fast["standard"].cutoff_ms == 13.0
+    # ...and keeps its whole ceiling on premium, whose competition it defines.
+    assert fast["premium"].cutoff_ms == 80.0
+    assert all(c.share == 1.0 and not c.pinned for ts in pol.values() for c in ts.values())
+
+
+def test_a_slow_partner_that_defines_a_tier_keeps_the_time_it_needs_there():
+    book = PartnerBook()
+    pol = judged(book, {"slow": {"remnant": stats(p95=60.0, won=20, value=50.0)},
+                        "fast": {"remnant": stats(p95=10.0, won=20, value=50.0)}})
+    assert pol["slow"]["remnant"].cutoff_ms == 75.0  # defines remnant: not cut to 40
+
+
+def test_premium_keeps_time_for_its_defining_partners_and_only_for_them():
+    book = PartnerBook()
+    pol = judged(book, {"a": {"premium": stats(p95=8.0, won=10, value=60.0)},
+                        "b": {"premium": stats(p95=8.0, won=10, value=35.0)},
+                        "c": {"premium": stats(p95=8.0, won=1, value=5.0)}})
+    assert pol["a"]["premium"].cutoff_ms == pol["b"]["premium"].cutoff_ms == 80.0
+    assert pol["c"]["premium"].cutoff_ms == 10.0  # 5% of the value: what it needs, no more
+
+
+def test_a_partner_past_its_cutoff_is_throttled_to_a_probe_and_backed_off():
+    p = Params()
+    w = Window(called=100, late=20, p95_ms=40.0, cutoff_ms=40.0)
+    c, bo, why = decide(w, ceiling_ms=80.0, rank=0, tiers=3, defining=False, prev=None, backoff=Backoff(),
+                        now=1000.0, p=p)
+    assert c.share == pytest.approx(0.1) and "late" in why
+    assert bo.level == 1 and bo.until == 1000.0 + p.backoff_s
+    assert c.cutoff_ms == 50.0  # its true p95 is unknown (late counts at the cutoff): more time, within the ceiling
+    clean = Window(called=100, p95_ms=20.0, cutoff_ms=50.0)
+    c2, bo2, why2 = decide(clean, ceiling_ms=80.0, rank=0, tiers=3, defining=False, prev=c, backoff=bo,
+                           now=1010.0, p=p)
+    assert c2.share == pytest.approx(0.1) and why2.startswith("backing off")  # the backoff has not run out
+    c3, bo3, _ = decide(clean, ceiling_ms=80.0, rank=0, tiers=3, defining=False, prev=c2, backoff=bo2,
+                        now=1000.0 + p.backoff_s + 1, p=p)
+    assert c3.share == 1.0 and bo3.level == 0  # a clean window after it: the share comes back
+
+
+def test_errors_throttle_and_the_backoff_doubles_up_to_its_cap():
+    p = Params()
+    bo, now, waits = Backoff(), 0.0, []
+    for _ in range(7):
+        c, bo, why = decide(Window(called=100, errors=30, p95_ms=5.0, cutoff_ms=80.0), ceiling_ms=80.0, rank=2,
+                            tiers=3, defining=False, prev=None, backoff=bo, now=now, p=p)
+        assert c.share == pytest.approx(p.probe_share) and why.startswith("errors")
+        waits.append(bo.until - now)
+        now = bo.until + 1
+    assert waits == [30.0, 60.0, 120.0, 240.0, 480.0, 600.0, 600.0]
+
+
+def test_pinned_entries_are_never_changed_by_the_computation():
+    book = PartnerBook()
+    judged(book, {"slow": {t: stats(p95=60.0) for t in TIERS}})  # the regions' default: 80 ms
+    book.pin("slow", "remnant", {"cutoff_ms": 95.0, "share": 0.5})
+    book.pin("slow", "premium", {"cutoff_ms": 0})  # 0: do not call
+    for i, s in enumerate([stats(p95=60.0), stats(p95=79.0, late=50), stats(p95=5.0, errors=90),
+                           stats(p95=1.0, won=99, value=1e6)]):
+        ts = {t: s for t in TIERS} | {"remnant": stats(p95=s.p95_ms, late=s.late, errors=s.errors, won=s.won,
+                                                       value=s.value_won, cutoff=95.0)}  # what the pin makes them use
+        pol = judged(book, {"slow": ts, "other": {t: stats(won=5, value=5.0) for t in TIERS}}, now=1000.0 + 100 * i)
+        assert (pol["slow"]["remnant"].cutoff_ms, pol["slow"]["remnant"].share, pol["slow"]["remnant"].pinned) == (95.0, 0.5, True)
+        assert (pol["slow"]["premium"].cutoff_ms, pol["slow"]["premium"].pinned) == (0.0, True)
+        assert not pol["slow"]["standard"].pinned  # the unpinned tier is computed
+    # A pinned cutoff reported back by the regions never becomes the partner's ceiling.
+    assert book.ceilings["slow"]["remnant"] == 80.0
+    tiers = book.overlay({t: {"budgets": {"pricing": 0.3}} for t in TIERS})
+    assert partner_policy_from_tiers(tiers)["slow"]["remnant"].pinned
+    assert book.unpin("slow", "remnant") and "slow" not in book.overlay(tiers)["remnant"].get("partners", {})
+
+
+def test_thin_windows_accumulate_until_they_can_be_judged():
+    book = PartnerBook(Params(min_calls=30))
+    assert judged(book, {"p": {"remnant": stats(called=10, p95=20.0)}}) == {}
+    assert book.pending()
+    pol = judged(book, {"p": {"remnant": stats(called=25, p95=20.0)}})  # 35 calls now
+    assert pol["p"]["remnant"].cutoff_ms == 25.0 and not book.pending()
+
+
+def test_the_ceiling_stays_the_default_when_control_has_tightened_the_cutoff():
+    book = PartnerBook()
+    judged(book, {"p": {"remnant": stats(p95=10.0, won=5, value=5.0)}})
+    judged(book, {"p": {"remnant": stats(p95=10.0, cutoff=13.0, won=5, value=5.0)}})  # the region now uses 13
+    assert book.ceilings["p"]["remnant"] == 80.0
+    pol = judged(book, {"p": {"remnant": stats(p95=70.0, cutoff=13.0, late=60, won=5, value=5.0)}})
+    assert pol["p"]["remnant"].cutoff_ms <= 80.0 and pol["p"]["remnant"].share == pytest.approx(0.1)
+
+
+def test_small_moves_of_a_p95_leave_the_cutoff_alone():
+    book = PartnerBook()
+    a = judged(book, {"p": {"remnant": stats(p95=20.0, won=5, value=5.0)}})["p"]["remnant"].cutoff_ms
+    b = judged(book, {"p": {"remnant": stats(p95=21.0, won=5, value=5.0)}})["p"]["remnant"].cutoff_ms
+    assert a == b == 25.0
+
+
+# -- through control -----------------------------------------------------------------------------
+
+
+def _report(region, partners, replica="r1"):
+    return Report(region=region, replica=replica, ts=0.0, partners=partners)
+
+
+def test_control_pushes_computed_and_pinned_partner_policies_by_epoch_and_keeps_pins():
+    clock = Clock()
+    control = Control(load_regions(), None, clock=clock)
+
+    async def go():
+        await control.start()
+        slow = {t: stats(p95=60.0, won=1, value=1.0) for t in TIERS}
+        fast = {t: stats(p95=10.0, won=30, value=90.0) for t in TIERS}
+        await control.sync(_report("us-east", {"slow": slow, "fast": fast}))
+        e0 = control.policies.epoch
+        clock.t += control.settings.policy_every_s + 1
+        await control.tick(1.0)
+        assert control.policies.epoch == e0 + 1
+        push = await control.sync(_report("eu-west", {}))
+        got = partner_policy_from_tiers(push.policy)
+        assert got["slow"]["remnant"].cutoff_ms == 40.0 and got["fast"]["premium"].cutoff_ms == 80.0
+        assert push.policy["remnant"]["budgets"]  # the stage budgets travel as before
+        # An operator pins the slow partner on remnant: pushed at once, by a new epoch.
+        status, out = await route(control, "PUT", "/v1/partners/slow/remnant", body=b'{"cutoff_ms": 65, "share": 0.3}',
+                                  idem="pin-1")
+        assert status == 200 and out["policy_epoch"] == e0 + 2, out
+        watched = await control.watch(0, 0.0)
+        pinned = partner_policy_from_tiers(watched.policy)["slow"]["remnant"]
+        assert (pinned.cutoff_ms, pinned.share, pinned.pinned) == (65.0, 0.3, True)
+        # Recomputes over very different figures never touch it; an operator's tier PUT neither.
+        for s in (stats(p95=70.0, late=80), stats(p95=2.0, won=90, value=900.0)):
+            await control.sync(_report("us-east", {"slow": {t: s for t in TIERS}}))
+            clock.t += control.settings.policy_every_s + 1
+            await control.tick(1.0)
+            again = partner_policy_from_tiers(control.policies.policies)["slow"]["remnant"]
+            assert (again.cutoff_ms, again.share, again.pinned) == (65.0, 0.3, True)
+        status, _ = await route(control, "PUT", "/v1/policies/remnant",
+                                body=json.dumps({"budgets": control.base_policies["remnant"]["budgets"]}).encode())
+        assert status == 200 and partner_policy_from_tiers(control.policies.policies)["slow"]["remnant"].pinned
+        # Bad pins are a 400 and change nothing; an unknown tier a 404.
+        before = control.policies.epoch
+        for body in (b'{"cutoff_ms": -1}', b'{"cutoff_ms": 10, "share": 2}', b'{"cutoff": 10}', b'[1]', b'{"cutoff_ms": "x"}'):
+            assert (await route(control, "PUT", "/v1/partners/slow/remnant", body=body))[0] == 400, body
+        assert (await route(control, "PUT", "/v1/partners/slow/gold", body=b'{"cutoff_ms": 10}'))[0] == 404
+        assert control.policies.epoch == before
+        status, view = await route(control, "GET", "/v1/partners")
+        assert status == 200 and view["pins"]["slow"]["remnant"]["cutoff_ms"] == 65.0
+        assert view["regions"]["us-east"]["slow"]["called"] == 900
+        # Unpinned: the computation takes it back at the next recompute.
+        assert (await route(control, "DELETE", "/v1/partners/slow/remnant", idem="unpin-1"))[0] == 200
+        assert "slow" not in control.policies.policies["remnant"].get("partners", {})
+        await control.sync(_report("us-east", {"slow": {"remnant": stats(p95=60.0, won=1, value=1.0)},
+                                               "fast": {"remnant": stats(p95=10.0, won=30, value=90.0)}}))
+        clock.t += control.settings.policy_every_s + 1
+        await control.tick(1.0)
+        back = partner_policy_from_tiers(control.policies.policies)["slow"]["remnant"]
+        assert not back.pinned and back.cutoff_ms == 40.0
+
+    asyncio.run(go())
+
+
+def test_partner_state_survives_a_control_restart(redis_srv):
+    import redis.asyncio as aredis
+
+    clock = Clock()
+
+    async def go():
+        r = aredis.Redis.from_url(redis_srv.url)
+        c1 = Control(load_regions(), r, clock=clock)
+        await c1.start()
+        await c1.sync(_report("us-east", {"p": {"remnant": stats(p95=60.0)}, "q": {"remnant": stats(won=9, value=9.0)}}))
+        await route(c1, "PUT", "/v1/partners/p/premium", body=b'{"cutoff_ms": 33}', idem="k1")
+        clock.t += c1.settings.policy_every_s + 1
+        await c1.tick(1.0)
+        c2 = Control(load_regions(), r, clock=clock)
+        await c2.start()
+        assert c2.partners.to_dict() == c1.partners.to_dict()
+        assert c2.policies.policies == c1.policies.policies
+        assert partner_policy_from_tiers(c2.policies.policies)["p"]["premium"].pinned
+        await r.aclose()
+
+    asyncio.run(go())
