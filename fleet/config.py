@@ -194,6 +194,10 @@ class Defaults(Strict):
     seat: str = "fleet"
     catalog: str = "fleet/campaigns/catalog.yaml"
     first_price_shade: float = Field(default=0.85, gt=0, le=1)
+    # Overload: a request left with less than this of its budget once it reaches the handler
+    # (queue time counted from the ingress's stamp) is answered 204 `overload` at once
+    # (fleet/region/overload.py, docs/architecture.md "Deadline semantics").
+    shed_below_ms: float = Field(default=10.0, ge=0)
     cache: CacheSettings = CacheSettings()
     ledger: LedgerSettings = LedgerSettings()
     control: ControlSettings = ControlSettings()

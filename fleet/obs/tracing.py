@@ -128,7 +128,8 @@ class RequestTracer:
 
     def record(self, answer, arrival: float, headers=None, dl=None, attrs: dict | None = None) -> bool:
         """Spans for one answered request, if it is kept. ``answer``: the bidder's ``Answer``;
-        ``arrival``: its perf-counter arrival; ``headers``: the request's."""
+        ``arrival``: its perf-counter arrival at the fleet (the ingress's stamp: the trace starts
+        with its ``queue`` span); ``headers``: the request's."""
         kept = self.keep(answer, headers)
         if kept is None:
             return False
@@ -154,10 +155,11 @@ class RequestTracer:
         t = start_ns
         stages = [(k, v) for k, v in answer.spent.items() if k != "total"]
         # Admission (decode, validation, the cheap rejections) runs before the deadline exists
-        # to time it: it is what the stages leave of the total.
+        # to time it: it is what the stages leave of the total. It follows the queue (the time
+        # from the ingress's arrival stamp to the handler), which comes first.
         before = total - sum(v for _, v in stages)
         if stages and before > 0:
-            stages.insert(0, ("admission", before))
+            stages.insert(1 if stages[0][0] == "queue" else 0, ("admission", before))
         for stage, spent in stages:
             a = {"fleet.used_ms": round(spent * 1000, 4)}
             if dl is not None and stage in dl.shares:

@@ -9,6 +9,8 @@ stored profile (segments, last seen, frequency events). How the lookup went deci
 - ``hit``: stored segments join the request's own, and frequency caps count the stored events;
 - ``miss``, ``timeout``, ``error``: population defaults (the request's segments only, caps on
   this replica's own counts) and a conservative bid multiplier; the decision is flagged;
+- ``cold_user``: a miss for a user this replica never looked up (``fleet.pipeline.first_sight``):
+  the same defaults and multiplier, counted apart and not flagged (a first sight is not a fault);
 - ``off``: no cache configured (in-process use): the request's segments, no flag.
 """
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from fleet.cache.store import Profile
 from fleet.openrtb.model import BidRequest
 
+DEGRADED_LOOKUPS = ("miss", "timeout", "error")  # a cold user's first-sight miss is not one
 CONTEXTUAL_MULTIPLIER = 0.8  # bid less when we may not know the user
 DEFAULT_MULTIPLIER = 0.9  # bid less when we could not look the user up in time
 
@@ -29,13 +32,14 @@ class UserContext:
     segments: tuple[str, ...]
     contextual_only: bool
     reason: str = ""  # why contextual (privacy), when it is
-    lookup: str = "off"  # hit | miss | timeout | error | off | skipped
+    lookup: str = "off"  # hit | miss | cold_user | timeout | error | off | skipped
     freq: dict[str, tuple[tuple[str, float], ...]] | None = field(default=None)  # from the cache
     multiplier: float = 1.0  # applied to values: less knowledge, lower bids
 
     @property
     def defaulted(self) -> bool:
-        return self.lookup in ("miss", "timeout", "error")
+        """Population defaults stood in because something went wrong (flagged as degraded)."""
+        return self.lookup in DEGRADED_LOOKUPS
 
 
 CONTEXTUAL = UserContext(None, (), True, lookup="skipped", multiplier=CONTEXTUAL_MULTIPLIER)
@@ -99,5 +103,5 @@ def enrich(req: BidRequest, profile: Profile | None = None, lookup: str = "off",
         seen = set(segments)
         segments.extend(s for s in profile.segments if s not in seen)
         return UserContext(uid, tuple(segments), False, lookup="hit", freq=profile.freq)
-    multiplier = default_multiplier if lookup in ("miss", "timeout", "error") else 1.0
+    multiplier = default_multiplier if lookup in DEGRADED_LOOKUPS or lookup == "cold_user" else 1.0
     return UserContext(uid, tuple(segments), False, lookup=lookup, multiplier=multiplier)

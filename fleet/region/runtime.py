@@ -30,11 +30,13 @@ from fleet.ledger.signing import NoticeSigner
 from fleet.obs.histogram import StageHistograms, watch_gc, watch_loop_lag
 from fleet.pipeline.bidder import Answer, RegionBidder
 from fleet.pipeline.deadline import now
+from fleet.pipeline.first_sight import FirstSight
 from fleet.pipeline.notices import NoticeCounter
 from fleet.region import loops
 from fleet.region.control_sync import ControlSync
 from fleet.region.models import ModelSlots, VersionOutcomes, WarmUps
 from fleet.region.notices import NoticePath
+from fleet.region.overload import Shedder
 from fleet.region.pricing import RemotePricing, price_local
 
 log = logging.getLogger("ray.serve")
@@ -144,6 +146,9 @@ class Region:
             self.control = ControlSync(a.region, replica, bidder, link or _http_link(a.region, d.control),
                                        d.control, self.models, self.versions, lambda: counter.counts["win"])
         self.loop_lag = StageHistograms()
+        self.shedder = Shedder(bidder, d.shed_below_ms)  # overload: 204 at once (fleet/region/overload.py)
+        self.sightings = FirstSight()  # a miss for a user this replica never looked up is a cold user
+        self.warm, self.warm_error = False, ""  # ready once one bid went through the path (warmup.py)
         self._tasks: list[asyncio.Task] | None = None  # started on the first request (see start)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -155,6 +160,7 @@ class Region:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(watch_loop_lag(self.loop_lag))]  # beside the stages in stats
         watch_gc(self.loop_lag)
+        self._tasks.append(loop.create_task(self._warm_up()))
         slow_ms = os.environ.get("FLEET_SLOW_CALLBACK_MS")
         if slow_ms:  # diagnosis: asyncio's debug mode logs every callback that holds the loop longer
             loop.set_debug(True)
@@ -189,11 +195,16 @@ class Region:
     # -- requests -------------------------------------------------------------------------
 
     async def bid(self, body: bytes, headers, arrival: float | None = None) -> Answer:
-        """``headers``: the request's (lower-case names); ``arrival``: when it reached the fleet."""
-        arrival = now() if arrival is None else arrival
-        a = await self._bid(body, {"content_encoding": headers.get("content-encoding"),
-                                   "accept_encoding": headers.get("accept-encoding"),
-                                   "version": headers.get("x-openrtb-version"), "arrival": arrival})
+        """``headers``: the request's (lower-case names); ``arrival``: the handler's first clock
+        reading. The deadline starts at the ingress's arrival stamp when there is a plausible
+        one (``fleet.region.overload``); a request it leaves too little time is shed, undecoded."""
+        arrival, queued = self.shedder.arrived(headers, now() if arrival is None else arrival)
+        a = self.shedder.before_decode(arrival, queued) or await self._bid(
+            body, {"content_encoding": headers.get("content-encoding"),
+                   "accept_encoding": headers.get("accept-encoding"),
+                   "version": headers.get("x-openrtb-version"), "arrival": arrival})
+        if a.spent:
+            a.spent = {"queue": queued, **a.spent}  # the first stage of the request's trace
         kept = self.tracer.keep(a, headers) if self.tracer is not None else None
         if kept is not None:  # spans are built once the answer is on its way
             asyncio.get_running_loop().call_soon(self.tracer.emit, a, arrival, kept, a.dl)
@@ -207,6 +218,9 @@ class Region:
         a = b.admit(body, **kw)
         if isinstance(a, Answer):
             return a
+        shed = self.shedder.after_decode(a.dl)  # its own tmax left too little after the queue
+        if shed is not None:
+            return shed
         profile, lookup = None, "off"
         self.start()
         if self.cache is not None:
@@ -214,6 +228,7 @@ class Region:
             if a.uid is not None:
                 budget = a.dl.stage_deadline("enrichment") - now()
                 profile, lookup = await self.cache.lookup(a.uid, budget)
+                lookup = self.sightings.outcome(a.uid, lookup)
         p = b.target(a, profile, lookup)
         if isinstance(p, Answer):
             return p
@@ -232,10 +247,30 @@ class Region:
         """``GET /notice/{kind}?{query}``: (status, reason); see ``fleet.region.notices``."""
         return await self.notices.handle(kind, query)
 
+    async def _warm_up(self) -> None:
+        """One warm-up bid through the whole path (``fleet.region.warmup``), retried until it
+        answers (the region's shards may still be starting)."""
+        from fleet.region.warmup import warm
+
+        n = 0
+        while not self.warm:
+            try:
+                await warm(self, n)
+                self.warm, self.warm_error = True, ""
+            except Exception as exc:
+                self.warm_error = repr(exc)[:200]
+                n += 1
+                await asyncio.sleep(min(0.1 * n, 2.0))
+
     def ready(self) -> dict:
-        self.start()  # the control loop fetches leases before the first bid
+        """``ready``: the replica has run its warm-up bid (and a remote model version has loaded
+        on the inference side); ``/ready`` answers 503 until then."""
+        self.start()  # the control loop fetches leases before the first bid; the warm-up starts
         scorer = self.models.scorer
-        return {"region": self.name, "campaigns": len(self.bidder.index),
+        current = self.models.current
+        ready = self.warm and (not current or self.models.ready(current))
+        return {"region": self.name, "ready": ready, "warm_error": self.warm_error or None,
+                "campaigns": len(self.bidder.index),
                 "pricing": f"model:{scorer.version}" if scorer else "rule",
                 "backend": scorer.backend if scorer else None, "model_error": self.models.error,
                 "replica": self.replica}

@@ -47,7 +47,11 @@ def ray_env() -> dict[str, str]:
         STATE_DIR.mkdir(exist_ok=True)
         TOKEN_FILE.write_text(secrets.token_hex(32))
         TOKEN_FILE.chmod(0o600)
-    return {**SERVE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(TOKEN_FILE)}
+    from fleet.runtime.ingress import wrapper_env
+
+    # HAProxy through the fleet's wrapper: the arrival stamp, the queue limits, shedding
+    # (fleet/runtime/haproxy_shim.py, docs/ingress.md)
+    return {**SERVE_ENV, **wrapper_env(STATE_DIR), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(TOKEN_FILE)}
 
 
 @dataclass

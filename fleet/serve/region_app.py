@@ -86,8 +86,13 @@ class RegionIngress:
         """Serve's shutdown hook (scale-down, redeploy): flush buffered events, or spill them."""
         await self.region.stop()
 
+    async def check_health(self) -> None:
+        """Serve's periodic health check: also starts the region's loops and its warm-up on a
+        replica that no request has reached yet (so it becomes ready by itself)."""
+        self.region.start()
+
     async def __call__(self, request: Request) -> Response:
-        arrival = now()
+        arrival = now()  # the handler's first reading; the ingress's stamp, when present, is earlier
         region = self.region
         # Serve puts the application's route prefix in root_path: strip whatever it is, so the
         # same region can also be deployed under another prefix (a canary, a test).
@@ -107,8 +112,9 @@ class RegionIngress:
         if path.startswith("/notice/") and method == "GET":
             status, reason = await region.notice(path[8:], request.url.query)
             return Response(b"", status_code=200) if status == 200 else _json_response(status, {"error": reason})
-        if path == "/ready":
-            return _json_response(200, region.ready())
+        if path == "/ready":  # 503 until the replica's warm-up bid has been through the path
+            ready = region.ready()
+            return _json_response(200 if ready["ready"] else 503, ready)
         if path == "/stats":
             return _json_response(200, region.stats())
         if path == "/cache" and region.cache is not None:

