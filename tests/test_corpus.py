@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from corpus import check_answer, wire
+from corpus import check_answer, check_tolerated, wire
 from conftest import load_fixtures
 from fleet.campaigns.catalog import load_catalog
 from fleet.pipeline.bidder import RegionBidder
@@ -29,8 +29,11 @@ def _bid(bidder, body, headers):
 @pytest.mark.parametrize("name,case", REQUESTS, ids=[n for n, _ in REQUESTS])
 def test_request_in_process(bidders, name, case):
     body, headers = wire(case)
-    a = _bid(bidders[case["region"]], body, headers)
+    bidder = bidders[case["region"]]
+    before = dict(bidder.stats)
+    a = _bid(bidder, body, headers)
     check_answer(case, a.status, a.headers, a.body)
+    check_tolerated(case, before, bidder.stats)
 
 
 @pytest.mark.parametrize("name,case", MALFORMED, ids=[n for n, _ in MALFORMED])
@@ -46,8 +49,12 @@ def test_malformed_in_process(bidders, name, case):
 def test_request_over_http(fleet_http, regions, name, case):
     body, headers = wire(case)
     prefix = regions.regions[case["region"]].route_prefix
+    stats = f"{fleet_http}{prefix}/stats"
+    before = httpx.get(stats, timeout=10).json()["bidder"] if "tolerated" in case["expect"] else {}
     r = httpx.post(f"{fleet_http}{prefix}/openrtb2/bid", content=body, headers=headers, timeout=10)
     check_answer(case, r.status_code, dict(r.headers), r.content)
+    if "tolerated" in case["expect"]:  # counted on the region's /stats (one replica per region)
+        check_tolerated(case, before, httpx.get(stats, timeout=10).json()["bidder"])
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """Decoding and encoding of OpenRTB bodies: size caps, gzip, typed decode, semantic checks.
 
 Everything that can go wrong with a body becomes a ``RequestError`` carrying the HTTP status and
-the no-bid reason, so the ingress never turns bad input into a 5xx.
+the no-bid reason, so the ingress never turns bad input into a 5xx. A 400 is kept for what the
+bidder cannot do without (``validate``, ``fleet.openrtb.tolerant.REQUIRED``); a wrong optional
+field is coerced or dropped and counted, and the request goes on (``docs/openrtb.md``).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import gzip
 import math
 import zlib
+from collections import Counter
 
 import msgspec
 
+from fleet.openrtb import tolerant
 from fleet.openrtb.model import BidRequest, BidResponse
 from fleet.openrtb.nbr import NBR
 
@@ -59,16 +63,24 @@ def inflate(body: bytes, max_bytes: int) -> bytes:
     return out
 
 
-def decode_request(body: bytes, content_encoding: str | None, max_bytes: int) -> BidRequest:
+def decode_request(body: bytes, content_encoding: str | None, max_bytes: int,
+                   counts: Counter | None = None) -> BidRequest:
+    """The request, read strictly (the fast path) or, when the strict read fails, tolerantly
+    (``fleet.openrtb.tolerant``). ``counts`` gets ``tolerated.<what>`` for every field coerced
+    or dropped and every rule bent (see ``validate``)."""
     if len(body) > max_bytes:
         raise RequestError(413, "body over the size limit")
     if content_encoding and "gzip" in content_encoding.lower():
         body = inflate(body, max_bytes)
     if not body:
         raise RequestError(400, "empty body")
+    repairs: list[tuple[str, str]] = []
     try:
-        req = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
+        try:
+            req = _decoder.decode(body)
+        except msgspec.ValidationError:
+            req, repairs = tolerant.repair(body, BidRequest)
+    except tolerant.Unreadable as exc:
         raise RequestError(400, f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise RequestError(400, f"not JSON: {exc}") from None
@@ -76,38 +88,71 @@ def decode_request(body: bytes, content_encoding: str | None, max_bytes: int) ->
         raise RequestError(400, "JSON nested too deeply") from None
     except UnicodeDecodeError:  # msgspec checks UTF-8 lazily, in the string fields it decodes
         raise RequestError(400, "not UTF-8") from None
-    validate(req)
+    bent = validate(req)
+    if counts is not None:
+        for action, path in repairs:
+            counts[f"tolerated.{action}.{path}"] += 1
+        for what in bent:
+            counts[f"tolerated.{what}"] += 1
     return req
 
 
-def _finite(value: float, where: str) -> None:
-    if not math.isfinite(value) or value < 0:
-        raise RequestError(400, f"{where} must be a finite non-negative number")
+def _readable_floor(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
 
 
-def validate(req: BidRequest) -> None:
-    """The semantic rules msgspec's types cannot say: the ones section 3 calls required."""
+def validate(req: BidRequest) -> list[str]:
+    """The rules msgspec's types cannot say. A 400 only for what section 3 requires and the
+    bidder cannot do without: a request id, at least one imp, an id on every imp. Otherwise it
+    bends, and returns what it bent:
+    - a repeated imp id: the first imp is bid on, the rest dropped (``imp.duplicate_id``);
+    - an imp with none of banner/video/native/audio, or a floor that is not a finite
+      non-negative number, is dropped (``imp.no_media``, ``imp.bad_floor``); a deal with such a
+      floor likewise (``deal.bad_floor``); a request left with no imp is a 400;
+    - both ``site`` and ``app``: read as app (``fleet.openrtb.inventory``), ``site_and_app``;
+    - a negative ``tmax`` is dropped (the region's default applies), ``tmax.negative``.
+    """
     if not req.id:
         raise RequestError(400, "request id is empty")
     if not req.imp:
         raise RequestError(400, "request has no imp")
+    bent: list[str] = []
+    keep: list | None = None  # built only when an imp is dropped (the fast path builds nothing)
     seen: set[str] = set()
+    first_reason = ""
     for n, imp in enumerate(req.imp):
         if not imp.id:
             raise RequestError(400, f"imp[{n}] has an empty id")
+        why = ""
         if imp.id in seen:
-            raise RequestError(400, f"imp id {imp.id!r} repeated")
+            why = "imp.duplicate_id"
+        elif imp.banner is None and imp.video is None and imp.native is None and imp.audio is None:
+            why = "imp.no_media"
+            first_reason = first_reason or f"imp[{n}] has none of banner/video/native/audio"
+        elif not _readable_floor(imp.bidfloor):
+            why = "imp.bad_floor"
+            first_reason = first_reason or f"imp[{n}].bidfloor must be a finite non-negative number"
+        if why:
+            bent.append(why)
+            if keep is None:
+                keep = req.imp[:n]
+            continue
         seen.add(imp.id)
-        if imp.banner is None and imp.video is None and imp.native is None and imp.audio is None:
-            raise RequestError(400, f"imp[{n}] has none of banner/video/native/audio")
-        _finite(imp.bidfloor, f"imp[{n}].bidfloor")
-        if imp.pmp is not None:
-            for deal in imp.pmp.deals:
-                _finite(deal.bidfloor, f"imp[{n}].pmp deal {deal.id!r} bidfloor")
+        if imp.pmp is not None and imp.pmp.deals and not all(_readable_floor(d.bidfloor) for d in imp.pmp.deals):
+            imp.pmp.deals = [d for d in imp.pmp.deals if _readable_floor(d.bidfloor)]
+            bent.append("deal.bad_floor")
+        if keep is not None:
+            keep.append(imp)
+    if keep is not None:
+        if not keep:
+            raise RequestError(400, first_reason or "request has no imp the bidder can read")
+        req.imp = keep
     if req.site is not None and req.app is not None:
-        raise RequestError(400, "request has both site and app")
+        bent.append("site_and_app")
     if req.tmax is not None and req.tmax < 0:
-        raise RequestError(400, "tmax is negative")
+        req.tmax = None
+        bent.append("tmax.negative")
+    return bent
 
 
 def encode_response(resp: BidResponse) -> bytes:

@@ -47,17 +47,32 @@ class Video(msgspec.Struct):
     battr: list[int] = []
     placement: int | None = None
     plcmt: int | None = None
+    startdelay: int | None = None
+    skip: int | None = None
+    # 2.6 pods: exact durations asked for, the pod's total, ads per pod, the slot's position
+    rqddurs: list[int] = []
+    poddur: int | None = None
+    maxseq: int | None = None
+    podid: str | None = None
+    slotinpod: int | None = None
 
 
 class Audio(msgspec.Struct):
     mimes: list[str] = []
     minduration: int | None = None
     maxduration: int | None = None
+    protocols: list[int] = []
     battr: list[int] = []
+    startdelay: int | None = None
+    rqddurs: list[int] = []
+    poddur: int | None = None
+    maxseq: int | None = None
+    podid: str | None = None
+    slotinpod: int | None = None
 
 
 class Native(msgspec.Struct):
-    request: str = ""
+    request: str | dict = ""  # a JSON string (the spec) or, from some exchanges, the object itself
     ver: str | None = None
     battr: list[int] = []
 
@@ -213,6 +228,8 @@ class Bid(msgspec.Struct, omit_defaults=True):
     w: int | None = None
     h: int | None = None
     mtype: int | None = None
+    dur: int | None = None  # seconds, video and audio (2.6)
+    slotinpod: int | None = None
     exp: int | None = None  # seconds we wait for the impression: notices are accepted that long
     ext: dict | None = None
 

@@ -166,7 +166,7 @@ class RegionBidder:
         # 1 admission: decode and validate, then the cheap rejections.
         try:
             ver = codec.check_version(version)
-            req = codec.decode_request(body, content_encoding, defaults.max_body_bytes)
+            req = codec.decode_request(body, content_encoding, defaults.max_body_bytes, self.stats)
         except codec.RequestError as exc:
             self.stats[f"http.{exc.status}"] += 1
             err = codec.encode_response_error(exc.reason, exc.nbr)
@@ -174,7 +174,7 @@ class RegionBidder:
         dl = Deadline.plan(arrival, req.tmax, defaults.tmax_ms, self.spec.max_tmax_ms,
                            self.spec.network_allowance_ms)
         if dl.budget_s <= 0:
-            return self._no_bid(NBR.TECHNICAL_ERROR, "tmax_below_allowance", dl)
+            return self._no_bid(NBR.INSUFFICIENT_AUCTION_TIME, "tmax_below_allowance", dl)
         inv = inventory(req)  # the one publisher and domain every stage reads
         try:
             self.admission.check(req, inv)
@@ -368,7 +368,7 @@ class RegionBidder:
             self.stats["late_suppressed"] += 1
             for key in holds:
                 self.budget.release(key)
-            return self._no_bid(NBR.TECHNICAL_ERROR, "deadline", dl)
+            return self._no_bid(NBR.INSUFFICIENT_AUCTION_TIME, "deadline", dl)
         # Only a bid that leaves reserves tentative spend and counts toward frequency caps
         # (on bids until the ledger counts billed impressions).
         events, ledger = [], []

@@ -3,8 +3,8 @@
 Privacy decides first, once per request (``privacy_block``, at admission; the admitted request
 carries the decision): COPPA, GDPR without consent, LMT or DNT make the request contextual only
 (no identity, no lookup, no segments, no per-user frequency capping). Otherwise the identity is
-``user.id``, then ``user.buyeruid``, then ``device.ifa``, and the region's cache shards supply the
-stored profile (segments, last seen, frequency events). How the lookup went decides the rest:
+``user.buyeruid`` (our synced id), then ``user.id``, then ``device.ifa`` (``docs/cache.md`` says
+why), and the region's cache shards supply the stored profile (segments, last seen, frequency events). How the lookup went decides the rest:
 
 - ``hit``: stored segments join the request's own, and frequency caps count the stored events;
 - ``miss``, ``timeout``, ``error``: population defaults (the request's segments only, caps on
@@ -71,8 +71,12 @@ def identity(req: BidRequest, blocked: str) -> str | None:
     if blocked:
         return None
     user, dev = req.user, req.device
-    uid = (user.id or user.buyeruid) if user is not None else None
-    if uid is None and dev is not None:
+    # Our own synced id first: ``buyeruid`` is the id our cookie sync mapped for this exchange,
+    # the key our profiles were stored under, the same on every exchange that syncs with us.
+    # ``user.id`` is the exchange's own id for the user (another key space: it finds only what
+    # this exchange's traffic taught us); the device id last (apps without a sync).
+    uid = (user.buyeruid or user.id) if user is not None else None
+    if not uid and dev is not None:
         uid = dev.ifa
     return uid or None
 

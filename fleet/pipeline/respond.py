@@ -1,8 +1,10 @@
 """Stage 8, respond: the BidResponse, its markup and the notice URLs the exchange will call.
 
-Markup is built for the winning offers only (never for candidates that lost). Notice URLs point
-at this region's ``/notice/{win|bill|loss}`` endpoints and carry the OpenRTB substitution macros
-for the exchange to fill, plus the bid's own identity so a notice can be tied back to the bid.
+Markup is built for the winning offers only (never for candidates that lost): HTML for banners,
+VAST in the version the imp plays (``markup_vast``), Native 1.2 (``markup_native``). Notice URLs
+point at this region's ``/notice/{win|bill|loss|click}`` endpoints (https for an imp with
+``secure: 1``) and carry the OpenRTB substitution macros for the exchange to fill, plus the bid's
+own identity so a notice can be tied back to the bid.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import itertools
 import os
 from urllib.parse import quote, urlencode
 
-import msgspec
-
 from fleet.openrtb.model import Bid, BidResponse, Imp, SeatBid
 from fleet.pipeline.auction import Offer
+from fleet.pipeline.markup_native import fill, native_markup, native_spec
+from fleet.pipeline.markup_vast import vast, vast_version
 
 MTYPE = {"banner": 1, "video": 2, "audio": 3, "native": 4}
 
@@ -95,66 +97,39 @@ def bill_window(imp: Imp, default_s: float, max_s: float) -> int:
     return int(min(window, max_s))
 
 
-def _native_asset_ids(imp: Imp) -> tuple[int | None, int | None]:
-    """The request's title and main-image asset ids (Native 1.2), tolerant of both wrappings."""
-    try:
-        spec = msgspec.json.decode(imp.native.request) if imp.native and imp.native.request else {}
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # the exchange's string, not ours
-        return None, None
-    if isinstance(spec, dict) and isinstance(spec.get("native"), dict):
-        spec = spec["native"]
-    title = image = None
-    assets = spec.get("assets", []) if isinstance(spec, dict) else []
-    for a in assets if isinstance(assets, list) else []:
-        if not isinstance(a, dict) or not isinstance(a.get("id"), int):
-            continue
-        if title is None and isinstance(a.get("title"), dict):
-            title = a["id"]
-        elif image is None and isinstance(a.get("img"), dict):
-            image = a["id"]
-    return title, image
+def secure_base(base: str) -> str:
+    """The https form of our notice base, for an imp that asks for secure creatives (``imp.secure:
+    1``): TLS terminates in front of the ingress (``docs/ingress.md``), which serves both."""
+    return "https://" + base[len("http://"):] if base.startswith("http://") else base
 
 
-def markup(offer: Offer, imp: Imp, click_notice: str | None = None) -> str:
-    """The creative's markup; ``click_notice`` (our signed click URL) is its click tracker
-    where the format has one (VAST ``ClickTracking``, Native ``link.clicktrackers``)."""
+def markup(offer: Offer, imp: Imp, urls: dict[str, str] | None = None, bid_id: str = "") -> str:
+    """The creative's markup, with our notices where the format has a place for them: the click
+    notice (a banner's click beacon, VAST ``ClickTracking``, Native ``link.clicktrackers``) and the
+    billing notice as the impression tracker (VAST ``Impression``, Native ``eventtrackers``)."""
     cr = offer.creative
-    click = html.escape(cr.click_url, quote=True)
+    urls = urls or {}
+    click_notice, impression = urls.get("click"), urls.get("bill")
     if cr.format == "banner":
+        click = html.escape(cr.click_url, quote=True)
         img = html.escape(cr.image_url or f"https://cdn.advertiser.example/{cr.id}.png", quote=True)
+        beacon = (f' data-ct="{html.escape(click_notice, quote=True)}" onclick="new Image().src=this.dataset.ct"'
+                  if click_notice else "")
         return (
-            f'<a href="{click}" target="_blank"><img src="{img}" width="{cr.w}" '
+            f'<a href="{click}" target="_blank"{beacon}><img src="{img}" width="{cr.w}" '
             f'height="{cr.h}" alt="{html.escape(cr.title)}"></a>'
         )
     if cr.format in ("video", "audio"):
-        dur = f"00:00:{cr.duration_s:02d}" if cr.duration_s < 60 else f"00:{cr.duration_s // 60:02d}:{cr.duration_s % 60:02d}"
-        size = f' width="{cr.w}" height="{cr.h}"' if cr.format == "video" else ""
-        version = "4.0" if cr.format == "video" else "4.1"
-        return (
-            f'<VAST version="{version}"><Ad id="{html.escape(cr.id)}"><InLine>'
-            f"<AdSystem>fleet</AdSystem><AdTitle>{html.escape(cr.title or cr.id)}</AdTitle>"
-            f"<Impression/><Creatives><Creative id=\"{html.escape(cr.id)}\"><Linear>"
-            f"<Duration>{dur}</Duration><MediaFiles>"
-            f'<MediaFile delivery="progressive" type="{html.escape(cr.mime)}"{size}>'
-            f"<![CDATA[{cr.media_url}]]></MediaFile></MediaFiles>"
-            f"<VideoClicks><ClickThrough><![CDATA[{cr.click_url}]]></ClickThrough>"
-            + (f"<ClickTracking><![CDATA[{click_notice}]]></ClickTracking>" if click_notice else "")
-            + "</VideoClicks>"
-            "</Linear></Creative></Creatives></InLine></Ad></VAST>"
-        )
-    title_id, image_id = _native_asset_ids(imp)
-    assets = [
-        {"id": 1 if title_id is None else title_id, "title": {"text": cr.title or cr.id}},
-        {
-            "id": 2 if image_id is None else image_id,
-            "img": {"url": cr.image_url or f"https://cdn.advertiser.example/{cr.id}.png",
-                    "w": cr.w or 1200, "h": cr.h or 627},
-        },
-    ]
-    return msgspec.json.encode(
-        {"native": {"ver": "1.2", "assets": assets,
-                    "link": {"url": cr.click_url, **({"clicktrackers": [click_notice]} if click_notice else {})}}}
-    ).decode()
+        m = imp.video if cr.format == "video" else imp.audio
+        version = vast_version(m.protocols if m is not None else [], cr.format)
+        if version is None:
+            raise ValueError(f"imp {imp.id!r}: no VAST version we write")  # creative_fit prevents it
+        return vast(cr, version, impression=impression or "", click_notice=click_notice, serving_id=bid_id)
+    spec = native_spec(imp.native)
+    assets = fill(spec, cr, offer.campaign) if spec is not None else None
+    if assets is None:
+        raise ValueError(f"imp {imp.id!r}: native assets not fillable")  # creative_fit prevents it
+    return native_markup(spec, assets, cr, click_notice=click_notice, impression=impression)
 
 
 def build_response(
@@ -184,7 +159,8 @@ def build_response(
         bid_id = bid_ids[imp_id] if bid_ids else ids()
         cr, imp = o.creative, imps[imp_id]
         exp = bill_window(imp, *windows)
-        urls = notice_urls(base_url, bid_id, o, region, ts_ms, publisher, request_id, signer,
+        base = secure_base(base_url) if imp.secure == 1 else base_url
+        urls = notice_urls(base, bid_id, o, region, ts_ms, publisher, request_id, signer,
                            currency=currency, test=test, expires_at=ts_ms / 1000.0 + exp)
         if max(len(u) - u.index("?") for u in urls.values()) > MAX_NOTICE_QUERY:
             raise NoticeUrlTooLong(imp_id)
@@ -197,7 +173,7 @@ def build_response(
                 nurl=urls["win"],
                 burl=urls["bill"],
                 lurl=urls["loss"],
-                adm=markup(o, imp, urls["click"]),
+                adm=markup(o, imp, urls, bid_id),
                 adomain=o.campaign.adomain,
                 bundle=cr.bundle,
                 cid=o.campaign.id,
@@ -208,6 +184,7 @@ def build_response(
                 w=cr.w or None,
                 h=cr.h or None,
                 mtype=MTYPE[cr.format],
+                dur=cr.duration_s if cr.format in ("video", "audio") else None,
                 exp=exp,
                 # the model version (or rule) that priced this bid; our click notice, for formats
                 # whose markup has no click tracker of its own
