@@ -23,7 +23,7 @@ from fleet.ledger.freq import FreqForwarder
 from fleet.ledger.report import ledger_rows, report
 from fleet.ledger.signing import NoticeSigner
 from fleet.pipeline.notices import NoticeError, parse_notice
-from fleet.sim.offline import bids_and_notices
+from fleet.harness.offline import bids_and_notices
 
 REGION = "us-east"
 

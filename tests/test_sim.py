@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import httpx
 import pytest
 
-from fleet.campaigns.catalog import load_catalog
-from fleet.pipeline.bidder import RegionBidder
+from fleet.config import REPO_ROOT
+from fleet.sim.catalog import read_catalog
 from fleet.sim.exchange import Exchanges, SimConfig, substitute
 from fleet.sim.market import Market
 from fleet.sim.scorecard import score
@@ -44,10 +45,11 @@ def _notice_counts(base: str, regions) -> dict:
 def test_simulated_exchange_against_the_fleet(fleet_http, regions):
     cfg = SimConfig(base_url=fleet_http, duration_s=10, rate=30, seed=5, drop_rate=0.2, dup_rate=0.3,
                     late_rate=0.2, late_min_s=0.5, late_max_s=1.5, grace_s=5)
-    catalog = load_catalog(regions.defaults.catalog)
+    catalog = read_catalog(regions.defaults.catalog, root=REPO_ROOT)
     market = Market(seed=cfg.seed)
     before = _notice_counts(fleet_http, regions)
     ex = Exchanges(market, regions, catalog, cfg, progress=lambda *_: None)
+    started = time.time()
     records = asyncio.run(ex.run())
     after = _notice_counts(fleet_http, regions)
 
@@ -75,8 +77,9 @@ def test_simulated_exchange_against_the_fleet(fleet_http, regions):
     assert near(dropped, planned, 0.2) and near(dup, sent, 0.3) and near(late, sent, 0.2)
     assert sum(ex.notices.values()) == sent + dup  # every copy of every sent notice landed
 
-    bidders = {r: RegionBidder(r, regions, catalog) for r in regions.regions}
-    card = score(market, records, catalog, bidders, cfg.duration_s)
+    card = score(market, records, catalog, cfg.duration_s, start=started, seat=regions.defaults.seat)
     assert card["fleet"]["wins"] == sum(r.won for r in records) > 0
     assert card["oracle"]["value_per_dollar"] > 0
+    # The live fleet bids only where the oracle's own reading of the rules admits the campaign.
+    assert card["targeting"]["fleet_bids"] > 0 and card["targeting"]["outside_targeting"] == 0
     assert sum(b["opportunities"] for b in card["by_latency"].values()) == len(records)

@@ -37,7 +37,7 @@ def _outcome(rng: random.Random, bid: dict) -> list[tuple[str, float]]:
 def simulated_events(region: str, n_requests: int, seed: int = 1) -> tuple[list[Event], int]:
     """(events of the bid path and of the notices, number of requests answered with a bid)."""
     from fleet.pipeline.notices import parse_notice
-    from fleet.sim.offline import bids_and_notices
+    from fleet.harness.offline import bids_and_notices
 
     signer = NoticeSigner({"bench": b"b" * 32})
     events, notices, answered = bids_and_notices(region, n_requests, seed, signer, "bench", _outcome)

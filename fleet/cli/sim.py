@@ -11,7 +11,7 @@ import time
 
 import click
 
-from fleet.cli.common import http_base, regions_of, serve_config
+from fleet.cli.common import http_base, is_region, regions_of, serve_config
 from fleet.cli.up import down, up
 from fleet.config import REPO_ROOT
 from fleet.runtime import local
@@ -51,14 +51,20 @@ def sim_burst(n, rate, base, seed):
 @click.option("--label", default="rule", show_default=True, help="Names the result files.")
 @click.option("--base", default=None, help="Ingress URL (default: the running fleet's).")
 @click.option("--up", "bring_up", is_flag=True, help="Bring the fleet up first and down after.")
-def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, cross_region, label, base, bring_up):
+@click.option("--fresh", is_flag=True, help="With --up: the local Redis starts empty (no spend, leases or "
+              "profiles left by an earlier run).")
+@click.option("--rule", is_flag=True, help="With --up: the rule-pricing baseline (serve_config.yaml with "
+              "every region's model off, deployed from a generated copy).")
+def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, cross_region, label, base, bring_up, fresh,
+            rule):
     """Simulated exchanges against the fleet, then the economic scorecard (bench/results/)."""
     from fleet.sim.exchange import SimConfig
     from fleet.sim.run import run_sim
 
     ctx = click.get_current_context()
     if bring_up and local.State.load() is None:
-        ctx.invoke(up, detach=True, burst=False)
+        config_path = str(_rule_config()) if rule else "serve_config.yaml"
+        ctx.invoke(up, config_path=config_path, detach=True, burst=False, fresh=fresh)
     try:
         state = local.State.load()
         base = base or (state.http if state else http_base(serve_config("serve_config.yaml")))
@@ -71,15 +77,33 @@ def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, cross_region, 
     card = doc["scorecard"]
     click.echo(f"\ntraffic: {doc['traffic']}")
     click.echo(f"notices delivered: {doc['notices']['delivered']}")
-    for who in ("fleet", "oracle"):
+    for who in ("fleet", "oracle_at_fleet_spend", "oracle"):
         s = card[who]
-        click.echo(f"{who:<7} wins {s['wins']:6d}  spend ${s['spend_usd']:9.2f}  value ${s['value_usd']:9.2f}  "
-                   f"value/$ {s['value_per_dollar']:.3f}  clicks/$ {s['clicks_per_dollar']:.3f}  "
-                   f"surplus ${s['surplus_usd']:9.2f}  win rate {s['win_rate']:.3f}")
-    click.echo(f"fleet / oracle: {card['fleet_vs_oracle']}")
+        click.echo(f"{who:<21} wins {s['wins']:6d}  spend ${s['spend_usd']:9.2f}  value ${s['value_usd']:9.2f}  "
+                   f"surplus ${s['surplus_usd']:9.2f}  value/$ {s['value_per_dollar']:.3f}  "
+                   f"clicks/$ {s['clicks_per_dollar']:.3f}  win rate {s['win_rate']:.3f}")
+    click.echo(f"fleet / oracle at the fleet's spend: {card['headline']['fleet_vs_oracle_at_fleet_spend']}")
+    click.echo(f"fleet / oracle (budgets only): {card['fleet_vs_oracle']}")
+    click.echo(f"targeting: {card['targeting']}")
     for k, b in card["by_latency"].items():
         click.echo(f"  {k:>10}: {b}")
     click.echo(f"results: bench/results/sim-{label}.json and .png plots")
+
+
+def _rule_config():
+    """serve_config.yaml with every region's model off (its args and user_config): rule pricing."""
+    import yaml
+
+    cfg = serve_config("serve_config.yaml")
+    for app in cfg["applications"]:
+        if is_region(app):
+            app.setdefault("args", {})["model"] = None
+            for dep in app.get("deployments") or ():
+                dep.setdefault("user_config", {})["model"] = None
+    path = local.STATE_DIR / "serve_config.rule.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
 
 
 @sim.command("pacing")

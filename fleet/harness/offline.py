@@ -1,5 +1,6 @@
 """Bids from the in-process bidder and the notices an exchange would send for them, without a
-running fleet: the input of the ledger's tests and benchmark.
+running fleet: the input of the ledger's tests and benchmark (a harness over the fleet's own bid
+path, so not in ``fleet.sim``).
 
 ``outcome(rng, bid)`` decides what the exchange says about one bid, as ``[(kind, price)]`` with
 kind ``win``, ``bill`` or ``loss``; each becomes that notice URL's query, macros substituted as

@@ -1,4 +1,8 @@
-"""One simulated run end to end: traffic, auctions, notices, scorecard, JSON and plots."""
+"""One simulated run end to end: traffic, auctions, notices, scorecard, JSON and plots.
+
+The fleet is reached over HTTP only; the catalog is read from its file by the simulator itself
+(``fleet.sim.catalog``), and the scorecard's oracle applies the rules on its own.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from fleet.campaigns.catalog import load_catalog
-from fleet.config import load_regions
-from fleet.pipeline.bidder import RegionBidder
+from fleet.config import REPO_ROOT, load_regions
+from fleet.sim.catalog import read_catalog
 from fleet.sim.exchange import Exchanges, SimConfig
 from fleet.sim.market import Market
 from fleet.sim.plots import write_plots
@@ -20,13 +23,12 @@ from fleet.sim.scorecard import score
 def run_sim(cfg: SimConfig, out_dir: Path, *, catalog: str | None = None, plots: bool = True,
             label: str = "rule", progress=print) -> dict:
     regions = load_regions()
-    campaigns = load_catalog(catalog or regions.defaults.catalog)
+    campaigns = read_catalog(catalog or regions.defaults.catalog, root=REPO_ROOT)
     market = Market(seed=cfg.seed, regions=tuple(regions.regions))
     ex = Exchanges(market, regions, campaigns, cfg, progress=progress)
     started = time.time()
     records = asyncio.run(ex.run())
-    bidders = {r: RegionBidder(r, regions, campaigns) for r in regions.regions}
-    card = score(market, records, campaigns, bidders, cfg.duration_s)
+    card = score(market, records, campaigns, cfg.duration_s, start=started, seat=regions.defaults.seat)
     lat = sorted(r.latency_ms for r in records if r.status in (200, 204))
 
     def pct(q):

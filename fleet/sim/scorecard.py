@@ -1,14 +1,15 @@
 """The economic scorecard: the fleet's decisions against an oracle that knows the truth.
 
-Value of an impression to a campaign, in USD, is the true click probability times the value of a
-click: a CPC campaign's target CPC; a CPA campaign's target CPA times the true conversion rate; a
-CPM campaign values a click at what its base CPM pays at the population click rate (POP_CTR).
+The oracle (``fleet.sim.oracle``: eligibility from the catalog file and the request at the
+auction's own time, every imp; value from the market's truth) sees every opportunity of the run,
+each eligible campaign's true value and the highest competing bid. The headline compares totals
+at equal money: the fleet's value and surplus (value minus spend) against the oracle's with
+the spend the fleet actually made, beside value per dollar (which alone rewards spending less).
+The unconstrained oracle (each campaign's budget for the run window, nothing more) is kept too.
 
-The oracle sees every opportunity of the run, knows each eligible campaign's true value and the
-highest competing bid, and faces the same per-campaign budgets for the run window: it takes the
-opportunities with the best value per dollar first, paying just above the competition (or the
-floor), and only where value exceeds cost. Eligibility is the fleet's own targeting (same
-index and creative rules, in-process), without frequency caps.
+``targeting`` counts the fleet's bids for campaigns the rules do not admit for that auction
+(should be 0: a targeting bug in the fleet shows here) and, per campaign, how many auctions the
+oracle found worth buying for it against how many the fleet bid on.
 
 Everything is also bucketed by the latency the exchange saw (server time plus simulated network
 time), so a fast but worse decision shows up next to a slow but better one.
@@ -16,66 +17,15 @@ time), so a fast but worse decision shows up next to a slow but better one.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
-import msgspec
-
-from fleet.campaigns.model import Campaign
-from fleet.openrtb.model import BidRequest
-from fleet.pipeline import targeting
-from fleet.pipeline.bidder import RegionBidder
-from fleet.pipeline.enrichment import enrich
-from fleet.pipeline.pricing import POP_CTR
+from fleet.sim.catalog import Campaign
 from fleet.sim.exchange import AuctionRecord
-from fleet.sim.market import Market, Opportunity
+from fleet.sim.market import Market
+from fleet.sim.oracle import Option, allocate, assess, impression_value
 
 BUCKETS = [(0, 2), (2, 5), (5, 10), (10, 20), (20, 50), (50, math.inf)]
-
-
-def click_value(market: Market, opp: Opportunity, c: Campaign) -> float:
-    s = c.strategy
-    if s.goal == "cpc" and s.target_cpc:
-        return s.target_cpc
-    if s.goal == "cpa" and s.target_cpa:
-        return s.target_cpa * market.cvr(opp, c)
-    return s.base_cpm / (1000.0 * POP_CTR)
-
-
-def impression_value(market: Market, opp: Opportunity, c: Campaign) -> float:
-    """Expected value of one impression, USD."""
-    return market.ctr(opp, c) * click_value(market, opp, c)
-
-
-def eligible(bidder: RegionBidder, opp: Opportunity, when: dt.datetime) -> list[Campaign]:
-    req = msgspec.convert(opp.to_openrtb(), BidRequest)
-    return [c for c, _ in targeting.eligible(bidder.index, req, req.imp[0], enrich(req), when)]
-
-
-def oracle(market: Market, bidders: dict[str, RegionBidder], records: list[AuctionRecord],
-           budgets: dict[str, float]) -> dict[int, tuple[str, float, float, float]]:
-    """Oracle wins: record index -> (campaign, cost USD, value USD, expected clicks)."""
-    when = dt.datetime.now(dt.timezone.utc)
-    options = []
-    for i, rec in enumerate(records):
-        opp = rec.opp
-        cost = (max(opp.competing, opp.floor) + 0.01) / 1000.0
-        best = None
-        for c in eligible(bidders[opp.region], opp, when):
-            v = impression_value(market, opp, c)
-            if v > cost and (best is None or v - cost > best[2] - cost):
-                best = (c.id, cost, v, market.ctr(opp, c))
-        if best is not None:
-            options.append((best[2] / best[1], i, best))
-    options.sort(reverse=True)
-    left = dict(budgets)
-    wins = {}
-    for _, i, (cid, cost, v, ctr) in options:
-        if left.get(cid, 0.0) >= cost:
-            left[cid] -= cost
-            wins[i] = (cid, cost, v, ctr)
-    return wins
 
 
 def _bucket(ms: float) -> str:
@@ -98,13 +48,43 @@ def _summary(spend: float, value: float, clicks: float, wins: int, bids: int, n:
     }
 
 
-def score(market: Market, records: list[AuctionRecord], campaigns: list[Campaign],
-          bidders: dict[str, RegionBidder], duration_s: float) -> dict:
+def _oracle_summary(wins: dict[int, Option], n: int) -> dict:
+    w = wins.values()
+    return _summary(sum(o.cost for o in w), sum(o.value for o in w), sum(o.ctr for o in w), len(wins), len(wins), n)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def _versus(fleet: dict, oracle: dict) -> dict:
+    return {"value": _ratio(fleet["value_usd"], oracle["value_usd"]),
+            "surplus": _ratio(fleet["surplus_usd"], oracle["surplus_usd"]),
+            "value_per_dollar": _ratio(fleet["value_per_dollar"], oracle["value_per_dollar"])}
+
+
+def score(market: Market, records: list[AuctionRecord], campaigns: list[Campaign], duration_s: float,
+          *, start: float, seat: str | None = None) -> dict:
+    """The scorecard of a run. ``campaigns``: the catalog as the simulator reads it
+    (``fleet.sim.catalog``); ``start``: the wall clock (epoch seconds) of the run's second 0, so
+    an auction's own time is ``start + record.t``; ``seat``: ours, for deals that name seats."""
     by_id = {c.id: c for c in campaigns}
     budgets = {c.id: c.budget_daily * duration_s / 86_400.0 for c in campaigns}
-    orc = oracle(market, bidders, records, budgets)
+    caps = {c.id: c.freq_cap for c in campaigns if c.freq_cap is not None}
+    options: list[Option] = []
+    allowed: list[set[str]] = []
+    worth = Counter()  # campaign -> auctions the oracle found worth buying for it
+    for i, rec in enumerate(records):
+        ids, best = assess(market, campaigns, i, rec.opp, start + rec.t, seat)
+        allowed.append(ids)
+        if best is not None:
+            options.append(best)
+            worth[best.campaign] += 1
+    orc = allocate(options, budgets, caps)
 
     fleet_spend = defaultdict(float)
+    fleet_bids = Counter()
+    outside = Counter()
     tot = defaultdict(float)
     buckets: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     realized_clicks = 0
@@ -113,36 +93,43 @@ def score(market: Market, records: list[AuctionRecord], campaigns: list[Campaign
         b = buckets[key]
         b["n"] += 1
         if i in orc:
-            b["oracle_value"] += orc[i][2]
+            b["oracle_value"] += orc[i].value
         if rec.status == 200 and not rec.late:
             b["bids"] += 1
             tot["bids"] += 1
+        if rec.status == 200 and rec.campaign_id is not None:
+            fleet_bids[rec.campaign_id] += 1
+            if rec.campaign_id in by_id and rec.campaign_id not in allowed[i]:
+                outside[rec.campaign_id] += 1
         if rec.won and rec.campaign_id in by_id:
             c = by_id[rec.campaign_id]
             cost = rec.price / 1000.0
-            value = impression_value(market, rec.opp, c)
-            ctr = market.ctr(rec.opp, c)
             fleet_spend[c.id] += cost
             for d in (b, tot):
                 d["wins"] += 1
                 d["spend"] += cost
-                d["value"] += value
-                d["clicks"] += ctr
+                d["value"] += impression_value(market, rec.opp, c)
+                d["clicks"] += market.ctr(rec.opp, c)
             realized_clicks += rec.clicked
     n = len(records)
     fleet = _summary(tot["spend"], tot["value"], tot["clicks"], int(tot["wins"]), int(tot["bids"]), n)
     fleet["realized_clicks"] = realized_clicks
-    o_spend = sum(w[1] for w in orc.values())
-    o_value = sum(w[2] for w in orc.values())
-    o_clicks = sum(w[3] for w in orc.values())
-    oracle_summary = _summary(o_spend, o_value, o_clicks, len(orc), len(orc), n)
-    oracle_spend = defaultdict(float)
-    for cid, cost, _, _ in orc.values():
-        oracle_spend[cid] += cost
+    oracle = _oracle_summary(orc, n)
+    at_spend = allocate(options, budgets, caps, pool=tot["spend"])
+    oracle_at_spend = _oracle_summary(at_spend, n)
+
+    def spent(wins: dict[int, Option]) -> dict[str, float]:
+        out = defaultdict(float)
+        for o in wins.values():
+            out[o.campaign] += o.cost
+        return out
+
+    o_spend, a_spend = spent(orc), spent(at_spend)
     per_campaign = {
         cid: {"plan_usd": round(budgets[cid], 4), "fleet_spend_usd": round(fleet_spend[cid], 4),
-              "oracle_spend_usd": round(oracle_spend[cid], 4)}
-        for cid in sorted(budgets) if fleet_spend[cid] or oracle_spend[cid]
+              "oracle_spend_usd": round(o_spend[cid], 4), "oracle_at_fleet_spend_usd": round(a_spend[cid], 4),
+              "oracle_worth_buying": worth[cid], "fleet_bids": fleet_bids[cid]}
+        for cid in sorted(budgets) if fleet_spend[cid] or o_spend[cid] or fleet_bids[cid] or worth[cid]
     }
     order = [f"{lo}-{hi if hi != math.inf else 'inf'}ms" for lo, hi in BUCKETS] + ["late", "error"]
     by_latency = {}
@@ -156,14 +143,22 @@ def score(market: Market, records: list[AuctionRecord], campaigns: list[Campaign
             "value_per_opportunity": round(b["value"] / b["n"], 6) if b["n"] else 0.0,
             "oracle_value_per_opportunity": round(b["oracle_value"] / b["n"], 6) if b["n"] else 0.0,
         }
-    ratio = fleet["value_per_dollar"] / oracle_summary["value_per_dollar"] if oracle_summary["value_per_dollar"] else None
+    pick = ("value_usd", "surplus_usd", "spend_usd", "value_per_dollar")
     return {
+        "headline": {
+            "fleet": {k: fleet[k] for k in pick},
+            "oracle_at_fleet_spend": {k: oracle_at_spend[k] for k in pick},
+            "fleet_vs_oracle_at_fleet_spend": _versus(fleet, oracle_at_spend),
+        },
         "fleet": fleet,
-        "oracle": oracle_summary,
-        "fleet_vs_oracle": {
-            "value_per_dollar": round(ratio, 4) if ratio is not None else None,
-            "value": round(fleet["value_usd"] / o_value, 4) if o_value else None,
-            "surplus": round(fleet["surplus_usd"] / oracle_summary["surplus_usd"], 4) if oracle_summary["surplus_usd"] else None,
+        "oracle": oracle,
+        "oracle_at_fleet_spend": oracle_at_spend,
+        "fleet_vs_oracle": _versus(fleet, oracle),
+        "targeting": {
+            "fleet_bids": sum(fleet_bids.values()),
+            "outside_targeting": sum(outside.values()),
+            "outside_by_campaign": dict(sorted(outside.items())),
+            "unknown_campaign": sum(v for k, v in fleet_bids.items() if k not in by_id),
         },
         "by_latency": by_latency,
         "per_campaign": per_campaign,
