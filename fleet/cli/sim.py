@@ -62,9 +62,12 @@ def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, cross_region, 
     from fleet.sim.run import run_sim
 
     ctx = click.get_current_context()
-    if bring_up and local.State.load() is None:
+    started = bring_up and local.State.load() is None  # a fleet already up is used, and left up
+    if started:
         config_path = str(_rule_config()) if rule else "serve_config.yaml"
         ctx.invoke(up, config_path=config_path, detach=True, burst=False, fresh=fresh)
+    elif rule:
+        click.echo("--rule applies only to a fleet this command brings up (--up, none running)", err=True)
     try:
         state = local.State.load()
         base = base or (state.http if state else http_base(serve_config("serve_config.yaml")))
@@ -72,7 +75,7 @@ def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, cross_region, 
                         dup_rate=dup_rate, late_rate=late_rate, cross_region_share=cross_region)
         doc = run_sim(cfg, REPO_ROOT / "bench" / "results", label=label, progress=click.echo)
     finally:
-        if bring_up:
+        if started:
             ctx.invoke(down)
     card = doc["scorecard"]
     click.echo(f"\ntraffic: {doc['traffic']}")
