@@ -41,6 +41,7 @@ from fleet.ledger.emitter import stream_key
 import msgspec
 
 from fleet.ledger.events import decode
+from fleet.ledger.partner_notices import PartnerOutbox
 
 log = logging.getLogger("fleet.ledger")
 GROUP = "ledger"
@@ -248,6 +249,10 @@ class LedgerConsumer:
         self.dead = 0  # events that could not be decoded (dead-lettered, acknowledged)
         self._dead_letters: list = []
         self.caught_up = 0.0  # the last caught-up mark written
+        # partners' own notices, queued in the same pipeline as the events that make them due
+        # (fleet.ledger.partner_notices; fired by its PartnerNoticeSender)
+        self.partner_outbox = PartnerOutbox(self.redis, self.prefix, clock)
+        self.partner_queued = 0
 
     async def ensure_group(self) -> None:
         try:
@@ -259,20 +264,24 @@ class LedgerConsumer:
     async def _apply(self, entries: list[tuple[str, dict]]) -> int:
         pipe = self.redis.pipeline(transaction=False)
         n = 0
-        for ev in self._decoded(entries):
+        evs = list(self._decoded(entries))
+        first = await self.partner_outbox.stage(evs, pipe, selected=True)  # before APPLY (see there)
+        for ev in evs:
             n += 1
             ekey = f"{ev.auction}:{ev.imp}" if ev.auction else ev.bid  # the frequency write's key
             await self._script(keys=[self.prefix], args=[
                 ev.id, ev.kind, ev.ts, ev.bid, ev.campaign, ev.price, ev.user, self.expire_s,
                 ev.publisher, ev.model, SEEN_TTL_S, ev.bid_ts, ev.until, ev.flag, ekey, self.outbox_cap],
                 client=pipe)
+        last = await self.partner_outbox.stage(evs, pipe, selected=False)
         dead, self._dead_letters = self._dead_letters, []
         for eid, raw in dead:
             pipe.rpush(self.prefix + "dead", (eid if isinstance(eid, bytes) else str(eid).encode()) + b" " + raw)
             pipe.hincrby(self.prefix + "stats", "dead", 1)
         results = await pipe.execute()
         results = results[:len(results) - 2 * len(dead)]
-        for res in results:
+        self.partner_queued += sum(int(x) for x in results[:first] + results[len(results) - last:])
+        for res in results[first:len(results) - last]:
             if res[0] == 0:
                 self.duplicates += 1
             else:

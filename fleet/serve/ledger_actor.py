@@ -2,9 +2,11 @@
 
 Thin: it runs ``fleet.ledger.consumer.LedgerConsumer`` and, where the region has cache shards,
 a ``fleet.ledger.freq.FreqForwarder`` that takes the billed impressions from the ledger's outbox
-to them (frequency counters advance on impressions), as two tasks: the consumer never waits on
-a shard. A restarted actor resumes from its consumer group's pending entries and from the
-outbox, so a kill loses and double-counts nothing.
+to them (frequency counters advance on impressions), and a
+``fleet.ledger.partner_notices.PartnerNoticeSender`` that fires demand partners' own notice URLs
+queued by the consumer, each as a task of its own: the consumer never waits on a shard or a
+partner. A restarted actor resumes from its consumer group's pending entries and from the
+outboxes, so a kill loses and double-counts nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import os
 
 import ray
 
+from fleet.config import load_regions
 from fleet.ledger.consumer import OUTBOX_CAP, LedgerConsumer
 from fleet.ledger.freq import FreqForwarder
+from fleet.ledger.partner_notices import PartnerNoticeSender
 from fleet.serve.cache_actor import NAMESPACE
 
 log = logging.getLogger("fleet.ledger")
@@ -40,6 +44,8 @@ class LedgerRunner:
         self.forwarder = FreqForwarder(self.consumer.redis, region, self._billed) if self.cache else None
         self.task = None
         self.fwd_task = None
+        self.partner_sender = PartnerNoticeSender(self.consumer.redis, self.consumer.prefix, load_regions().currencies)
+        self.pn_task = None
 
     async def _billed(self, events) -> None:
         # The forwarder removes a batch from the outbox only once the shards took it (acked by
@@ -60,6 +66,7 @@ class LedgerRunner:
         self.task = self._alive(self.task, f"ledger consumer {self.region}", self.consumer.run)
         if self.forwarder is not None:
             self.fwd_task = self._alive(self.fwd_task, f"ledger forwarder {self.region}", self.forwarder.run)
+        self.pn_task = self._alive(self.pn_task, f"partner notices {self.region}", self.partner_sender.run)
         return True
 
     async def stats(self) -> dict:
@@ -68,6 +75,8 @@ class LedgerRunner:
                 "dead": self.consumer.dead,
                 "outbox": (await self.forwarder.backlog()) if self.forwarder else None,
                 "forwarder": self.forwarder.summary() if self.forwarder else None,
+                "partner_notices": {**self.partner_sender.summary(), "queued": self.consumer.partner_queued,
+                                    "backlog": await self.partner_sender.backlog()},
                 "lag": await self.consumer.lag(), "pid": os.getpid(),
                 "running": self.task is not None and not self.task.done(),
                 "cache": self.cache.summary() if self.cache else None}
