@@ -27,12 +27,28 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SupplyChainAction = Literal["bid", "bid_down", "refuse"]
+
+
+class SupplyChainPolicy(Strict):
+    """What a tier does with a request's supply chain (``fleet.pipeline.supply_chain``): bid as
+    usual, bid down (values x ``bid_down``), or refuse with the OpenRTB no-bid reason."""
+
+    missing: SupplyChainAction = "bid"  # no schain at all
+    incomplete: SupplyChainAction = "bid_down"  # complete: 0
+    max_hops: int = Field(default=6, ge=1)
+    too_long: SupplyChainAction = "refuse"  # more nodes than max_hops
+    unknown_seller: SupplyChainAction = "bid_down"  # a node's sid not in its system's sellers.json
+    bid_down: float = Field(default=0.8, gt=0, le=1)
+
+
 class TierPolicy(Strict):
     """Stage budgets as shares of the request's budget, and how to recognise the tier."""
 
     min_floor_usd: float = 0.0
     deals: bool = False
     budgets: dict[str, float]
+    supply_chain: SupplyChainPolicy = SupplyChainPolicy()
 
     @model_validator(mode="after")
     def _check(self) -> "TierPolicy":
@@ -52,6 +68,9 @@ class AdmissionPolicy(Strict):
     blocked_domains: list[str] = []
     crawler_ua_patterns: list[str] = []
     datacenter_cidrs: list[str] = []
+    # A system's sellers.json (asi domain -> a local file, refreshed by `fleet sellers refresh`,
+    # never fetched on the request path): a chain node whose sid is not in it is an unknown seller.
+    sellers: dict[str, str] = {}
 
 
 class PartnerSpec(Strict):
@@ -187,6 +206,15 @@ class TelemetrySettings(Strict):
     metrics_s: float = Field(default=5.0, gt=0)  # the replica's figures go to Prometheus this often
 
 
+class PrivacySettings(Strict):
+    """The privacy decision's parameters (``fleet.pipeline.privacy``): our TCF vendor id and the
+    purposes each level of use needs (TCF v2 purpose ids)."""
+
+    vendor_id: int = Field(default=1234, ge=1, le=65535)  # our id in the IAB Global Vendor List
+    personalised_purposes: frozenset[int] = frozenset({1, 3, 4})  # store, profile, personalised ads
+    measurement_purposes: frozenset[int] = frozenset({1, 2, 7})  # store, basic ads, measurement
+
+
 class Defaults(Strict):
     tmax_ms: int = 120
     max_body_bytes: int = 64 * 1024
@@ -202,6 +230,7 @@ class Defaults(Strict):
     ledger: LedgerSettings = LedgerSettings()
     control: ControlSettings = ControlSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    privacy: PrivacySettings = PrivacySettings()
     partners: PartnerSettings = PartnerSettings()
 
 

@@ -10,12 +10,35 @@ from __future__ import annotations
 import msgspec
 
 
+class Dsa(msgspec.Struct, omit_defaults=True):
+    """``regs.ext.dsa``: 0 no DSA transparency needed, 1 supported, 2 required, 3 required and the
+    publisher is an online platform."""
+
+    dsarequired: int | None = None
+
+
+class SupplyChainNode(msgspec.Struct, omit_defaults=True):
+    asi: str = ""  # the seller's advertising system (its domain)
+    sid: str = ""  # the seller's id in that system (its sellers.json)
+    hp: int | None = None  # 1: this node handled the payment
+
+
+class SupplyChain(msgspec.Struct, omit_defaults=True):
+    """``source.schain`` (2.6) / ``source.ext.schain`` (2.5): every hop that sold this impression."""
+
+    complete: int = 0
+    nodes: list[SupplyChainNode] = []
+    ver: str | None = None
+
+
 class Ext(msgspec.Struct, omit_defaults=True):
     """The ``ext`` objects the bidder reads (2.5 carried GDPR and consent here)."""
 
     gdpr: int | None = None
     consent: str | None = None
     us_privacy: str | None = None
+    dsa: Dsa | None = None  # regs.ext.dsa (the IAB DSA transparency extension)
+    schain: SupplyChain | None = None  # source.ext.schain (2.5 placement)
 
 
 class Format(msgspec.Struct):
@@ -179,11 +202,15 @@ class Regs(msgspec.Struct):
     coppa: int = 0
     gdpr: int | None = None
     us_privacy: str | None = None
+    gpp: str | None = None
+    gpp_sid: list[int] = []
     ext: Ext | None = None
 
 
 class Source(msgspec.Struct):
     tid: str | None = None
+    schain: SupplyChain | None = None
+    ext: Ext | None = None
 
 
 class BidRequest(msgspec.Struct):

@@ -1,7 +1,8 @@
 """Stage 1, admission: cheap rejections before any other work.
 
 Order is by cost: request-id dedup (a dict lookup), blocked publishers and domains (set lookups),
-crawler user agents (one compiled regex), data-centre IPs (a bisect over sorted ranges). Each
+crawler user agents (one compiled regex), data-centre IPs (a bisect over sorted ranges); then,
+once the request's tier is known, its supply chain (``fleet.pipeline.supply_chain``). Each
 rejection carries its OpenRTB no-bid reason code.
 """
 
@@ -13,14 +14,15 @@ import re
 import time
 from collections import OrderedDict
 
-from fleet.config import AdmissionPolicy
+from fleet.config import AdmissionPolicy, SupplyChainPolicy
 from fleet.openrtb.inventory import Inventory, inventory
 from fleet.openrtb.model import BidRequest
 from fleet.openrtb.nbr import NBR
+from fleet.pipeline import supply_chain
 
 
 class Rejected(Exception):
-    def __init__(self, nbr: NBR, reason: str):
+    def __init__(self, nbr: NBR | int, reason: str):
         super().__init__(reason)
         self.nbr = nbr
         self.reason = reason
@@ -86,6 +88,7 @@ class Admission:
             else None
         )
         self.datacenter = IpRanges(policy.datacenter_cidrs)
+        self.sellers = supply_chain.load_sellers(policy.sellers)  # local files, read once
 
     def check(self, req: BidRequest, inv: Inventory | None = None) -> None:
         """Raise ``Rejected`` with the reason code, or return when the request may go on.
@@ -104,3 +107,11 @@ class Admission:
             ip = dev.ip or dev.ipv6
             if ip and ip in self.datacenter:
                 raise Rejected(NBR.DATACENTER_IP, "data-centre IP")
+
+    def supply_chain(self, req: BidRequest, policy: SupplyChainPolicy) -> supply_chain.Verdict:
+        """The request's tier policy on its supply chain: the verdict (its bid factor), or
+        ``Rejected`` with the OpenRTB reason when the policy refuses."""
+        verdict = supply_chain.judge(req, policy, self.sellers)
+        if verdict.action == "refuse":
+            raise Rejected(verdict.nbr, verdict.reason)
+        return verdict

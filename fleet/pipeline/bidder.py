@@ -10,6 +10,7 @@ region's runtime (``fleet.region``) drives it in parts: ``admit`` (stage 1), the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -194,17 +195,26 @@ class RegionBidder:
         tier = self.config.tier_for(has_deals, max(floors.values(), default=0.0))
         dl.set_tier(tier, self.tiers[tier])
         self.stats[f"tier.{tier}"] += 1
+        try:  # the tier's supply-chain policy: bid, bid down or refuse
+            supply = self.admission.supply_chain(req, self.config.tiers[tier].supply_chain)
+        except Rejected as exc:
+            return self._no_bid(exc.nbr, exc.reason, dl)
+        if supply.reason:
+            self.stats[f"supply.{supply.reason}.{supply.action}"] += 1
 
         # 2 enrichment starts here: privacy decides once (the admitted request carries it), and
         # the caller looks ``uid`` up within the stage's budget.
         dl.start("enrichment")
-        privacy = privacy_block(req)
-        return Admitted(req, ver, dl, floors, tier, cur, accept_encoding, identity(req, privacy), inv, privacy)
+        privacy = privacy_block(req, defaults.privacy)
+        return Admitted(req, ver, dl, floors, tier, cur, accept_encoding, identity(req, privacy), inv, privacy,
+                        supply.factor)
 
     def target(self, a: Admitted, profile: Profile | None, lookup: str) -> Answer | Pending:
         """The rest of stage 2 (the context from the lookup's outcome), then stages 3-4."""
         req, dl, floors, defaults = a.req, a.dl, a.floors, self.config.defaults
         user = enrich(req, profile, lookup, self.cache_default_multiplier, blocked=a.privacy, uid=a.uid)
+        if a.supply != 1.0:  # the supply chain bid down
+            user = dataclasses.replace(user, multiplier=user.multiplier * a.supply)
         if user.contextual_only:
             self.stats[f"privacy.{user.reason}"] += 1
         elif user.defaulted:

@@ -1,8 +1,10 @@
 """Stage 2, enrichment: who is this user, what do we know about them, and may we use it.
 
-Privacy decides first, once per request (``privacy_block``, at admission; the admitted request
-carries the decision): COPPA, GDPR without consent, LMT or DNT make the request contextual only
-(no identity, no lookup, no segments, no per-user frequency capping). Otherwise the identity is
+Privacy decides first, once per request (``fleet.pipeline.privacy``, at admission; the admitted
+request carries the decision): COPPA, GDPR without the TCF consent we need, a US opt-out, LMT or
+DNT make the request contextual only (no identity, no lookup, no segments, no per-user frequency
+capping); TCF consent to measurement but not to personalisation keeps the identity for frequency
+caps and exposure counts only (no segments, stored or sent). Otherwise the identity is
 ``user.buyeruid`` (our synced id), then ``user.id``, then ``device.ifa`` (``docs/cache.md`` says
 why), and the region's cache shards supply the stored profile (segments, last seen, frequency events). How the lookup went decides the rest:
 
@@ -19,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fleet.cache.store import Profile
+from fleet.config import PrivacySettings
 from fleet.openrtb.model import BidRequest
+from fleet.pipeline import privacy
 
 DEGRADED_LOOKUPS = ("miss", "timeout", "error")  # a cold user's first-sight miss is not one
 CONTEXTUAL_MULTIPLIER = 0.8  # bid less when we may not know the user
@@ -45,30 +49,16 @@ class UserContext:
 CONTEXTUAL = UserContext(None, (), True, lookup="skipped", multiplier=CONTEXTUAL_MULTIPLIER)
 
 
-def privacy_block(req: BidRequest) -> str:
-    """Why user-level data is off limits for this request, or '' when it is allowed."""
-    regs = req.regs
-    if regs is not None:
-        if regs.coppa == 1:
-            return "coppa"
-        gdpr = regs.gdpr if regs.gdpr is not None else (regs.ext.gdpr if regs.ext else None)
-        if gdpr == 1:
-            user = req.user
-            consent = None
-            if user is not None:
-                consent = user.consent or (user.ext.consent if user.ext else None)
-            if not consent:
-                return "gdpr_no_consent"
-    dev = req.device
-    if dev is not None and (dev.lmt == 1 or dev.dnt == 1):
-        return "lmt" if dev.lmt == 1 else "dnt"
-    return ""
+def privacy_block(req: BidRequest, settings: PrivacySettings = privacy.DEFAULT) -> str:
+    """Why user-level data is off limits for this request, or '' when it is allowed (the one
+    decision: ``fleet.pipeline.privacy.decide``)."""
+    return privacy.decide(req, settings)
 
 
 def identity(req: BidRequest, blocked: str) -> str | None:
     """The user key to look up, or None (``blocked``: the request's privacy decision, or nobody
     to look up)."""
-    if blocked:
+    if not privacy.measured(blocked):
         return None
     user, dev = req.user, req.device
     # Our own synced id first: ``buyeruid`` is the id our cookie sync mapped for this exchange,
@@ -98,6 +88,9 @@ def enrich(req: BidRequest, profile: Profile | None = None, lookup: str = "off",
     if blocked is None:
         blocked = privacy_block(req)
         uid = identity(req, blocked)
+    if blocked and privacy.measured(blocked) and uid is not None:  # measurement only: caps, no segments
+        freq = profile.freq if profile is not None else None
+        return UserContext(uid, (), True, blocked, lookup, freq, CONTEXTUAL_MULTIPLIER)
     if blocked:
         return UserContext(None, (), True, blocked, "skipped", None, CONTEXTUAL_MULTIPLIER)
     segments = request_segments(req)

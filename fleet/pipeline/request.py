@@ -50,6 +50,7 @@ class Admitted:
     uid: str | None  # whom enrichment looks up; None: contextual or anonymous
     inv: Inventory  # the request's publisher and domain
     privacy: str  # why user-level data is off limits ('' when it is allowed)
+    supply: float = 1.0  # the supply chain's bid factor (fleet.pipeline.supply_chain; 1: as usual)
 
 
 @dataclass(slots=True)

@@ -59,7 +59,7 @@ PLACEMENTS = [("banner", (300, 250)), ("banner", (728, 90)), ("banner", (320, 50
               ("banner", (300, 600)), ("banner", (970, 250)), ("banner", (320, 480)),
               ("video", (640, 360)), ("native", (1200, 627)), ("audio", (0, 0))]
 PLACEMENT_WEIGHTS = [20, 10, 14, 6, 4, 6, 10, 8, 3]
-CONSENT = "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"
+CONSENT = "CO5rKAAO5rKAAAHABBENCWEgAPIAAAAAAAYgJpQAgF5gTSAACAAAAA"  # TCF v2: vendor 1234 (ours), purposes 1-4, 7
 NATIVE_REQ = ('{"ver":"1.2","assets":[{"id":1,"required":1,"title":{"len":90}},'
               '{"id":2,"required":1,"img":{"type":3,"w":1200,"h":627}}]}')
 

@@ -83,7 +83,8 @@ class RequestFactory:
         if eu:
             req["regs"]["gdpr"] = 1
             if r.random() < 0.8:
-                req["user"]["consent"] = "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"
+                # a real TC string: our vendor (1234) consented to purposes 1-4 and 7
+                req["user"]["consent"] = "CO5rKAAO5rKAAAHABBENCWEgAPIAAAAAAAYgJpQAgF5gTSAACAAAAA"
         if r.random() < 0.6:
             req["site"] = {"id": f"s{r.randrange(100)}", "domain": r.choice(DOMAINS),
                            "page": "https://news.example/story", "publisher": {"id": f"pub-{r.randrange(40)}"}}
