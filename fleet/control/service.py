@@ -307,7 +307,7 @@ class Control:
                 "current": self.current or self.reported_model,
                 "rollouts": [{"id": r.id, "version": r.version, "baseline": r.baseline, "state": r.state,
                               "share": r.share, "history": r.history[-5:]} for r in self.rollouts.values()][-5:],
-                "redis_up": self.redis_up}
+                "redis_up": self.redis_up, "partner_policy": self.partners.view()["policy"]}
 
     def _typical_budget_ms(self) -> dict[str, float]:
         """The tightest server-side budget a region plans with (its max tmax less the way back)."""
