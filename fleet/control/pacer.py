@@ -30,6 +30,7 @@ from dataclasses import asdict
 
 import msgspec
 
+from fleet.control import failover
 from fleet.control.flight import DAY_S, Flight, daily_flight  # noqa: F401 (re-exported)
 from fleet.control.messages import Lease, Report
 from fleet.control.records import (CampaignPace, LeaseRec, PacingSettings, RegionPace,  # noqa: F401
@@ -51,6 +52,11 @@ class Pacer:
         # Near the end, plan this far ahead: the last bids' notices arrive after the flight
         # ends, and a flight should end spent, not with its last intervals' worth left over.
         self.lead = 2 * settings.interval_s
+        # Lost region -> the region that took its traffic (``fleet.control.failover``): its share
+        # of every plan is the heir's until it reports again. ``heir_base``: "campaign|heir" -> the
+        # heir's opportunity rate before it took any lost region's traffic.
+        self.heirs: dict[str, str] = {}
+        self.heir_base: dict[str, float] = {}
 
     # -- campaigns --------------------------------------------------------------------
 
@@ -162,11 +168,30 @@ class Pacer:
         as a bid made under them may still bill."""
         return sum(l.outstanding() for k, l in self.leases.items() if l.campaign == cid and k != exclude)
 
+    def set_heirs(self, heirs: dict[str, str]) -> None:
+        """Lost region -> heir (``fleet.control.failover``), each interval. A region becoming an
+        heir has its opportunity rates noted first (``heir_base``), so the traffic it takes over is
+        counted once. (Control calls a region lost within ``health_stale_s``, before the DNS moves
+        its exchanges: three failed checks ten seconds apart, then the records' TTL.)"""
+        for heir in set(heirs.values()) - set(self.heirs.values()):
+            for cid, cp in self.campaigns.items():
+                rp = cp.regions.get(heir)
+                self.heir_base[f"{cid}|{heir}"] = rp.opp_rate if rp is not None else 0.0
+        self.heirs = dict(heirs)
+        self.heir_base = {k: v for k, v in self.heir_base.items() if k.rsplit("|", 1)[1] in self.heirs.values()}
+
     def _region_share(self, cp: CampaignPace, region: str) -> float:
-        total = sum(r.opp_rate for r in cp.regions.values())
-        if total > 0:
-            return cp.regions[region].opp_rate / total if region in cp.regions else 0.0
-        return self.priors.get(region, 0.0)
+        """The region's share of the campaign's plan, by its eligible opportunity rate (before any
+        is seen, the prior ``budget_share``); a lost region's goes to its heir."""
+        rates = {n: rp.opp_rate for n, rp in cp.regions.items()}
+        total = sum(rates.values())
+        if not self.heirs:
+            return (rates.get(region, 0.0) / total) if total > 0 else self.priors.get(region, 0.0)
+        if total <= 0:
+            return failover.shares(self.priors, self.heirs, {}).get(region, 0.0)
+        keys = {h: f"{cp.flight.campaign}|{h}" for h in self.heirs.values()}
+        base = {h: self.heir_base[k] for h, k in keys.items() if k in self.heir_base}
+        return failover.shares(rates, self.heirs, base).get(region, 0.0)
 
     def _replica_share(self, cid: str, region: str, replica: str, now: float) -> float:
         live = [(n, b) for n, b in self.replicas.items()
@@ -355,6 +380,7 @@ class Pacer:
                           for cid, cp in self.campaigns.items()},
             "leases": {k: asdict(l) for k, l in self.leases.items()},
             "replicas": {n: asdict(b) for n, b in self.replicas.items()},
+            "heirs": dict(self.heirs), "heir_base": dict(self.heir_base),
         }
 
     def load(self, doc: dict) -> None:
@@ -368,3 +394,4 @@ class Pacer:
                                                c.get("days", []))
         self.leases = {k: LeaseRec(**l) for k, l in doc.get("leases", {}).items()}
         self.replicas = {n: _known(ReplicaBook, b) for n, b in doc.get("replicas", {}).items()}
+        self.heirs, self.heir_base = dict(doc.get("heirs", {})), dict(doc.get("heir_base", {}))

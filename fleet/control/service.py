@@ -16,6 +16,7 @@ import time
 
 import msgspec
 
+from fleet.control import failover
 from fleet.control.cutoffs import PolicyBook, recompute, validate_tier
 from fleet.control.health import HealthBook
 from fleet.control.idempotency import Idempotency
@@ -251,6 +252,7 @@ class Control:
     async def tick(self, dt: float) -> None:
         now = self.clock()
         await self.ledger.refresh(self.redis, now)  # the books converge on the ledger's spend
+        self.pacer.set_heirs(failover.heirs(self.health.view(now), self.config.latency_ms))  # budget follows traffic
         self.pacer.tick(now, dt)
         self._sample(now)
         changed = False
@@ -406,7 +408,7 @@ class Control:
         now = self.clock()
         return {"epoch": self.epoch, "policy_epoch": self.policies.epoch, "model": msgspec.to_builtins(self.assignment()),
                 "redis_up": self.redis_up, "ledger_read": self.ledger.up, "campaigns": len(self.pacer.campaigns),
-                "leases": len(self.pacer.leases), "health": self.health.view(now)}
+                "leases": len(self.pacer.leases), "health": self.health.view(now), "failover": dict(self.pacer.heirs)}
 
     # -- idempotent writes ------------------------------------------------------------------
 

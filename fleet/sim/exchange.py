@@ -3,7 +3,9 @@
 A separate process from the fleet (it is the ``fleet sim run`` command) that talks to it only over
 HTTP. Exchanges sit in regions and send to a region's endpoint, mostly their own; the round trip
 between them (``regions.yaml``'s latency matrix) is added as simulated network time against tmax,
-so a far exchange with a tight tmax gets late answers, which count as no-bids.
+so a far exchange with a tight tmax gets late answers, which count as no-bids. Given a DNS
+(``fleet.sim.dns``, as the global Terraform module configures Route 53), an auction meant for a
+region that failed its health checks goes to the healthy region nearest the exchange instead.
 Traffic follows a diurnal curve compressed into the run, with bursts, at a set mean rate.
 
 After each auction the exchange behaves like a real one: win notice (``nurl``) and billing notice
@@ -34,6 +36,7 @@ import aiohttp
 import msgspec
 
 from fleet.campaigns.model import Campaign
+from fleet.sim.dns import DNS, health_checks
 from fleet.sim.market import Market, Opportunity, resolve
 
 
@@ -88,6 +91,9 @@ class AuctionRecord:
     price: float = 0.0  # clearing CPM
     clicked: bool = False
     true_ctr: float = 0.0
+    region: str = ""  # where it was sent (the DNS's answer; the opportunity's region without one)
+    degraded: tuple[str, ...] = ()  # what the fleet said it degraded (x-fleet-degraded, ext.fleet)
+    reason: str = ""  # a no-bid's x-fleet-reason
 
     @property
     def latency_ms(self) -> float:
@@ -111,8 +117,10 @@ def substitute(url: str, *, auction_id: str, imp_id: str, price: float | None = 
 class Exchanges:
     """Drives one simulated run against the fleet and keeps the exchange-side ledger."""
 
-    def __init__(self, market: Market, regions, campaigns: list[Campaign], cfg: SimConfig, progress=print):
+    def __init__(self, market: Market, regions, campaigns: list[Campaign], cfg: SimConfig, progress=print,
+                 dns: DNS | None = None):
         self.market = market
+        self.dns = dns  # fleet.sim.dns: health-checked failover between regions (None: always the meant one)
         self.regions = regions  # RegionsFile
         self.campaigns = {c.id: c for c in campaigns}
         self.cfg = cfg
@@ -168,7 +176,7 @@ class Exchanges:
 
     async def auction(self, session: aiohttp.ClientSession, rec: AuctionRecord) -> None:
         opp = rec.opp
-        spec = self.regions.regions[opp.region]
+        spec = self.regions.regions[rec.region or opp.region]
         url = f"{self.cfg.base_url}{spec.route_prefix}/openrtb2/bid"
         req = opp.to_openrtb()
         jpy = self.cfg.jpy_share > 0 and self.cur_rng.random() < self.cfg.jpy_share
@@ -184,6 +192,9 @@ class Exchanges:
             async with session.post(url, data=body, headers=headers) as resp:
                 payload = await resp.read()
                 rec.status = resp.status
+                rec.reason = resp.headers.get("x-fleet-reason", "")
+                if resp.headers.get("x-fleet-degraded"):
+                    rec.degraded = tuple(resp.headers["x-fleet-degraded"].split(","))
         except (aiohttp.ClientError, asyncio.TimeoutError):
             rec.status = 0
             return
@@ -192,6 +203,7 @@ class Exchanges:
         if rec.status != 200 or rec.late:
             return  # a late answer is a no-bid to the exchange
         resp = msgspec.json.decode(payload)
+        rec.degraded = tuple(((resp.get("ext") or {}).get("fleet") or {}).get("degraded") or ())
         bid = resp["seatbid"][0]["bid"][0]
         rate = self.regions.currencies.get(resp.get("cur") or "USD", 1.0)  # USD per unit
         rec.bid_price = float(bid["price"]) * rate
@@ -206,7 +218,7 @@ class Exchanges:
             self._notice("win", substitute(bid["nurl"], price=charged, currency=cur, **ident))
             if self.rng.random() < self.cfg.render_rate:
                 self._notice("bill", substitute(bid["burl"], price=charged, currency=cur, **ident),
-                             truth=(bid["id"], (rec.price, rec.campaign_id, opp.region)))
+                             truth=(bid["id"], (rec.price, rec.campaign_id, rec.region or opp.region)))
                 if self.cfg.forge_rate and self.rng.random() < self.cfg.forge_rate:
                     self._forge(bid, charged, ident)
                 if campaign is not None:
@@ -315,6 +327,9 @@ class Exchanges:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             notifier = asyncio.create_task(self._send_notices(session, stop))
             start = time.perf_counter()
+            checker = None if self.dns is None else asyncio.create_task(health_checks(
+                self.dns, session, self._origin, {n: s.route_prefix for n, s in self.regions.regions.items()},
+                start, stop))
             inflight: set[asyncio.Task] = set()
             next_report = 5.0
             for t in times:
@@ -328,7 +343,8 @@ class Exchanges:
                 src = region
                 if self.route_rng.random() < cfg.cross_region_share and len(self.region_names) > 1:
                     src = self.route_rng.choice([r for r in self.region_names if r != region])
-                rec = AuctionRecord(opp=opp, t=t, network_ms=self.regions.latency_ms[src][region])
+                dest = region if self.dns is None else self.dns.resolve(src, region, t)
+                rec = AuctionRecord(opp=opp, t=t, network_ms=self.regions.latency_ms[src][dest], region=dest)
                 rec.source_region = src
                 self.records.append(rec)
                 task = asyncio.create_task(self.auction(session, rec))
@@ -344,6 +360,8 @@ class Exchanges:
                 await asyncio.sleep(0.1)
             stop.set()
             await notifier
+            if checker is not None:
+                await checker
         self.progress(self.status_line(cfg.duration_s) + "  done")
         return self.records
 

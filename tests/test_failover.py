@@ -1,0 +1,221 @@
+"""Failover between regions: the exchanges' DNS (health checks, threshold, nearest healthy) and
+control re-leasing a lost region's budget slices to the region that took its traffic, then taking
+them back. In-process (no Ray); control's restart with a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from fleet.config import REPO_ROOT, load_regions
+from fleet.control.failover import heirs, nearest_healthy
+from fleet.control.messages import Report
+from fleet.control.service import Control
+from fleet.harness.pacing_loop import Clock
+from fleet.sim.dns import DNS, DnsSettings
+
+LAT = load_regions().latency_ms
+RATES = {"us-east": 45, "eu-west": 35, "ap-southeast": 20}  # eligible opportunities a second
+
+
+# -- the rule --------------------------------------------------------------------------------
+
+def test_nearest_healthy_is_itself_then_the_next_by_round_trip():
+    everyone = list(LAT)
+    assert nearest_healthy(LAT, "us-east", everyone) == "us-east"
+    assert nearest_healthy(LAT, "us-east", ["eu-west", "ap-southeast"]) == "eu-west"  # 75 ms < 220 ms
+    assert nearest_healthy(LAT, "ap-southeast", ["us-east", "eu-west"]) == "eu-west"  # 160 ms < 220 ms
+    assert nearest_healthy(LAT, "ap-southeast", ["us-east"]) == "us-east"
+    assert nearest_healthy(LAT, "ap-southeast", []) is None
+
+
+def _view(**status):
+    return {r: {"status": s, "last_seen_s_ago": None if s == "never" else 1.0} for r, s in status.items()}
+
+
+def test_heirs_only_for_regions_lost_after_reporting():
+    assert heirs(_view(**{"us-east": "unhealthy", "eu-west": "healthy", "ap-southeast": "degraded"}), LAT) \
+        == {"us-east": "eu-west"}
+    # Never reported since control started: no traffic of its own to hand on.
+    v = _view(**{"us-east": "healthy", "eu-west": "healthy", "ap-southeast": "healthy"})
+    v["ap-southeast"] = {"status": "unhealthy", "last_seen_s_ago": None}
+    assert heirs(v, LAT) == {}
+    # Two lost: each to the nearest that still serves; all lost: nobody to hand to.
+    assert heirs(_view(**{"us-east": "unhealthy", "eu-west": "unhealthy", "ap-southeast": "healthy"}), LAT) \
+        == {"eu-west": "ap-southeast", "us-east": "ap-southeast"}
+    assert heirs(_view(**{r: "unhealthy" for r in LAT}), LAT) == {}
+
+
+# -- the DNS the simulated exchanges use ------------------------------------------------------
+
+def test_dns_settings_are_the_global_modules():
+    """Interval, threshold and TTL are the Terraform module's defaults (one definition: a change
+    there without one here fails this test)."""
+    tf = (REPO_ROOT / "infra/terraform/modules/global/variables.tf").read_text()
+    assert int(re.search(r"request_interval\s*=\s*optional\(number,\s*(\d+)\)", tf).group(1)) \
+        == DnsSettings().interval_s
+    assert int(re.search(r"failure_threshold\s*=\s*optional\(number,\s*(\d+)\)", tf).group(1)) \
+        == DnsSettings().threshold
+    ttl = re.search(r'variable "ttl" \{.*?default\s*=\s*(\d+)', tf, re.S).group(1)
+    assert int(ttl) == DnsSettings().ttl_s
+    main = (REPO_ROOT / "infra/terraform/modules/global/main.tf").read_text()
+    assert 'resource_path     = "/${each.key}/ready"' in main  # what the sim's checker probes
+
+
+def test_dns_needs_threshold_failures_to_leave_and_threshold_passes_to_return():
+    s = DnsSettings(interval_s=10, threshold=3, ttl_s=0)
+    dns = DNS(LAT, s)
+    t = 0.0
+    assert dns.resolve("us-east", "us-east", t) == "us-east"
+    for i in range(2):  # two failures: still in the answer set
+        dns.observe("us-east", False, t := t + 10)
+        assert dns.resolve("us-east", "us-east", t) == "us-east"
+    dns.observe("us-east", True, t := t + 10)  # a pass resets the count
+    for _ in range(2):
+        dns.observe("us-east", False, t := t + 10)
+    assert dns.healthy["us-east"]
+    dns.observe("us-east", False, t := t + 10)  # third in a row
+    assert not dns.healthy["us-east"]
+    assert dns.resolve("us-east", "us-east", t) == "eu-west"
+    assert dns.resolve("ap-southeast", "ap-southeast", t) == "ap-southeast"  # others unmoved
+    assert [e["event"] for e in dns.events] == ["unhealthy"]
+    for _ in range(2):
+        dns.observe("us-east", True, t := t + 10)
+        assert dns.resolve("us-east", "us-east", t) == "eu-west"
+    dns.observe("us-east", True, t := t + 10)
+    assert dns.resolve("us-east", "us-east", t) == "us-east"
+    assert [e["event"] for e in dns.events] == ["unhealthy", "healthy"]
+
+
+def test_dns_answer_is_cached_for_the_ttl():
+    """A resolver keeps its answer for the TTL: an exchange moves only when its cache expires."""
+    dns = DNS(LAT, DnsSettings(interval_s=10, threshold=1, ttl_s=30))
+    assert dns.resolve("us-east", "us-east", 0.0) == "us-east"
+    dns.observe("us-east", False, 1.0)
+    assert dns.resolve("us-east", "us-east", 20.0) == "us-east"  # cached since 0
+    assert dns.resolve("us-east", "us-east", 30.5) == "eu-west"
+    dns.observe("us-east", True, 31.0)
+    assert dns.resolve("us-east", "us-east", 40.0) == "eu-west"
+    assert dns.resolve("us-east", "us-east", 61.0) == "us-east"
+
+
+def test_dns_with_no_healthy_region_answers_every_record():
+    """Route 53 answers as if all were healthy when none is (fail open)."""
+    dns = DNS(LAT, DnsSettings(interval_s=10, threshold=1, ttl_s=0))
+    for r in LAT:
+        dns.observe(r, False, 1.0)
+    assert dns.resolve("eu-west", "eu-west", 2.0) == "eu-west"
+
+
+# -- control re-leases ------------------------------------------------------------------------
+
+BUDGET = 50.0
+
+
+async def _round(control: Control, clock: Clock, regions, opp: dict, lease: dict, units=0.01, moved=False):
+    """One second of the fleet: each named region's replica reports and renews, then a tick.
+    ``moved``: the DNS sends us-east's exchanges to eu-west (twice its own traffic)."""
+    clock.t += 1.0
+    for region in regions:
+        opp[region] = opp.get(region, 0) + RATES[region] * (2 if region == "eu-west" and moved else 1)
+        push = await control.sync(Report(region=region, replica=f"{region}-1", ts=clock.t,
+                                         opportunities={"c": opp[region]}, units={"c": units},
+                                         heartbeat={"requests": RATES[region], "answered": RATES[region],
+                                                    "interval_s": 1.0}))
+        lease[region] = push.leases["c"].amount
+    await control.tick(1.0)
+
+
+def _shares(control: Control) -> dict[str, float]:
+    cp = control.pacer.campaigns["c"]
+    return {r: control.pacer._region_share(cp, r) for r in LAT}
+
+
+def test_control_re_leases_a_lost_regions_slices_and_takes_them_back(redis_srv):
+    import redis.asyncio as aioredis
+
+    clock = Clock()
+
+    async def go():
+        control = Control(load_regions(), aioredis.Redis.from_url(redis_srv.url, decode_responses=True), clock=clock)
+        await control.start()
+        control.put_campaign("c", {"budget": BUDGET, "start": clock.t, "end": clock.t + 1000, "curve": "even",
+                                   "daily": False})
+        opp, lease = {}, {}
+        for _ in range(20):
+            await _round(control, clock, list(RATES), opp, lease)
+        before = dict(_shares(control)), dict(lease)
+        # us-east stops beating. Control notices within health_stale_s (5 s); the DNS moves its
+        # exchanges to eu-west later (3 failed checks 10 s apart, then the TTL): twice the traffic.
+        for _ in range(int(control.settings.health_stale_s) + 2):
+            await _round(control, clock, ["eu-west", "ap-southeast"], opp, lease)
+        assert control.state_view()["failover"] == {"us-east": "eu-west"}
+        for _ in range(10):
+            await _round(control, clock, ["eu-west", "ap-southeast"], opp, lease, moved=True)
+        lost = dict(_shares(control)), dict(lease), control.state_view()["failover"]
+        view = control.pacer.view(clock.t)["c"]["regions"]
+        # Control restarts (the actor killed) while the region is still lost: from Redis.
+        again = Control(load_regions(), aioredis.Redis.from_url(redis_srv.url, decode_responses=True), clock=clock)
+        await again.start()
+        await _round(again, clock, ["eu-west", "ap-southeast"], opp, lease, moved=True)
+        restarted = again.state_view()["failover"], dict(_shares(again))
+        # us-east is back: its slices return at the next tick.
+        for _ in range(3):
+            await _round(again, clock, list(RATES), opp, lease)
+        back = dict(_shares(again)), again.state_view()["failover"]
+        return before, lost, view, restarted, back
+
+    before, lost, view, restarted, back = asyncio.run(go())
+    shares0, lease0 = before
+    shares1, lease1, failover1 = lost
+    assert failover1 == {"us-east": "eu-west"}
+    assert shares1["us-east"] == 0.0 and view["us-east"]["target_rate"] == 0.0
+    assert shares1["eu-west"] == pytest.approx(shares0["eu-west"] + shares0["us-east"], rel=0.05)
+    assert sum(shares1.values()) == pytest.approx(1.0)
+    assert shares1["ap-southeast"] == pytest.approx(shares0["ap-southeast"], rel=0.05)  # untouched
+    assert lease1["eu-west"] > 1.5 * lease0["eu-west"]
+    # The restarted control re-leases alike: the heir's rate before the failover came back from Redis.
+    assert restarted[0] == {"us-east": "eu-west"}
+    assert restarted[1]["eu-west"] == pytest.approx(shares1["eu-west"], rel=0.05)
+    shares2, failover2 = back
+    assert failover2 == {}
+    assert shares2["us-east"] > 0.3 and sum(shares2.values()) == pytest.approx(1.0)
+
+
+def test_a_re_lease_never_lifts_a_campaign_over_its_budget():
+    """The heir's larger share is a larger want, not a larger cap: with a budget nearly spent,
+    the leases granted during a failover still sum within what is left (lapsed ones counted)."""
+    clock = Clock()
+
+    async def go():
+        control = Control(load_regions(), None, clock=clock)
+        await control.start()
+        control.put_campaign("c", {"budget": 0.5, "start": clock.t, "end": clock.t + 20, "curve": "even",
+                                   "daily": False})
+        opp, lease = {}, {}
+        worst = 0.0
+        for i in range(18):
+            regions = list(RATES) if i < 6 else ["eu-west", "ap-southeast"]
+            await _round(control, clock, regions, opp, lease, units=0.2)
+            worst = max(worst, sum(l.amount for l in control.pacer.leases.values() if l.campaign == "c"))
+        return worst, control.state_view()["failover"]
+
+    worst, failover = asyncio.run(go())
+    assert failover == {"us-east": "eu-west"}
+    assert worst <= 0.5 + 1e-9
+
+
+def test_shares_move_a_lost_regions_rate_to_its_heir_once():
+    rates = {"us-east": 45.0, "eu-west": 35.0, "ap-southeast": 20.0}
+    from fleet.control.failover import shares
+
+    moved = shares(rates, {"us-east": "eu-west"}, {})
+    assert moved == pytest.approx({"eu-west": 0.8, "ap-southeast": 0.2})
+    # Later the heir's own rate holds the traffic it took over: counted once, not twice.
+    grown = shares({**rates, "eu-west": 80.0}, {"us-east": "eu-west"}, {"eu-west": 35.0})
+    assert grown == pytest.approx({"eu-west": 0.8, "ap-southeast": 0.2})
+    # Before any opportunity: the priors, moved alike.
+    assert shares({"us-east": 0.45, "eu-west": 0.35, "ap-southeast": 0.2}, {"ap-southeast": "eu-west"}, {}) \
+        == pytest.approx({"us-east": 0.45, "eu-west": 0.55})
