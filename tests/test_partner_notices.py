@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +18,7 @@ import msgspec
 import pytest
 import redis as redis_lib
 
+from fleet.config import REPO_ROOT
 from fleet.ledger.consumer import LedgerConsumer, ledger_prefix
 from fleet.ledger.emitter import stream_key
 from fleet.ledger.events import Event, encode
@@ -283,6 +288,47 @@ def test_a_sender_that_dies_between_claim_and_call_never_fires_twice(redis_srv, 
     assert sorted((d[0], d[1]) for d in dead) == [("b1|win", "unknown"), ("b2|win", "unknown")]
     assert r.get(P + "pn:b1:win").startswith(b"unknown|")
     assert partner.count("/ok/win/b2") == 1 and partner.count("/ok/win/b1") == 0  # never twice, never re-fired
+    assert r.hget(P + "stats", "pn_unknown") == b"2" and r.hget(P + "stats", "pn_outcome_after_lease") == b"1"
+
+
+def test_a_consumer_sigkilled_mid_stream_and_restarted_queues_every_notice_once(redis_srv, partner):
+    """The real thing: ``fleet ledger consume`` killed with SIGKILL a quarter of the way into a
+    long stream (every notice three times), then run again to the end; then the senders."""
+    bids = [f"k{i}" for i in range(400)]
+    entries = []
+    for i in range(0, len(bids), 20):
+        chunk = bids[i:i + 20]
+        entries += [[selected(b, partner.base) for b in chunk]]
+        for _ in range(3):
+            entries += [[notice("win", b) for b in chunk] + [notice("billed", b) for b in chunk]]
+    push(redis_srv.url, *entries)
+    r = redis_lib.Redis.from_url(redis_srv.url)
+    env = {**os.environ, "REDIS_URL": redis_srv.url}
+    cmd = [sys.executable, "-m", "fleet.cli", "ledger", "consume", "--region", REGION]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            groups = r.xinfo_groups(stream_key(REGION)) if r.exists(stream_key(REGION)) else []
+            if groups and (groups[0]["entries-read"] or 0) > len(entries) // 4:
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 0 < r.xinfo_groups(stream_key(REGION))[0]["entries-read"] < len(entries), "the kill should land mid-stream"
+    subprocess.run(cmd + ["--until-idle"], env=env, cwd=REPO_ROOT, check=True, capture_output=True, timeout=120)
+
+    async def go():
+        ss = [sender(redis_srv.url, batch=32) for _ in range(2)]
+        await asyncio.gather(*[s.drain() for s in ss])
+        return ss
+
+    ss = run(go())
+    assert sum(s.counts["done"] for s in ss) == 800 and r.hget(P + "stats", "pn_queued") == b"800"
+    assert len(partner.hits) == 800 and len(set(partner.hits)) == 800
 
 
 def test_failures_retry_with_backoff_then_dead_letter(redis_srv, partner):
@@ -316,3 +362,5 @@ def test_failures_retry_with_backoff_then_dead_letter(redis_srv, partner):
     assert dead["d|win"][1] == "dead" and "4 tries" in dead["d|win"][2]
     assert dead["h|win"][1] == "unknown" and dead["h|win"][4].startswith(partner.base + "/hang/win/h?p=")
     assert r.zcard(P + "pnq") == 0 and r.hlen(P + "pnj") == 0
+    stats = {k.decode(): int(v) for k, v in r.hgetall(P + "stats").items() if k.startswith(b"pn_")}
+    assert stats == {"pn_queued": 6, "pn_done": 1, "pn_retries": 8, "pn_dead": 3, "pn_unknown": 1, "pn_skipped": 1}

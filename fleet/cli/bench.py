@@ -354,3 +354,69 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
             local.stop_haproxy()  # a lingering one holds its ports against the next run
         if redis_proc is not None:
             redis_proc.terminate()
+
+@bench.command("faults")
+@click.option("--scenario", default=None, help="One of the named scenarios (--list shows them).")
+@click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")
+@click.option("--rate", default=60.0, show_default=True, help="Baseline auctions/s over all regions.")
+@click.option("--region", default="us-east", show_default=True, help="The region the fault hits.")
+@click.option("--quick", is_flag=True, help="The short version CI runs (shorter baseline and fault).")
+@click.option("--config", "config_path", default="serve_config.yaml", show_default=True,
+              help="Serve config `fleet up` deploys when no fleet is up.")
+@click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path), help="Results dir (bench/results).")
+def bench_faults(scenario, list_only, rate, region, quick, config_path, out_dir):
+    """One fault under steady exchange traffic against the same run's healthy baseline
+    (bench/results/faults-<scenario>.json). Brings the fleet up (and down after) unless one is up."""
+    import asyncio
+
+    import yaml
+
+    from fleet.bench import fault_ops, faults
+    from fleet.campaigns.catalog import load_catalog
+    from fleet.control.auth import load_token
+    from fleet.runtime import local
+
+    if list_only or scenario is None:
+        for sc in faults.SCENARIOS.values():
+            click.echo(f"{sc.name:<18} {sc.what}")
+        return
+    sc = faults.SCENARIOS.get(scenario)
+    if sc is None:
+        raise click.ClickException(f"unknown scenario {scenario!r}: one of {', '.join(faults.SCENARIOS)}")
+    why = faults.skip_reason(sc)
+    if why:
+        click.echo(why)
+        return
+    ctx = click.get_current_context()
+    bring_up = local.State.load() is None
+    if bring_up:
+        if sc.remote_pricing:  # the region prices through its inference deployment
+            cfg = serve_config(config_path)
+            for app in cfg["applications"]:
+                if app["name"] == region:
+                    app["args"]["pricing"] = "remote"
+            local.STATE_DIR.mkdir(parents=True, exist_ok=True)
+            config_path = str(local.STATE_DIR / "serve_config.faults-remote.yaml")
+            Path(config_path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        ctx.invoke(up, config_path=config_path, detach=True, burst=False, catalog=faults.CATALOG,
+                   replicas=sc.replicas, fresh=True)
+    try:
+        if sc.replicas and len(fault_ops.process_pids(f"ServeReplica:{region}:ingress-{region}")) < sc.replicas:
+            raise click.ClickException(f"{sc.name} needs {sc.replicas} ingress replicas in {region}: "
+                                       f"`fleet down`, then run it again (it brings the fleet up)")
+        if sc.remote_pricing and not fault_ops.process_pids(f"ServeReplica:{region}:inference-{region}"):
+            raise click.ClickException(f"{sc.name} needs {region} pricing remotely: `fleet down`, then run it again")
+        state = local.State.load()
+        base = state.http
+        timing = faults.QUICK if quick else faults.Timing()
+        doc = asyncio.run(faults.run_fault(sc, base, f"{base}/control", load_token(), load_regions(),
+                                           load_catalog(faults.CATALOG), state.redis_url, rate=rate, timing=timing,
+                                           region=region, progress=click.echo, plot_dir=out_dir or RESULTS))
+    finally:
+        if bring_up:
+            ctx.invoke(down)
+    doc["box"] = {"cpus": os.cpu_count(), "fleet_brought_up": bring_up}
+    path = faults.write(doc, (out_dir or RESULTS) / f"faults-{sc.name}{'-quick' if quick else ''}.json")
+    for line in faults.summary_lines(doc):
+        click.echo(line)
+    click.echo(f"written {path}")
