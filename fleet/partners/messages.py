@@ -41,6 +41,9 @@ class PartnerCutoff(msgspec.Struct, kw_only=True):
 
     cutoff_ms: float  # 0: do not call
     share: float = 1.0  # fraction of eligible requests to call (the throttle), in [0, 1]
+    # (B's proposal) control's share already holds its own tail throttle (a partner late or
+    # erroring fleet-wide: ~0.1, with backoff); a region's local tail throttle should combine with
+    # it by min, not product: 0.1 x 0.1 leaves too few calls to re-measure the partner.
     pinned: bool = False  # an operator pinned it through the API; control's recompute keeps it
 
 
