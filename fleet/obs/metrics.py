@@ -51,6 +51,15 @@ class RegionMetrics:
                                   tag_keys=keys)
         self.lease_util = m.Gauge("fleet_lease_utilisation", "committed share of the replica's live leases",
                                   tag_keys=keys)
+        self.partner_steps = m.Counter("fleet_partner_requests", "demand partner requests by partner, tier and "
+                                       "step: eligible, called, in_time, late, participating, won (and errors)",
+                                       tag_keys=keys + ("partner", "tier", "step"))
+        self.partner_dropped = m.Counter("fleet_partner_bids_dropped", "partner bids dropped by reason",
+                                         tag_keys=keys + ("partner", "reason"))
+        self.partner_p95 = m.Gauge("fleet_partner_p95_ms", "partner answer p95 over its recent window (late at "
+                                   "the cutoff)", tag_keys=keys + ("partner", "tier"))
+        self.partner_throttled = m.Gauge("fleet_partner_throttled", "1 while a partner is throttled or backed off "
+                                         "on a tier", tag_keys=keys + ("partner", "tier"))
         self.stream_lag = m.Gauge("fleet_ledger_stream_lag", "events in the region's stream not yet applied",
                                   tag_keys=keys)
 
@@ -60,7 +69,8 @@ class RegionMetrics:
         return d if d > 0 else 0.0
 
     def export(self, stats: dict, latency: dict[str, list[int]], cache: dict | None, budget=None,
-               versions: dict | None = None, lag: int | None = None, wins: int = 0) -> None:
+               versions: dict | None = None, lag: int | None = None, wins: int = 0,
+               partners: dict | None = None) -> None:
         if not self.enabled:
             return
         tags = {"region": self.region}
@@ -109,6 +119,26 @@ class RegionMetrics:
                 self.lease_util.set(sum(l.committed for l in budget.leases.values()) / amount, tags)
         if lag is not None:
             self.stream_lag.set(lag, tags)
+        if partners:
+            self._partners(partners, tags)
+
+    def _partners(self, partners: dict, tags: dict) -> None:
+        """``partners``: ``Partners.summary()`` (the /stats block)."""
+        for pid, row in partners.items():
+            for tier, counts in row.get("tiers", {}).items():
+                for step, value in counts.items():
+                    d = self._grow(f"partner.{pid}.{tier}.{step}", value)
+                    if d:
+                        self.partner_steps.inc(d, {**tags, "partner": pid, "tier": tier, "step": step})
+            for reason, value in row.get("dropped", {}).items():
+                d = self._grow(f"partner.{pid}.dropped.{reason}", value)
+                if d:
+                    self.partner_dropped.inc(d, {**tags, "partner": pid, "reason": reason})
+            for tier, q in row.get("p95_ms", {}).items():
+                if q is not None:
+                    self.partner_p95.set(q, {**tags, "partner": pid, "tier": tier})
+            for tier, state in row.get("state", {}).items():
+                self.partner_throttled.set(0.0 if state == "ok" else 1.0, {**tags, "partner": pid, "tier": tier})
 
 
 class ControlMetrics:

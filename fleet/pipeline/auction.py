@@ -2,25 +2,37 @@
 
 Deal bids take precedence over open-market bids (that is what a deal buys), then price decides;
 each campaign wins at most one impression of a request so an advertiser never bids against
-itself on the same page.
+itself on the same page. A demand partner's valid bid (stage 6, ``fleet.pipeline.fanout``) is
+an offer like ours, under the same rules: its ``partner`` is set and it has no campaign of ours;
+one partner campaign (its ``cid``) wins at most one impression too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fleet.campaigns.model import Campaign, Creative
+
+if TYPE_CHECKING:
+    from fleet.partners.validate import PartnerBid
 
 
 @dataclass(slots=True)
 class Offer:
     imp_id: str
-    campaign: Campaign
-    creative: Creative
+    campaign: Campaign | None  # None: a partner's bid
+    creative: Creative | None
     price: float  # CPM in the fleet currency
     value: float
     deal_id: str | None
     source: str
+    partner: PartnerBid | None = None
+
+    @property
+    def key(self) -> str:
+        """Who may win only once per request: our campaign, or the partner's."""
+        return self.partner.key if self.partner is not None else self.campaign.id
 
 
 def choose(offers_by_imp: dict[str, list[Offer]]) -> dict[str, Offer]:
@@ -33,8 +45,8 @@ def choose(offers_by_imp: dict[str, list[Offer]]) -> dict[str, Offer]:
     winners: dict[str, Offer] = {}
     used: set[str] = set()
     for o in ranked:
-        if o.imp_id in winners or o.campaign.id in used:
+        if o.imp_id in winners or o.key in used:
             continue
         winners[o.imp_id] = o
-        used.add(o.campaign.id)
+        used.add(o.key)
     return winners

@@ -32,6 +32,7 @@ from fleet.pipeline.deadline import Deadline, now
 from fleet.cache.store import FreqEvent, Profile
 from fleet.ledger.events import Event
 from fleet.pipeline.enrichment import enrich, identity, privacy_block
+from fleet.pipeline.fanout import partner_selected
 from fleet.pipeline.pacing import FrequencyCounter, LocalBudget
 from fleet.pipeline.pricing import WinRateModel, model_prices
 from fleet.pipeline.pricing import offers as price_offers
@@ -314,6 +315,9 @@ class RegionBidder:
                                   user.multiplier, self.win_rate, source, p.inv.publisher,
                                   [c[2].format for c in paced])
         offers = price_offers(paced, priced, user.multiplier, defaults.first_price_shade)
+        p.offered = bool(offers)
+        for imp_id, extra in (p.partner_offers or {}).items():  # stage 6: one auction for both
+            offers.setdefault(imp_id, []).extend(extra)
 
         # 7 auction
         dl.start("auction")
@@ -331,7 +335,7 @@ class RegionBidder:
         bid_ids = {imp_id: self.ids() for imp_id in winners}
         for imp_id, o in list(winners.items()):
             key = bid_ids[imp_id]
-            if test:
+            if test or o.partner is not None:  # a partner's bid spends no budget of ours
                 continue
             # What a bill may charge: our bid as its notice URL signs it (4 decimals of CPM).
             amount = max(o.price, round(o.price, 4)) / 1000.0
@@ -386,6 +390,9 @@ class RegionBidder:
         pub = p.inv.publisher or ""
         for o in winners.values():
             b = bids[o.imp_id]
+            if o.partner is not None:
+                ledger.append(partner_selected(o, b, wall, self.region, req.id, pub, test))
+                continue
             ledger.append(Event(f"selected:{b.id}", "selected", wall, self.region, b.id, req.id, o.imp_id,
                                 o.campaign.id, o.creative.id, o.source, pub, o.price, user.user_id or "",
                                 0, wall, wall + (b.exp or 0), "test" if test else ""))

@@ -72,6 +72,9 @@ class Pending:
     model: str | None = None  # the version asked to price (a canary's candidate, or the current)
     pricing_s: float = 0.0  # time the model call took
     winners: dict | None = None  # imp id -> the offer chosen and reserved (set by the auction)
+    partner_offers: dict | None = None  # imp id -> partners' valid offers (stage 6, fleet.pipeline.fanout)
+    offered: bool = False  # our own campaigns made an offer (set by the auction)
+    fanout: object | None = None  # the request's partner calls (a fleet.pipeline.fanout.Round)
 
     def rows(self) -> np.ndarray:
         """One feature row per candidate, in ``paced`` order: what the model is called with."""

@@ -15,6 +15,7 @@ import os
 from urllib.parse import quote, urlencode
 
 from fleet.openrtb.model import Bid, BidResponse, Imp, SeatBid
+from fleet.partners.wrap import partner_bid
 from fleet.pipeline.auction import Offer
 from fleet.pipeline.markup_native import fill, native_markup, native_spec
 from fleet.pipeline.markup_vast import vast, vast_version
@@ -67,8 +68,12 @@ def notice_urls(base: str, bid_id: str, offer: Offer, region: str, ts_ms: int,
     ``${AUCTION_CURRENCY}`` should have said: an exchange that leaves it unsubstituted is read
     in the response's currency, not the fleet's.
     """
-    fields = {"a": auction_id, "i": offer.imp_id, "bid": bid_id, "c": offer.campaign.id,
-              "cr": offer.creative.id, "r": region, "m": offer.source, "t": str(ts_ms),
+    if offer.partner is None:
+        campaign, creative = offer.campaign.id, offer.creative.id
+    else:  # a partner's bid: its notices count for the partner (fleet.partners.wrap)
+        campaign, creative = f"partner:{offer.partner.partner}", offer.partner.bid.crid or ""
+    fields = {"a": auction_id, "i": offer.imp_id, "bid": bid_id, "c": campaign,
+              "cr": creative, "r": region, "m": offer.source, "t": str(ts_ms),
               "p": publisher or "", "b": f"{offer.price:.4f}", "cu": currency}
     if test:
         fields["e"] = "1"
@@ -164,6 +169,9 @@ def build_response(
                            currency=currency, test=test, expires_at=ts_ms / 1000.0 + exp)
         if max(len(u) - u.index("?") for u in urls.values()) > MAX_NOTICE_QUERY:
             raise NoticeUrlTooLong(imp_id)
+        if o.partner is not None:
+            bids.append(partner_bid(o, bid_id, urls, rate, exp))
+            continue
         bids.append(
             Bid(
                 id=bid_id,

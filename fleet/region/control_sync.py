@@ -24,7 +24,7 @@ log = logging.getLogger("ray.serve")
 
 class ControlSync:
     def __init__(self, region: str, replica: str, bidder, link, settings: ControlSettings,
-                 models: ModelSlots, versions: VersionOutcomes, wins: Callable[[], int]):
+                 models: ModelSlots, versions: VersionOutcomes, wins: Callable[[], int], partners=None):
         self.region = region
         self.replica = replica
         self.bidder = bidder  # its budget is a fleet.pipeline.pacing.LeaseBudget
@@ -33,6 +33,7 @@ class ControlSync:
         self.models = models
         self.versions = versions
         self.wins = wins  # win notices counted so far
+        self.partners = partners  # stage 6 (fleet.pipeline.fanout.Partners), or None
         self.epoch = 0
         self.policy_epoch = -1
         self.state = {"syncs": 0, "failures": 0, "last_ok": None, "last_error": ""}
@@ -66,7 +67,8 @@ class ControlSync:
                       opportunities=dict(b.opportunities), blocked=dict(b.blocked), throttled=dict(b.throttled),
                       units=dict(b.units), heartbeat=beat,
                       stage_p99_ms=p99, versions=self.versions.take(), model=self.models.declared,
-                      candidate=self.models.declared_candidate)
+                      candidate=self.models.declared_candidate,
+                      partners=self.partners.report() if self.partners is not None else {})
 
     async def sync_loop(self) -> None:
         """Report and renew every interval; a failed sync leaves leases to run out."""
@@ -104,6 +106,8 @@ class ControlSync:
                 except Exception as exc:
                     log.error("policy for tier %s refused: %s", tier, exc)
             self.bidder.tiers = tiers
+            if self.partners is not None:  # partner cutoffs and shares ride in the same documents
+                self.partners.apply_policy(push.policy)
             self.policy_epoch = push.policy_epoch
         if push.model is not None and push.model != self.models.assigned:
             await self.models.assign(push.model)

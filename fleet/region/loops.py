@@ -44,7 +44,7 @@ async def supervise_ledger(ledger, emitter, bidder, region: str, replica: str, e
         await asyncio.sleep(every_s)
 
 
-async def export_metrics(metrics, every_s: float, bidder, cache, ledger, wins) -> None:
+async def export_metrics(metrics, every_s: float, bidder, cache, ledger, wins, partners=None) -> None:
     """``wins()``: win notices counted so far; the ledger's stream lag when there is a ledger."""
     while True:
         await asyncio.sleep(every_s)
@@ -54,7 +54,8 @@ async def export_metrics(metrics, every_s: float, bidder, cache, ledger, wins) -
                 lag = (await asyncio.wait_for(ledger.stats(), 2.0)).get("lag")
             metrics.export(dict(bidder.stats), bidder.latency.snapshot(),
                            cache.summary() if cache is not None else None,
-                           bidder.budget, lag=lag, wins=wins())
+                           bidder.budget, lag=lag, wins=wins(),
+                           partners=partners.summary() if partners is not None else None)
         except Exception as exc:
             log.warning("metrics export failed: %s", exc)
 

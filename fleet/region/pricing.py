@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from fleet.pipeline.deadline import now
+from fleet.pipeline.fanout import collect_partners
 from fleet.pipeline.request import Answer, Pending
 from fleet.region.models import ModelSlots, VersionOutcomes
 
@@ -57,6 +58,8 @@ class RemotePricing:
                 p.dl.degrade("pricing_rule_fallback")
                 self.bidder.stats[f"pricing.remote_{type(exc).__name__}"] += 1
         p.pricing_s = now() - t0
+        if p.fanout is not None:  # stage 6 ran beside the model's call; its offers join the auction
+            await collect_partners(p)
         answer = self.bidder.finish(p, ctrs, source)
         if p.model is not None:
             self.versions.observe(p)

@@ -31,6 +31,7 @@ from fleet.obs.histogram import StageHistograms, watch_gc, watch_loop_lag
 from fleet.pipeline.bidder import Answer, RegionBidder
 from fleet.pipeline.deadline import now
 from fleet.pipeline.first_sight import FirstSight
+from fleet.pipeline.fanout import collect_partners
 from fleet.pipeline.notices import NoticeCounter
 from fleet.region import loops
 from fleet.region.control_sync import ControlSync
@@ -138,13 +139,21 @@ class Region:
         bidder.scorer = None
         self.versions = VersionOutcomes()
         self.remote = RemotePricing(bidder, self.models, self.versions, inference) if inference is not None else None
+        # Stage 6: the region's demand partners (none configured: no fan-out at all).
+        self.partners = None
+        if spec.partners:
+            from fleet.pipeline.fanout import Partners
+
+            self.partners = Partners(spec.partners, d.partners, list(config.tiers), config.currencies,
+                                     clock=bidder.clock)
         self.control = None
         if need.control:  # spend under control's leases, report to it, apply its pushes
             from fleet.pipeline.pacing import LeaseBudget
 
             bidder.budget = LeaseBudget(hold_s=d.control.hold_s, clock=bidder.clock)
             self.control = ControlSync(a.region, replica, bidder, link or _http_link(a.region, d.control),
-                                       d.control, self.models, self.versions, lambda: counter.counts["win"])
+                                       d.control, self.models, self.versions, lambda: counter.counts["win"],
+                                       partners=self.partners)
         self.loop_lag = StageHistograms()
         self.shedder = Shedder(bidder, d.shed_below_ms)  # overload: 204 at once (fleet/region/overload.py)
         self.sightings = FirstSight()  # a miss for a user this replica never looked up is a cold user
@@ -173,7 +182,8 @@ class Region:
                 loops.supervise_ledger(self.ledger, self.emitter, b, self.name, self.replica)))
         if self.metrics is not None:
             self._tasks.append(loop.create_task(
-                loops.export_metrics(self.metrics, self.telemetry.metrics_s, b, self.cache, self.ledger, wins)))
+                loops.export_metrics(self.metrics, self.telemetry.metrics_s, b, self.cache, self.ledger, wins,
+                                     partners=self.partners)))
         if self.control is not None:
             self._tasks.append(loop.create_task(self.control.sync_loop()))
             self._tasks.append(loop.create_task(self.control.watch_loop()))
@@ -182,6 +192,8 @@ class Region:
         """Stop the loops; flush buffered events, or spill them (nothing is left only in memory)."""
         for task in self._tasks or ():
             task.cancel()
+        if self.partners is not None:
+            await self.partners.close()
         if self.emitter is not None:
             try:
                 await self.emitter.close()
@@ -229,13 +241,23 @@ class Region:
                 budget = a.dl.stage_deadline("enrichment") - now()
                 profile, lookup = await self.cache.lookup(a.uid, budget)
                 lookup = self.sightings.outcome(a.uid, lookup)
+        # Stage 6 starts here, once enriched: the partners' calls go out (the first yield sends
+        # them) and run while targeting and pricing do; the auction awaits them.
+        rnd = self.partners.start(a) if self.partners is not None else None
+        if rnd is not None and rnd.tasks:
+            await asyncio.sleep(0)
         p = b.target(a, profile, lookup)
         if isinstance(p, Answer):
             return p
+        p.fanout = rnd
         if self.remote is None:
+            if rnd is not None:
+                await collect_partners(p)
             answer = price_local(b, self.models, self.versions, p)
         else:
-            answer = await self.remote.price(p)
+            answer = await self.remote.price(p)  # collects the partners after the model's answer
+        if rnd is not None:
+            rnd.close(p.winners if answer.status == 200 else None, p.offered)
         if self.emitter is not None:
             if answer.ledger:
                 self.emitter.emit_many(answer.ledger)
@@ -281,7 +303,9 @@ class Region:
                 "latency": b.latency.snapshot(), "loop_lag": self.loop_lag.snapshot(),
                 "cache": self.cache.summary() if self.cache is not None else None,
                 "ledger": self.emitter.summary() if self.emitter is not None else None,
-                "control": self.control.summary() if self.control is not None else None}
+                "control": self.control.summary() if self.control is not None else None,
+                "partners": self.partners.summary() if self.partners is not None else {},
+                "partner_participation": self.partners.stats.participation() if self.partners is not None else {}}
 
     async def cache_stats(self) -> dict | None:
         """Every shard's own figures beside the ingress's (None without a cache)."""

@@ -1,0 +1,141 @@
+"""The fault bench's figures: per phase at the simulated exchange (client side, network time
+included), the targets of issue 23 judged against the same run's healthy baseline, and the
+failover timeline plot.
+
+Value per opportunity is the expected value (true click probability times the click's value,
+``fleet.sim.scorecard.impression_value``) of the impressions the fleet won, over every auction
+sent in the phase, answered or not.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from fleet.sim.exchange import AuctionRecord
+
+ON_TIME = 0.999  # share of auctions answered within tmax at the exchange
+VALUE = 0.90  # value per opportunity against the baseline
+RESUME_S = 5.0  # region loss: answers from the next region within this
+SHED_MS = 5.0  # a shed request's answer
+
+
+def phase(records: list[AuctionRecord], lo: float, hi: float, value_of) -> dict:
+    """Figures of the auctions sent in ``[lo, hi)`` seconds into the run."""
+    rs = [r for r in records if lo <= r.t < hi]
+    n = len(rs)
+    answered = [r for r in rs if r.status in (200, 204)]
+    on_time = [r for r in answered if not r.late]
+    bids = [r for r in on_time if r.status == 200]
+    degraded = Counter(k for r in answered for k in r.degraded)
+    shed = [r for r in answered if r.reason == "overload"]
+    lat = sorted(r.latency_ms for r in answered)
+    value = sum(value_of(r) for r in rs if r.won)
+
+    def pct(q):
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
+
+    secs = max(hi - lo, 1e-9)
+    return {
+        "from_s": round(lo, 1), "to_s": round(hi, 1), "auctions": n,
+        "offered_per_s": round(n / secs, 2),
+        "on_time_share": round(len(on_time) / n, 5) if n else None,
+        "on_time_per_s": round(len(on_time) / secs, 2),
+        "bid_rate": round(len(bids) / n, 5) if n else None,
+        "degraded_share": round(sum(1 for r in answered if r.degraded) / len(answered), 5) if answered else None,
+        "degraded_kinds": dict(degraded.most_common(8)),
+        "value_per_opportunity": round(value / n, 8) if n else None,
+        "status": {str(k): v for k, v in sorted(Counter(r.status for r in rs).items())},
+        "5xx": sum(1 for r in rs if r.status >= 500),
+        "late": sum(1 for r in answered if r.late),
+        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat[-1] if lat else None},
+        "shed": len(shed), "shed_max_ms": round(max(r.server_ms for r in shed), 3) if shed else None,
+        "by_region": dict(Counter(r.region for r in rs)),
+    }
+
+
+def resume(records: list[AuctionRecord], lost: str, t_kill: float) -> dict:
+    """For the auctions meant for ``lost``: when they were last answered on time before the kill
+    and first answered on time by another region after it."""
+    meant = [r for r in records if r.opp.region == lost and r.t >= t_kill]
+    ok = [r for r in meant if r.status in (200, 204) and not r.late]
+    other = [r for r in ok if r.region != lost]
+    first = min((r.t for r in other), default=None)
+    unanswered = [r for r in meant if first is None or r.t < first]
+    return {"region": lost, "kill_at_s": round(t_kill, 2),
+            "first_on_time_elsewhere_s": None if first is None else round(first - t_kill, 2),
+            "unanswered_before": sum(1 for r in unanswered if not (r.status in (200, 204) and not r.late)),
+            "answered_elsewhere": len(other),
+            "answered_elsewhere_on_time_share": round(len(other) / sum(1 for r in meant if r.region != lost), 4)
+            if any(r.region != lost for r in meant) else None}
+
+
+def targets(doc: dict) -> dict:
+    """Issue 23's targets, each with its figure and whether it was met."""
+    base, fault = doc["phases"]["baseline"], doc["phases"]["fault"]
+    out = {
+        "on_time_share>=0.999": {"value": fault["on_time_share"], "met": (fault["on_time_share"] or 0) >= ON_TIME},
+        "zero_5xx": {"value": sum(p["5xx"] for p in doc["phases"].values()),
+                     "met": all(p["5xx"] == 0 for p in doc["phases"].values())},
+        "zero_events_lost": {"value": doc["money"]["events_lost"], "met": doc["money"]["events_lost"] == 0},
+        "no_campaign_over_budget": {"value": doc["money"]["over_budget_samples"],
+                                    "met": doc["money"]["over_budget_samples"] == 0},
+    }
+    if base["value_per_opportunity"]:
+        ratio = (fault["value_per_opportunity"] or 0.0) / base["value_per_opportunity"]
+        out["value_per_opportunity>=0.9x_baseline"] = {"value": round(ratio, 4), "met": ratio >= VALUE}
+    if "failover" in doc:
+        s = doc["failover"]["resume"]["first_on_time_elsewhere_s"]
+        out["answers_resume_within_5s"] = {"value": s, "met": s is not None and s <= RESUME_S}
+    if fault["shed"]:
+        out["shed_answered_under_5ms"] = {"value": fault["shed_max_ms"], "met": fault["shed_max_ms"] < SHED_MS}
+    return out
+
+
+def timeline_plot(records: list[AuctionRecord], doc: dict, path: Path) -> Path:
+    """Per second: auctions answered on time by each region, and the share on time of those meant
+    for the lost region; the kill, the DNS's changes, control's re-lease and the restore marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fo = doc["failover"]
+    lost = fo["resume"]["region"]
+    end = int(max((r.t for r in records), default=0)) + 1
+    by_region: dict[str, list[int]] = {}
+    meant_n, meant_ok = [0] * end, [0] * end
+    for r in records:
+        s = int(r.t)
+        ok = r.status in (200, 204) and not r.late
+        if ok:
+            by_region.setdefault(r.region, [0] * end)[s] += 1
+        if r.opp.region == lost:
+            meant_n[s] += 1
+            meant_ok[s] += ok
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for region, ys in sorted(by_region.items()):
+        a1.plot(range(end), ys, label=f"answered on time by {region}")
+    a1.set_ylabel("auctions / s")
+    a1.legend(fontsize=8, loc="upper right")
+    a2.plot(range(end), [ok / n if n else None for ok, n in zip(meant_ok, meant_n)], color="k")
+    a2.set_ylabel(f"on-time share, meant for {lost}")
+    a2.set_xlabel("seconds into the run")
+    a2.set_ylim(-0.05, 1.05)
+    marks = [(fo["resume"]["kill_at_s"], f"{lost} removed", "r")]
+    marks += [(e["t"], f"DNS: {e['region']} {e['event']}", "b") for e in fo["dns_events"]]
+    marks += [(e["t"], "control: " + (", ".join(f"{k}->{v}" for k, v in e["failover"].items()) or "slices back"), "g")
+              for e in fo["control_changes"]]
+    if fo.get("restore_at_s") is not None:
+        marks.append((fo["restore_at_s"], f"{lost} deployed again", "m"))
+    for t, label, color in marks:
+        for ax in (a1, a2):
+            ax.axvline(t, color=color, linestyle="--", linewidth=0.8)
+        a1.annotate(label, (t, a1.get_ylim()[1]), rotation=90, fontsize=7, va="top", ha="right", color=color)
+    a1.set_title(f"Region loss: {lost} removed, exchanges fail over by DNS (interval {fo['dns']['interval_s']:.0f} s, "
+                 f"threshold {fo['dns']['threshold']}, TTL {fo['dns']['ttl_s']:.0f} s)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,96 @@
+"""Tail awareness: which partners get called, and how often.
+
+Per partner and tier, a window of recent answers: the latency of each in-time answer, and a late
+one at its cutoff (we stopped waiting there, so all we know is "at least the cutoff"). Its p95
+is therefore at the cutoff exactly when more than 5% of recent calls were late: such a partner
+is **slow** and is throttled to ``probe_share`` of its eligible requests, still enough answers to
+see it recover. A partner whose recent calls error more than ``max_error_rate`` is **erroring**,
+throttled the same way; ``backoff_after`` consecutive errors **back it off**: no calls at all for
+``backoff_s``, doubling up to ``max_backoff_s``, then one probe decides. Control's share
+(``PartnerCutoff.share``) multiplies in. All of it shows in ``/stats`` (``state``, ``p95_ms``,
+``throttled``, ``backed_off``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+from fleet.config import PartnerSettings
+
+
+def p95(values) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return float(s[min(len(s) - 1, int(0.95 * len(s)))])
+
+
+class TierWindow:
+    __slots__ = ("lat", "errors")
+
+    def __init__(self, n: int):
+        self.lat: deque[float] = deque(maxlen=n)  # ms; a late call counts at its cutoff
+        self.errors: deque[bool] = deque(maxlen=n)  # per call: did it error
+
+
+class PartnerHealth:
+    def __init__(self, settings: PartnerSettings, rng: random.Random | None = None):
+        self.s = settings
+        self.rng = rng or random.Random()
+        self.tiers: dict[str, TierWindow] = {}
+        self.consecutive_errors = 0
+        self.backoff_until = 0.0
+        self.backoff_s = settings.backoff_s
+        self.late_share: dict[str, float] = {}
+
+    def _w(self, tier: str) -> TierWindow:
+        w = self.tiers.get(tier)
+        if w is None:
+            w = self.tiers[tier] = TierWindow(self.s.window)
+        return w
+
+    def state(self, tier: str, cutoff_ms: float, now: float) -> str:
+        """"backoff", "erroring", "slow" or "ok" for calls of ``tier`` at ``cutoff_ms``."""
+        if now < self.backoff_until:
+            return "backoff"
+        w = self.tiers.get(tier)
+        if w is None or len(w.lat) + len(w.errors) < self.s.min_samples:
+            return "ok"
+        if len(w.errors) >= self.s.min_samples and sum(w.errors) / len(w.errors) > self.s.max_error_rate:
+            return "erroring"
+        if len(w.lat) >= self.s.min_samples:
+            q = p95(w.lat)
+            if q is not None and q >= cutoff_ms:
+                return "slow"
+        return "ok"
+
+    def admit(self, tier: str, cutoff_ms: float, share: float, now: float) -> str | None:
+        """None to call now, else why not ("backoff", "throttled")."""
+        st = self.state(tier, cutoff_ms, now)
+        if st == "backoff":
+            return "backoff"
+        if st != "ok":
+            share *= self.s.probe_share
+        if share < 1.0 and self.rng.random() >= share:
+            return "throttled"
+        return None
+
+    def observe(self, tier: str, outcome: str, elapsed_ms: float, cutoff_ms: float, now: float) -> None:
+        """One call's end: "in_time" (any answer before the cutoff), "late", "error"."""
+        w = self._w(tier)
+        if outcome == "error":
+            w.errors.append(True)
+            self.consecutive_errors += 1
+            if self.consecutive_errors >= self.s.backoff_after:
+                self.backoff_until = now + self.backoff_s
+                self.backoff_s = min(self.backoff_s * 2.0, self.s.max_backoff_s)
+            return
+        w.errors.append(False)
+        self.consecutive_errors = 0
+        self.backoff_s = self.s.backoff_s
+        w.lat.append(cutoff_ms if outcome == "late" else min(elapsed_ms, cutoff_ms))
+
+    def p95_ms(self, tier: str) -> float | None:
+        w = self.tiers.get(tier)
+        return p95(w.lat) if w is not None else None
