@@ -7,7 +7,8 @@ is **slow** and is throttled to ``probe_share`` of its eligible requests, still 
 see it recover. A partner whose recent calls error more than ``max_error_rate`` is **erroring**,
 throttled the same way; ``backoff_after`` consecutive errors **back it off**: no calls at all for
 ``backoff_s``, doubling up to ``max_backoff_s``, then one probe decides. Control's share
-(``PartnerCutoff.share``) multiplies in. All of it shows in ``/stats`` (``state``, ``p95_ms``,
+(``PartnerCutoff.share``) applies always; the local throttle combines with it by min (control's
+share may already be its own probe share: a product would leave too few calls to re-measure). All of it shows in ``/stats`` (``state``, ``p95_ms``,
 ``throttled``, ``backed_off``).
 """
 
@@ -70,8 +71,8 @@ class PartnerHealth:
         st = self.state(tier, cutoff_ms, now)
         if st == "backoff":
             return "backoff"
-        if st != "ok":
-            share *= self.s.probe_share
+        if st != "ok":  # by min with control's share, which may already hold its own probe share
+            share = min(share, self.s.probe_share)
         if share < 1.0 and self.rng.random() >= share:
             return "throttled"
         return None

@@ -22,10 +22,10 @@ class PartnerTierStats(msgspec.Struct, kw_only=True):
     """One partner on one tier over one report interval (counts are deltas)."""
 
     eligible: int = 0  # requests of this tier the partner could have seen
-    called: int = 0  # requests actually sent (after throttle, QPS cap, time left)
-    in_time: int = 0  # answered (any HTTP answer, bid or no-bid) before its cutoff
-    late: int = 0  # timed out at the cutoff / answered after it
-    errors: int = 0  # connection errors, non-2xx/204 statuses, undecodable bodies
+    called: int = 0  # requests that reached the wire (after share, throttle, QPS cap, time left)
+    in_time: int = 0  # a readable answer (bid or no-bid) before its cutoff
+    late: int = 0  # no answer by the cutoff (called = in_time + late + errors)
+    errors: int = 0  # connection errors, statuses other than 200/204, unreadable answers
     participating: int = 0  # answered in time with at least one valid bid at or above floor
     won: int = 0  # its bid won our auction
     p95_ms: float | None = None  # recent window of answer latency (late ones count at the cutoff)
