@@ -1,4 +1,5 @@
-"""Arbitrary JSON and mutated valid requests never produce a 5xx (or an exception)."""
+"""Arbitrary JSON and mutated valid requests never produce a 5xx (or an exception); a wrong
+optional field never produces a 400 either (issue 22)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,39 @@ def mutated_requests(draw):
     return req
 
 
+# Paths whose loss may leave nothing to bid on (a 400 by design: docs/openrtb.md); every other
+# field of a request is optional, and a wrong value there must never cost the request.
+NOT_OPTIONAL = {"id", "imp", "imp[]", "imp[].id", "imp[].banner", "imp[].video", "imp[].audio", "imp[].native",
+                "imp[].bidfloor", "imp[].bidfloorcur"}
+
+
+def _paths(node, path=(), shape=""):
+    """(path, shape) of every field and list item under ``node``; shape drops list indices."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        sub = f"{shape}[]" if isinstance(k, int) else (f"{shape}.{k}" if shape else k)
+        yield (*path, k), sub
+        yield from _paths(v, (*path, k), sub)
+
+
+@st.composite
+def wrong_optional_fields(draw):
+    """A valid corpus request with one to three optional fields (at any depth) replaced by
+    arbitrary JSON: a wrong type, null, an object for a list, a list for a number..."""
+    req = copy.deepcopy(draw(st.sampled_from(SEEDS)))
+    req["id"] = f"fo-{draw(st.integers(0, 2**62))}"
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p, shape in _paths(req) if shape not in NOT_OPTIONAL]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        node = req
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = draw(json_values)
+    return req
+
+
 @pytest.fixture(scope="module")
 def bidder(regions):
     return RegionBidder("us-east", regions, load_catalog(regions.defaults.catalog))
@@ -71,6 +105,13 @@ def test_mutated_requests_in_process(bidder, req):
         json.loads(a.body)
 
 
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(req=wrong_optional_fields())
+def test_a_wrong_optional_field_is_never_a_400_in_process(bidder, req):
+    a = bidder.bid(json.dumps(req).encode(), version="2.6")
+    assert a.status in (200, 204), (a.status, a.body[:300])
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(max_size=200))
 def test_arbitrary_bytes_in_process(bidder, raw):
@@ -88,6 +129,15 @@ def test_fuzz_over_http_never_5xx(fleet_http, req, value):
         r2 = client.post("/eu-west/openrtb2/bid", content=json.dumps(value), headers=headers)
     assert r1.status_code in ALLOWED, r1.text[:200]
     assert r2.status_code in ALLOWED, r2.text[:200]
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(req=wrong_optional_fields())
+def test_a_wrong_optional_field_is_never_a_400_over_http(fleet_http, req):
+    r = httpx.post(f"{fleet_http}/us-east/openrtb2/bid", content=json.dumps(req), timeout=10,
+                   headers={"content-type": "application/json", "x-openrtb-version": "2.6"})
+    assert r.status_code in (200, 204), r.text[:300]
 
 
 # -- inputs a fuzzer found (2026-11-23): each was an exception, so a 500 behind Serve --------------

@@ -56,14 +56,15 @@ class Unreadable(Exception):
 
 
 # -- the model as a walkable schema -------------------------------------------------------
-# node: ("int"|"float"|"str"|"bool"|"any",) | ("list", node) | ("struct", {wire name: (node,
-# required, nullable)}); unions of one type and null are that type, nullable.
+# node: ("int"|"float"|"str"|"bool"|"dict"|"any",) | ("list", node) | ("union", (node, ...)) |
+# ("struct", {wire name: (node, required, nullable)}); a union of one type and null is that type,
+# nullable.
 
 
 def _node(t: mi.Type) -> tuple:
     if isinstance(t, mi.UnionType):
         rest = [x for x in t.types if not isinstance(x, mi.NoneType)]
-        return _node(rest[0]) if len(rest) == 1 else ("any",)
+        return _node(rest[0]) if len(rest) == 1 else ("union", tuple(_node(x) for x in rest))
     if isinstance(t, mi.IntType):
         return ("int",)
     if isinstance(t, mi.FloatType):
@@ -74,6 +75,8 @@ def _node(t: mi.Type) -> tuple:
         return ("bool",)
     if isinstance(t, (mi.ListType, mi.FrozenSetType, mi.SetType, mi.VarTupleType)):
         return ("list", _node(t.item_type))
+    if isinstance(t, mi.DictType):
+        return ("dict",)
     if isinstance(t, mi.StructType):
         fields = {}
         for f in t.fields:
@@ -156,10 +159,24 @@ def _bool(v: Any) -> Any:
 _SCALARS = {"int": _int, "float": _float, "str": _str, "bool": _bool}
 
 
+_EXACT = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list, "struct": dict}
+
+
 def _fix(v: Any, node: tuple, path: str, log: Repairs) -> Any:
     kind = node[0]
     if kind == "any":
         return v
+    if kind == "dict":
+        return v if type(v) is dict else _BAD
+    if kind == "union":  # a value of one of its types as it is, else the first coercion that works
+        for sub in node[1]:
+            if type(v) is _EXACT.get(sub[0]):
+                return _fix(v, sub, path, log)
+        for sub in node[1]:
+            out = _fix(v, sub, path, log)
+            if out is not _BAD:
+                return out
+        return _BAD
     scalar = _SCALARS.get(kind)
     if scalar is not None:
         out = scalar(v)

@@ -21,6 +21,7 @@ tracker, in ``eventtrackers`` (event 1, image) when the request offers that, els
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import msgspec
@@ -73,22 +74,40 @@ def _asset(a: dict) -> Asset | None:
 
 
 def native_spec(native: Native | None) -> NativeSpec | None:
-    """The request's native spec, or None when it cannot be read (no bid: no asset ids to use)."""
+    """The request's native spec, or None when it cannot be read (no bid: no asset ids to use).
+    An exchange sends the same few request strings again and again: those are read once."""
     if native is None:
         return None
     raw = native.request
     if isinstance(raw, str):
-        if not raw:
-            return None
-        try:
-            raw = msgspec.json.decode(raw)
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # the exchange's string
-            return None
+        return _cached(raw, native.ver) if len(raw) <= CACHED_MAX else _read_text(raw, native.ver)
+    return _read(raw, native.ver)
+
+
+CACHED_MAX = 4096  # longer request strings are read each time (the cache stays small)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached(raw: str, ver: str | None) -> NativeSpec | None:
+    return _read_text(raw, ver)
+
+
+def _read_text(raw: str, ver: str | None) -> NativeSpec | None:
+    if not raw:
+        return None
+    try:
+        obj = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # the exchange's string
+        return None
+    return _read(obj, ver)
+
+
+def _read(raw, native_ver: str | None) -> NativeSpec | None:
     if not isinstance(raw, dict):
         return None
     wrapped = isinstance(raw.get("native"), dict)
     body = raw["native"] if wrapped else raw
-    ver = body.get("ver") if isinstance(body.get("ver"), str) else (native.ver or "1.2")
+    ver = body.get("ver") if isinstance(body.get("ver"), str) else (native_ver or "1.2")
     wrapped = wrapped or ver.strip() in ("1", "1.0", "1.1")
     items = body.get("assets")
     assets = tuple(a for a in (_asset(x) for x in items if isinstance(x, dict)) if a is not None) \

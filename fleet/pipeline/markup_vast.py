@@ -19,9 +19,9 @@ from html import escape
 
 from fleet.campaigns.model import Creative
 
-# protocol id -> the VAST version written for it
-PROTOCOLS = {2: "2.0", 5: "2.0", 3: "3.0", 6: "3.0", 7: "4.0", 8: "4.0",
-             11: "4.1", 12: "4.1", 13: "4.2", 14: "4.2"}
+VERSIONS = ("2.0", "3.0", "4.0", "4.1", "4.2")  # the versions written, oldest first
+# protocol id -> the index in VERSIONS of the version written for it
+PROTOCOLS = {2: 0, 5: 0, 3: 1, 6: 1, 7: 2, 8: 2, 11: 3, 12: 3, 13: 4, 14: 4}
 DEFAULT = {"video": "4.0", "audio": "4.1"}
 
 
@@ -29,8 +29,8 @@ def vast_version(protocols: list[int], fmt: str) -> str | None:
     """The VAST version to write for an imp's ``protocols``; None: none we write."""
     if not protocols:
         return DEFAULT[fmt]
-    versions = [PROTOCOLS[p] for p in protocols if p in PROTOCOLS]
-    return max(versions, key=lambda v: tuple(map(int, v.split(".")))) if versions else None
+    best = max((PROTOCOLS.get(p, -1) for p in protocols), default=-1)
+    return VERSIONS[best] if best >= 0 else None
 
 
 def duration(seconds: int) -> str:
