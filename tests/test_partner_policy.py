@@ -223,3 +223,62 @@ def test_partner_state_survives_a_control_restart(redis_srv):
         await r.aclose()
 
     asyncio.run(go())
+
+
+# -- seed 001, failure chain 1: partners late together --------------------------------------------
+
+
+def test_partners_late_together_are_not_throttled_and_their_tier_cuts_optional_enrichment():
+    from fleet.control.cutoffs import recompute
+
+    book = PartnerBook()
+    judged(book, {p: {"premium": stats(p95=p95, won=10, value=10.0)} for p, p95 in (("a", 8.0), ("b", 15.0), ("c", 30.0))})
+    before = {p: book.policy[p]["premium"] for p in "abc"}
+    # Enrichment slowed: the fan-out starts later and all three arrive late, the fast one too.
+    pol = judged(book, {p: {"premium": stats(p95=c.cutoff_ms, cutoff=c.cutoff_ms, late=25, won=10, value=10.0)}
+                        for p, c in before.items()}, now=2000.0)
+    for p in "abc":
+        assert pol[p]["premium"] == before[p], p  # neither throttled nor re-timed
+        assert "upstream" in book.why[p]["premium"]
+    assert book.cut_tiers(2000.0) == {"premium"} and book.cut_tiers(2000.0 + Params().starve_hold_s) == set()
+    base = {name: t.model_dump() for name, t in load_regions().tiers.items()}
+    new = recompute(base, {"enrichment": 30.0}, {t: 85.0 for t in base}, cut=book.cut_tiers(2000.0))
+    assert new["premium"]["budgets"]["enrichment"] == pytest.approx(base["premium"]["budgets"]["enrichment"] / 2)
+    assert new["standard"]["budgets"]["enrichment"] > base["standard"]["budgets"]["enrichment"]  # not cut: fed as before
+    assert sum(new["premium"]["budgets"].values()) < sum(base["premium"]["budgets"].values())  # given to no stage
+
+
+def test_one_late_partner_among_punctual_ones_is_its_own_problem():
+    book = PartnerBook()
+    pol = judged(book, {"a": {"remnant": stats(p95=8.0)}, "b": {"remnant": stats(p95=9.0)},
+                        "c": {"remnant": stats(p95=80.0, late=30)}})
+    assert pol["c"]["remnant"].share == pytest.approx(0.1) and pol["a"]["remnant"].share == 1.0
+    assert book.cut_tiers(1000.0) == set()
+
+
+def test_control_cuts_enrichment_where_partners_starve_and_gives_it_back_after_the_hold():
+    clock = Clock()
+    control = Control(load_regions(), None, clock=clock)
+    base_share = control.base_policies["premium"]["budgets"]["enrichment"]
+
+    async def interval(late: int, p95: float):
+        partners = {p: {"premium": stats(p95=p95, cutoff=40.0, late=late, won=5, value=5.0)} for p in ("a", "b", "c")}
+        await control.sync(Report(region="us-east", replica="r1", ts=clock(), partners=partners,
+                                  stage_p99_ms={"enrichment": 14.0}))
+        clock.t += control.settings.policy_every_s + 1
+        await control.tick(1.0)
+        return control.policies.policies["premium"]
+
+    async def go():
+        await control.start()
+        healthy = await interval(0, 10.0)
+        assert healthy["budgets"]["enrichment"] > base_share  # a slower enrichment is fed, as before
+        starved = await interval(30, 40.0)
+        assert starved["budgets"]["enrichment"] == pytest.approx(base_share / 2)
+        assert all(c.share == 1.0 for c in partner_policy_from_tiers(control.policies.policies)
+                   .values() for c in [c["premium"]])
+        clock.t += Params().starve_hold_s
+        back = await interval(0, 10.0)
+        assert back["budgets"]["enrichment"] > base_share
+
+    asyncio.run(go())

@@ -23,7 +23,8 @@ from fleet.partners.messages import cutoff_from_value
 
 def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_budget_ms: dict[str, float],
               *, margin: float = 1.5, floor_share: float = 0.02, elastic: str = "pricing",
-              quantum: float = 0.01) -> dict[str, dict]:
+              quantum: float = 0.01, cut: set[str] | frozenset = frozenset(),
+              optional: tuple[str, ...] = ("enrichment",)) -> dict[str, dict]:
     """New policies from ``base``: stages whose observed p99 * margin needs more than their base
     share get it, taken from the ``elastic`` stage; ``base`` is not mutated.
 
@@ -37,6 +38,10 @@ def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_bud
     - Needs are rounded up to ``quantum`` so small moves of a p99 leave the policy, and the epoch,
       unchanged. A share never goes below ``floor_share`` (within what the elastic stage can pay).
     - Tiers missing from ``typical_budget_ms`` and stages without a p99 keep their base shares.
+    - Tiers in ``cut`` (their demand partners were late together: ``partner_policy``) have their
+      ``optional`` stages cut to half their base share (not below ``floor_share``) and not fed:
+      enrichment degrades to the request's own data and the fan-out gets the time. What is cut
+      is given to no other stage (the partners' time is what is left before the deadline).
     - Partner entries are carried through untouched: their cutoffs and shares are
       ``fleet.control.partner_policy``'s (one definition), overlaid after this.
     """
@@ -48,7 +53,10 @@ def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_bud
         shares: dict[str, float] = new.get("budgets", {})
         if budget_ms and budget_ms > 0 and elastic in shares:
             spare = shares[elastic] - shares[elastic] / 2.0  # what the elastic stage may give
-            for stage in [s for s in STAGES if s in shares and s != elastic]:
+            if tier in cut:
+                for stage in [s for s in optional if s in shares and s != elastic]:
+                    shares[stage] = max(min(floor_share, shares[stage]), shares[stage] / 2.0)
+            for stage in [s for s in STAGES if s in shares and s != elastic and not (tier in cut and s in optional)]:
                 p99 = stage_p99_ms.get(stage)
                 if p99 is None:
                     continue

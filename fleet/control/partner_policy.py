@@ -22,6 +22,14 @@ later). ``decide`` is the whole rule, a pure function:
   throttled to ``probe_share`` (about 10% still sent, to re-measure it) and backed off:
   ``backoff_s`` doubling per troubled window up to ``max_backoff_s``; a clean window after the
   backoff ran out gives its share back.
+- **Late together: time taken upstream.** When at least ``starve_min`` partners, and at least
+  ``starve_share`` of those judged on a tier, are late in the same window, the common cause is
+  upstream (seed 001, failure chain 1: a slower enrichment leaves the fan-out less time, and
+  partners that answer as fast as ever arrive late). Throttling them would thin the auction
+  further, so their shares and cutoffs stay as they were, and the tier is marked *starved* for
+  ``starve_hold_s``: ``fleet.control.cutoffs.recompute`` then cuts its optional enrichment (half
+  its base share, not fed), which gives the partners their time back. When the hold lapses the
+  share returns; if the cause persists the partners go late together again and it is cut again.
 - **Pins.** An operator's pin (``PUT /control/v1/partners/{id}/{tier}``) is returned as pinned,
   never computed over.
 - Cutoffs are rounded up to ``quantum_ms`` and moved only by more than ``hysteresis`` of the last
@@ -57,6 +65,9 @@ class Params(msgspec.Struct, frozen=True, kw_only=True):
     min_cutoff_ms: float = 5.0
     quantum_ms: float = 1.0
     hysteresis: float = 0.1  # a computed cutoff within this share of the last one keeps the last
+    starve_min: int = 2  # partners late together on a tier: a cause upstream of the fan-out...
+    starve_share: float = 0.5  # ...when they are at least this share of the tier's judged partners
+    starve_hold_s: float = 120.0  # a starved tier's optional enrichment stays cut this long
 
 
 class Window(msgspec.Struct, kw_only=True):
@@ -96,13 +107,18 @@ def tier_fraction(rank: int, tiers: int, lowest: float) -> float:
 
 def decide(w: Window, *, ceiling_ms: float, rank: int, tiers: int, defining: bool,
            prev: PartnerCutoff | None, backoff: Backoff, now: float,
-           p: Params = Params()) -> tuple[PartnerCutoff, Backoff, str]:
-    """One partner's cutoff and share on one tier from its judged window; the new backoff; why."""
+           p: Params = Params(), starved: bool = False) -> tuple[PartnerCutoff, Backoff, str]:
+    """One partner's cutoff and share on one tier from its judged window; the new backoff; why.
+    ``starved``: late together with the tier's other partners (the cause is upstream)."""
     called = max(w.called, 1)
     late_share, error_share = w.late / called, w.errors / called
     used = w.cutoff_ms or (prev.cutoff_ms if prev else ceiling_ms)
     past_cutoff = late_share > p.late_limit or (w.p95_ms is not None and used > 0 and w.p95_ms >= used)
     erring = error_share > p.error_limit
+    if starved and not erring:  # its lateness is not its own: neither throttled nor re-timed
+        keep = prev or PartnerCutoff(cutoff_ms=ceiling_ms)
+        return (PartnerCutoff(cutoff_ms=keep.cutoff_ms, share=keep.share), backoff,
+                "late %.1f%% with the tier's other partners: time taken upstream" % (100 * late_share))
     if past_cutoff or erring:
         wait = min(p.backoff_s * 2 ** backoff.level, p.max_backoff_s)
         backoff = Backoff(level=backoff.level + 1, until=now + wait)
@@ -155,6 +171,7 @@ class PartnerBook:
         self.why: dict[str, dict[str, str]] = {}
         # region -> partner -> cumulative counters (summed over tiers), p95 and cutoff last reported
         self.regions: dict[str, dict[str, dict]] = {}
+        self.starved: dict[str, float] = {}  # tier -> its optional enrichment is cut until then
 
     # -- in ------------------------------------------------------------------------------------
 
@@ -198,6 +215,12 @@ class PartnerBook:
         for tier, ws in by_tier.items():
             rank = tiers.index(tier) if tier in tiers else len(tiers) - 1
             defining = defining_partners(ws, self.p.defining_share)
+            judged = [pid for pid, w in ws.items() if w.called >= self.p.min_calls
+                      and tier not in self.pins.get(pid, {}) and self.ceilings.get(pid, {}).get(tier)]
+            late = {pid for pid in judged if ws[pid].late / ws[pid].called > self.p.late_limit}
+            starved = len(late) >= self.p.starve_min and len(late) >= self.p.starve_share * len(judged)
+            if starved:
+                self.starved[tier] = now + self.p.starve_hold_s
             for pid, w in ws.items():
                 if tier in self.pins.get(pid, {}):
                     del self.windows[pid][tier]  # pinned: the operator's word, not judged
@@ -208,7 +231,8 @@ class PartnerBook:
                 prev = self.policy.get(pid, {}).get(tier)
                 bo = self.backoffs.get(pid, {}).get(tier, Backoff())
                 c, bo, why = decide(w, ceiling_ms=ceiling, rank=rank, tiers=max(len(tiers), 1),
-                                    defining=pid in defining, prev=prev, backoff=bo, now=now, p=self.p)
+                                    defining=pid in defining, prev=prev, backoff=bo, now=now, p=self.p,
+                                    starved=starved and pid in late)
                 policy.setdefault(pid, {})[tier] = c
                 self.backoffs.setdefault(pid, {})[tier] = bo
                 self.why.setdefault(pid, {})[tier] = why
@@ -218,6 +242,10 @@ class PartnerBook:
                 policy.setdefault(pid, {})[tier] = c
         self.policy = policy
         return policy
+
+    def cut_tiers(self, now: float) -> set[str]:
+        """The tiers whose optional enrichment is cut now (their partners were late together)."""
+        return {t for t, until in self.starved.items() if now < until}
 
     def pin(self, pid: str, tier: str, body: dict) -> PartnerCutoff:
         """An operator's pin: ``cutoff_ms`` (0: do not call) and optionally ``share``."""
@@ -263,7 +291,7 @@ class PartnerBook:
         return {"policy": {pid: {t: msgspec.structs.asdict(c) | {"why": self.why.get(pid, {}).get(t, "pinned" if c.pinned else "")}
                                  for t, c in ts.items()} for pid, ts in self.policy.items()},
                 "pins": {pid: {t: msgspec.structs.asdict(c) for t, c in ts.items()} for pid, ts in self.pins.items()},
-                "ceilings": copy.deepcopy(self.ceilings),
+                "ceilings": copy.deepcopy(self.ceilings), "starved_until": dict(self.starved),
                 "backoffs": {pid: {t: msgspec.structs.asdict(b) for t, b in ts.items()} for pid, ts in self.backoffs.items()},
                 "regions": copy.deepcopy(self.regions)}
 
@@ -271,7 +299,7 @@ class PartnerBook:
         def enc(d):
             return {pid: {t: msgspec.structs.asdict(x) for t, x in ts.items()} for pid, ts in d.items()}
         return {"ceilings": self.ceilings, "backoffs": enc(self.backoffs), "pins": enc(self.pins),
-                "policy": enc(self.policy), "regions": self.regions}
+                "policy": enc(self.policy), "regions": self.regions, "starved": self.starved}
 
     @classmethod
     def from_dict(cls, d: dict, params: Params = Params()) -> "PartnerBook":
@@ -284,4 +312,5 @@ class PartnerBook:
         b.pins = dec(d.get("pins"), PartnerCutoff)
         b.policy = dec(d.get("policy"), PartnerCutoff)
         b.regions = d.get("regions") or {}
+        b.starved = {t: float(u) for t, u in (d.get("starved") or {}).items()}
         return b
