@@ -39,9 +39,10 @@ def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_bud
       unchanged. A share never goes below ``floor_share`` (within what the elastic stage can pay).
     - Tiers missing from ``typical_budget_ms`` and stages without a p99 keep their base shares.
     - Tiers in ``cut`` (their demand partners were late together: ``partner_policy``) have their
-      ``optional`` stages cut to half their base share (not below ``floor_share``) and not fed:
-      enrichment degrades to the request's own data and the fan-out gets the time. What is cut
-      is given to no other stage (the partners' time is what is left before the deadline).
+      ``optional`` stages cut to ``floor_share`` and not fed: enrichment answers from the
+      near-cache or a lookup that is quick, else degrades to the request's own data, and the
+      fan-out gets the time. What is cut is given to no other stage (the partners' time is what
+      is left before the deadline).
     - Partner entries are carried through untouched: their cutoffs and shares are
       ``fleet.control.partner_policy``'s (one definition), overlaid after this.
     """
@@ -55,7 +56,7 @@ def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_bud
             spare = shares[elastic] - shares[elastic] / 2.0  # what the elastic stage may give
             if tier in cut:
                 for stage in [s for s in optional if s in shares and s != elastic]:
-                    shares[stage] = max(min(floor_share, shares[stage]), shares[stage] / 2.0)
+                    shares[stage] = min(floor_share, shares[stage])
             for stage in [s for s in STAGES if s in shares and s != elastic and not (tier in cut and s in optional)]:
                 p99 = stage_p99_ms.get(stage)
                 if p99 is None:

@@ -27,8 +27,8 @@ later). ``decide`` is the whole rule, a pure function:
   upstream (seed 001, failure chain 1: a slower enrichment leaves the fan-out less time, and
   partners that answer as fast as ever arrive late). Throttling them would thin the auction
   further, so their shares and cutoffs stay as they were, and the tier is marked *starved* for
-  ``starve_hold_s``: ``fleet.control.cutoffs.recompute`` then cuts its optional enrichment (half
-  its base share, not fed), which gives the partners their time back. When the hold lapses the
+  ``starve_hold_s``: ``fleet.control.cutoffs.recompute`` then cuts its optional enrichment (to
+  the floor share, not fed), which gives the partners their time back. When the hold lapses the
   share returns; if the cause persists the partners go late together again and it is cut again.
 - **Pins.** An operator's pin (``PUT /control/v1/partners/{id}/{tier}``) is returned as pinned,
   never computed over.
