@@ -62,6 +62,8 @@ def test_a_valid_request_takes_the_fast_path_and_repairs_nothing():
 
 
 @pytest.mark.parametrize("path,value,counter,read", [
+    ("id", 123, "tolerated.coerced.id", lambda r: r.id == "123"),
+    ("imp", BANNER, "tolerated.coerced.imp", lambda r: [i.id for i in r.imp] == ["1"]),
     ("imp.0.id", 1, "tolerated.coerced.imp[].id", lambda r: r.imp[0].id == "1"),
     ("tmax", "120", "tolerated.coerced.tmax", lambda r: r.tmax == 120),
     ("tmax", 120.0, "tolerated.coerced.tmax", lambda r: r.tmax == 120),
@@ -126,6 +128,17 @@ def test_what_the_bidder_cannot_do_without_is_still_a_400(bidder, obj):
     a = bidder.bid(json.dumps(obj).encode(), version="2.6")
     assert a.status == 400, a.body
     assert json.loads(a.body)["nbr"] == 2
+
+
+def test_an_imp_or_deal_it_cannot_read_is_dropped_and_counted():
+    deals = {"deals": [{"id": "d1", "bidfloor": "x"}, {"id": "d2", "bidfloor": -1}, {"id": "d3", "bidfloor": 2}]}
+    req, counts = _decode({**BASE, "imp": [{**BANNER, "pmp": deals}, {"id": "2"},
+                                           {**BANNER, "id": "3", "bidfloor": -0.5}]})
+    assert [i.id for i in req.imp] == ["1"]
+    assert [d.id for d in req.imp[0].pmp.deals] == ["d3"]
+    assert counts["tolerated.dropped.imp[].pmp.deals[].bidfloor"] == 1
+    assert counts["tolerated.deal.bad_floor"] == 1
+    assert counts["tolerated.imp.no_media"] == 1 and counts["tolerated.imp.bad_floor"] == 1
 
 
 def test_duplicate_imp_ids_bid_on_the_first_only(bidder):
@@ -196,6 +209,32 @@ def test_vast_markup_is_well_formed_with_our_trackers(version, cr):
     assert root.find(".//MediaFile").get("type") == cr.mime
     assert (root.find(".//UniversalAdId") is not None) == version.startswith("4")
     assert (root.find("./Ad/InLine/AdServingId") is not None) == (version in ("4.1", "4.2"))
+
+
+def _one_creative(regions, cr: Creative) -> RegionBidder:
+    c = Campaign(id="c-1", advertiser="adv", adomain=["a.example"], budget_daily=1e6, creatives=[cr])
+    return RegionBidder("us-east", regions, [c])
+
+
+def test_a_secure_imp_gets_https_everywhere_and_no_creative_with_an_http_url(regions):
+    plain = Creative(id="cr-http", format="banner", w=300, h=250, image_url="http://cdn.example/a.png")
+    b = _one_creative(regions, plain)
+    assert b.bid(json.dumps(BASE).encode(), version="2.6").status == 200
+    secure = {**BASE, "id": "t2", "imp": [{**BANNER, "secure": 1}]}
+    assert b.bid(json.dumps(secure).encode(), version="2.6").status == 204
+    b = _one_creative(regions, Creative(id="cr-https", format="banner", w=300, h=250))
+    bid = json.loads(b.bid(json.dumps(secure).encode(), version="2.6").body)["seatbid"][0]["bid"][0]
+    assert all(bid[k].startswith("https://") for k in ("nurl", "burl", "lurl"))
+    assert bid["ext"]["clickurl"].startswith("https://") and "http://" not in bid["adm"]
+
+
+def test_a_skippable_creative_does_not_fill_a_slot_the_player_will_not_skip(regions):
+    cr = Creative(id="cr-skip", format="video", w=640, h=360, duration_s=15, attr=[16])
+    b = _one_creative(regions, cr)
+    imp = {"id": "1", "video": {"mimes": ["video/mp4"], "protocols": [7]}}
+    for n, (skip, status) in enumerate(((0, 204), (1, 200), (None, 200))):
+        v = {**imp, "video": {**imp["video"], **({} if skip is None else {"skip": skip})}}
+        assert b.bid(json.dumps({**BASE, "id": f"s{n}", "imp": [v]}).encode(), version="2.6").status == status
 
 
 # -- Native -------------------------------------------------------------------------------
