@@ -355,6 +355,42 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
         if redis_proc is not None:
             redis_proc.terminate()
 
+
+@bench.command("cost")
+@click.option("--scope", type=click.Choice(["fleet", "region", "both"]), default="both", show_default=True,
+              help="fleet: every region and control as `fleet up` starts them; region: one region alone.")
+@click.option("--region", default="us-east", show_default=True, help="The region driven.")
+@click.option("--seconds", default=8.0, show_default=True, help="Per step.")
+@click.option("--rounds", default=2, show_default=True, help="Rounds per scope, target order alternating.")
+@click.option("--connections", default=8, show_default=True)
+@click.option("--port", default=8123, show_default=True, help="Ingress port of the region scope's own Ray.")
+@click.option("--label", default="", help="Result file suffix: bench/results/cost[-label].json.")
+def bench_cost(scope, region, seconds, rounds, connections, port, label):
+    """CPU per request by process and by ingress stage, at saturation and half load, against the
+    no-op app in the same run; prints the saturation ratios (bench/results/cost*.json)."""
+    from fleet.bench import cost
+
+    ctx = click.get_current_context()
+    cfg = load_regions().regions
+    kw = dict(seconds=seconds, connections=connections, rounds=rounds, log=click.echo)
+    results = {}
+    if scope in ("fleet", "both"):
+        from fleet.cli.common import regions_of, serve_config
+
+        regions = list(regions_of(serve_config("serve_config.yaml")))
+        with cost.fleet_scope(ctx, up, down, region) as (base, redis_pid):
+            results["fleet"] = cost.run_scope("fleet", base, redis_pid, region, regions,
+                                              {r: cfg[r].cache_shards for r in regions}, **kw)
+    if scope in ("region", "both"):
+        with cost.region_scope(region, port) as (base, redis_pid):
+            results["region"] = cost.run_scope("region", base, redis_pid, region, [region],
+                                               {region: cfg[region].cache_shards}, **kw)
+    doc = cost.document(results, seconds=seconds, connections=connections, rounds=rounds, label=label)
+    cost.write(doc, RESULTS / f"cost{'-' + label if label else ''}.json")
+    for line in cost.report_lines(doc):
+        click.echo(line)
+
+
 @bench.command("faults")
 @click.option("--scenario", default=None, help="One of the named scenarios (--list shows them).")
 @click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")

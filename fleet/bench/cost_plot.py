@@ -1,0 +1,63 @@
+"""The stacked bar of ``fleet bench cost`` results: CPU per request by process group, one bar per
+scope, target and phase, for one or more result files side by side (before and after a change).
+
+``python -m fleet.bench.cost_plot OUT.png bench/results/cost-a.json[:label] ...``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from fleet.bench.cost_roles import GROUPS
+
+COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974")
+
+
+def bars(docs: list[tuple[str, dict]], phase: str = "saturation") -> list[tuple[str, dict[str, float]]]:
+    """(bar label, group -> us per request) for every file, scope and target."""
+    out = []
+    for name, doc in docs:
+        for scope, r in doc["results"].items():
+            for target, m in r["medians"].items():
+                label = f"{name}\n{scope}: {target}" if name else f"{scope}: {target}"
+                out.append((label, m[phase]["groups_us"]))
+    return out
+
+
+def plot(docs: list[tuple[str, dict]], out: Path, phase: str = "saturation") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = bars(docs, phase)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 2), 5.0))
+    bottoms = [0.0] * len(rows)
+    xs = range(len(rows))
+    for g, color in zip(GROUPS, COLORS):
+        vals = [r[1].get(g, 0.0) for r in rows]
+        ax.bar(xs, vals, bottom=bottoms, color=color, label=g, width=0.7)
+        bottoms = [b + v for b, v in zip(bottoms, vals)]
+    ax.set_xticks(list(xs), [r[0] for r in rows], fontsize=8)
+    ax.set_ylabel("CPU per request (us), median of rounds")
+    ax.set_title(f"CPU per request by process, at {phase} (2 cores, wrk closed loop)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+    out, files = Path(argv[0]), argv[1:]
+    docs = []
+    for f in files:
+        path, _, name = f.partition(":")
+        docs.append((name, json.loads(Path(path).read_text())))
+    plot(docs, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
