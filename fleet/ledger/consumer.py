@@ -42,6 +42,7 @@ import msgspec
 
 from fleet.ledger.events import decode
 from fleet.ledger.partner_notices import PartnerOutbox
+from fleet.ledger.scripts import APPLY, APPLY_FIELDS, SWEEP
 
 log = logging.getLogger("fleet.ledger")
 GROUP = "ledger"
@@ -49,171 +50,8 @@ _unpack = msgspec.msgpack.Decoder(list[bytes]).decode
 SEEN_TTL_S = 14 * 86_400
 OUTBOX_CAP = 100_000  # billed impressions waiting for the shards; beyond, the oldest are dropped
 SWEEP_BATCH = 500  # due bids per sweep script call (Redis runs one script at a time: ~3 ms)
+APPLY_BATCH = 256  # events per APPLY call (Redis runs one script at a time: ~1 ms)
 SWEEP_BUDGET_S = 0.5  # per sweep: batches until none are due or this is spent
-
-APPLY = r"""
-local p = KEYS[1]
-local id, kind, ts, bid, campaign = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local price, user, expire_s, publisher, model = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
-local bid_ts, deadline, flag = tonumber(ARGV[12]), tonumber(ARGV[13]), ',' .. ARGV[14] .. ','
-local ekey, cap = ARGV[15], tonumber(ARGV[16])
-local bidkey = p .. 'bid:' .. bid
-if not redis.call('SET', p .. 'seen:' .. id, 1, 'NX', 'EX', tonumber(ARGV[11])) then
-  return {0}  -- already counted (its impression, if any, went to the outbox then)
-end
-if kind == 'ivt' then
-  if redis.call('HEXISTS', bidkey, 'billed') == 0 then
-    -- nothing billed (yet): give the claim back, so a later run still reverses it, once
-    redis.call('DEL', p .. 'seen:' .. id)
-    return {1}
-  end
-  campaign = redis.call('HGET', bidkey, 'campaign') or campaign  -- the bid's own, whatever the report said
-elseif kind ~= 'selected' and kind ~= 'response' and campaign == '' then
-  campaign = redis.call('HGET', bidkey, 'campaign') or ''
-end
-local agg = p .. 'agg:' .. campaign .. ':' .. math.floor(ts / 60)
-if kind ~= 'response' then
-  redis.call('SADD', p .. 'campaigns', campaign)
-  redis.call('HINCRBY', agg, 'events', 1)  -- the key exists from here, so its TTL sticks
-  redis.call('EXPIRE', agg, 8 * 86400)
-end
-if string.find(flag, ',test,', 1, true) then
-  -- an OpenRTB test request: no reservation, no spend, no open bid
-  if kind ~= 'response' then redis.call('HINCRBY', agg, 'test', 1) end
-  return {1}
-end
-local function impression(u, c)
-  -- the billed impression for the cache shards, in this same atomic step (the forwarder
-  -- sends it; its shard write is keyed by ekey, so a resend is harmless)
-  if cap <= 0 or not u or u == '' then return 0 end
-  local ob = p .. 'freq'
-  local n = redis.call('RPUSH', ob, cjson.encode({u, c, ekey, ARGV[3]}))
-  if n > cap then
-    redis.call('LTRIM', ob, n - cap, -1)
-    redis.call('HINCRBY', p .. 'stats', 'freq_dropped', n - cap)
-    redis.call('HINCRBY', p .. 'stats', 'freq_head', n - cap)
-  end
-  return 1
-end
-local function close(field)
-  -- release what the bid reserved, once, whichever closes it first; a notice that overtook its
-  -- bid's selected event (another replica's emitter flushed first) closes it all the same
-  if redis.call('HSETNX', bidkey, 'closed', field) == 1 then
-    redis.call('EXPIRE', bidkey, 8 * 86400)
-    local reserved = redis.call('HGET', bidkey, 'reserved')
-    if reserved then
-      redis.call('HINCRBYFLOAT', agg, 'released', reserved)
-      redis.call('ZREM', p .. 'open', bid)
-    end
-    return true
-  end
-  return false
-end
-if kind == 'selected' then
-  local reserved = price / 1000.0
-  redis.call('HINCRBY', agg, 'selected', 1)
-  redis.call('HINCRBYFLOAT', agg, 'reserved', reserved)
-  redis.call('HSET', bidkey, 'campaign', campaign, 'reserved', reserved, 'user', user, 'ts', ts,
-             'publisher', publisher, 'model', model)
-  redis.call('EXPIRE', bidkey, 8 * 86400)
-  local closed = redis.call('HGET', bidkey, 'closed')
-  if closed then
-    redis.call('HINCRBYFLOAT', agg, 'released', reserved)
-    if closed == 'billed' then return {1 + impression(user, campaign)} end
-    return {1}
-  end
-  if deadline > 0 then
-    redis.call('ZADD', p .. 'open', deadline, bid)  -- open until its own notice deadline
-  else
-    redis.call('ZADD', p .. 'open', ts + expire_s, bid)
-  end
-  return {1}
-elseif kind == 'response' then
-  local rkey = p .. 'responses:' .. math.floor(ts / 86400)
-  redis.call('HINCRBY', rkey, math.floor(ts / 60), 1)
-  redis.call('EXPIRE', rkey, 8 * 86400)
-  return {1}
-elseif kind == 'win' then
-  redis.call('HINCRBY', agg, 'won', 1)
-  return {1}
-elseif kind == 'billed' then
-  local spend = price / 1000.0
-  redis.call('HINCRBY', agg, 'billed', 1)
-  redis.call('HINCRBYFLOAT', agg, 'spend', spend)
-  if string.find(flag, ',unpriced,', 1, true) then
-    redis.call('HINCRBY', agg, 'unpriced', 1)  -- counted at our bid: an upper bound
-  end
-  local rec = redis.call('HMGET', bidkey, 'user', 'closed', 'ts')
-  if rec[2] == 'lost' then
-    -- the exchange says it charged: the spend counts (the conservative side), flagged
-    redis.call('HINCRBY', agg, 'billed_after_lost', 1)
-  end
-  close('billed')
-  -- spend counts on the bid's UTC day: a bill for a bid at 23:59:59 arriving after midnight
-  -- belongs to the day the flight spent it
-  local day
-  if bid_ts > 0 then day = math.floor(bid_ts / 86400)
-  elseif rec[3] then day = math.floor(tonumber(rec[3]) / 86400)
-  else day = math.floor(ts / 86400) end
-  redis.call('HSET', bidkey, 'billed', spend, 'bday', day)
-  if campaign ~= '' then redis.call('HSETNX', bidkey, 'campaign', campaign) end
-  redis.call('HINCRBYFLOAT', p .. 'spend:' .. day, campaign, spend)
-  redis.call('EXPIRE', p .. 'spend:' .. day, 8 * 86400)
-  redis.call('PUBLISH', 'fleet:ledger:spend', campaign .. ' ' .. spend)
-  if not rec[1] then return {1} end  -- queued when its selected event arrives
-  return {1 + impression(rec[1], campaign)}
-elseif kind == 'lost' then
-  redis.call('HINCRBY', agg, 'lost', 1)
-  close('lost')
-  return {1}
-elseif kind == 'expired' then
-  if close('expired') then redis.call('HINCRBY', agg, 'expired', 1) end
-  return {1}
-elseif kind == 'click' then
-  redis.call('HINCRBY', agg, 'clicks', 1)
-  return {1}
-elseif kind == 'ivt' then
-  -- reversed from the bid's own record: its billed spend, its campaign, the day it counted on
-  local rec = redis.call('HMGET', bidkey, 'billed', 'bday')
-  local day = rec[2] or tostring(math.floor(ts / 86400))
-  redis.call('HINCRBY', agg, 'ivt', 1)
-  redis.call('HINCRBYFLOAT', agg, 'spend', -tonumber(rec[1]))
-  redis.call('HINCRBYFLOAT', p .. 'spend:' .. day, campaign, -tonumber(rec[1]))
-  redis.call('PUBLISH', 'fleet:ledger:spend', campaign .. ' ' .. -tonumber(rec[1]))
-  return {1}
-end
-return {1}
-"""
-
-SWEEP = r"""
--- Expire up to ARGV[2] bids whose deadline is past: release what they reserved, once (the bid's
--- 'closed' field says which close came first). Two commands per bid; the aggregates change once
--- per campaign, so a batch is cheap and Redis is not held long.
-local p, now = KEYS[1], tonumber(ARGV[1])
-local due = redis.call('ZRANGEBYSCORE', p .. 'open', '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-if #due == 0 then return 0 end
-redis.call('ZREM', p .. 'open', unpack(due))
-local count, released = {}, {}
-for _, bid in ipairs(due) do
-  local bidkey = p .. 'bid:' .. bid
-  if redis.call('HSETNX', bidkey, 'closed', 'expired') == 1 then
-    local r = redis.call('HMGET', bidkey, 'campaign', 'reserved')
-    local campaign = r[1] or ''
-    count[campaign] = (count[campaign] or 0) + 1
-    released[campaign] = (released[campaign] or 0) + (tonumber(r[2]) or 0)
-  end
-end
-local minute = math.floor(now / 60)
-for campaign, n in pairs(count) do
-  local agg = p .. 'agg:' .. campaign .. ':' .. minute
-  redis.call('HINCRBY', agg, 'events', n)
-  redis.call('HINCRBY', agg, 'expired', n)
-  redis.call('HINCRBYFLOAT', agg, 'released', released[campaign])
-  redis.call('EXPIRE', agg, 8 * 86400)
-  redis.call('SADD', p .. 'campaigns', campaign)
-end
-return #due
-"""
 
 
 def ledger_prefix(region: str) -> str:
@@ -263,30 +101,38 @@ class LedgerConsumer:
 
     async def _apply(self, entries: list[tuple[str, dict]]) -> int:
         pipe = self.redis.pipeline(transaction=False)
-        n = 0
+        n = calls = 0
+        head = [self.expire_s, SEEN_TTL_S, self.outbox_cap]
+        args: list = []
+        # One script call per APPLY_BATCH events, not one per event: the per-call cost (the
+        # client's command encoding, Redis's EVALSHA dispatch) was most of the consumer's CPU.
         evs = list(self._decoded(entries))
         first = await self.partner_outbox.stage(evs, pipe, selected=True)  # before APPLY (see there)
         for ev in evs:
             n += 1
             ekey = f"{ev.auction}:{ev.imp}" if ev.auction else ev.bid  # the frequency write's key
-            await self._script(keys=[self.prefix], args=[
-                ev.id, ev.kind, ev.ts, ev.bid, ev.campaign, ev.price, ev.user, self.expire_s,
-                ev.publisher, ev.model, SEEN_TTL_S, ev.bid_ts, ev.until, ev.flag, ekey, self.outbox_cap],
-                client=pipe)
+            args += (ev.id, ev.kind, ev.ts, ev.bid, ev.campaign, ev.price, ev.user, ev.publisher, ev.model,
+                     ev.bid_ts, ev.until, ev.flag, ekey)
+            if len(args) >= APPLY_BATCH * APPLY_FIELDS:
+                await self._script(keys=[self.prefix], args=head + args, client=pipe)
+                args, calls = [], calls + 1
+        if args:
+            await self._script(keys=[self.prefix], args=head + args, client=pipe)
+            calls += 1
         last = await self.partner_outbox.stage(evs, pipe, selected=False)
         dead, self._dead_letters = self._dead_letters, []
         for eid, raw in dead:
             pipe.rpush(self.prefix + "dead", (eid if isinstance(eid, bytes) else str(eid).encode()) + b" " + raw)
             pipe.hincrby(self.prefix + "stats", "dead", 1)
-        results = await pipe.execute()
-        results = results[:len(results) - 2 * len(dead)]
-        self.partner_queued += sum(int(x) for x in results[:first] + results[len(results) - last:])
-        for res in results[first:len(results) - last]:
-            if res[0] == 0:
-                self.duplicates += 1
-            else:
-                self.applied += 1
-                self.queued += res[0] == 2
+        results = await pipe.execute() if calls or dead else []
+        self.partner_queued += sum(int(x) for x in results[:first] + results[first + calls:first + calls + last])
+        for codes in results[first:first + calls]:
+            for code in codes:
+                if code == 0:
+                    self.duplicates += 1
+                else:
+                    self.applied += 1
+                    self.queued += code == 2
         # Acknowledged once applied, and never waiting on anything outside Redis: the billed
         # impressions are in the outbox already, for the forwarder to take to the shards.
         await self.redis.xack(self.stream, GROUP, *[eid for eid, _ in entries])
