@@ -480,15 +480,24 @@ def test_wire_frames_are_cut_out_of_any_chunking_and_bad_input_closes_the_connec
     assert oversize.transport.closed and garbage.transport.closed and not garbage.got
 
 
-def test_shard_reports_its_event_loop_lag():
+def test_shard_reports_its_event_loop_lag_while_it_serves_and_rests_while_idle():
     """Lookups are answered on the shard's loop: its lag is in the shard's stats (the ingress's
-    /cache shows it per shard) to tell a busy shard from a slow network."""
+    /cache shows it per shard) to tell a busy shard from a slow network. A shard nobody asks
+    (an idle region's) samples no more than once a second: no 50 wake-ups a second for nothing."""
     async def run():
         s = Shard("t", "s0", None)
         s.start()
-        await asyncio.sleep(0.25)  # the monitor samples every 20 ms
-        lag = s.stats()["loop_lag"]["loop_lag"]
+        for _ in range(25):  # serving: the monitor samples every 20 ms
+            s.lookup_now(["u1"])
+            await asyncio.sleep(0.01)
+        busy = sum(s.stats()["loop_lag"]["loop_lag"])
+        await asyncio.sleep(0.1)  # the sample under way when the lookups stopped
+        settled = sum(s.stats()["loop_lag"]["loop_lag"])
+        await asyncio.sleep(0.5)  # idle
+        idle = sum(s.stats()["loop_lag"]["loop_lag"]) - settled
         await s.close()
-        return lag
+        return busy, idle
 
-    assert sum(asyncio.run(run())) >= 5
+    busy, idle = asyncio.run(run())
+    assert busy >= 5
+    assert idle == 0

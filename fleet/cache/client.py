@@ -54,7 +54,7 @@ class CacheClient:
     def __init__(self, shards: dict, *, window_s: float = 0.0, flush_s: float = 0.02,
                  max_outbox: int = 50_000, clock=time.time, on_answer=None,
                  near_ttl_s: float = 0.0, near_refresh_s: float = 1.0, near_max_users: int = 50_000,
-                 near_refresh_timeout_s: float = 1.0):
+                 near_refresh_timeout_s: float = 1.0, near_refresh_batch_s: float = 0.05):
         """``near_ttl_s`` 0 (the default here) turns the near-cache off; the region app passes
         ``regions.yaml``'s ``defaults.cache`` settings."""
         self.shards = shards
@@ -80,6 +80,11 @@ class CacheClient:
         self.near_refresh_s = near_refresh_s
         self.near_max_users = near_max_users
         self.near_refresh_timeout_s = near_refresh_timeout_s
+        # Background re-reads gather for this long and go to their shard in one message: at a
+        # high request rate nearly every hit is older than near_refresh_s, and a message per
+        # re-read was the shards' and the socket's whole cost (docs/benchmarks.md, cost).
+        self.near_refresh_batch_s = near_refresh_batch_s
+        self.refreshers: dict[str, MicroBatcher] = {}
         self.near: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # user -> (packed profile, fetched at)
         self._refreshing: set[str] = set()
 
@@ -153,7 +158,7 @@ class CacheClient:
         shard = self.ring.owner(user)
         self.per_shard[shard] += 1
         self.stats["near_refresh"] += 1
-        fut = self._batcher(shard).submit([user])
+        fut = self._refresher(shard).submit([user])
         timer = asyncio.get_running_loop().call_later(self.near_refresh_timeout_s, _expire, fut)
         fut.add_done_callback(partial(self._refreshed, user, timer))
 
@@ -175,6 +180,15 @@ class CacheClient:
                                                     max_rows=256, join=join_lists, coerce=list,
                                                     start=getattr(target, "lookup_start", None),
                                                     observe=self.on_answer)
+        return b
+
+    def _refresher(self, shard: str) -> MicroBatcher:
+        """The shard's batcher for background re-reads: a window of ``near_refresh_batch_s``."""
+        b = self.refreshers.get(shard)
+        if b is None:
+            b = self.refreshers[shard] = MicroBatcher(_call(self.shards[shard], "lookup"),
+                                                      window_s=self.near_refresh_batch_s, max_rows=256,
+                                                      join=join_lists, coerce=list)
         return b
 
     # -- writes -------------------------------------------------------------------------

@@ -89,8 +89,12 @@ class Shard:
             self._closed = asyncio.Event()
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._flush_loop()), loop.create_task(self._refresh_loop()),
-                           loop.create_task(watch_loop_lag(self.loop_lag))]
+                           loop.create_task(watch_loop_lag(self.loop_lag, busy=self._work))]
             watch_gc(self.loop_lag)
+
+    def _work(self) -> int:
+        """Lookups and writes so far: the loop-lag watch rests while this stands still."""
+        return self.counts["lookups"] + self.counts["writes"]
 
     async def close(self) -> None:
         # A flag as well as cancel(): a cancellation that lands inside the Redis client can be

@@ -66,7 +66,8 @@ def _ms(s: float | None) -> float | None:
     return None if s is None else round(s * 1000.0, 4)
 
 
-async def watch_loop_lag(hist: StageHistograms, every_s: float = 0.02, name: str = "loop_lag") -> None:
+async def watch_loop_lag(hist: StageHistograms, every_s: float = 0.02, name: str = "loop_lag",
+                         busy=None, idle_s: float = 1.0) -> None:
     """Record the running event loop's lag (how late a short sleep wakes) into ``hist`` forever.
 
     Anything that awaits on a loop resumes only after whatever else that loop runs meanwhile, so
@@ -74,12 +75,21 @@ async def watch_loop_lag(hist: StageHistograms, every_s: float = 0.02, name: str
     dependency from a busy process. Every 20 ms, not 5: on this box a wake-up of an idle process
     costs ~150 us of CPU (4% of a core at 5 ms, for every shard and ingress); 50 samples a second
     still give a 4 s benchmark step its p99 (docs/benchmarks.md, loop lag).
+
+    ``busy``: a count of the process's work (requests, lookups); while it stands still the
+    watch sleeps ``idle_s`` between samples and records nothing, so an idle region's processes
+    do not wake 50 times a second each for a figure no request is waiting behind.
     """
     loop = asyncio.get_running_loop()
+    last = busy() if busy is not None else None
     while True:
         t0 = loop.time()
         await asyncio.sleep(every_s)
         hist.observe(name, max(0.0, loop.time() - t0 - every_s))
+        if busy is not None:
+            while (n := busy()) == last:
+                await asyncio.sleep(idle_s)
+            last = n
 
 
 def watch_gc(hist: StageHistograms) -> None:
