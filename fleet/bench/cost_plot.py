@@ -33,7 +33,7 @@ def plot(docs: list[tuple[str, dict]], out: Path, phase: str = "saturation") -> 
     import matplotlib.pyplot as plt
 
     rows = bars(docs, phase)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 2), 5.0))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(rows) + 3.5), 5.0))
     bottoms = [0.0] * len(rows)
     xs = range(len(rows))
     for g, color in zip(GROUPS, COLORS):
@@ -42,7 +42,7 @@ def plot(docs: list[tuple[str, dict]], out: Path, phase: str = "saturation") -> 
         bottoms = [b + v for b, v in zip(bottoms, vals)]
     ax.set_xticks(list(xs), [r[0] for r in rows], fontsize=8)
     ax.set_ylabel("CPU per request (us), median of rounds")
-    ax.set_title(f"CPU per request by process, at {phase} (2 cores, wrk closed loop)")
+    ax.set_title(f"CPU per request by process, at {phase}", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
