@@ -282,7 +282,11 @@ class Shard:
         return False
 
     async def _flush_loop(self) -> None:
-        while await self._pause(0.2):
+        # A plain sleep, not _pause: this loop wakes five times a second in every shard, and
+        # _pause's wait_for makes a task each time; close() cancels it, and the flag ends it
+        # should a cancellation be absorbed inside the Redis client.
+        while not self._closed.is_set():
+            await asyncio.sleep(0.2)
             try:
                 if self.queue:
                     await self.flush()
