@@ -364,3 +364,30 @@ def test_failures_retry_with_backoff_then_dead_letter(redis_srv, partner):
     assert r.zcard(P + "pnq") == 0 and r.hlen(P + "pnj") == 0
     stats = {k.decode(): int(v) for k, v in r.hgetall(P + "stats").items() if k.startswith(b"pn_")}
     assert stats == {"pn_queued": 6, "pn_done": 1, "pn_retries": 8, "pn_dead": 3, "pn_unknown": 1, "pn_skipped": 1}
+
+
+def test_a_partner_url_on_another_host_is_never_called(redis_srv, partner):
+    """The URLs come from the partner's answer: one pointing elsewhere (our Redis, a metadata
+    service) is dead-lettered without a call; its own host (or a sibling subdomain) is called."""
+    from fleet.ledger.partner_notices import partners_host
+
+    evil = selected("e1", partner.base.replace("127.0.0.1", "127.0.0.2"))  # the partner is on 127.0.0.1
+    push(redis_srv.url, [evil, notice("win", "e1"), selected("g1", partner.base), notice("win", "g1")])
+
+    async def go():
+        c = await consume(redis_srv.url)
+        s = sender(redis_srv.url, hosts={"dsp-x": "127.0.0.1"})
+        await s.drain()
+        await c.close()
+        return s
+
+    s = run(go())
+    assert s.counts["done"] == 1 and s.counts["dead"] == 1
+    assert partner.count("/ok/win/g1") == 1 and len(partner.hits) == 1
+    dead = json.loads(redis_lib.Redis.from_url(redis_srv.url).lrange(P + "pndead", 0, -1)[0])
+    assert dead[0] == "e1|win" and "host" in dead[2]
+    assert partners_host("https://win.dsp.example/n?p=1", "bid.dsp.example")
+    assert partners_host("https://dsp.example/n", "bid.dsp.example")
+    assert not partners_host("https://dsp.example.evil.test/n", "bid.dsp.example")
+    assert not partners_host("http://169.254.169.254/latest", "bid.dsp.example")
+    assert not partners_host("http://10.0.0.5/x", "10.0.0.6") and partners_host("http://10.0.0.6:81/x", "10.0.0.6")

@@ -34,6 +34,12 @@ therefore never notified twice for one (bid, kind) from our side; the price of t
 bounded list of notices whose delivery is unknown (at most the calls in flight at a crash).
 Retries happen only where the call is known not to have been taken.
 
+**Only the partner's own hosts.** The URLs come from the partner's answer, so a partner could
+point them anywhere (our Redis, a metadata service). Given the partners' bid endpoints
+(``hosts``: partner id -> the endpoint's host), a URL is called only when its host is that host,
+or shares its last two labels (``win.dsp.example`` for ``bid.dsp.example``; an IP literal must
+match exactly); any other is dead-lettered without a call.
+
 Macros: ``${AUCTION_PRICE}`` the clearing price we were charged (the notice's, fleet currency)
 converted to the partner's currency and never above the partner's bid (empty on a loss: nothing
 was charged), ``${AUCTION_CURRENCY}`` the partner's currency, ``${AUCTION_ID}`` and
@@ -46,120 +52,24 @@ percent-encoded form (``%24%7BAUCTION_PRICE%7D``). State lives under ``fleet:<re
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import re
 import time
 import uuid
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import msgspec
+
+from fleet.ledger.partner_scripts import CLAIM, NOTE, SETTLE
 
 log = logging.getLogger("fleet.ledger")
 
 KIND_URL = {"win": "nurl", "billed": "burl", "lost": "lurl"}
 STATE_TTL_S = 14 * 86_400
 EARLY_TTL_S = 86_400  # a notice waiting for its selected event
-
-NOTE = r"""
--- ARGV: now, state TTL, early TTL, then (kind, bid, info) per event, selected events first.
-local p = KEYS[1]
-local now, ttl, early_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local queued = 0
-local function enqueue(bid, kind, info)
-  if not redis.call('SET', p .. 'pn:' .. bid .. ':' .. kind, 'queued|0|', 'NX', 'EX', ttl) then return end
-  local m = bid .. '|' .. kind
-  redis.call('HSET', p .. 'pnj', m, info)
-  redis.call('ZADD', p .. 'pnq', now, m)
-  queued = queued + 1
-end
-for i = 4, #ARGV, 3 do
-  local kind, bid, info = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local pkey = p .. 'pbid:' .. bid
-  if kind == 'selected' then
-    redis.call('HSET', pkey, 'd', info)
-    redis.call('EXPIRE', pkey, ttl)
-    for _, k in ipairs({'win', 'billed', 'lost'}) do
-      local e = redis.call('HGET', pkey, 'early:' .. k)
-      if e then enqueue(bid, k, e) end
-    end
-  elseif redis.call('HEXISTS', pkey, 'd') == 1 then
-    enqueue(bid, kind, info)
-  elseif redis.call('HEXISTS', p .. 'bid:' .. bid, 'reserved') == 0 then
-    -- no selected event yet (it went through another replica): keep the notice for it
-    if redis.call('HSETNX', pkey, 'early:' .. kind, info) == 1 and redis.call('TTL', pkey) < 0 then
-      redis.call('EXPIRE', pkey, early_ttl)
-    end
-  end
-end
-if queued > 0 then redis.call('HINCRBY', p .. 'stats', 'pn_queued', queued) end
-return queued
-"""
-
-CLAIM = r"""
--- ARGV: now, how many, token prefix, lease s, state TTL. Claims due jobs; settles 'unknown' the
--- ones whose claim outlived its lease (never called again: at most once).
-local p = KEYS[1]
-local now, n, owner, lease, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local due = redis.call('ZRANGEBYSCORE', p .. 'pnq', '-inf', now, 'LIMIT', 0, n)
-local out = {}
-for i, m in ipairs(due) do
-  local sep = string.find(m, '|', 1, true)
-  local bid, kind = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
-  local skey = p .. 'pn:' .. bid .. ':' .. kind
-  local st = redis.call('GET', skey) or 'gone|0|'
-  local a, b = string.find(st, '|', 1, true)
-  local state = string.sub(st, 1, a - 1)
-  local c = string.find(st, '|', a + 1, true)
-  local attempt = tonumber(string.sub(st, a + 1, c - 1))
-  local job = redis.call('HGET', p .. 'pnj', m) or ''
-  local data = redis.call('HGET', p .. 'pbid:' .. bid, 'd') or ''
-  if state == 'queued' or state == 'retry' then
-    local claim = 'sending|' .. (attempt + 1) .. '|' .. owner .. ':' .. i
-    redis.call('SET', skey, claim, 'EX', ttl)
-    redis.call('ZADD', p .. 'pnq', now + lease, m)
-    out[#out + 1] = {m, claim, job, data}
-  elseif state == 'sending' then
-    redis.call('SET', skey, 'unknown|' .. attempt .. '|', 'EX', ttl)
-    redis.call('ZREM', p .. 'pnq', m)
-    redis.call('HDEL', p .. 'pnj', m)
-    redis.call('RPUSH', p .. 'pndead', cjson.encode({m, 'unknown', 'claimed, no outcome: ' .. st, job, data}))
-    redis.call('HINCRBY', p .. 'stats', 'pn_unknown', 1)
-  else
-    redis.call('ZREM', p .. 'pnq', m)
-    redis.call('HDEL', p .. 'pnj', m)
-  end
-end
-return out
-"""
-
-SETTLE = r"""
--- ARGV: member, the claim, outcome (done|retry|dead|unknown|skipped), due (retry), why, TTL, url
-local p, m, claim, outcome = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local sep = string.find(m, '|', 1, true)
-local skey = p .. 'pn:' .. string.sub(m, 1, sep - 1) .. ':' .. string.sub(m, sep + 1)
-if redis.call('GET', skey) ~= claim then
-  redis.call('HINCRBY', p .. 'stats', 'pn_outcome_after_lease', 1)
-  return 0  -- the lease ran out meanwhile: another sender settled it (unknown)
-end
-local attempt = string.match(claim, '^sending|(%d+)|')
-if outcome == 'retry' then
-  redis.call('SET', skey, 'retry|' .. attempt .. '|', 'EX', tonumber(ARGV[6]))
-  redis.call('ZADD', p .. 'pnq', tonumber(ARGV[4]), m)
-  redis.call('HINCRBY', p .. 'stats', 'pn_retries', 1)
-  return 1
-end
-redis.call('SET', skey, outcome .. '|' .. attempt .. '|', 'EX', tonumber(ARGV[6]))
-redis.call('ZREM', p .. 'pnq', m)
-if outcome == 'dead' or outcome == 'unknown' then
-  redis.call('RPUSH', p .. 'pndead', cjson.encode({m, outcome, ARGV[5], redis.call('HGET', p .. 'pnj', m) or '', ARGV[7]}))
-end
-redis.call('HDEL', p .. 'pnj', m)
-redis.call('HINCRBY', p .. 'stats', 'pn_' .. outcome, 1)
-return 1
-"""
-
 
 class PartnerData(msgspec.Struct, kw_only=True):
     """What a partner-won ``selected`` event leaves for its notices (``pbid:<bid>`` ``d``)."""
@@ -261,13 +171,38 @@ def fill(template: str, values: dict[str, str]) -> str:
     return _MACRO.sub(sub, template)
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def partners_host(url: str, endpoint_host: str) -> bool:
+    """Whether ``url`` points at the partner whose bid endpoint is on ``endpoint_host``."""
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
+    want = endpoint_host.lower()
+    if host == want:
+        return True
+    if not host or _is_ip(host) or _is_ip(want):
+        return False
+    site = ".".join(want.split(".")[-2:])
+    return host == site or host.endswith("." + site)
+
+
 class PartnerNoticeSender:
     """Claims due partner notices, calls them, settles them (see the module docstring)."""
 
     def __init__(self, redis, prefix: str, rates: dict[str, float], *, client: httpx.AsyncClient | None = None,
                  timeout_s: float = 2.0, max_tries: int = 5, backoff_s: tuple[float, float] = (1.0, 300.0),
-                 lease_s: float = 30.0, batch: int = 64, idle_s: float = 0.2, clock=time.time):
+                 lease_s: float = 30.0, batch: int = 64, idle_s: float = 0.2, clock=time.time,
+                 hosts: dict[str, str] | None = None):
         self.redis = redis
+        self.hosts = hosts  # partner id -> its bid endpoint's host (None: not checked: tests, tools)
         self.keys = [prefix]
         self.prefix = prefix
         self.rates = rates
@@ -301,6 +236,8 @@ class PartnerNoticeSender:
         if isinstance(values, str):
             return await self._done(member, claim, "dead", values, template)
         url = fill(template, values)
+        if self.hosts is not None and not partners_host(url, self.hosts.get(d.partner, "")):
+            return await self._done(member, claim, "dead", f"not {d.partner}'s host", url)
         try:
             r = await self.client.get(url)
             status, why = r.status_code, f"HTTP {r.status_code}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from urllib.parse import urlsplit
 
 import ray
 
@@ -44,7 +45,9 @@ class LedgerRunner:
         self.forwarder = FreqForwarder(self.consumer.redis, region, self._billed) if self.cache else None
         self.task = None
         self.fwd_task = None
-        self.partner_sender = PartnerNoticeSender(self.consumer.redis, self.consumer.prefix, load_regions().currencies)
+        cfg = load_regions()
+        hosts = {p.id: urlsplit(p.endpoint).hostname or "" for p in cfg.regions[region].partners}
+        self.partner_sender = PartnerNoticeSender(self.consumer.redis, self.consumer.prefix, cfg.currencies, hosts=hosts)
         self.pn_task = None
 
     async def _billed(self, events) -> None:
