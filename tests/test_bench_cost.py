@@ -22,13 +22,13 @@ def test_every_process_of_the_fleet_is_named_and_other_work_is_left_out():
     lab = labeller()
     cases = {
         (11, ("ray::CacheShard",)): ("shard shard-us-east-0", "cache shards"),
-        (21, ("ray::CacheShard",)): ("shard shard-eu-west-0", "other regions"),
+        (21, ("ray::CacheShard",)): ("shard shard-eu-west-0", "idle apps (other regions, no-op)"),
         (12, ("ray::LedgerRunner",)): ("ledger us-east", "ledger consumer"),
         (7, ("/usr/bin/redis-server 127.0.0.1:6390",)): ("redis", "redis"),
         # another session's Redis on the same box is not the fleet's
         (8, ("/usr/bin/redis-server 127.0.0.1:7000",)): ("outside", "outside"),
         (30, ("ray::ServeReplica:us-east:ingress-us-east",)): ("replica us-east", "ingress"),
-        (31, ("ray::ServeReplica:eu-west:ingress-eu-west",)): ("replica eu-west", "other regions"),
+        (31, ("ray::ServeReplica:eu-west:ingress-eu-west",)): ("replica eu-west", "idle apps (other regions, no-op)"),
         (32, ("ray::ServeReplica:control:ControlApi",)): ("replica control", "control"),
         (33, ("ray::ControlActor",)): ("control actor", "control"),
         (34, ("/x/haproxy", "-f", "cfg")): ("haproxy", "haproxy"),
@@ -46,8 +46,8 @@ def test_every_process_of_the_fleet_is_named_and_other_work_is_left_out():
 def test_for_the_noop_target_every_region_is_background():
     lab = Labeller("bench-noop", None, PIDS, redis_pid=7)
     assert lab.group("replica bench-noop") == "ingress"
-    assert lab.group("replica us-east") == "other regions"
-    assert lab.group("shard shard-us-east-0") == "other regions"
+    assert lab.group("replica us-east") == "idle apps (other regions, no-op)"
+    assert lab.group("shard shard-us-east-0") == "idle apps (other regions, no-op)"
 
 
 def test_cpu_per_request_counts_the_step_only_and_totals_leave_out_the_generator_and_strangers():

@@ -1,7 +1,8 @@
 """The stacked bar of ``fleet bench cost`` results: CPU per request by process group, one bar per
 scope, target and phase, for one or more result files side by side (before and after a change).
 
-``python -m fleet.bench.cost_plot OUT.png bench/results/cost-a.json[:label] ...``
+``python -m fleet.bench.cost_plot OUT.png bench/results/cost-a.json[:label] ...`` (prints the
+tables by process group as markdown too).
 """
 
 from __future__ import annotations
@@ -50,6 +51,26 @@ def plot(docs: list[tuple[str, dict]], out: Path, phase: str = "saturation") -> 
     plt.close(fig)
 
 
+def table(docs: list[tuple[str, dict]], phase: str = "saturation") -> str:
+    """A markdown table: one row per process group (and the fleet's total, the rate, the
+    saturation ratio), one column per file, scope and target."""
+    cols = []
+    for name, doc in docs:
+        for scope, r in doc["results"].items():
+            for target, m in r["medians"].items():
+                cols.append((f"{name} {scope}: {target}".strip(), m[phase], r))
+    out = ["| us per request | " + " | ".join(c[0] for c in cols) + " |",
+           "| --- |" + " ---: |" * len(cols)]
+    for g in GROUPS:
+        out.append(f"| {g} | " + " | ".join(f"{c[1]['groups_us'].get(g, 0.0):.0f}" for c in cols) + " |")
+    out.append("| **fleet total** (all but the load generator) | " + " | ".join(
+        f"**{c[1]['fleet_us']:.0f}** ({c[1]['fleet_us_range'][0]:.0f}-{c[1]['fleet_us_range'][1]:.0f})"
+        for c in cols) + " |")
+    out.append("| requests/s | " + " | ".join(f"{c[1]['rps']:.0f}" for c in cols) + " |")
+    out.append("| p99 ms | " + " | ".join(f"{c[1]['p99_ms']:.1f}" for c in cols) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str]) -> None:
     out, files = Path(argv[0]), argv[1:]
     docs = []
@@ -57,6 +78,8 @@ def main(argv: list[str]) -> None:
         path, _, name = f.partition(":")
         docs.append((name, json.loads(Path(path).read_text())))
     plot(docs, out)
+    for phase in ("saturation", "half"):
+        print(f"\n{phase}:\n" + table(docs, phase))
 
 
 if __name__ == "__main__":

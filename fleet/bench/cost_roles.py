@@ -18,7 +18,7 @@ from fleet.bench.cpu import role_of
 Snapshot = dict[int, tuple[str, float]]  # pid -> (label, CPU seconds)
 
 # What a stacked bar shows, bottom up; labels map to these.
-GROUPS = ("ingress", "cache shards", "ledger consumer", "redis", "control", "other regions", "haproxy",
+GROUPS = ("ingress", "cache shards", "ledger consumer", "redis", "control", "idle apps (other regions, no-op)", "haproxy",
           "ray (raylet, GCS, dashboard, Serve controller)", "load generator")
 LEFT_OUT = ("load generator", "kernel", "outside")  # not the fleet's CPU
 
@@ -92,11 +92,11 @@ class Labeller:
             return "control"
         if label.startswith("replica "):
             app = label[8:]
-            return "ingress" if app == self.app else "other regions"
+            return "ingress" if app == self.app else "idle apps (other regions, no-op)"
         if label.startswith(("shard ", "ledger ")):
             region = next((r for _, (lab, r) in self.pids.items() if lab == label), None)
             if self.region is None or region != self.region:
-                return "other regions"
+                return "idle apps (other regions, no-op)"
             return "cache shards" if label.startswith("shard ") else "ledger consumer"
         if label.startswith("ray "):
             return "ray (raylet, GCS, dashboard, Serve controller)"
