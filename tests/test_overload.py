@@ -392,3 +392,28 @@ def test_ingress_sheds_a_full_queue_without_reaching_the_replica(stall_http):
     shed = [r for r in rs if r.headers.get("x-fleet-reason") == "overload"]
     assert shed and all(r.headers["x-openrtb-nbr"] == "15" and "x-seen-arrival" not in r.headers for r in shed)
     assert calls == n - len(shed)  # every shed request was answered by HAProxy, never the replica
+
+
+# -- fleet up's burst and links ----------------------------------------------------------------
+
+def test_burst_table_shows_the_servers_late_share_beside_the_clients():
+    from fleet.sim.burst import RegionTally, format_table
+
+    t = RegionTally("us-east", sent=10)
+    t.statuses.update({200: 8, 204: 2})
+    t.latencies_ms = [5.0] * 9 + [150.0]
+    t.on_time = 9
+    t.server = {"requests": 10, "late_suppressed": 1, "shed": 2}
+    table = format_table([t])
+    head, row = table.splitlines()[0], table.splitlines()[2]
+    assert "on time" in head and "late (srv)" in head and "shed (srv)" in head
+    assert "90.0%" in row and "10.0%" in row and "20.0%" in row
+
+
+def test_up_prints_the_dashboard_link_with_its_token(monkeypatch):
+    from fleet.cli.up import dashboard_link
+
+    monkeypatch.setenv("FLEET_CONTROL_TOKEN", "tok-123")
+    assert dashboard_link("http://127.0.0.1:8000", "/control") == "http://127.0.0.1:8000/control/#token=tok-123"
+    page = (Path(__file__).parents[1] / "fleet" / "control" / "dashboard.html").read_text()
+    assert "location.hash.match(/token=" in page  # where the page reads it

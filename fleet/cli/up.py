@@ -144,6 +144,7 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
     click.echo(f"  notices        GET  {state.http}/<region>/notice/{{win|bill|loss|click}}?...")
     if control:
         click.echo(f"  control        {state.http}{control}/v1/...  (Authorization: Bearer <.fleet/control_token>)")
+        click.echo(f"  dashboard      {dashboard_link(state.http, control)}")
     if burst:
         from fleet.sim.burst import format_table, run_burst
 
@@ -165,6 +166,14 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
         time.sleep(0.5)
     click.echo("\nstopping ...")
     _down(state)
+
+def dashboard_link(base: str, control: str) -> str:
+    """The control dashboard with its bearer token in the fragment (read by the page, never sent
+    to the server in the URL)."""
+    from fleet.control.auth import load_token
+
+    return f"{base}{control}/#token={load_token()}"
+
 
 def _down(state: local.State) -> None:
     if state.ray_started:
