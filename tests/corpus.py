@@ -80,6 +80,10 @@ def check_answer(case: dict, status: int, headers: dict[str, str], body: bytes) 
         for key in ("crid", "w", "h", "mtype", "dealid", "bundle", "dur"):
             if key in want:
                 assert b.get(key) == want[key], (key, b.get(key))
+        for key, value in want.get("ext", {}).items():  # e.g. ext.dsa
+            assert b.get("ext", {}).get(key) == value, (key, b.get("ext"))
+        for key in want.get("ext_absent", []):
+            assert key not in b.get("ext", {}), (key, b.get("ext"))
         contains = want.get("adm_contains", [])
         for part in [contains] if isinstance(contains, str) else contains:
             assert part in b["adm"], (part, b["adm"][:400])

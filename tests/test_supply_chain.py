@@ -128,3 +128,50 @@ def test_tiers_bid_bid_down_or_refuse(bidder):
 def test_a_malformed_chain_is_never_a_5xx(bidder, schain):
     a = bidder.bid(body(f"sc-bad-{json.dumps(schain)}", 0.1, schain))
     assert a.status < 500
+
+
+def test_the_bid_path_fetches_no_sellers_json(bidder, monkeypatch):
+    """sellers.json files are read when the region starts; judging a chain never touches the
+    network, whatever system it names."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network on the request path")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    chain = {"complete": 1, "nodes": [node(sid="stranger"), node(asi="never-seen.example", sid="x")]}
+    a = bidder.bid(body("sc-net", 1.0, chain))
+    assert a.status == 200 and price(a) == pytest.approx(1.8 * 0.8)  # unknown seller: bid down
+
+
+def test_fleet_sellers_refresh_command(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import importlib
+
+    cli = importlib.import_module("fleet.cli.sellers")  # the package's ``sellers`` is the command
+
+    import yaml
+
+    from fleet.config import REPO_ROOT
+
+    raw = yaml.safe_load((REPO_ROOT / "regions.yaml").read_text())
+    regions = tmp_path / "regions.yaml"
+    raw["admission"]["sellers"] = {"ok.example": str(tmp_path / "ok.json"), "bad.example": str(tmp_path / "bad.json")}
+    regions.write_text(yaml.safe_dump(raw))
+
+    class Answer:
+        def __init__(self, url):
+            self.content = b'{"sellers": [{"seller_id": "s"}]}' if "ok.example" in url else b"nope"
+
+        def raise_for_status(self):
+            pass
+
+    monkeypatch.setattr(cli.httpx, "get", lambda url, **kw: Answer(url))
+    result = CliRunner().invoke(cli.sellers, ["refresh", "--regions-file", str(regions)])
+    assert result.exit_code == 1  # one system failed
+    assert "ok.example: ok" in result.output and "bad.example: DecodeError" in result.output
+    assert json.loads((tmp_path / "ok.json").read_text())["sellers"][0]["seller_id"] == "s"
+    assert not (tmp_path / "bad.json").exists()

@@ -70,6 +70,10 @@ class Campaign(msgspec.Struct, frozen=True):
     flight_end: dt.date | None = None
     freq_cap: FrequencyCap | None = None
     cat: list[str] = []
+    # EU DSA transparency (fleet/pipeline/dsa.py): on whose behalf the ad runs and who pays for it;
+    # without both the campaign does not bid where a request requires transparency
+    advertiser_name: str = ""
+    payer_name: str = ""
 
     def in_flight(self, today: dt.date) -> bool:
         return (self.flight_start is None or self.flight_start <= today) and (

@@ -1,4 +1,4 @@
-"""The ``fleet`` command: up, down, status, sim, bench, model, ledger, node.
+"""The ``fleet`` command: up, down, status, sim, bench, model, ledger, node, sellers.
 
 One module per command group (``up`` holds up, down and status); this package only gathers them
 under ``main``. What several groups share is in ``common``.
@@ -12,6 +12,7 @@ from fleet.cli.bench import bench
 from fleet.cli.ledger import ledger
 from fleet.cli.model import model
 from fleet.cli.node import node
+from fleet.cli.sellers import sellers
 from fleet.cli.sim import sim
 from fleet.cli.up import down, status, up
 
@@ -21,5 +22,5 @@ def main() -> None:
     """Edge bidder fleet on Ray Serve."""
 
 
-for _command in (up, down, status, node, sim, model, ledger, bench):
+for _command in (up, down, status, node, sim, model, ledger, bench, sellers):
     main.add_command(_command)

@@ -15,6 +15,7 @@ class Dsa(msgspec.Struct, omit_defaults=True):
     publisher is an online platform."""
 
     dsarequired: int | None = None
+    pubrender: int | None = None  # 0: the publisher cannot render the DSA notice, 1: could, 2: will
 
 
 class SupplyChainNode(msgspec.Struct, omit_defaults=True):

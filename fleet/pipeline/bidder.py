@@ -28,6 +28,7 @@ from fleet.obs.histogram import StageHistograms
 from fleet.pipeline.admission import Admission, Rejected
 from fleet.pipeline.auction import choose
 from fleet.pipeline.creative_fit import SlotRules
+from fleet.pipeline import dsa
 from fleet.pipeline.deadline import Deadline, now
 from fleet.cache.store import FreqEvent, Profile
 from fleet.ledger.events import Event
@@ -362,7 +363,7 @@ class RegionBidder:
                 req.id, winners, imps, base_url=self.base_url, region=self.region, publisher=p.inv.publisher,
                 seat=defaults.seat, currency=p.currency, rate=1.0 / self.rates[p.currency], ids=self.ids,
                 ts_ms=int(wall * 1000), ext=ext, signer=self.signer, windows=windows, test=test,
-                bid_ids=bid_ids,
+                bid_ids=bid_ids, dsa_required=dsa.required(req),
             )
             out, gz = codec.maybe_gzip(codec.encode_response(resp), p.accept_encoding)
         except NoticeUrlTooLong:

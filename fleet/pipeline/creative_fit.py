@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fleet.campaigns.model import Campaign, Creative
 from fleet.openrtb.model import BidRequest, Imp
+from fleet.pipeline import dsa
 from fleet.pipeline.markup_native import fill, native_spec
 from fleet.pipeline.markup_vast import vast_version
 
@@ -51,7 +52,7 @@ def secure_urls(cr: Creative) -> bool:
 
 
 class SlotRules:
-    __slots__ = ("sizes", "battr", "media", "native", "secure", "bcat", "badv", "bapp")
+    __slots__ = ("sizes", "battr", "media", "native", "secure", "bcat", "badv", "bapp", "dsa")
 
     def __init__(self, imp: Imp, req: BidRequest):
         b = imp.banner
@@ -73,8 +74,12 @@ class SlotRules:
         self.bcat = frozenset(req.bcat)
         self.badv = frozenset(req.badv)
         self.bapp = frozenset(req.bapp)
+        # DSA transparency required: only campaigns that name advertiser and payer (None: nobody)
+        self.dsa = None if dsa.nobody_renders(req) else dsa.required(req)
 
     def fits(self, cr: Creative, campaign: Campaign) -> bool:
+        if self.dsa is None or (self.dsa and dsa.names(campaign) is None):
+            return False
         fmt = cr.format
         if fmt == "banner":
             if self.sizes is False or (self.sizes is not None and (cr.w, cr.h) not in self.sizes):

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 
 from fleet.openrtb.model import Bid, BidResponse, Imp, SeatBid
 from fleet.partners.wrap import partner_bid
+from fleet.pipeline import dsa
 from fleet.pipeline.auction import Offer
 from fleet.pipeline.markup_native import fill, native_markup, native_spec
 from fleet.pipeline.markup_vast import vast, vast_version
@@ -155,6 +156,7 @@ def build_response(
     windows: tuple[float, float] = (900.0, 3600.0),
     test: bool = False,
     bid_ids: dict[str, str] | None = None,
+    dsa_required: bool = False,
 ) -> BidResponse:
     """``rate`` converts fleet-currency prices into the response currency (units per USD);
     ``windows``: the default and the longest notice window (``bill_window``); ``bid_ids``: the
@@ -196,7 +198,8 @@ def build_response(
                 exp=exp,
                 # the model version (or rule) that priced this bid; our click notice, for formats
                 # whose markup has no click tracker of its own
-                ext={"pricing": o.source, "clickurl": urls["click"]},
+                ext={"pricing": o.source, "clickurl": urls["click"],
+                     **({"dsa": dsa.bid_ext(o.campaign)} if dsa_required else {})},
             )
         )
     return BidResponse(
