@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from iab_tcf import decode_v2
 
+from fleet.cache.store import Profile
 from fleet.config import PrivacySettings
 from fleet.openrtb import consent
 from fleet.openrtb.model import BidRequest
@@ -137,6 +138,9 @@ def test_measurement_only_keeps_the_id_for_caps_but_no_segments():
     assert identity(req, reason) == "u1"
     user = enrich(req, blocked=reason, uid="u1")
     assert user.contextual_only and user.user_id == "u1" and user.segments == () and user.multiplier == 0.8
+    stored = Profile(("runner",), 1.0, {"c-capped": (("e1", 1.0),)}, 0.0)
+    user = enrich(req, stored, "hit", blocked=reason, uid="u1")
+    assert user.segments == () and user.freq == stored.freq  # caps count stored events, no segments
     nobody = request({"gdpr": 1}, {"id": "u1", "consent": OTHER_VENDOR})
     assert identity(nobody, decide(nobody)) is None
 

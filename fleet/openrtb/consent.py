@@ -8,9 +8,10 @@ string; an answer is a few small fields, not the decoded string, so the cache st
 
 TCF v2 is read here, per the TC string specification, for the one vendor the fleet is, rather
 than by the ``iab-tcf`` package (the tests' reference decoder, which must agree on every string
-they build): the package decodes every vendor bit into a dict, about 2.4 ms for a real string
-and 20-90 ms for a forged 4-8 KiB one, on the request path; and its reader reads bits past the end of
-a short string as set, so a truncated string would consent to every vendor. Here a string is
+they build): the package decodes every vendor bit into a dict (about 0.6 ms for a real
+455-character string, 6.5 ms for a forged 3.7 KiB one, against 17 us and 92 us here:
+``python -m fleet.bench.privacy``), and its reader reads bits past the end of a short string
+as set, so a truncated string would consent to every vendor. Here a string is
 strict web-safe base64, version 2, read only as far as our vendor's bits and the publisher
 restrictions, and refused whole when any field runs past its end.
 """
