@@ -2,9 +2,10 @@
 
 This is what ``fleet up`` shows after the fleet is ready: that each region answers, how often it
 bids, and how fast (client-side latency, which includes the ingress), beside what the region's own
-books say of the same requests (``/stats`` before and after: answers it turned into no-bids for
-the deadline, ``late``, and requests it shed for overload). ``on time`` is the client's share of
-answers back within the request's own ``tmax``. The full exchange simulator with a market and
+books say of the same requests (``/stats`` before and after: the share of its requests it turned
+into no-bids for the deadline, ``late (srv)``). ``on time`` is the client's share of answers back
+within the request's own ``tmax``; ``shed``, of 204 ``overload`` answers (HAProxy's or the
+replica's). The full exchange simulator with a market and
 notices builds on the same request factory.
 """
 
@@ -30,6 +31,7 @@ class RegionTally:
     errors: int = 0
     error_kinds: Counter = field(default_factory=Counter)
     on_time: int = 0  # answers back within the request's tmax, at the client
+    shed: int = 0  # 204 overload answers (by HAProxy or the replica)
     server: dict = field(default_factory=dict)  # the region's /stats counters over the burst
 
     def server_share(self, key: str) -> float:
@@ -66,6 +68,7 @@ async def _region_burst(client: aiohttp.ClientSession, base: str, region: str, p
             async with client.post(url, data=body, headers=headers) as r:
                 await r.read()
                 status = r.status
+                tally.shed += r.headers.get("x-fleet-reason") == "overload"
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             tally.errors += 1
             tally.error_kinds[type(exc).__name__] += 1
@@ -112,14 +115,14 @@ async def run_burst(base: str, regions: dict[str, str], n: int = 200, rate: floa
 def format_table(tallies: list[RegionTally]) -> str:
     """Client side (answers, latency, on time within tmax) beside the server's late and shed shares."""
     head = (f"{'region':<14}{'sent':>6}{'answered':>10}{'bid':>6}{'no-bid':>8}{'other':>7}{'p50 ms':>9}"
-            f"{'p90 ms':>9}{'p99 ms':>9}{'on time':>9} | {'late (srv)':>10}{'shed (srv)':>11}")
+            f"{'p90 ms':>9}{'p99 ms':>9}{'on time':>9}{'shed':>7} | {'late (srv)':>10}")
     lines = [head, "-" * len(head)]
     for t in tallies:
         other = t.sent - t.answered
         on_time = t.on_time / t.sent if t.sent else float("nan")
         lines.append(
             f"{t.region:<14}{t.sent:>6}{t.answered:>10}{t.statuses[200]:>6}{t.statuses[204]:>8}"
-            f"{other:>7}{t.pct(0.5):>9.2f}{t.pct(0.9):>9.2f}{t.pct(0.99):>9.2f}{on_time:>9.1%} | "
-            f"{t.server_share('late_suppressed'):>10.1%}{t.server_share('shed'):>11.1%}"
+            f"{other:>7}{t.pct(0.5):>9.2f}{t.pct(0.9):>9.2f}{t.pct(0.99):>9.2f}{on_time:>9.1%}"
+            f"{t.shed / t.sent if t.sent else 0:>7.1%} | {t.server_share('late_suppressed'):>10.1%}"
         )
     return "\n".join(lines)
