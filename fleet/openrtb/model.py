@@ -32,27 +32,6 @@ class SupplyChain(msgspec.Struct, omit_defaults=True):
     ver: str | None = None
 
 
-class Dsa(msgspec.Struct, omit_defaults=True):
-    """``regs.ext.dsa``: 0 no DSA transparency needed, 1 supported, 2 required, 3 required and the
-    publisher is an online platform."""
-
-    dsarequired: int | None = None
-
-
-class SupplyChainNode(msgspec.Struct, omit_defaults=True):
-    asi: str = ""  # the seller's advertising system (its domain)
-    sid: str = ""  # the seller's id in that system (its sellers.json)
-    hp: int | None = None  # 1: this node handled the payment
-
-
-class SupplyChain(msgspec.Struct, omit_defaults=True):
-    """``source.schain`` (2.6) / ``source.ext.schain`` (2.5): every hop that sold this impression."""
-
-    complete: int = 0
-    nodes: list[SupplyChainNode] = []
-    ver: str | None = None
-
-
 class Ext(msgspec.Struct, omit_defaults=True):
     """The ``ext`` objects the bidder reads (2.5 carried GDPR and consent here)."""
 
