@@ -418,3 +418,23 @@ def test_up_prints_the_dashboard_link_with_its_token(monkeypatch):
     assert dashboard_link("http://127.0.0.1:8000", "/control") == "http://127.0.0.1:8000/control/#token=tok-123"
     page = (Path(__file__).parents[1] / "fleet" / "control" / "dashboard.html").read_text()
     assert "location.hash.match(/token=" in page  # where the page reads it
+
+
+def test_wrapper_runs_the_shim_with_the_limits(tmp_path):
+    from fleet.runtime.ingress import limits_from_env, wrapper_env
+
+    env = {"FLEET_INGRESS_MAXCONN": "4", "FLEET_INGRESS_MAX_QUEUE": "2", "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "300"}
+    assert limits_from_env(env) == Limits(4, 2, 300)
+    assert wrapper_env(tmp_path, {"FLEET_INGRESS_SHIM": "0"}) == {}
+    out = wrapper_env(tmp_path, env)
+    if not out:
+        pytest.skip("no bundled HAProxy")
+    path = Path(out["RAY_SERVE_HAPROXY_BINARY_PATH"])
+    assert path.stat().st_mode & 0o111
+    text = path.read_text()
+    assert "haproxy_shim.py" in text and " 4 2 300 http-control -- " in text
+    cfg = tmp_path / "serve.cfg"
+    cfg.write_text(SERVE_LIKE.format(port=18124))
+    check = subprocess.run([str(path), "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert "maxconn 4 check" in cfg.read_text() and "queue() ge 2" in cfg.read_text()  # rewritten in place
