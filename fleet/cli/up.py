@@ -39,7 +39,8 @@ def deploy(config_path: str, dashboard: str, timeout: float = 120.0) -> None:
         time.sleep(2.0)
 
 
-def generated_config(cfg: dict, catalog: str | None, n_nodes: int, replicas: int | None = None) -> dict:
+def generated_config(cfg: dict, catalog: str | None, n_nodes: int, replicas: int | None = None,
+                     regions_file: str | None = None) -> dict:
     """``serve_config.yaml`` as ``up`` deploys it: another catalog everywhere, another number of
     ingress replicas per region, and on several nodes every region pinned to its node's resource,
     control to the head, and Serve's ingress on the head only (the nodes share one host, so one
@@ -49,6 +50,8 @@ def generated_config(cfg: dict, catalog: str | None, n_nodes: int, replicas: int
         args = app.setdefault("args", {})
         if catalog:
             args["catalog"] = catalog
+        if regions_file and (is_region(app) or app["import_path"].startswith("fleet.serve.control_app")):
+            args["regions_file"] = regions_file
         if replicas and is_region(app):
             for dep in app.setdefault("deployments", [{"name": f"ingress-{args['region']}"}]):
                 if dep["name"].startswith("ingress-"):
@@ -80,8 +83,11 @@ def generated_config(cfg: dict, catalog: str | None, n_nodes: int, replicas: int
               "cache): a benchmark's own flights, not leases and spend left by an earlier run.")
 @click.option("--replicas", type=click.IntRange(1, 8), default=None,
               help="Ingress replicas per region (default: regions.yaml's).")
+@click.option("--partners", "partners", type=click.Choice(["none", "sim"]), default="none", show_default=True,
+              help="sim: start the eight simulated demand partners (fleet.sim.partners) and configure every "
+                   "region to call them (stage 6).")
 def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout, catalog=None, n_nodes=1, fresh=False,
-       replicas=None):
+       replicas=None, partners="none"):
     """Start (or join) Ray and Redis, deploy every region, and show it working."""
     if local.State.load() is not None:
         raise click.ClickException(f"the fleet is already up (see {local.STATE_FILE}): run `fleet down` first")
@@ -89,9 +95,10 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
         raise click.ClickException("--nodes starts a local cluster: unset RAY_ADDRESS, or add nodes to yours")
     cfg = serve_config(config_path)
     layout = nodes.plan([a["args"]["region"] for a in cfg["applications"] if is_region(a)], n_nodes)
-    if catalog or n_nodes > 1 or replicas:
+    regions_file = start_sim_partners(cfg) if partners == "sim" else None
+    if catalog or n_nodes > 1 or replicas or regions_file:
         # The same applications, changed: deployed from a generated copy of the file.
-        cfg = generated_config(cfg, catalog, n_nodes, replicas)
+        cfg = generated_config(cfg, catalog, n_nodes, replicas, regions_file)
         local.STATE_DIR.mkdir(parents=True, exist_ok=True)
         generated = local.STATE_DIR / "serve_config.generated.yaml"
         generated.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -167,6 +174,49 @@ def up(config_path, detach, burst, burst_requests, burst_rate, num_cpus, timeout
     click.echo("\nstopping ...")
     _down(state)
 
+PARTNERS_PID = local.STATE_DIR / "partners.pid"
+
+
+def start_sim_partners(cfg: dict, port: int = 0, timeout_s: float = 20.0) -> str:
+    """Start the simulated partners (one process, eight ports) and write a copy of the regions
+    file with every region calling them; its path."""
+    regions_path = next((a["args"].get("regions_file", "regions.yaml") for a in cfg["applications"]
+                         if is_region(a)), "regions.yaml")
+    local.STATE_DIR.mkdir(parents=True, exist_ok=True)
+    out = local.STATE_DIR / "partners.json"
+    out.unlink(missing_ok=True)
+    log = open(local.STATE_DIR / "partners.log", "w")
+    proc = subprocess.Popen([local.venv_bin("python"), "-m", "fleet.sim.partners", "--port", str(port),
+                             "--write", str(out)], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    PARTNERS_PID.write_text(str(proc.pid))
+    end = time.monotonic() + timeout_s
+    while not out.exists() or not out.read_text().strip():
+        if proc.poll() is not None or time.monotonic() > end:
+            stop_sim_partners()
+            raise click.ClickException(f"simulated partners did not start (see {local.STATE_DIR / 'partners.log'})")
+        time.sleep(0.2)
+    entries = json.loads(out.read_text())
+    raw = yaml.safe_load(resolve(regions_path).read_text())
+    for spec in raw["regions"].values():
+        spec["partners"] = entries
+    path = local.STATE_DIR / "regions.partners.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    click.echo(f"partners: {len(entries)} simulated partners (pid {proc.pid}): "
+               + ", ".join(f"{e['id']} {e['endpoint'].rsplit(':', 1)[1].split('/')[0]}" for e in entries)
+               + f"; every region calls them ({path})")
+    return str(path)
+
+
+def stop_sim_partners() -> None:
+    if PARTNERS_PID.exists():
+        try:
+            local.stop_pid(int(PARTNERS_PID.read_text()))
+        except Exception as exc:
+            click.echo(f"could not stop the simulated partners: {exc}", err=True)
+        PARTNERS_PID.unlink(missing_ok=True)
+
+
 def dashboard_link(base: str, control: str) -> str:
     """The control dashboard with its bearer token in the fragment (read by the page, never sent
     to the server in the URL)."""
@@ -176,6 +226,7 @@ def dashboard_link(base: str, control: str) -> str:
 
 
 def _down(state: local.State) -> None:
+    stop_sim_partners()
     if state.ray_started:
         local.stop_ray()
     elif state.ray_address and state.apps:

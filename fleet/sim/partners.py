@@ -20,6 +20,7 @@ import gzip
 import json
 import math
 import random
+import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 
@@ -56,6 +57,9 @@ SET = (
     Profile("dealer", latency_ms=9, bid_rate=0.9, deals_only=True, cutoff_class="fast"),
     Profile("euro", latency_ms=14, currency="EUR"),
 )
+FAST4 = tuple(Profile(f"fast{i}", latency_ms=5, bid_rate=0.5, price_scale=0.9, cutoff_class="fast")
+              for i in range(1, 5))  # the capacity and latency benchmarks' four fast partners
+SETS = {"sim": SET, "fast4": FAST4}
 RATES = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27, "JPY": 0.0066}  # one unit in USD (as regions.yaml)
 GARBAGE = ("not_json", "wrong_types", "negative_price", "unknown_imp", "string_price", "empty_object",
            "wrong_id", "no_adm", "huge_price", "blocked_adomain", "status_500", "valid")
@@ -85,6 +89,7 @@ class SimPartner:
 
     async def stats(self, _req: web.Request) -> web.Response:
         return web.json_response({"id": self.p.id, "requests": self.seen.requests,
+                                  "process_cpu_s": time.process_time(),  # the servers' process, all partners
                                   "outcomes": dict(self.seen.by_outcome), "profile": asdict(self.p)})
 
     async def reset(self, _req: web.Request) -> web.Response:
@@ -171,7 +176,7 @@ class SimPartner:
         self.seen.requests += 1
         raw = await request.read()
         try:
-            if request.headers.get("content-encoding") == "gzip":
+            if raw[:2] == b"\x1f\x8b":  # gzip the server did not already undo
                 raw = gzip.decompress(raw)
             req = json.loads(raw)
         except Exception:
@@ -257,16 +262,18 @@ def region_entries(servers_or_endpoints, profiles=SET, qps: float = 5000.0) -> l
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, default=9100, help="first port; one per partner")
+    ap.add_argument("--port", type=int, default=0, help="first port, one per partner (0: any free ports)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--write", default=None, help="write the region entries (JSON) to this file")
+    ap.add_argument("--set", dest="which", choices=sorted(SETS), default="sim", help="which partners")
     args = ap.parse_args()
 
     async def run() -> None:
-        servers = PartnerServers(host=args.host, seed=args.seed)
+        profiles = SETS[args.which]
+        servers = PartnerServers(profiles, host=args.host, seed=args.seed)
         await servers.start(args.port)
-        entries = json.dumps(region_entries(servers))
+        entries = json.dumps(region_entries(servers, profiles))
         if args.write:
             with open(args.write, "w") as fh:
                 fh.write(entries)
