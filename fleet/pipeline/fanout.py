@@ -195,7 +195,7 @@ class Round:
         for pid, (task, cutoff_ms, sent) in self.tasks.items():
             p = o.partners[pid]
             counts = st.c(pid, a.tier)
-            if not task.done():
+            if not task.done() or task.cancelled():
                 task.cancel()
                 res = CallResult("timeout", (now() - self.t0) * 1000.0)
             else:
@@ -235,6 +235,12 @@ class Round:
                     self.offers.setdefault(b.imp_id, []).append(
                         Offer(b.imp_id, None, None, b.price, b.price, b.bid.dealid, f"partner:{pid}", b))
         return self.offers
+
+    def settle_later(self) -> None:
+        """The request ended without an auction: its calls are still accounted for, in the
+        background, never holding the answer."""
+        if not self.done:
+            asyncio.get_running_loop().create_task(self.collect())
 
     def close(self, winners: dict | None, internal_offered: bool) -> None:
         """After the answer: partner wins counted (only bids that left), and the request's

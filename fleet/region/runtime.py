@@ -248,6 +248,8 @@ class Region:
             await asyncio.sleep(0)
         p = b.target(a, profile, lookup)
         if isinstance(p, Answer):
+            if rnd is not None:
+                rnd.settle_later()
             return p
         p.fanout = rnd
         if self.remote is None:
