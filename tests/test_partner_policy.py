@@ -282,3 +282,20 @@ def test_control_cuts_enrichment_where_partners_starve_and_gives_it_back_after_t
         assert back["budgets"]["enrichment"] > base_share
 
     asyncio.run(go())
+
+
+def test_partners_late_at_different_ticks_are_still_late_together():
+    """Windows fill at their own pace (a throttled partner's slowly), so partners late for one
+    cause are judged at different ticks: the first, judged late alone, is throttled; when the
+    second follows within the window the tier is starved and the first gets its share back."""
+    book = PartnerBook()
+    judged(book, {p: {"premium": stats(p95=20.0, won=5, value=5.0)} for p in "abc"})  # three partners, healthy
+    first = judged(book, {"a": {"premium": stats(p95=80.0, late=20, won=5, value=5.0)}}, now=1030.0)
+    assert first["a"]["premium"].share == pytest.approx(0.1) and book.cut_tiers(1030.0) == set()
+    second = judged(book, {"b": {"premium": stats(p95=80.0, late=20, won=5, value=5.0)}}, now=1060.0)
+    assert second["a"]["premium"].share == 1.0 and second["b"]["premium"].share == 1.0
+    assert book.backoffs["a"]["premium"].level == 0 and book.cut_tiers(1060.0) == {"premium"}
+    assert second["c"]["premium"].share == 1.0
+    # Later: an erring partner on a starved tier stays backed off (errors are its own).
+    third = judged(book, {"c": {"premium": stats(p95=80.0, late=20, errors=30, won=5, value=5.0)}}, now=1090.0)
+    assert third["c"]["premium"].share == pytest.approx(0.1)

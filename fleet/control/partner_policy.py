@@ -23,10 +23,11 @@ later). ``decide`` is the whole rule, a pure function:
   ``backoff_s`` doubling per troubled window up to ``max_backoff_s``; a clean window after the
   backoff ran out gives its share back.
 - **Late together: time taken upstream.** When at least ``starve_min`` partners, and at least
-  ``starve_share`` of those judged on a tier, are late in the same window, the common cause is
+  ``starve_share`` of the partners on a tier, are judged late within ``starve_window_s``, the common cause is
   upstream (seed 001, failure chain 1: a slower enrichment leaves the fan-out less time, and
   partners that answer as fast as ever arrive late). Throttling them would thin the auction
-  further, so their shares and cutoffs stay as they were, and the tier is marked *starved* for
+  further, so they keep their cutoffs and get their whole share (errors still count), and the
+  tier is marked *starved* for
   ``starve_hold_s``: ``fleet.control.cutoffs.recompute`` then cuts its optional enrichment (to
   the floor share, not fed), which gives the partners their time back. When the hold lapses the
   share returns; if the cause persists the partners go late together again and it is cut again.
@@ -68,6 +69,7 @@ class Params(msgspec.Struct, frozen=True, kw_only=True):
     starve_min: int = 2  # partners late together on a tier: a cause upstream of the fan-out...
     starve_share: float = 0.5  # ...when they are at least this share of the tier's judged partners
     starve_hold_s: float = 120.0  # a starved tier's optional enrichment stays cut this long
+    starve_window_s: float = 90.0  # partners judged late within this long count as late together
 
 
 class Window(msgspec.Struct, kw_only=True):
@@ -98,6 +100,7 @@ class Window(msgspec.Struct, kw_only=True):
 class Backoff(msgspec.Struct, kw_only=True):
     level: int = 0  # troubled windows in a row
     until: float = 0.0  # unix s: throttled at least until then
+    cause: str = ""  # "late" or "errors"
 
 
 def tier_fraction(rank: int, tiers: int, lowest: float) -> float:
@@ -115,13 +118,15 @@ def decide(w: Window, *, ceiling_ms: float, rank: int, tiers: int, defining: boo
     used = w.cutoff_ms or (prev.cutoff_ms if prev else ceiling_ms)
     past_cutoff = late_share > p.late_limit or (w.p95_ms is not None and used > 0 and w.p95_ms >= used)
     erring = error_share > p.error_limit
-    if starved and not erring:  # its lateness is not its own: neither throttled nor re-timed
+    if starved and not erring:  # its lateness is not its own: not throttled (a lateness backoff ends), not re-timed
         keep = prev or PartnerCutoff(cutoff_ms=ceiling_ms)
-        return (PartnerCutoff(cutoff_ms=keep.cutoff_ms, share=keep.share), backoff,
+        if backoff.cause == "errors" and now < backoff.until:
+            return PartnerCutoff(cutoff_ms=keep.cutoff_ms, share=p.probe_share), backoff, "backing off (errors)"
+        return (PartnerCutoff(cutoff_ms=keep.cutoff_ms, share=1.0), Backoff(),
                 "late %.1f%% with the tier's other partners: time taken upstream" % (100 * late_share))
     if past_cutoff or erring:
         wait = min(p.backoff_s * 2 ** backoff.level, p.max_backoff_s)
-        backoff = Backoff(level=backoff.level + 1, until=now + wait)
+        backoff = Backoff(level=backoff.level + 1, until=now + wait, cause="errors" if erring else "late")
         share = p.probe_share
         why = ("errors %.1f%%" % (100 * error_share)) if erring else ("late %.1f%%" % (100 * late_share))
     elif now < backoff.until:
@@ -172,6 +177,7 @@ class PartnerBook:
         # region -> partner -> cumulative counters (summed over tiers), p95 and cutoff last reported
         self.regions: dict[str, dict[str, dict]] = {}
         self.starved: dict[str, float] = {}  # tier -> its optional enrichment is cut until then
+        self.late_at: dict[str, dict[str, float]] = {}  # tier -> partner -> when last judged late
 
     # -- in ------------------------------------------------------------------------------------
 
@@ -218,9 +224,7 @@ class PartnerBook:
             judged = [pid for pid, w in ws.items() if w.called >= self.p.min_calls
                       and tier not in self.pins.get(pid, {}) and self.ceilings.get(pid, {}).get(tier)]
             late = {pid for pid in judged if ws[pid].late / ws[pid].called > self.p.late_limit}
-            starved = len(late) >= self.p.starve_min and len(late) >= self.p.starve_share * len(judged)
-            if starved:
-                self.starved[tier] = now + self.p.starve_hold_s
+            starved = self._starved(tier, late, set(judged), now, policy)
             for pid, w in ws.items():
                 if tier in self.pins.get(pid, {}):
                     del self.windows[pid][tier]  # pinned: the operator's word, not judged
@@ -242,6 +246,29 @@ class PartnerBook:
                 policy.setdefault(pid, {})[tier] = c
         self.policy = policy
         return policy
+
+    def _starved(self, tier: str, late: set[str], judged: set[str], now: float, policy: PartnerPolicy) -> bool:
+        """Whether the tier's partners are late together: judged late within ``starve_window_s``
+        (windows fill at their own pace, so they are judged at different ticks), at least
+        ``starve_min`` of them and ``starve_share`` of the partners on the tier. If so, the tier is
+        marked starved and the ones judged late alone before are given their share back."""
+        seen = self.late_at.setdefault(tier, {})
+        for pid in judged:
+            seen.pop(pid, None)
+        seen.update({pid: now for pid in late})
+        recent = {pid for pid, t in seen.items() if now - t <= self.p.starve_window_s}
+        known = {pid for pid, cs in self.ceilings.items() if tier in cs and tier not in self.pins.get(pid, {})}
+        if len(recent) < self.p.starve_min or len(recent) < self.p.starve_share * max(len(known), 1):
+            return False
+        self.starved[tier] = now + self.p.starve_hold_s
+        for pid in recent - judged:
+            bo = self.backoffs.get(pid, {}).get(tier)
+            c = policy.get(pid, {}).get(tier)
+            if bo is not None and bo.cause == "late" and c is not None and not c.pinned:
+                self.backoffs[pid][tier] = Backoff()
+                policy[pid][tier] = PartnerCutoff(cutoff_ms=c.cutoff_ms, share=1.0)
+                self.why.setdefault(pid, {})[tier] = "late with the tier's other partners: time taken upstream"
+        return True
 
     def cut_tiers(self, now: float) -> set[str]:
         """The tiers whose optional enrichment is cut now (their partners were late together)."""
