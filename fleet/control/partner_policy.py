@@ -116,7 +116,9 @@ def decide(w: Window, *, ceiling_ms: float, rank: int, tiers: int, defining: boo
     called = max(w.called, 1)
     late_share, error_share = w.late / called, w.errors / called
     used = w.cutoff_ms or (prev.cutoff_ms if prev else ceiling_ms)
-    past_cutoff = late_share > p.late_limit or (w.p95_ms is not None and used > 0 and w.p95_ms >= used)
+    # Past its cutoff: its p95 is the cutoff exactly when more than 5% are late. Read from the
+    # window's own counts, not the region's rolling p95, which still holds lates from before.
+    past_cutoff = late_share > p.late_limit
     erring = error_share > p.error_limit
     if starved and not erring:  # its lateness is not its own: not throttled (a lateness backoff ends), not re-timed
         keep = prev or PartnerCutoff(cutoff_ms=ceiling_ms)
