@@ -83,3 +83,59 @@ def test_simulated_exchange_against_the_fleet(fleet_http, regions):
     # The live fleet bids only where the oracle's own reading of the rules admits the campaign.
     assert card["targeting"]["fleet_bids"] > 0 and card["targeting"]["outside_targeting"] == 0
     assert sum(b["opportunities"] for b in card["by_latency"].values()) == len(records)
+
+
+# -- `fleet sim run`'s handling of the fleet it runs against -----------------------------------
+
+
+def _cli(monkeypatch, tmp_path, running: bool):
+    """``fleet sim run`` with ``up``, ``down`` and the run itself replaced by recorders."""
+    import importlib
+
+    import click
+
+    import fleet.sim.run
+
+    cli = importlib.import_module("fleet.cli.sim")  # the module (the package exports its group by that name)
+
+    calls = []
+    state = type("State", (), {"http": "http://127.0.0.1:1"})() if running else None
+    monkeypatch.setattr(cli.local.State, "load", staticmethod(lambda: state))
+    monkeypatch.setattr(cli.local, "STATE_DIR", tmp_path)
+    monkeypatch.setattr(cli, "up", click.command()(lambda **kw: calls.append(("up", kw))))
+    monkeypatch.setattr(cli, "down", click.command()(lambda: calls.append(("down", {}))))
+    card = score(Market(seed=1), [], [], 1.0, start=0.0)
+    monkeypatch.setattr(fleet.sim.run, "run_sim", lambda *a, **kw: {
+        "traffic": {}, "notices": {"delivered": {}}, "scorecard": card})
+    return cli, calls
+
+
+def test_sim_run_up_leaves_a_running_fleet_up(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    cli, calls = _cli(monkeypatch, tmp_path, running=True)
+    result = CliRunner().invoke(cli.sim, ["run", "--up", "--duration", "1"])
+    assert result.exit_code == 0, result.output
+    assert calls == []  # neither brought up nor taken down: it was not this command's
+
+
+def test_sim_run_up_rule_deploys_every_region_without_a_model(monkeypatch, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from fleet.cli.common import is_region, serve_config
+
+    cli, calls = _cli(monkeypatch, tmp_path, running=False)
+    result = CliRunner().invoke(cli.sim, ["run", "--up", "--fresh", "--rule", "--duration", "1"])
+    assert result.exit_code == 0, result.output
+    assert [c[0] for c in calls] == ["up", "down"] and calls[0][1]["fresh"] is True
+    deployed = yaml.safe_load(open(calls[0][1]["config_path"]))
+    committed = serve_config("serve_config.yaml")
+    regions = [a for a in deployed["applications"] if is_region(a)]
+    assert regions and all(a["args"]["model"] is None for a in regions)
+    assert all(d["user_config"]["model"] is None for a in regions for d in a["deployments"])
+    # nothing else changed
+    strip = [{**a, "args": {k: v for k, v in a["args"].items() if k != "model"}, "deployments": None}
+             for a in committed["applications"]]
+    assert [{**a, "args": {k: v for k, v in a["args"].items() if k != "model"}, "deployments": None}
+            for a in deployed["applications"]] == strip
