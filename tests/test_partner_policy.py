@@ -256,7 +256,7 @@ def test_one_late_partner_among_punctual_ones_is_its_own_problem():
     assert book.cut_tiers(1000.0) == set()
 
 
-def test_control_cuts_enrichment_where_partners_starve_and_gives_it_back_after_the_hold():
+def test_control_cuts_enrichment_where_partners_starve_and_never_feeds_it_there():
     clock = Clock()
     control = Control(load_regions(), None, clock=clock)
     base_share = control.base_policies["premium"]["budgets"]["enrichment"]
@@ -272,14 +272,17 @@ def test_control_cuts_enrichment_where_partners_starve_and_gives_it_back_after_t
     async def go():
         await control.start()
         healthy = await interval(0, 10.0)
-        assert healthy["budgets"]["enrichment"] > base_share  # a slower enrichment is fed, as before
+        # A slower enrichment is not fed where partners are called (the time would be theirs)...
+        assert healthy["budgets"]["enrichment"] == pytest.approx(base_share)
+        standard = control.policies.policies["standard"]["budgets"]["enrichment"]
+        assert standard > control.base_policies["standard"]["budgets"]["enrichment"]  # ...and is where none are
         starved = await interval(30, 40.0)
         assert starved["budgets"]["enrichment"] == pytest.approx(0.02)
         assert all(c.share == 1.0 for c in partner_policy_from_tiers(control.policies.policies)
                    .values() for c in [c["premium"]])
         clock.t += Params().starve_hold_s
         back = await interval(0, 10.0)
-        assert back["budgets"]["enrichment"] > base_share
+        assert back["budgets"]["enrichment"] == pytest.approx(base_share)  # the cut is over
 
     asyncio.run(go())
 

@@ -24,6 +24,7 @@ from fleet.partners.messages import cutoff_from_value
 def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_budget_ms: dict[str, float],
               *, margin: float = 1.5, floor_share: float = 0.02, elastic: str = "pricing",
               quantum: float = 0.01, cut: set[str] | frozenset = frozenset(),
+              hold: set[str] | frozenset = frozenset(),
               optional: tuple[str, ...] = ("enrichment",)) -> dict[str, dict]:
     """New policies from ``base``: stages whose observed p99 * margin needs more than their base
     share get it, taken from the ``elastic`` stage; ``base`` is not mutated.
@@ -43,6 +44,10 @@ def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_bud
       near-cache or a lookup that is quick, else degrades to the request's own data, and the
       fan-out gets the time. What is cut is given to no other stage (the partners' time is what
       is left before the deadline).
+    - Tiers in ``hold`` (they have demand partners) never feed their ``optional`` stages: the
+      fan-out starts when enrichment ends, so a share given to a slower enrichment is time taken
+      from the partners (seed 001, failure chain 1), while pricing, which pays, runs beside them.
+      A slow lookup degrades instead (the request's own data, bid x0.9).
     - Partner entries are carried through untouched: their cutoffs and shares are
       ``fleet.control.partner_policy``'s (one definition), overlaid after this.
     """
@@ -57,7 +62,8 @@ def recompute(base: dict[str, dict], stage_p99_ms: dict[str, float], typical_bud
             if tier in cut:
                 for stage in [s for s in optional if s in shares and s != elastic]:
                     shares[stage] = min(floor_share, shares[stage])
-            for stage in [s for s in STAGES if s in shares and s != elastic and not (tier in cut and s in optional)]:
+            held = tier in cut or tier in hold
+            for stage in [s for s in STAGES if s in shares and s != elastic and not (held and s in optional)]:
                 p99 = stage_p99_ms.get(stage)
                 if p99 is None:
                     continue

@@ -272,6 +272,10 @@ class PartnerBook:
                 self.why.setdefault(pid, {})[tier] = "late with the tier's other partners: time taken upstream"
         return True
 
+    def tiers(self) -> set[str]:
+        """The tiers some partner is called on (their optional enrichment is never fed)."""
+        return {t for cs in self.ceilings.values() for t in cs}
+
     def cut_tiers(self, now: float) -> set[str]:
         """The tiers whose optional enrichment is cut now (their partners were late together)."""
         return {t for t, until in self.starved.items() if now < until}

@@ -271,8 +271,8 @@ class Control:
         if now - self.last_policy >= self.settings.policy_every_s and (self.stage_p99 or self.partners.pending()):
             typical = self._typical_budget_ms()
             self.partners.recompute(list(self.base_policies), now, self.base_policies)
-            stages = (recompute(self.base_policies, self.stage_p99, typical, cut=self.partners.cut_tiers(now))
-                      if self.stage_p99 else self.policies.policies)
+            stages = (recompute(self.base_policies, self.stage_p99, typical, cut=self.partners.cut_tiers(now),
+                                hold=self.partners.tiers()) if self.stage_p99 else self.policies.policies)
             if self.policies.update(self.partners.overlay(stages)):
                 log.info("cutoff policies recomputed from p99 %s: epoch %d", self.stage_p99, self.policies.epoch)
                 changed = True
