@@ -257,7 +257,6 @@ class Bid(msgspec.Struct, omit_defaults=True):
     h: int | None = None
     mtype: int | None = None
     dur: int | None = None  # seconds, video and audio (2.6)
-    slotinpod: int | None = None
     exp: int | None = None  # seconds we wait for the impression: notices are accepted that long
     ext: dict | None = None
 
