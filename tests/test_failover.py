@@ -114,12 +114,15 @@ def test_dns_with_no_healthy_region_answers_every_record():
 BUDGET = 50.0
 
 
-async def _round(control: Control, clock: Clock, regions, opp: dict, lease: dict, units=0.01, moved=False):
+async def _round(control: Control, clock: Clock, regions, opp: dict, lease: dict, units=0.01, moved=False,
+                 idle=()):
     """One second of the fleet: each named region's replica reports and renews, then a tick.
-    ``moved``: the DNS sends us-east's exchanges to eu-west (twice its own traffic)."""
+    ``moved``: the DNS sends us-east's exchanges to eu-west (twice its own traffic); ``idle``:
+    regions that report without traffic."""
     clock.t += 1.0
     for region in regions:
-        opp[region] = opp.get(region, 0) + RATES[region] * (2 if region == "eu-west" and moved else 1)
+        own = 0 if region in idle else RATES[region]
+        opp[region] = opp.get(region, 0) + own * (2 if region == "eu-west" and moved else 1)
         push = await control.sync(Report(region=region, replica=f"{region}-1", ts=clock.t,
                                          opportunities={"c": opp[region]}, units={"c": units},
                                          heartbeat={"requests": RATES[region], "answered": RATES[region],
@@ -161,13 +164,18 @@ def test_control_re_leases_a_lost_regions_slices_and_takes_them_back(redis_srv):
         await again.start()
         await _round(again, clock, ["eu-west", "ap-southeast"], opp, lease, moved=True)
         restarted = again.state_view()["failover"], dict(_shares(again))
-        # us-east is back: its slices return at the next tick.
+        # us-east reports again, but the DNS still sends its exchanges to eu-west: no traffic of
+        # its own yet, so its slices stay with eu-west.
+        for _ in range(3):
+            await _round(again, clock, list(RATES), opp, lease, moved=True, idle={"us-east"})
+        pending = again.state_view()["failover"], again.health.view(clock.t)["us-east"]["status"]
+        # Its exchanges are back: its slices return at the next tick.
         for _ in range(3):
             await _round(again, clock, list(RATES), opp, lease)
         back = dict(_shares(again)), again.state_view()["failover"]
-        return before, lost, view, restarted, back
+        return before, lost, view, restarted, pending, back
 
-    before, lost, view, restarted, back = asyncio.run(go())
+    before, lost, view, restarted, pending, back = asyncio.run(go())
     shares0, lease0 = before
     shares1, lease1, failover1 = lost
     assert failover1 == {"us-east": "eu-west"}
@@ -179,6 +187,7 @@ def test_control_re_leases_a_lost_regions_slices_and_takes_them_back(redis_srv):
     # The restarted control re-leases alike: the heir's rate before the failover came back from Redis.
     assert restarted[0] == {"us-east": "eu-west"}
     assert restarted[1]["eu-west"] == pytest.approx(shares1["eu-west"], rel=0.05)
+    assert pending == ({"us-east": "eu-west"}, "healthy")
     shares2, failover2 = back
     assert failover2 == {}
     assert shares2["us-east"] > 0.3 and sum(shares2.values()) == pytest.approx(1.0)
@@ -205,6 +214,15 @@ def test_a_re_lease_never_lifts_a_campaign_over_its_budget():
     worst, failover = asyncio.run(go())
     assert failover == {"us-east": "eu-west"}
     assert worst <= 0.5 + 1e-9
+
+
+def test_a_region_back_keeps_its_heir_until_its_own_traffic_returns():
+    from fleet.control.failover import held
+
+    prev = {"us-east": "eu-west"}
+    assert held(prev, {}, busy=set()) == prev  # reports again, no traffic yet
+    assert held(prev, {}, busy={"us-east"}) == {}  # its exchanges are back
+    assert held(prev, {"eu-west": "ap-southeast"}, busy=set()) == {"eu-west": "ap-southeast"}  # the heir lost
 
 
 def test_shares_move_a_lost_regions_rate_to_its_heir_once():

@@ -6,8 +6,8 @@ exchanges of a lost region send to the healthy region nearest to it (``nearest_h
 definition of that rule; the simulated exchanges' DNS, ``fleet.sim.dns``, routes by it too).
 Without a re-lease the lost region's share of every campaign's plan would go unspent (its
 replicas ask for no lease) while its heir serves its auctions on its own smaller share. Control
-hands each lost region's share to its heir (``Pacer.heirs``), and takes it back when the region
-reports again. Only the split of the plan between regions moves; the lease cap (budget less
+hands each lost region's share to its heir (``Pacer.heirs``), and takes it back once the region
+reports again and sees traffic of its own (``held``). Only the split of the plan between regions moves; the lease cap (budget less
 spend and every outstanding lease, lapsed ones included) is unchanged, so no campaign can pass
 its budget through a failover.
 
@@ -42,6 +42,17 @@ def heirs(view: dict[str, dict], latency_ms: dict[str, dict[str, float]]) -> dic
         heir = nearest_healthy(latency_ms, region, serving) if region in latency_ms else None
         if heir is not None:
             out[region] = heir
+    return out
+
+
+def held(previous: dict[str, str], lost_now: dict[str, str], busy: set[str]) -> dict[str, str]:
+    """``lost_now`` plus each region lost before that reports again but has no traffic yet: the
+    DNS sends its exchanges back only after three passing checks and the records' TTL (up to a
+    minute), and until then its auctions are still its heir's, and so are its slices."""
+    out = dict(lost_now)
+    for lost, heir in previous.items():
+        if lost not in out and lost not in busy and heir not in out:
+            out[lost] = heir
     return out
 
 

@@ -173,6 +173,8 @@ class Pacer:
         heir has its opportunity rates noted first (``heir_base``), so the traffic it takes over is
         counted once. (Control calls a region lost within ``health_stale_s``, before the DNS moves
         its exchanges: three failed checks ten seconds apart, then the records' TTL.)"""
+        busy = {b.region for b in self.replicas.values() if any(n > 0 for n in b.opp_tick.values())}
+        heirs = failover.held(self.heirs, heirs, busy)  # back, but its exchanges not yet: kept
         for heir in set(heirs.values()) - set(self.heirs.values()):
             for cid, cp in self.campaigns.items():
                 rp = cp.regions.get(heir)
