@@ -132,6 +132,20 @@ SCENARIOS = {s.name: s for s in [
 ]}
 
 
+class _RunMarket(Market):
+    """The market with this run's own request ids: the same seed's stream again, but a fleet that
+    saw an earlier run within its dedup window must not take it for resent auctions."""
+
+    def __init__(self, run_tag: str, **kw):
+        super().__init__(**kw)
+        self.run_tag = run_tag
+
+    def opportunity(self, rng, region, request_id=None):
+        opp = super().opportunity(rng, region, request_id)
+        opp.request_id = f"{self.run_tag}-{opp.request_id}"
+        return opp
+
+
 def _one_burst(window: tuple[float, float]) -> type[Exchanges]:
     """The exchanges with one burst, at the fault, instead of random ones."""
 
@@ -177,7 +191,7 @@ async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, r
                     burst_every_s=1e9, burst_len_s=fault_s, burst_factor=max(sc.burst, 1.0),
                     cross_region_share=0.0, drop_rate=0.02, dup_rate=0.02, late_rate=0.05, late_min_s=1.0,
                     late_max_s=5.0, grace_s=8.0, notice_retries=8, imp_exp=60.0)
-    market = Market(seed=seed, regions=tuple(names))
+    market = _RunMarket(f"{int(now):x}", seed=seed, regions=tuple(names))
     dns = DNS(regions.latency_ms, DnsSettings())
     kind = _one_burst((timing.fault_at, timing.fault_at + fault_s)) if sc.burst > 1.0 else Exchanges
     ex = kind(market, regions, campaigns, cfg, progress=progress, dns=dns)
