@@ -303,3 +303,35 @@ def test_a_25_partner_in_another_currency_gets_gzip_its_currency_and_the_25_priv
             await servers.stop()
 
     asyncio.run(go())
+
+
+def test_partner_counts_become_prometheus_metrics(monkeypatch):
+    """``fleet_partner_requests{partner,tier,step}`` grows by what /stats' counters grew by."""
+    import fleet.obs.metrics as om
+
+    class Metric:
+        def __init__(self, name, *_a, **_k):
+            self.name, self.values = name, {}
+            made[name] = self
+
+        def inc(self, d, tags):
+            key = tuple(sorted(tags.items()))
+            self.values[key] = self.values.get(key, 0) + d
+
+        def set(self, v, tags):
+            self.values[tuple(sorted(tags.items()))] = v
+
+    made: dict[str, Metric] = {}
+    monkeypatch.setattr(om, "_ray_metrics", lambda: type("M", (), {"Counter": Metric, "Gauge": Metric}))
+    m = om.RegionMetrics(REGION)
+    row = {"tiers": {"remnant": {"eligible": 3, "called": 2, "in_time": 1, "late": 1, "participating": 1, "won": 1,
+                                 "errors": 0}},
+           "dropped": {"below_floor": 2}, "p95_ms": {"remnant": 25.0}, "state": {"remnant": "slow"}}
+    m.export({}, {}, None, partners={"p": row})
+    row["tiers"]["remnant"]["called"] = 5
+    m.export({}, {}, None, partners={"p": row})
+    steps = made["fleet_partner_requests"].values
+    key = lambda step: (("partner", "p"), ("region", REGION), ("step", step), ("tier", "remnant"))  # noqa: E731
+    assert steps[key("called")] == 5 and steps[key("won")] == 1 and key("errors") not in steps
+    assert made["fleet_partner_bids_dropped"].values[(("partner", "p"), ("reason", "below_floor"), ("region", REGION))] == 2
+    assert made["fleet_partner_throttled"].values[(("partner", "p"), ("region", REGION), ("tier", "remnant"))] == 1.0

@@ -56,8 +56,11 @@ async def run(cfg: RegionsFile, rate: float, seconds: float, seed: int) -> dict:
     region = Region(RegionAppArgs(region=REGION, cache=False, telemetry=False, control=False, ledger=False),
                     config=cfg, replica="bench")
     market, rng = Market(seed=seed), random.Random(seed)
-    totals, waits, revenue, answered = [], [], 0.0, Counter()
+    totals, waits, over, revenue, answered = [], [], [], 0.0, Counter()
     region.start()
+    fan = region.partners
+    tier_cut = ({t: max((fan.cutoff(pid, t).cutoff_ms for pid in fan.partners if fan.cutoff(pid, t) is not None),
+                        default=0.0) for t in cfg.tiers} if fan is not None else {})
 
     async def one(i: int) -> None:
         nonlocal revenue
@@ -67,32 +70,40 @@ async def run(cfg: RegionsFile, rate: float, seconds: float, seed: int) -> dict:
         totals.append(a.spent.get("total", 0.0))
         if "partners" in a.spent:
             waits.append(a.spent["partners"])
+            # how far the wait went past the longest cutoff of the request's tier (the bound)
+            over.append(a.spent["partners"] - tier_cut.get(a.dl.tier, 0.0) / 1000.0)
         if a.status == 200:
             revenue += sum(b["price"] for sb in json.loads(a.body)["seatbid"] for b in sb["bid"])
 
     # warm-up (imports, connections), not measured
     for i in range(20):
         await one(-1 - i)
-    totals.clear(), waits.clear()
+    totals.clear(), waits.clear(), over.clear()
     revenue, answered = 0.0, Counter()
     tasks, t0, n = [], time.perf_counter(), int(rate * seconds)
+    cpu0 = time.process_time()
     for i in range(n):
         delay = t0 + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.get_running_loop().create_task(one(i)))
     await asyncio.gather(*tasks)
+    cpu = time.process_time() - cpu0
     st = region.stats()
     await region.stop()
     totals.sort()
     waits.sort()
+    over.sort()
 
     def q(xs, p):
         return round(xs[min(len(xs) - 1, int(p * len(xs)))] * 1000, 2) if xs else None
 
     cutoffs = {pid: row["cutoff_ms"] for pid, row in st["partners"].items()}
     return {"requests": n, "answers": dict(answered), "p50_ms": q(totals, 0.5), "p99_ms": q(totals, 0.99),
-            "partners_wait_p99_ms": q(waits, 0.99), "late_suppressed": st["bidder"].get("late_suppressed", 0),
+            "partners_wait_p99_ms": q(waits, 0.99), "past_tier_cutoff_p99_ms": q(over, 0.99),
+            "past_tier_cutoff_max_ms": round(over[-1] * 1000, 2) if over else None,
+            "bidder_cpu_ms_per_request": round(cpu / n * 1000, 3) if n else None,
+            "tier_max_cutoff_ms": tier_cut, "late_suppressed": st["bidder"].get("late_suppressed", 0),
             "revenue_per_1000": round(revenue / n * 1000 / 1000, 4) if n else None,
             "participation": st["partner_participation"],
             "partners": {pid: {k: row[k] for k in ("eligible", "called", "in_time", "late", "errors",
