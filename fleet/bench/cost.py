@@ -212,6 +212,10 @@ def region_scope(region: str, port: int):
     from fleet.runtime import local
 
     os.environ.update(local.ray_env())
+    # an HAProxy of a Ray stopped a moment ago (the fleet scope) may still hold its ports, and
+    # the new one's manager dies at start
+    local.stop_haproxy()
+    time.sleep(5)
     import ray
     from ray import serve
 

@@ -374,6 +374,13 @@ def bench_cost(scope, region, seconds, rounds, connections, port, label):
     cfg = load_regions().regions
     kw = dict(seconds=seconds, connections=connections, rounds=rounds, log=click.echo)
     results = {}
+    out = RESULTS / f"cost{'-' + label if label else ''}.json"
+
+    def save():  # after each scope: a failure in the next keeps what was measured
+        doc = cost.document(results, seconds=seconds, connections=connections, rounds=rounds, label=label)
+        cost.write(doc, out)
+        return doc
+
     if scope in ("fleet", "both"):
         from fleet.cli.common import regions_of, serve_config
 
@@ -381,12 +388,12 @@ def bench_cost(scope, region, seconds, rounds, connections, port, label):
         with cost.fleet_scope(ctx, up, down, region) as (base, redis_pid):
             results["fleet"] = cost.run_scope("fleet", base, redis_pid, region, regions,
                                               {r: cfg[r].cache_shards for r in regions}, **kw)
+        save()
     if scope in ("region", "both"):
         with cost.region_scope(region, port) as (base, redis_pid):
             results["region"] = cost.run_scope("region", base, redis_pid, region, [region],
                                                {region: cfg[region].cache_shards}, **kw)
-    doc = cost.document(results, seconds=seconds, connections=connections, rounds=rounds, label=label)
-    cost.write(doc, RESULTS / f"cost{'-' + label if label else ''}.json")
+    doc = save()
     for line in cost.report_lines(doc):
         click.echo(line)
 
