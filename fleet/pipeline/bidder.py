@@ -27,7 +27,7 @@ from fleet.openrtb.nbr import NBR
 from fleet.obs.histogram import StageHistograms
 from fleet.pipeline.admission import Admission, Rejected
 from fleet.pipeline.auction import choose
-from fleet.pipeline.creative_fit import SlotRules
+from fleet.pipeline.creative_fit import SlotRules, seat_allowed
 from fleet.pipeline import dsa
 from fleet.pipeline.deadline import Deadline, now
 from fleet.cache.store import FreqEvent, Profile
@@ -231,7 +231,10 @@ class RegionBidder:
         candidates: list[tuple[Imp, Campaign, Creative, str | None, float, int]] = []
         truncated = False
         stored = user.freq or {}
-        for i, imp in enumerate(req.imp):
+        own = seat_allowed(req, defaults.seat)  # wseat/bseat may leave our own campaigns out
+        if not own:
+            self.stats["seat_not_allowed"] += 1
+        for i, imp in enumerate(req.imp if own else ()):
             if i >= self.max_imps:  # bounded work per request, whatever its size
                 self.stats["imp.over_limit"] += len(req.imp) - i
                 break

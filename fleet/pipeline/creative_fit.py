@@ -45,6 +45,12 @@ class Media:
         )
 
 
+def seat_allowed(req: BidRequest, seat: str) -> bool:
+    """The request's buyer seats allowed (``wseat``) and blocked (``bseat``) leave our own seat in
+    (a partner's bids are judged by their seats: ``fleet.partners.validate``)."""
+    return seat not in req.bseat and (not req.wseat or seat in req.wseat)
+
+
 def secure_urls(cr: Creative) -> bool:
     """Every URL the creative's markup carries is https."""
     return (cr.click_url.startswith("https://") and cr.media_url.startswith("https://")
