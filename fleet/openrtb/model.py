@@ -1,8 +1,10 @@
 """OpenRTB 2.5/2.6 wire model: only the fields the bidder reads.
 
-msgspec structs ignore unknown fields (the spec asks bidders to be tolerant) and reject wrong
-types in the fields declared here, which is what turns a malformed request into a 400. Enumerated
-values are plain ints so an unknown enum value is carried, not rejected. Defaults follow the spec.
+msgspec structs ignore unknown fields (the spec asks bidders to be tolerant). A wrong type in a
+field declared here fails the strict decode, and the codec then reads the body tolerantly
+(``fleet.openrtb.tolerant``: coerced, or dropped to the default given here, and counted); only
+the fields the bidder cannot do without make a 400 (``docs/openrtb.md``). Enumerated values are
+plain ints so an unknown enum value is carried, not rejected. Defaults follow the spec.
 """
 
 from __future__ import annotations
