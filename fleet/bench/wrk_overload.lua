@@ -3,7 +3,7 @@
 -- args: <bodies file> <mean delay ms per connection, 0: closed loop> <run nonce> <tmax ms>
 local bodies, delay_ms, nonce, tid, tmax_us = {}, 0, "x", 0, 100000
 local threads = {}
-local counter, shed, served, other = 0, 0, 0, 0
+counter, shed, served, other = 0, 0, 0, 0  -- globals: done() reads them per thread (thread:get)
 
 function setup(thread)
   thread:set("tid", #threads + 1)

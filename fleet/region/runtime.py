@@ -292,6 +292,8 @@ class Region:
         self.start()  # the control loop fetches leases before the first bid; the warm-up starts
         scorer = self.models.scorer
         current = self.models.current
+        if current and not self.models.ready(current) and self.models.warmups is not None:
+            self.models.warmups.ensure(current)  # a remote version loads before traffic, not on it
         ready = self.warm and (not current or self.models.ready(current))
         return {"region": self.name, "ready": ready, "warm_error": self.warm_error or None,
                 "campaigns": len(self.bidder.index),

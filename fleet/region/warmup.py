@@ -6,8 +6,9 @@ call, the response builder. A replica runs one warm-up bid itself before ``/read
 (the exchanges' DNS, ``fleet up`` and the health checks wait for that), so none of the first
 exchange requests is the slow one.
 
-The warm-up request is built from the region's own catalog (its most valuable campaign's country,
-device, OS, domain and first creative), so targeting finds a candidate and pricing runs. It is an
+The warm-up requests are built from the region's own catalog (for each format, banner, video,
+native and audio, its most valuable campaign's country, device, OS, domain and creative of that
+format), so targeting finds a candidate, pricing runs and each format's markup is built once. It is an
 OpenRTB test request (``test: 1``: nothing reserved, no frequency counted) with a user id of its
 own, looked up through every shard; its counters and latencies are not kept, and it emits no
 events. The lookups are awaited first; the bid itself runs without an await, so no real request's
@@ -28,23 +29,36 @@ log = logging.getLogger("ray.serve")
 WARMUP_USER = "fleet-warmup"
 
 
-def warmup_request(bidder, n: int = 0) -> dict:
-    """A test bid request the region's best campaign can answer."""
-    imp: dict = {"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 0.01, "bidfloorcur": "USD"}
+NATIVE_REQ = ('{"ver":"1.2","assets":[{"id":1,"required":1,"title":{"len":90}},'
+              '{"id":2,"required":1,"img":{"type":3,"w":1200,"h":627}}]}')
+FORMATS = ("banner", "video", "native", "audio")  # each has its own markup path: one warm-up bid each
+
+
+def _imp(cr) -> dict:
+    imp: dict = {"id": "1", "bidfloor": 0.01, "bidfloorcur": "USD"}
+    if cr is None or cr.format == "banner":
+        imp["banner"] = {"w": cr.w or 300, "h": cr.h or 250} if cr is not None else {"w": 300, "h": 250}
+    elif cr.format == "video":
+        imp["video"] = {"mimes": [cr.mime], "minduration": 1, "maxduration": max(cr.duration_s, 1),
+                        "protocols": [2, 3, 7], "w": 640, "h": 360, "plcmt": 1}
+    elif cr.format == "audio":
+        imp["audio"] = {"mimes": [cr.mime], "minduration": 1, "maxduration": max(cr.duration_s, 1)}
+    else:
+        imp["native"] = {"request": NATIVE_REQ, "ver": "1.2"}
+    return imp
+
+
+def warmup_request(bidder, n: int = 0, fmt: str = "banner") -> dict:
+    """A test bid request the region's best campaign with a creative of ``fmt`` can answer."""
     device: dict = {"ua": "Mozilla/5.0 (Linux; Android 14) Mobile", "ip": "81.2.69.160", "devicetype": 4,
-                    "os": "android"}
-    domain = "news.example"
+                    "os": "android", "geo": {"country": "USA"}}
+    domain, chosen = "news.example", None
     for c in getattr(bidder.index, "campaigns", None) or ():
         t = c.targeting
-        if t.deals or t.segments or t.hours_utc or t.days_utc or not c.creatives:
+        cr = next((cr for cr in c.creatives if cr.format == fmt), None)
+        if t.deals or t.segments or t.hours_utc or t.days_utc or cr is None:
             continue
-        cr = c.creatives[0]
-        if cr.format == "banner" and cr.w and cr.h:
-            imp["banner"] = {"w": cr.w, "h": cr.h}
-        elif cr.format == "video":
-            imp.pop("banner")
-            imp["video"] = {"mimes": [cr.mime], "minduration": 1, "maxduration": max(cr.duration_s, 1),
-                            "protocols": [2, 3, 7], "w": 640, "h": 360}
+        chosen = cr
         if t.countries:
             device["geo"] = {"country": t.countries[0]}
         if t.device_types:
@@ -54,16 +68,15 @@ def warmup_request(bidder, n: int = 0) -> dict:
         if t.domains:
             domain = t.domains[0]
         break
-    device.setdefault("geo", {"country": "USA"})
-    return {"id": f"{WARMUP_USER}-{bidder.region}-{n}", "imp": [imp], "device": device, "test": 1,
+    return {"id": f"{WARMUP_USER}-{bidder.region}-{fmt}-{n}", "imp": [_imp(chosen)], "device": device, "test": 1,
             "site": {"id": "warmup", "domain": domain, "page": f"https://{domain}/"},
             "user": {"id": WARMUP_USER}, "tmax": 1000, "cur": ["USD"], "at": 1}
 
 
 async def warm(region, n: int = 0) -> Answer:
-    """One warm-up bid through ``region``'s whole path (``fleet.region.runtime.Region``)."""
+    """One warm-up bid per format through ``region``'s whole path (``fleet.region.runtime.Region``);
+    the banner one's answer."""
     b = region.bidder
-    body = msgspec.json.encode(warmup_request(b, n))
     profile, lookup = None, "off"
     if region.cache is not None:  # every shard's socket, not only the warm-up user's shard
         for name, shard in region.cache.shards.items():
@@ -74,13 +87,15 @@ async def warm(region, n: int = 0) -> Answer:
         profile, lookup = await region.cache.lookup(WARMUP_USER, 1.0)
     stats, latency = b.stats, b.latency.counts
     b.stats, b.latency.counts = Counter(), {}
+    answers = []
     try:  # no await from here on: nothing else runs while the counters are set aside
-        a = b.admit(body, version="2.6", arrival=now())
-        if isinstance(a, Answer):
-            return a
-        p = b.target(a, profile, lookup)
-        if isinstance(p, Answer):
-            return p
-        return b.price_local(p, region.models.pick() if p.paced else None)
+        for fmt in FORMATS:
+            body = msgspec.json.encode(warmup_request(b, n, fmt))
+            a = b.admit(body, version="2.6", arrival=now())
+            if not isinstance(a, Answer):
+                p = b.target(a, profile, lookup)
+                a = p if isinstance(p, Answer) else b.price_local(p, region.models.pick() if p.paced else None)
+            answers.append(a)
+        return answers[0]
     finally:
         b.stats, b.latency.counts = stats, latency
