@@ -438,3 +438,86 @@ def test_wrapper_runs_the_shim_with_the_limits(tmp_path):
     check = subprocess.run([str(path), "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert "maxconn 4 check" in cfg.read_text() and "queue() ge 2" in cfg.read_text()  # rewritten in place
+
+
+def test_a_remote_pricing_region_loads_its_version_before_it_says_ready():
+    import numpy as np
+
+    class Inference:  # answers the warm-up call of a version once it is asked
+        def __init__(self):
+            self.calls = []
+
+        async def call(self, version, rows):
+            self.calls.append(version)
+            return np.zeros(len(rows))
+
+    async def go():
+        inf = Inference()
+        region = Region(RegionAppArgs(region=REGION, cache=False, telemetry=False, control=False, pricing="remote",
+                                      model="ctr/v1"), inference=inf)
+        region.reconfigure({"model": "ctr/v1"})
+        assert region.ready()["ready"] is False
+        for _ in range(500):  # no bid comes: the readiness probe itself has the version loaded
+            if region.ready()["ready"]:
+                break
+            await asyncio.sleep(0.01)
+        assert region.ready()["ready"] is True and inf.calls == ["ctr/v1"]
+        await region.stop()
+
+    asyncio.run(go())
+
+
+def test_haproxy_with_the_wrapper_stamps_and_sheds(tmp_path):
+    """The real HAProxy binary through the fleet's wrapper, in front of a stub replica that holds
+    each request (no Ray): a forged stamp is replaced, and with the replica's slots and the queue
+    full, bid requests are answered 204 overload by HAProxy without reaching the replica."""
+    from aiohttp import web
+
+    from fleet.runtime.ingress import wrapper_env
+    from fleet.runtime.local import free_port, wait_port
+
+    env = {"FLEET_INGRESS_MAXCONN": "2", "FLEET_INGRESS_MAX_QUEUE": "2", "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "5000"}
+    wrapper = wrapper_env(tmp_path, env).get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if wrapper is None:
+        pytest.skip("no bundled HAProxy")
+    front, back = free_port(), free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(SERVE_LIKE.format(port=front).replace("127.0.0.1:30000", f"127.0.0.1:{back}")
+                   .replace(" check observe layer4 error-limit 3 on-error mark-down", "")
+                   .replace("    server SERVE_PROXY_ACTOR-fallback-x 127.0.0.1:8500 check backup\n", ""))
+    calls = {"n": 0}
+
+    async def handler(request):
+        calls["n"] += 1
+        await request.read()
+        await asyncio.sleep(0.3)
+        return web.Response(status=204, headers={"x-seen-arrival": request.headers.get(ARRIVAL_HEADER, "")})
+
+    async def go():
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", back).start()
+        proc = subprocess.Popen([wrapper, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert await asyncio.to_thread(wait_port, "127.0.0.1", front, 10)
+            url = f"http://127.0.0.1:{front}/us-east/openrtb2/bid"
+            async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=20)) as c:
+                one = await c.post(url, content=b"{}", headers={ARRIVAL_HEADER: "1"})
+                seen = one.headers["x-seen-arrival"]
+                assert seen != "1" and abs(int(seen) / 1e6 - time.time()) < MAX_QUEUE_S
+                calls["n"] = 0
+                rs = await asyncio.gather(*(c.post(url, content=b"{}") for _ in range(12)))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            await runner.cleanup()
+        return rs
+
+    rs = asyncio.run(go())
+    assert all(r.status_code == 204 for r in rs)
+    shed = [r for r in rs if r.headers.get("x-fleet-reason") == "overload"]
+    assert shed and all(r.headers["x-openrtb-nbr"] == "15" and "x-seen-arrival" not in r.headers for r in shed)
+    assert calls["n"] == len(rs) - len(shed) and len(shed) <= len(rs) - 4  # 2 served at once, 2 queued
+    assert "maxconn 2" in cfg.read_text()
