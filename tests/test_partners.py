@@ -67,6 +67,18 @@ async def _with(profiles, body, n_settings: dict | None = None, cutoffs: dict | 
         await servers.stop()
 
 
+async def _settled(servers, region, timeout_s: float = 5.0) -> None:
+    """Until every partner server has taken in what the region sent (a request on the wire may
+    not have reached its handler yet when the answer left)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while loop.time() < end:
+        called = {pid: row["called"] for pid, row in region.stats()["partners"].items()}
+        if all(servers.seen().get(pid, 0) >= n for pid, n in called.items()):
+            return
+        await asyncio.sleep(0.02)
+
+
 # -- validation (no servers) --------------------------------------------------------------
 
 def _validator(**req_changes) -> Validator:
@@ -180,6 +192,7 @@ def test_garbage_never_breaks_an_answer_and_every_call_is_accounted_for():
             assert a.status in (200, 204), (a.status, a.reason)
             if a.status == 200:
                 json.loads(a.body)
+        await _settled(servers, region)
         st = region.stats()["partners"]["garbage"]
         assert st["eligible"] == 60 and st["called"] == servers.seen()["garbage"]
         assert st["called"] + sum(st["not_called"].values()) == 60  # (unsent/no_time only on a loaded box)
@@ -197,6 +210,7 @@ def test_counts_per_partner_equal_what_the_partner_servers_saw():
         for i in range(40):
             a = await region.bid(_request(f"c-{i}"), HEADERS)
             assert a.status in (200, 204)
+        await _settled(servers, region)
         st = region.stats()["partners"]
         for pid, seen in servers.seen().items():
             row = st[pid]
@@ -269,6 +283,7 @@ def test_a_slow_partner_is_throttled_and_an_erroring_one_backed_off():
     async def body(region, servers):
         for i in range(60):
             await region.bid(_request(f"s-{i}"), HEADERS)
+        await _settled(servers, region)
         st = region.stats()["partners"]
         assert st["late"]["state"]["remnant"] == "slow"
         assert st["late"]["not_called"].get("throttled", 0) > 0 and st["late"]["called"] < 60
@@ -335,3 +350,36 @@ def test_partner_counts_become_prometheus_metrics(monkeypatch):
     assert steps[key("called")] == 5 and steps[key("won")] == 1 and key("errors") not in steps
     assert made["fleet_partner_bids_dropped"].values[(("partner", "p"), ("reason", "below_floor"), ("region", REGION))] == 2
     assert made["fleet_partner_throttled"].values[(("partner", "p"), ("region", REGION), ("tier", "remnant"))] == 1.0
+
+
+def test_a_huge_or_gzip_bombed_answer_is_an_error_read_no_further():
+    """A partner answering 64 MiB of zeros gzipped (64 KiB on the wire) costs an error, not memory."""
+    import gzip
+
+    from aiohttp import web
+
+    bomb = gzip.compress(b"0" * (64 << 20), compresslevel=9)
+
+    async def handler(_req):
+        return web.Response(body=bomb, headers={"content-encoding": "gzip", "content-type": "application/json"})
+
+    async def go():
+        app = web.Application()
+        app.router.add_post("/openrtb2/bid", handler)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        region = _region(_config([{"id": "bomb", "endpoint": f"http://127.0.0.1:{port}/openrtb2/bid",
+                                   "cutoff_ms": {"remnant": 500.0}}]))
+        try:
+            a = await region.bid(_request("bomb-1"), HEADERS)
+            assert a.status == 200, ({k: round(v * 1000, 1) for k, v in a.spent.items()}, region.stats()["partners"]["bomb"])
+            st = region.stats()["partners"]["bomb"]
+            assert st["errors"] == 1 and st["error_kinds"] == {"too_large": 1}
+        finally:
+            await region.stop()
+            await runner.cleanup()
+
+    asyncio.run(go())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from dataclasses import dataclass
 
 import httpx
@@ -43,6 +44,27 @@ class Sent:
             self.done = True
 
 
+async def _read_capped(r: httpx.Response) -> bytes | None:
+    """The body, gunzipped here with a bound, or None once it passes ``MAX_ANSWER_BYTES``: a
+    huge or gzip-bombed answer stops being read there; it neither fills memory nor holds the
+    event loop inflating it (httpx's own decoder inflates a whole chunk at once)."""
+    enc = r.headers.get("content-encoding", "identity").lower()
+    if enc not in ("identity", "gzip"):
+        raise ValueError(f"content-encoding {enc}")
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if enc == "gzip" else None
+    chunks, n = [], 0
+    async for raw in r.aiter_raw():
+        if inflate is not None:
+            raw = inflate.decompress(raw, MAX_ANSWER_BYTES + 1 - n)
+            if inflate.unconsumed_tail:
+                return None
+        n += len(raw)
+        if n > MAX_ANSWER_BYTES:
+            return None
+        chunks.append(raw)
+    return b"".join(chunks)
+
+
 class PartnerClient:
     def __init__(self, spec: PartnerSpec, max_connections: int = 64):
         self.spec = spec
@@ -61,9 +83,9 @@ class PartnerClient:
             return CallResult("timeout", 0.0)
         try:
             async with asyncio.timeout(timeout_s):
-                r = await self.http.post(self.spec.endpoint, content=body, headers=headers,
-                                         timeout=httpx.Timeout(timeout_s), extensions={"trace": sent})
-                data = r.content
+                async with self.http.stream("POST", self.spec.endpoint, content=body, headers=headers,
+                                            timeout=httpx.Timeout(timeout_s), extensions={"trace": sent}) as r:
+                    status, data = r.status_code, await _read_capped(r)
         except (TimeoutError, httpx.TimeoutException):
             return CallResult("timeout", (time.perf_counter() - t0) * 1000.0)
         except asyncio.CancelledError:
@@ -71,11 +93,11 @@ class PartnerClient:
         except Exception as exc:  # connection refused/reset, protocol garbage, bad gzip
             return CallResult("error", (time.perf_counter() - t0) * 1000.0, detail=type(exc).__name__)
         ms = (time.perf_counter() - t0) * 1000.0
-        if r.status_code == 204:
+        if status == 204:
             return CallResult("nobid", ms)
-        if r.status_code != 200:
-            return CallResult("error", ms, detail=f"http_{r.status_code}")
-        if len(data) > MAX_ANSWER_BYTES:
+        if status != 200:
+            return CallResult("error", ms, detail=f"http_{status}")
+        if data is None:
             return CallResult("error", ms, detail="too_large")
         return CallResult("answer", ms, data)
 

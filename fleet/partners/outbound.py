@@ -73,9 +73,10 @@ class Outbound:
                 user["ext"] = {**user.get("ext", {}), "consent": user.pop("consent")}
                 req["user"] = user
         raw = msgspec.json.encode(req)
-        headers = {"content-type": "application/json", "x-openrtb-version": partner.openrtb}
+        headers = {"content-type": "application/json", "x-openrtb-version": partner.openrtb,
+                   "accept-encoding": "identity"}
         if partner.gzip:
             raw = gz.compress(raw, compresslevel=1)
             headers["content-encoding"] = "gzip"
-            headers["accept-encoding"] = "gzip"
+            headers["accept-encoding"] = "gzip"  # inflated by the client, with a bound
         return raw, headers
