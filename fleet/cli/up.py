@@ -71,7 +71,9 @@ def generated_config(cfg: dict, catalog: str | None, n_nodes: int, replicas: int
 @click.option("--burst/--no-burst", default=True, show_default=True,
               help="Send a short burst of simulated exchange traffic once ready.")
 @click.option("--burst-requests", default=300, show_default=True, help="Requests per region.")
-@click.option("--burst-rate", default=100.0, show_default=True, help="Requests/s per region.")
+@click.option("--burst-rate", default=50.0, show_default=True,
+              help="Requests/s per region (50: what this 2-core box serves within tmax right after start, "
+                   "every region at once; docs/benchmarks.md, \"fleet up's burst\").")
 @click.option("--num-cpus", type=int, default=None, help="CPUs for a local Ray head.")
 @click.option("--timeout", default=240.0, show_default=True, help="Seconds to wait for readiness.")
 @click.option("--catalog", default=None, help="Another campaign catalog for every region and control "
