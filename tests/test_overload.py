@@ -521,3 +521,23 @@ def test_haproxy_with_the_wrapper_stamps_and_sheds(tmp_path):
     assert shed and all(r.headers["x-openrtb-nbr"] == "15" and "x-seen-arrival" not in r.headers for r in shed)
     assert calls["n"] == len(rs) - len(shed) and len(shed) <= len(rs) - 4  # 2 served at once, 2 queued
     assert "maxconn 2" in cfg.read_text()
+
+
+def test_warm_up_bids_once_per_format_without_counting():
+    from fleet.region.warmup import FORMATS, warm, warmup_request
+
+    async def go():
+        region = _region()
+        b = region.bidder
+        kinds = [next(k for k in ("banner", "video", "native", "audio") if k in warmup_request(b, 0, f)["imp"][0])
+                 for f in FORMATS]
+        assert kinds == list(FORMATS)
+        answers = []
+        real = b.price_local
+        b.price_local = lambda p, choice=None: answers.append(real(p, choice)) or answers[-1]
+        a = await warm(region)
+        assert a.status == 200 and [x.status for x in answers] == [200] * len(FORMATS)  # each format bids
+        assert not b.stats and "total" not in b.latency.counts
+        await region.stop()
+
+    asyncio.run(go())
