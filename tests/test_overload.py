@@ -516,7 +516,7 @@ def test_haproxy_with_the_wrapper_stamps_and_sheds(tmp_path):
         return rs
 
     rs = asyncio.run(go())
-    assert all(r.status_code == 204 for r in rs)
+    assert all(r.status_code == 204 for r in rs), [(r.status_code, dict(r.headers)) for r in rs]
     shed = [r for r in rs if r.headers.get("x-fleet-reason") == "overload"]
     assert shed and all(r.headers["x-openrtb-nbr"] == "15" and "x-seen-arrival" not in r.headers for r in shed)
     assert calls["n"] == len(rs) - len(shed) and len(shed) <= len(rs) - 4  # 2 served at once, 2 queued
@@ -541,3 +541,56 @@ def test_warm_up_bids_once_per_format_without_counting():
         await region.stop()
 
     asyncio.run(go())
+
+
+def test_haproxy_answers_a_bid_that_waited_too_long_with_a_no_bid_and_other_paths_503(tmp_path):
+    """``timeout queue`` reached (a stalled replica): a bid request gets the overload no-bid from
+    HAProxy, never Serve's 500 page; a readiness probe still gets a 503 (a health check must not
+    read a stalled or dead region as healthy)."""
+    from aiohttp import web
+
+    from fleet.runtime.ingress import wrapper_env
+    from fleet.runtime.local import free_port, wait_port
+
+    env = {"FLEET_INGRESS_MAXCONN": "1", "FLEET_INGRESS_MAX_QUEUE": "50", "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "100"}
+    wrapper = wrapper_env(tmp_path, env).get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if wrapper is None:
+        pytest.skip("no bundled HAProxy")
+    front, back = free_port(), free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(SERVE_LIKE.format(port=front).replace("127.0.0.1:30000", f"127.0.0.1:{back}")
+                   .replace(" check observe layer4 error-limit 3 on-error mark-down", "")
+                   .replace("    server SERVE_PROXY_ACTOR-fallback-x 127.0.0.1:8500 check backup\n", ""))
+    held = asyncio.Event()
+
+    async def handler(request):
+        await request.read()
+        held.set()
+        await asyncio.sleep(1.0)  # far past the queue timeout of whatever waits behind it
+        return web.Response(status=204)
+
+    async def go():
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", back).start()
+        proc = subprocess.Popen([wrapper, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert await asyncio.to_thread(wait_port, "127.0.0.1", front, 10)
+            base = f"http://127.0.0.1:{front}/us-east"
+            async with httpx.AsyncClient(timeout=10) as c:
+                first = asyncio.create_task(c.post(f"{base}/openrtb2/bid", content=b"{}"))  # holds the one slot
+                await held.wait()
+                waited_bid, waited_ready = await asyncio.gather(c.post(f"{base}/openrtb2/bid", content=b"{}"),
+                                                                c.get(f"{base}/ready"))
+                await first
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            await runner.cleanup()
+        return waited_bid, waited_ready
+
+    bid, ready = asyncio.run(go())
+    assert bid.status_code == 204 and bid.headers["x-fleet-reason"] == "overload" and bid.headers["x-openrtb-nbr"] == "15"
+    assert ready.status_code == 503 and "x-fleet-reason" not in ready.headers

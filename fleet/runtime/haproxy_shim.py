@@ -11,7 +11,9 @@ work as before). What it adds (docs/ingress.md, "Arrival, queue and shedding"):
 - each application backend (not control's) gets a per-replica ``maxconn`` (the concurrency a
   replica serves well; the rest wait in HAProxy's queue, where they can be counted), a
   ``timeout queue`` backstop, and a rule that answers a bid request 204 at once (OpenRTB nbr 15,
-  ``x-fleet-reason: overload``) when the backend's queue is already ``max_queue`` deep.
+  ``x-fleet-reason: overload``) when the backend's queue is already ``max_queue`` deep, and
+  the same no-bid (not Serve's 500 page) when a bid request waited ``timeout queue`` or finds no
+  replica up.
 
 Standard library only: it runs on every HAProxy start and reload, before anything else is
 imported (``python -I -S``).
@@ -35,8 +37,9 @@ MARK = "# fleet:"  # every line this file adds carries it (and a rewrite is neve
 class Limits:
     server_maxconn: int = 16  # per replica: its max_ongoing_requests should be at least this
     max_queue: int = 16  # bid requests queued per backend before new ones are shed
-    # A backstop only (HAProxy answers its 503 then, as Serve configures it): the queue is kept
-    # short by ``max_queue``, so only a replica stalled this long leaves requests waiting so long.
+    # A backstop: the queue is kept short by ``max_queue``, so only a replica stalled this long
+    # leaves requests waiting so long; then a bid request gets the overload no-bid, any other
+    # path (notices, readiness) HAProxy's 503. Long enough for a notice to outwait a GC pause.
     timeout_queue_ms: int = 1000
     unlimited: tuple[str, ...] = ("http-control",)  # backends left as Serve wrote them
 
@@ -52,8 +55,15 @@ class Limits:
 _SERVER = re.compile(r"^(\s+server\s+SERVE_REPLICA\S*\s+\S+)(\s.*)?$")
 
 
-def rewrite(cfg: str, limits: Limits) -> str:
-    """Serve's config with the fleet's lines added (idempotent)."""
+OVERLOAD_RESPONSE = (f"HTTP/1.1 204 No Content\r\nx-openrtb-nbr: {OVERLOAD_NBR}\r\n"
+                     f"x-fleet-reason: {OVERLOAD_REASON}\r\ncontent-length: 0\r\n\r\n")
+
+
+def rewrite(cfg: str, limits: Limits, overload_file: str | None = None) -> str:
+    """Serve's config with the fleet's lines added (idempotent). ``overload_file``: an errorfile
+    holding ``OVERLOAD_RESPONSE``: a bid request HAProxy itself cannot serve (``timeout queue``,
+    no replica up) gets the no-bid instead of Serve's 500 page; any other path still gets a 503
+    (a readiness probe must not read a dead region as healthy)."""
     if MARK in cfg:
         return cfg
     out: list[str] = []
@@ -64,12 +74,23 @@ def rewrite(cfg: str, limits: Limits) -> str:
             section, name = words[0], (words[1] if len(words) > 1 else "")
             out.append(line)
             if section == "backend" and _limited(name, limits):
+                # the bid mark first: every later rule, the return below included, relies on it
                 out += [
                     f"    {MARK} queue limits and shedding (fleet/runtime/haproxy_shim.py)",
+                    f"    http-request set-var(txn.fleet_bid) bool(true) if {{ path_end {BID_PATH} }}",
                     f"    timeout queue {limits.timeout_queue_ms}ms",
                     f"    http-request return status 204 hdr x-openrtb-nbr {OVERLOAD_NBR} hdr x-fleet-reason {OVERLOAD_REASON}"
-                    f" if {{ path_end {BID_PATH} }} {{ queue() ge {limits.max_queue} }}",
+                    f" if {{ var(txn.fleet_bid) -m bool }} {{ queue() ge {limits.max_queue} }}",
                 ]
+                if overload_file:
+                    not_bid = "!{ var(txn.fleet_bid) -m bool }"
+                    out += [
+                        f"    errorfile 503 {overload_file}",
+                        f"    http-after-response set-status 503 if {{ status 204 }}"
+                        f" {{ res.hdr(x-fleet-reason) -m str {OVERLOAD_REASON} }} {not_bid}",
+                        f"    http-after-response del-header x-fleet-reason if {{ status 503 }} {not_bid}",
+                        f"    http-after-response del-header x-openrtb-nbr if {{ status 503 }} {not_bid}",
+                    ]
             continue
         if section == "frontend" and name == "http_frontend" and line.strip().startswith("bind "):
             out += [line, f"    {MARK} arrival at the fleet, never the client's value",
@@ -99,7 +120,10 @@ def exec_haproxy(real: str, limits: Limits, args: list[str]) -> None:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             with open(path) as fh:
                 text = fh.read()
-            new = rewrite(text, limits)
+            overload = os.path.join(os.path.dirname(path), "fleet-overload.http")
+            with open(overload, "w") as fh:
+                fh.write(OVERLOAD_RESPONSE)
+            new = rewrite(text, limits, overload)
             if new != text:
                 tmp = f"{path}.fleet.{os.getpid()}"
                 with open(tmp, "w") as fh:
