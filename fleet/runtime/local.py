@@ -27,10 +27,14 @@ STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR") or REPO_ROOT / ".fleet")
 STATE_FILE = STATE_DIR / "state.json"
 
 # The ingress settings chosen on purpose (docs/ingress.md): HAProxy in front, replicas serving
-# HTTP directly, and Serve's throughput-optimised defaults.
+# HTTP directly, and Serve's throughput-optimised defaults. Without Serve's per-request HAProxy
+# metrics: HAProxy sent a log datagram per request for Ray's HAProxyManager to parse in Python,
+# 100 us of CPU per request and more (docs/benchmarks.md, CPU per request by process); the
+# fleet's own metrics count and time every request.
 SERVE_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
 }
 TOKEN_FILE = STATE_DIR / "ray_auth_token"
 
