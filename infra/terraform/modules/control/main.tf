@@ -56,9 +56,10 @@ module "rayservice" {
   secret_name       = local.secret_name
   secret_env        = ["REDIS_PASSWORD", "FLEET_CONTROL_TOKEN"]
   env = {
-    REDIS_URL                      = "redis://:$(REDIS_PASSWORD)@${module.redis.host}:${module.redis.port}/0"
-    RAY_SERVE_ENABLE_HA_PROXY      = "1"
-    RAY_SERVE_THROUGHPUT_OPTIMIZED = "1"
+    REDIS_URL                         = "redis://:$(REDIS_PASSWORD)@${module.redis.host}:${module.redis.port}/0"
+    RAY_SERVE_ENABLE_HA_PROXY         = "1"
+    RAY_SERVE_THROUGHPUT_OPTIMIZED    = "1"
+    RAY_SERVE_HAPROXY_METRICS_ENABLED = "0"
   }
   head          = var.head
   worker_groups = []

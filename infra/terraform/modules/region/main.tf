@@ -76,8 +76,9 @@ module "rayservice" {
   env = {
     REDIS_URL = "redis://:$(REDIS_PASSWORD)@${module.redis.host}:${module.redis.port}/0"
     # The ingress chosen by measurement (docs/ingress.md); Serve reads them when it starts.
-    RAY_SERVE_ENABLE_HA_PROXY      = "1"
-    RAY_SERVE_THROUGHPUT_OPTIMIZED = "1"
+    RAY_SERVE_ENABLE_HA_PROXY         = "1"
+    RAY_SERVE_THROUGHPUT_OPTIMIZED    = "1"
+    RAY_SERVE_HAPROXY_METRICS_ENABLED = "0"
   }
   head = var.head
   worker_groups = [
