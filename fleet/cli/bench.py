@@ -389,7 +389,19 @@ def bench_cost(scope, region, seconds, rounds, connections, port, label):
             results["fleet"] = cost.run_scope("fleet", base, redis_pid, region, regions,
                                               {r: cfg[r].cache_shards for r in regions}, **kw)
         save()
-    if scope in ("region", "both"):
+    if scope == "both":
+        # the region scope in a process of its own: a second local Ray started from the process
+        # that brought the whole fleet up and down lost its HAProxy manager at start
+        import json
+        import subprocess
+        import sys
+
+        sub = f"{label}-region" if label else "region"
+        subprocess.run([sys.executable, "-m", "fleet.cli", "bench", "cost", "--scope", "region", "--region", region,
+                        "--seconds", str(seconds), "--rounds", str(rounds), "--connections", str(connections),
+                        "--port", str(port), "--label", sub], check=True)
+        results["region"] = json.loads((RESULTS / f"cost-{sub}.json").read_text())["results"]["region"]
+    elif scope == "region":
         with cost.region_scope(region, port) as (base, redis_pid):
             results["region"] = cost.run_scope("region", base, redis_pid, region, [region],
                                                {region: cfg[region].cache_shards}, **kw)
