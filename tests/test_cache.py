@@ -259,6 +259,36 @@ def test_near_cache_serves_its_copy_then_refreshes_it_in_the_background(redis_sr
     assert stats["near_refresh"] == 1 and stats["near_expired"] == 1 and asked == 1
 
 
+def test_near_cache_re_reads_go_to_their_shard_together(redis_srv):
+    """At a high request rate nearly every near-cache hit is past near_refresh_s: the re-reads
+    of many users gather and reach the shard as one lookup, not one message each."""
+
+    async def go():
+        shard = Shard("r", "s0", redis_srv.url)
+        clock = Clock()
+        client = CacheClient({"s0": shard}, near_ttl_s=30.0, near_refresh_s=1.0, clock=clock)
+        users = [f"rb{i}" for i in range(20)]
+        for u in users:
+            await shard.record([ev(u, 0)])
+            await _loaded(client, u)
+        calls, keys = shard.counts["lookups"], shard.counts["keys"]
+        clock.t += 2.0
+        served = []
+        for u in users:  # requests on loop turns of their own, each starting its re-read
+            served.append(settled(client.lookup(u, 1.0))[1])
+            await asyncio.sleep(0)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not client._refreshing:
+                break
+        await shard.close()
+        return served, shard.counts["lookups"] - calls, shard.counts["keys"] - keys, client.stats
+
+    served, calls, keys, stats = run(go())
+    assert served == ["hit"] * 20 and stats["near_refresh"] == 20
+    assert keys == 20 and calls == 1
+
+
 def test_near_cache_is_bounded_and_keeps_serving_while_its_shard_is_slow(redis_srv):
     async def go():
         shard = Shard("r", "s0", redis_srv.url)
