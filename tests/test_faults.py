@@ -18,6 +18,7 @@ import subprocess
 import pytest
 import yaml
 
+from fleet.bench.fault_report import notice_5xx
 from fleet.bench.faults import CATALOG
 from fleet.config import REPO_ROOT
 from fleet.runtime.local import free_port
@@ -61,6 +62,7 @@ def _common(doc: dict) -> None:
     answered = sum(n for s, n in fault["status"].items() if s in ("200", "204"))
     assert answered > 0.5 * fault["auctions"], fault["status"]  # the fleet kept answering through it
     assert all(p["5xx"] == 0 for p in doc["phases"].values()), doc["phases"]
+    assert notice_5xx(doc) == 0, doc["money"]["notice_errors"]  # notices too
     m = doc["money"]
     seen = {"money": m, **{k: {f: p[f] for f in ("status", "bid_rate", "degraded_kinds")} for k, p in doc["phases"].items()}}
     assert m["ledger_caught_up"], seen

@@ -70,13 +70,18 @@ def resume(records: list[AuctionRecord], lost: str, t_kill: float) -> dict:
             if any(r.region != lost for r in meant) else None}
 
 
+def notice_5xx(doc: dict) -> int:
+    """Notices the fleet answered with a 5xx (the exchange sends them again)."""
+    return sum(n for k, n in doc["money"].get("notice_errors", {}).items() if k.rsplit(".", 1)[-1].startswith("5"))
+
+
 def targets(doc: dict) -> dict:
     """Issue 23's targets, each with its figure and whether it was met."""
     base, fault = doc["phases"]["baseline"], doc["phases"]["fault"]
+    five = sum(p["5xx"] for p in doc["phases"].values()) + notice_5xx(doc)
     out = {
         "on_time_share>=0.999": {"value": fault["on_time_share"], "met": (fault["on_time_share"] or 0) >= ON_TIME},
-        "zero_5xx": {"value": sum(p["5xx"] for p in doc["phases"].values()),
-                     "met": all(p["5xx"] == 0 for p in doc["phases"].values())},
+        "zero_5xx": {"value": five, "met": five == 0},
         "zero_events_lost": {"value": doc["money"]["events_lost"], "met": doc["money"]["events_lost"] == 0},
         "no_campaign_over_budget": {"value": doc["money"]["over_budget_samples"],
                                     "met": doc["money"]["over_budget_samples"] == 0},
