@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tmax-ms", type=int, default=100)
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--model", default="ctr/v1")
-    ap.add_argument("--niceness", type=int, default=None, help="RAY_worker_niceness for this run (Ray: 15)")
+    ap.add_argument("--niceness", type=int, default=None, help="RAY_worker_niceness for this run (the fleet's: 0; Ray's own: 15)")
     ap.add_argument("--quick", action="store_true", help="capacity and the closed loop only")
     ap.add_argument("--label", default="")
     a = ap.parse_args(argv)
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("region did not become ready")
         doc = run_overload(base, spec.route_prefix, a.region, a.seconds, a.tmax_ms, limits_from_env().server_maxconn,
                            quick=a.quick)
-        doc.update({"limits": limits_from_env().__dict__, "niceness": a.niceness if a.niceness is not None else 15,
+        doc.update({"limits": limits_from_env().__dict__, "niceness": int(os.environ.get("RAY_worker_niceness", 15)),
                     "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": a.model})
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"overload-{a.region}{'-' + a.label if a.label else ''}.json"

@@ -35,6 +35,10 @@ SERVE_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    # Ray starts workers at nice 15; the replicas, shards and the HAProxy Serve spawns are the
+    # request path, so they run at 0 beside the raylet and anything else on the box
+    # (docs/benchmarks.md, "Worker priority": measured with wrk beside them).
+    "RAY_worker_niceness": "0",
 }
 TOKEN_FILE = STATE_DIR / "ray_auth_token"
 
