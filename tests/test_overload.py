@@ -490,7 +490,7 @@ def test_haproxy_with_the_wrapper_stamps_and_sheds(tmp_path):
     async def handler(request):
         calls["n"] += 1
         await request.read()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)  # long enough for all twelve to arrive while two are held, on a busy box
         return web.Response(status=204, headers={"x-seen-arrival": request.headers.get(ARRIVAL_HEADER, "")})
 
     async def go():
