@@ -16,7 +16,7 @@ import time
 
 import msgspec
 
-from fleet.control import failover
+from fleet.control import dashboard_view, failover
 from fleet.control.cutoffs import PolicyBook, recompute, validate_tier
 from fleet.control.health import HealthBook
 from fleet.control.idempotency import Idempotency
@@ -254,7 +254,7 @@ class Control:
         await self.ledger.refresh(self.redis, now)  # the books converge on the ledger's spend
         self.pacer.set_heirs(failover.heirs(self.health.view(now), self.config.latency_ms))  # budget follows traffic
         self.pacer.tick(now, dt)
-        self._sample(now)
+        dashboard_view.sample(self, now)
         changed = False
         for ro in self.rollouts.values():
             action = ro.evaluate(now)
@@ -281,36 +281,9 @@ class Control:
             self._bump()
         await self.save()
 
-    def _sample(self, now: float, every_s: float = 2.0, keep: int = 600) -> None:
-        """Spend against plan per campaign, every few seconds (kept in memory for the dashboard)."""
-        for cid, cp in self.pacer.campaigns.items():
-            h = self.history.setdefault(cid, [])
-            if h and now - h[-1][0] < every_s:
-                continue
-            f = cp.flight
-            h.append((round(now, 2), round(cp.book.estimate, 6), round(f.budget * f.shape().fraction(now), 6)))
-            del h[:-keep]
-
     def dashboard(self) -> dict:
-        """Everything the dashboard shows, in one document."""
-        now = self.clock()
-        regions = self.health.view(now)
-        for name, figs in regions.items():
-            lat = self.latency.get(name)
-            fresh = lat is not None and now - lat["t"] <= 3 * self.settings.health_stale_s
-            figs["p50_ms"] = lat["p50_ms"] if fresh else None
-            figs["p99_ms"] = lat["p99_ms"] if fresh else None
-            figs["ledger_drift"] = self.drift.get(name, {}).get("drift")
-            figs["partners"] = self.partners.regions.get(name, {})
-        campaigns = self.pacer.view(now)
-        for cid, v in campaigns.items():
-            v["series"] = self.history.get(cid, [])[-150:]
-        return {"t": now, "epoch": self.epoch, "policy_epoch": self.policies.epoch, "regions": regions,
-                "campaigns": campaigns, "model": msgspec.to_builtins(self.assignment()),
-                "current": self.current or self.reported_model,
-                "rollouts": [{"id": r.id, "version": r.version, "baseline": r.baseline, "state": r.state,
-                              "share": r.share, "history": r.history[-5:]} for r in self.rollouts.values()][-5:],
-                "redis_up": self.redis_up, "partner_policy": self.partners.view()["policy"]}
+        """Everything the dashboard shows, in one document (``fleet.control.dashboard_view``)."""
+        return dashboard_view.document(self)
 
     def _typical_budget_ms(self) -> dict[str, float]:
         """The tightest server-side budget a region plans with (its max tmax less the way back)."""

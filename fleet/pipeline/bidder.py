@@ -34,11 +34,11 @@ from fleet.cache.store import FreqEvent, Profile
 from fleet.ledger.events import Event
 from fleet.pipeline.enrichment import enrich, identity, privacy_block
 from fleet.pipeline.fanout import partner_selected
-from fleet.pipeline.pacing import FrequencyCounter, LocalBudget
+from fleet.pipeline.pacing import FrequencyCounter, LocalBudget, reserve_winners
 from fleet.pipeline.pricing import WinRateModel, model_prices
 from fleet.pipeline.pricing import offers as price_offers
 from fleet.pipeline.request import Admitted, Answer, Pending
-from fleet.pipeline.respond import BidIds, NoticeUrlTooLong, bill_window, build_response, response_currency
+from fleet.pipeline.respond import BidIds, NoticeUrlTooLong, build_response, response_currency
 from fleet.pipeline.targeting import CampaignIndex, deal_terms, imp_facts
 
 __all__ = [Admitted, "Answer", Pending, "RegionBidder"]
@@ -329,7 +329,6 @@ class RegionBidder:
         # Pacing's reservation is made as the bid is chosen: a lease that ran dry since
         # targeting (concurrent requests) drops the bid rather than overspend. It is held until
         # the bid's notice deadline: a bill may come until then.
-        holds = []
         test = req.test == 1
         imps = {imp.id: imp for imp in req.imp}
         ls = defaults.ledger
@@ -337,18 +336,7 @@ class RegionBidder:
         # Reservations are keyed by bid id (signed into its notices): an exchange that reuses
         # a request id cannot settle one bid's hold with another's notice.
         bid_ids = {imp_id: self.ids() for imp_id in winners}
-        for imp_id, o in list(winners.items()):
-            key = bid_ids[imp_id]
-            if test or o.partner is not None:  # a partner's bid spends no budget of ours
-                continue
-            # What a bill may charge: our bid as its notice URL signs it (4 decimals of CPM).
-            amount = max(o.price, round(o.price, 4)) / 1000.0
-            if self.budget.reserve(o.campaign, amount, wall, key,
-                                   until=wall + bill_window(imps[imp_id], *windows)):
-                holds.append(key)
-            else:
-                del winners[imp_id]
-                self.stats["pacing.lease_spent"] += 1
+        holds = reserve_winners(self.budget, winners, imps, bid_ids, wall, windows, test, self.stats)
         p.winners = winners  # what the version that priced it did (fleet.region.models)
         if not winners:
             return self._no_bid(NBR.UNKNOWN, "no_bid_above_floor" if p.had_candidates else "no_eligible_bid", dl)

@@ -20,6 +20,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from fleet.campaigns.model import Campaign
+from fleet.pipeline.respond import bill_window
 
 DAY_S = 86_400.0
 
@@ -269,3 +270,24 @@ class LeaseBudget:
         """Billed spend for bids made today (UTC), as this replica counted it."""
         now = self.clock() if now is None else now
         return self.spend_days.get(int(now // DAY_S), {}).get(cid, 0.0)
+
+
+def reserve_winners(budget, winners: dict, imps: dict, bid_ids: dict, wall: float,
+                    windows: tuple[float, float], test: bool, stats) -> list[str]:
+    """Reserve each chosen bid's amount as it is chosen; drop a bid whose lease ran dry since
+    targeting (concurrent requests) rather than overspend. A hold lasts until the bid's notice
+    deadline, since a bill may come until then. Test requests and partners' bids reserve
+    nothing. Returns the hold keys (bid ids) to release if the answer does not leave."""
+    holds = []
+    for imp_id, o in list(winners.items()):
+        key = bid_ids[imp_id]
+        if test or o.partner is not None:  # a partner's bid spends no budget of ours
+            continue
+        # What a bill may charge: our bid as its notice URL signs it (4 decimals of CPM).
+        amount = max(o.price, round(o.price, 4)) / 1000.0
+        if budget.reserve(o.campaign, amount, wall, key, until=wall + bill_window(imps[imp_id], *windows)):
+            holds.append(key)
+        else:
+            del winners[imp_id]
+            stats["pacing.lease_spent"] += 1
+    return holds
