@@ -97,14 +97,16 @@ class Clock:
         return self.t
 
 
-def selected(bid: str, base: str, kind_paths=("ok", "ok", "ok"), price=2.0, cur="EUR", test=False) -> Event:
+def selected(bid: str, base: str, kind_paths=("ok", "ok", "ok"), price=2.0, cur="EUR", test=False,
+             pbid: str = "", pseat: str = "") -> Event:
     n, b, l = kind_paths
     urls = PartnerUrls(nurl=f"{base}/{n}/win/{bid}?{MACROS}" if n else None,
                        burl=f"{base}/{b}/bill/{bid}?{MACROS}" if b else None,
                        lurl=f"{base}/{l}/loss/{bid}?{MACROS}" if l else None)
     return Event(f"selected:{bid}", "selected", time.time(), REGION, bid, f"auc-{bid}", "imp-1", "c1", "cr1",
                  price=2.5, user="u1", until=time.time() + 900, flag="test" if test else "",
-                 partner="dsp-x", partner_urls=urls, partner_price=price, partner_cur=cur)
+                 partner="dsp-x", partner_urls=urls, partner_price=price, partner_cur=cur,
+                 partner_bid=pbid, partner_seat=pseat)
 
 
 def notice(kind: str, bid: str, price=1.5, reason=0, test=False) -> Event:
@@ -139,7 +141,8 @@ def test_a_partner_win_fires_each_url_once_with_its_macros_even_when_our_notices
     push(redis_srv.url, [selected("b1", partner.base), notice("win", "b1"), notice("win", "b1")],
          [notice("win", "b1"), notice("billed", "b1"), selected("b1", partner.base)],  # resent, replayed
          [notice("billed", "b1"), notice("win", "b1")],
-         [selected("b2", partner.base), notice("lost", "b2", price=0.0, reason=102), notice("lost", "b2")],
+         [selected("b2", partner.base, pbid="their-b2", pseat="their-seat"),
+          notice("lost", "b2", price=0.0, reason=102), notice("lost", "b2")],
          [Event("selected:b3", "selected", time.time(), REGION, "b3", "auc-b3", "imp-1", "c1", price=2.0),
           notice("win", "b3"), notice("billed", "b3")])  # our own bid: no partner, nothing to fire
 
@@ -161,6 +164,7 @@ def test_a_partner_win_fires_each_url_once_with_its_macros_even_when_our_notices
     assert win == {"p": win["p"], "cur": "EUR", "a": "auc-b1", "b": "b1", "i": "imp-1", "s": "", "l": "0"}
     loss = partner.queries("/ok/loss/b2")[0]
     assert loss["l"] == "102" and loss["p"] == ""  # nothing was charged on a loss
+    assert (loss["b"], loss["s"]) == ("their-b2", "their-seat")  # the partner's own ids where known
     assert s.summary()["done"] == 3
     assert redis_lib.Redis.from_url(redis_srv.url).hget(P + "stats", "pn_queued") == b"3"
 

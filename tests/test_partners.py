@@ -243,6 +243,8 @@ def test_a_winning_partner_bid_carries_its_markup_under_our_notice_urls():
         assert len(sel) == 1 and sel[0].partner == "rich" and sel[0].bid == bid["id"]
         assert sel[0].partner_urls.nurl.startswith("http://partner.invalid/rich/win")
         assert sel[0].partner_cur == "USD" and sel[0].partner_price > 0
+        # the partner's own bid id and seat, for its ${AUCTION_BID_ID} and ${AUCTION_SEAT_ID}
+        assert sel[0].partner_bid and sel[0].partner_bid != bid["id"] and sel[0].partner_seat
         assert not region.bidder.budget.reserved  # a partner's bid reserves none of our budget
         assert region.stats()["partners"]["rich"]["won"] == 1
 

@@ -39,6 +39,8 @@ class Event(msgspec.Struct, omit_defaults=True, array_like=True):
     partner_urls: PartnerUrls | None = None
     partner_price: float = 0.0
     partner_cur: str = ""
+    partner_bid: str = ""  # the partner's own bid id and seat: its ${AUCTION_BID_ID}, ${AUCTION_SEAT_ID}
+    partner_seat: str = ""
 
 
 _enc = msgspec.msgpack.Encoder()

@@ -122,8 +122,7 @@ class PartnerOutbox:
                 if getattr(ev, "partner", "") and urls is not None:
                     d = PartnerData(partner=ev.partner, urls=msgspec.structs.asdict(urls),
                                     price=float(ev.partner_price), cur=ev.partner_cur or "", auction=ev.auction,
-                                    imp=ev.imp, bid_id=getattr(ev, "partner_bid", "") or "",
-                                    seat=getattr(ev, "partner_seat", "") or "")
+                                    imp=ev.imp, bid_id=ev.partner_bid, seat=ev.partner_seat)
                     sel += ("selected", ev.bid, _json.encode(d))
             elif ev.kind in KIND_URL and ev.bid:
                 notes += (ev.kind, ev.bid, _json.encode(NoticeInfo(

@@ -275,4 +275,4 @@ def partner_selected(o: Offer, b, wall: float, region: str, auction: str, publis
                  f"partner:{pb.partner}", pb.bid.crid or "", o.source, publisher, o.price, "",
                  0, wall, wall + (b.exp or 0), "test" if test else "",
                  partner=pb.partner, partner_urls=pb.urls, partner_price=pb.partner_price,
-                 partner_cur=pb.partner_cur)
+                 partner_cur=pb.partner_cur, partner_bid=pb.bid.id or "", partner_seat=pb.seat or "")
