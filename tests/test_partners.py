@@ -184,6 +184,25 @@ def test_tmax_is_the_time_left_when_that_is_less_than_the_cutoff():
     asyncio.run(_with(profiles, body, cutoffs={"slowpoke": {"remnant": 60.0}}))
 
 
+def test_a_call_cut_short_by_the_request_does_not_count_against_the_partners_tail():
+    """Late within less than its cutoff (the request had less time left) is our shortfall, not
+    the partner's tail: it is counted late, but the partner is neither judged slow nor throttled.
+    The same partner given its whole cutoff is (test above)."""
+    profiles = [Profile("hang", latency_ms=1, hang_rate=1.0, hang_s=5.0)]
+
+    async def body(region, servers):
+        for i in range(30):  # 40 ms tmax - 15 ms allowance leaves ~25 ms, under the 60 ms cutoff
+            await region.bid(_request(f"short-{i}", tmax=40), HEADERS)
+        await _settled(servers, region)
+        st = region.stats()["partners"]["hang"]
+        assert st["late"] == st["called"] > 5
+        assert st["state"]["remnant"] != "slow" and not st["not_called"].get("throttled")
+        assert region.partners.partners["hang"].health.p95_ms("remnant") is None
+
+    asyncio.run(_with(profiles, body, n_settings={"min_samples": 5, "backoff_after": 1000},
+                      cutoffs={"hang": {"remnant": 60.0}}))
+
+
 def test_garbage_never_breaks_an_answer_and_every_call_is_accounted_for():
     profiles = [Profile("garbage", latency_ms=1, garbage_rate=1.0)]
 

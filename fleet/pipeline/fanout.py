@@ -127,7 +127,7 @@ class Partners:
             if out is None:
                 out = Outbound(a.req, a.floors, a.privacy)
             body, headers = out.body(p.spec, int(tmax), self.rates[p.spec.currency])
-            rnd.launch(p, body, headers, c.cutoff_ms, t0 + tmax / 1000.0)
+            rnd.launch(p, body, headers, c.cutoff_ms, t0 + tmax / 1000.0, full=tmax >= c.cutoff_ms)
         return rnd if rnd.tasks else rnd.empty()
 
     async def close(self) -> None:
@@ -161,7 +161,7 @@ class Round:
 
     def __init__(self, owner: Partners, a, t0: float):
         self.owner, self.a, self.t0 = owner, a, t0
-        self.tasks: dict[str, tuple[asyncio.Task, float, Sent]] = {}  # pid -> (task, cutoff, on the wire)
+        self.tasks: dict[str, tuple] = {}  # pid -> (task, cutoff, on the wire, given its whole cutoff)
         self.until = t0
         self.offers: dict[str, list[Offer]] = {}
         self.participating = 0
@@ -171,10 +171,12 @@ class Round:
         self.done = True
         return self
 
-    def launch(self, p: Partner, body: bytes, headers: dict, cutoff_ms: float, deadline: float) -> None:
+    def launch(self, p: Partner, body: bytes, headers: dict, cutoff_ms: float, deadline: float,
+               full: bool = True) -> None:
+        """``full``: the call was given its whole cutoff (not cut short by the request's time)."""
         sent = Sent()
         task = asyncio.get_running_loop().create_task(p.client.call(body, headers, deadline, sent))
-        self.tasks[p.spec.id] = (task, cutoff_ms, sent)
+        self.tasks[p.spec.id] = (task, cutoff_ms, sent, full)
         self.until = max(self.until, deadline)
 
     async def collect(self) -> dict[str, list[Offer]]:
@@ -183,7 +185,7 @@ class Round:
         if self.done:
             return self.offers
         self.done = True
-        tasks = [t for t, _c, _d in self.tasks.values()]
+        tasks = [t for t, *_ in self.tasks.values()]
         pending = [t for t in tasks if not t.done()]
         if pending:
             wait = self.until - now()
@@ -192,7 +194,7 @@ class Round:
         o = self.owner
         a, st, wall = self.a, o.stats, o.clock()
         validator = None
-        for pid, (task, cutoff_ms, sent) in self.tasks.items():
+        for pid, (task, cutoff_ms, sent, full) in self.tasks.items():
             p = o.partners[pid]
             counts = st.c(pid, a.tier)
             if not task.done() or task.cancelled():
@@ -209,7 +211,8 @@ class Round:
             counts["called"] += 1
             if res.outcome == "timeout":
                 counts["late"] += 1
-                p.health.observe(a.tier, "late", res.elapsed_ms, cutoff_ms, wall)
+                if full:  # late within less than its cutoff says nothing about its tail
+                    p.health.observe(a.tier, "late", res.elapsed_ms, cutoff_ms, wall)
                 continue
             if res.outcome == "error":
                 counts["errors"] += 1
