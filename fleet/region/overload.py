@@ -13,11 +13,12 @@ this catches what waited in the queue anyway. Shed answers are counted (``shed``
 
 from __future__ import annotations
 
+from fleet.openrtb.nbr import NBR
 from fleet.pipeline.deadline import ARRIVAL_HEADER, Deadline, fleet_arrival, longest_budget_s, now
 from fleet.pipeline.request import Answer
 
 REASON = "overload"
-NBR_OVERLOAD = 15  # "Insufficient Auction Time" (AdCOM no-bid reasons, fleet.openrtb.nbr); HAProxy sends the same
+# The no-bid reason is 15, insufficient auction time (NBR.INSUFFICIENT_AUCTION_TIME); HAProxy sends the same.
 
 
 class Shedder:
@@ -42,7 +43,7 @@ class Shedder:
         b = self.bidder
         b.stats["requests"] += 1
         b.stats["shed"] += 1
-        a = b._no_bid(NBR_OVERLOAD, REASON)
+        a = b._no_bid(NBR.INSUFFICIENT_AUCTION_TIME, REASON)
         a.spent = {"total": t - arrival}
         b.latency.observe("total", a.spent["total"])
         return a
@@ -52,4 +53,4 @@ class Shedder:
         if dl.at - now() >= self.min_s:
             return None
         self.bidder.stats["shed"] += 1
-        return self.bidder._no_bid(NBR_OVERLOAD, REASON, dl)
+        return self.bidder._no_bid(NBR.INSUFFICIENT_AUCTION_TIME, REASON, dl)
