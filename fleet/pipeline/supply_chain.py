@@ -22,11 +22,10 @@ import msgspec
 
 from fleet.config import SupplyChainPolicy, resolve
 from fleet.openrtb.model import BidRequest, SupplyChain
+from fleet.openrtb.nbr import NBR
 
 log = logging.getLogger("fleet.supply_chain")
 
-INCOMPLETE = 16  # OpenRTB no-bid reason "Incomplete SupplyChain"
-BLOCKED_NODE = 17  # "Blocked SupplyChain Node"
 _RANK = {"bid": 0, "bid_down": 1, "refuse": 2}
 
 
@@ -95,7 +94,8 @@ def judge(req: BidRequest, policy: SupplyChainPolicy, sellers: dict[str, frozens
     for finding in findings(chain(req), policy.max_hops, sellers):
         action = getattr(policy, finding)
         if _RANK[action] > _RANK[best.action]:
-            nbr = INCOMPLETE if finding in ("missing", "incomplete") else BLOCKED_NODE
+            nbr = (NBR.INCOMPLETE_SUPPLY_CHAIN if finding in ("missing", "incomplete")
+                   else NBR.BLOCKED_SUPPLY_CHAIN_NODE)
             factor = policy.bid_down if action == "bid_down" else 1.0
             best = Verdict(action, f"schain_{finding}", nbr, factor)
     return best
