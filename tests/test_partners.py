@@ -1,7 +1,7 @@
 """Stage 6, demand partners, in-process with real local HTTP partner servers (no Ray).
 
 The partner servers are ``fleet.sim.partners`` (aiohttp, each on its own port) and count what
-they saw; the region is a real ``Region`` calling them through its pooled httpx clients. What is
+they saw; the region is a real ``Region`` calling them through its pooled aiohttp clients. What is
 asserted: bids are validated (every drop has its reason), a partner that hangs is cut at its
 deadline (the answer leaves while the partner still hangs), garbage never breaks an answer, the
 bidder's counts equal the servers', privacy holds on the wire, a winning partner bid carries its
