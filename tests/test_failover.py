@@ -12,6 +12,7 @@ import pytest
 from fleet.config import REPO_ROOT, load_regions
 from fleet.control.failover import heirs, nearest_healthy
 from fleet.control.messages import Report
+from fleet.control.pace_view import pace_view
 from fleet.control.service import Control
 from fleet.harness.pacing_loop import Clock
 from fleet.sim.dns import DNS, DnsSettings
@@ -158,7 +159,7 @@ def test_control_re_leases_a_lost_regions_slices_and_takes_them_back(redis_srv):
         for _ in range(10):
             await _round(control, clock, ["eu-west", "ap-southeast"], opp, lease, moved=True)
         lost = dict(_shares(control)), dict(lease), control.state_view()["failover"]
-        view = control.pacer.view(clock.t)["c"]["regions"]
+        view = pace_view(control.pacer, clock.t)["c"]["regions"]
         # Control restarts (the actor killed) while the region is still lost: from Redis.
         again = Control(load_regions(), aioredis.Redis.from_url(redis_srv.url, decode_responses=True), clock=clock)
         await again.start()

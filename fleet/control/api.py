@@ -34,6 +34,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from fleet.control.messages import decode_report
+from fleet.control.pace_view import pace_view
 from fleet.control.service import Control
 
 
@@ -70,7 +71,7 @@ async def _route(c: Control, method: str, parts: list[str], query: str, body: by
         return 200, c.dashboard()
     if head == "campaigns":
         if len(parts) == 1 and method == "GET":
-            return 200, c.pacer.view(now)
+            return 200, pace_view(c.pacer, now)
         if len(parts) == 2 and method == "GET":
             return 200, c.campaign_view(parts[1])
         if len(parts) == 2 and method == "PUT":

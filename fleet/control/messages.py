@@ -24,6 +24,9 @@ class Report(msgspec.Struct, kw_only=True):
     blocked: dict[str, int] = {}  # campaign -> candidates refused for want of lease, cumulative
     throttled: dict[str, int] = {}  # campaign -> candidates the throttle left out, cumulative
     units: dict[str, float] = {}  # campaign -> the largest single reservation it asks for (max bid)
+    # campaign -> id of the lease the replica holds (None: a replica that does not say): control
+    # counts a lease it replaced until the replica confirms the replacement (a lost reply)
+    held: dict[str, str] | None = None
     heartbeat: dict[str, float] = {}  # requests, answered, errors, late, bids (deltas), interval_s
     stage_p99_ms: dict[str, float] = {}  # per stage, over the interval
     versions: dict[str, dict] = {}  # model version -> VersionStats fields (deltas)

@@ -46,6 +46,9 @@ class Pacer:
         self.campaigns: dict[str, CampaignPace] = {}
         self.seen: dict[str, dict[int, dict[str, float]]] = {}  # region -> day -> the ledger's last read
         self.leases: dict[str, LeaseRec] = {}  # "campaign|replica" -> the replica's live lease
+        # "campaign|replica" -> the lease the replica last said it holds, while the one that
+        # replaced it is unconfirmed: its reply may have been lost (``confirm``)
+        self.prior: dict[str, LeaseRec] = {}
         self.replicas: dict[str, ReplicaBook] = {}
         self._ids = itertools.count(1)
         self.incarnation = f"{int(clock()):x}"
@@ -139,8 +142,8 @@ class Pacer:
                 continue
             cp.book.add(r.region, d, now)
             cp.region(r.region, self.s.p_start).spend_tick += d
-            lease = self.leases.get(f"{cid}|{r.replica}")
-            if lease is not None:
+            key = f"{cid}|{r.replica}"
+            for lease in {id(x): x for x in (self.leases.get(key), self.prior.get(key)) if x}.values():
                 lease.used += d
         blocked = {cid: int(_delta(r.blocked, book.blocked, cid)) for cid in r.blocked}
         throttled = {cid: int(_delta(r.throttled, book.throttled, cid)) for cid in r.throttled}
@@ -166,7 +169,23 @@ class Pacer:
         """What the campaign's leases may still commit or bill: live ones, and lapsed ones (a
         replica gone, SIGKILLed or renewed elsewhere) until ``hold_s`` after they expired, as long
         as a bid made under them may still bill."""
-        return sum(l.outstanding() for k, l in self.leases.items() if l.campaign == cid and k != exclude)
+        keys = {k for book in (self.leases, self.prior) for k, l in book.items() if l.campaign == cid}
+        keys.discard(exclude)
+        return sum(max(l.outstanding() for l in (self.leases.get(k), self.prior.get(k)) if l) for k in keys)
+
+    def confirm(self, cid: str, key: str, r: Report) -> None:
+        """Which lease a replica spends under is the one it says it holds, not the last one control
+        granted: a reply lost on the way leaves it with the earlier one. So a lease it holds stays
+        counted (``prior``; the replica's commitments are the larger of the two) until a report
+        names its successor, or nothing. A replica that does not say (``held`` None): as granted."""
+        if r.held is None:
+            self.prior.pop(key, None)
+            return
+        held, cur, prior = r.held.get(cid), self.leases.get(key), self.prior.get(key)
+        if cur is not None and held == cur.id:
+            self.prior[key] = cur
+        elif held is None or prior is None or held != prior.id:
+            self.prior.pop(key, None)
 
     def set_heirs(self, heirs: dict[str, str]) -> None:
         """Lost region -> heir (``fleet.control.failover``), each interval. A region becoming an
@@ -225,6 +244,7 @@ class Pacer:
         for cid, cp in self.campaigns.items():
             f = cp.flight
             key = f"{cid}|{r.replica}"
+            self.confirm(cid, key, r)
             held = r.reserved.get(cid, 0.0)
             if f.paused or not f.start <= now < f.end:
                 if held > 0:  # no lease to push, but its bids in flight still count
@@ -345,34 +365,13 @@ class Pacer:
                     rp.throttle = min(1.0, max(self.s.p_min, rp.target_rate / (rp.opp_rate * value)))
                 rp.spend_tick, rp.opp_tick, rp.blocked_tick, rp.throttled_tick = 0.0, 0, 0, 0.0
         # Leases gone quiet are forgotten once their reservations have had time to settle.
-        for key in [k for k, l in self.leases.items() if now > l.expires_at + self.s.hold_s]:
-            del self.leases[key]
+        for book in (self.leases, self.prior):
+            for key in [k for k, l in book.items() if now > l.expires_at + self.s.hold_s]:
+                del book[key]
         for name in [n for n, b in self.replicas.items() if now - b.last_seen > 3600]:
             del self.replicas[name]
 
     # -- views and persistence ----------------------------------------------------------
-
-    def view(self, now: float) -> dict:
-        out = {}
-        for cid, cp in self.campaigns.items():
-            f = cp.flight
-            planned = f.budget * f.shape().fraction(now)
-            spent, ledger = cp.book.estimate, sum(cp.book.finalized(n) for n in cp.book.regions())
-            out[cid] = {
-                "budget": f.budget, "start": f.start, "end": f.end, "curve": f.curve, "paused": f.paused,
-                "spent": round(spent, 6), "planned": round(planned, 6),
-                "ledger": round(ledger, 6), "provisional": round(spent - ledger, 6),
-                # what the lease cap counts: also the deltas the ledger has caught up past, for
-                # the clock-skew margin (fleet.control.spend)
-                "counted": round(cp.spent, 6),
-                "pacing_error": round((spent - planned) / planned, 4) if planned > 0 else None,
-                "outstanding": round(self.outstanding(cid), 6),
-                "regions": {n: {"throttle": round(rp.throttle, 4), "opp_rate": round(rp.opp_rate, 3),
-                                "target_rate": round(rp.target_rate, 6), "actual_rate": round(rp.actual_rate, 6),
-                                "hot": rp.hot, "spent": round(cp.by_region.get(n, 0.0), 6)}
-                            for n, rp in cp.regions.items()},
-            }
-        return out
 
     def to_dict(self) -> dict:
         return {
@@ -381,6 +380,7 @@ class Pacer:
                                 "regions": {n: asdict(rp) for n, rp in cp.regions.items()}, "days": cp.days}
                           for cid, cp in self.campaigns.items()},
             "leases": {k: asdict(l) for k, l in self.leases.items()},
+            "prior": {k: asdict(l) for k, l in self.prior.items()},
             "replicas": {n: asdict(b) for n, b in self.replicas.items()},
             "heirs": dict(self.heirs), "heir_base": dict(self.heir_base),
         }
@@ -395,5 +395,6 @@ class Pacer:
                                                {n: _known(RegionPace, rp) for n, rp in c["regions"].items()},
                                                c.get("days", []))
         self.leases = {k: LeaseRec(**l) for k, l in doc.get("leases", {}).items()}
+        self.prior = {k: LeaseRec(**l) for k, l in doc.get("prior", {}).items()}
         self.replicas = {n: _known(ReplicaBook, b) for n, b in doc.get("replicas", {}).items()}
         self.heirs, self.heir_base = dict(doc.get("heirs", {})), dict(doc.get("heir_base", {}))

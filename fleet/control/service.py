@@ -22,6 +22,7 @@ from fleet.control.health import HealthBook
 from fleet.control.idempotency import Idempotency
 from fleet.control.ledger_view import LedgerView
 from fleet.control.messages import ModelAssignment, Push, Report
+from fleet.control.pace_view import pace_view
 from fleet.control.pacer import DAY_S, Flight, Pacer, daily_flight
 from fleet.control.partner_policy import PartnerBook
 from fleet.control.rollout import Rollout, Thresholds, VersionStats
@@ -205,7 +206,7 @@ class Control:
             self.latency[r.region] = {"p50_ms": hb.get("p50_ms"), "p99_ms": hb["p99_ms"], "t": now}
         for stage, ms in r.stage_p99_ms.items():
             self.stage_p99[stage] = max(self.stage_p99.get(stage, 0.0), ms)
-        self.partners.absorb(r.region, r.partners)
+        self.partners.absorb(r.region, r.replica, r.partners, now)
         for version, figs in r.versions.items():
             stats = VersionStats.from_dict(figs)
             for ro in self.rollouts.values():
@@ -330,7 +331,7 @@ class Control:
         return self.campaign_view(cid)
 
     def campaign_view(self, cid: str) -> dict:
-        return self.pacer.view(self.clock())[cid]
+        return pace_view(self.pacer, self.clock())[cid]
 
     def set_policy(self, tier: str, policy: dict) -> dict:
         validate_tier(tier, policy)

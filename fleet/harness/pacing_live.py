@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from fleet.control.api import route
 from fleet.control.curve import cosine_weights
 from fleet.control.messages import Report
+from fleet.control.pace_view import pace_view
 from fleet.harness.pacing_loop import Clock, _reported, poisson, run_day
 from fleet.pipeline.pacing import LeaseBudget
 
@@ -272,7 +273,7 @@ class LiveRun:
                 self.next_tick += 1.0
             if t >= self.next_sample:
                 if up:
-                    self.samples.append((t, self.control.pacer.view(t)))
+                    self.samples.append((t, pace_view(self.control.pacer, t)))
                 self.next_sample += 2.0
             self.auctions(t, dt)
             self.clock.t = round(t + dt, 6)
@@ -291,7 +292,7 @@ class LiveRun:
         while self.events:  # the exchanges send every pending notice before the probe's run returns
             await self.advance(self.clock.t + 0.5)
         await self.advance(self.clock.t + 2.0)
-        probe = self.control.pacer.view(self.clock.t)
+        probe = pace_view(self.control.pacer, self.clock.t)
         total_rate = sum(v["spent"] for v in probe.values() if v["budget"] >= 1e6) / self.probe_s
         opp = {c.id: sum(r["opp_rate"] for r in probe.get(c.id, {}).get("regions", {}).values())
                for c in self.campaigns}
@@ -314,7 +315,7 @@ class LiveRun:
         while self.events and self.clock.t < end + 10:
             await self.advance(self.clock.t + 0.5)
         await self.advance(max(self.clock.t, end) + 3.0)
-        final = self.control.pacer.view(self.clock.t)
+        final = pace_view(self.control.pacer, self.clock.t)
         curve = Curve(self.start, self.start + self.day_s, weights)
         self.curve = curve
         doc = summarise(self.records, self.samples, final, self.budgets_set, self.campaigns, curve, self.start,

@@ -10,6 +10,7 @@ cache, fallbacks) from economic health (bids, wins, participation, lease use).
 
 from __future__ import annotations
 
+from fleet.control.pace_view import pace_view
 from fleet.obs.histogram import quantile
 
 PARTICIPATION = ("eligible", "called", "in_time", "participating", "won")
@@ -164,7 +165,7 @@ class ControlMetrics:
         if not self.enabled:
             return
         now = control.clock()
-        for cid, v in control.pacer.view(now).items():
+        for cid, v in pace_view(control.pacer, now).items():
             tags = {"campaign": cid}
             if v["pacing_error"] is not None:
                 self.pacing_error.set(v["pacing_error"], tags)

@@ -165,6 +165,10 @@ class LeaseBudget:
         self._reported = dict(self.spend)
         return dict(self._reported)
 
+    def held(self) -> dict[str, str]:
+        """The leases this replica holds, by id: the report says which of control's it applied."""
+        return {cid: lease.id for cid, lease in self.leases.items()}
+
     def apply(self, leases: dict, epoch: int) -> None:
         """New leases from control replace the old ones (their unspent part goes back). A lease
         covers the reservations in flight and the spend the report carried (control sized it

@@ -65,7 +65,7 @@ class ControlSync:
         return Report(region=self.region, replica=self.replica, ts=now, epoch=self.epoch,
                       spend=b.mark_report(), reserved={k: v for k, v in b.reserved.items() if v > 0},
                       opportunities=dict(b.opportunities), blocked=dict(b.blocked), throttled=dict(b.throttled),
-                      units=dict(b.units), heartbeat=beat,
+                      units=dict(b.units), held=b.held(), heartbeat=beat,
                       stage_p99_ms=p99, versions=self.versions.take(), model=self.models.declared,
                       candidate=self.models.declared_candidate,
                       partners=self.partners.report() if self.partners is not None else {})
