@@ -17,6 +17,7 @@ import pytest
 from fleet.config import load_regions
 from fleet.control.api import route
 from fleet.control.messages import Report
+from fleet.control.pace_view import pace_view
 from fleet.control.pacer import DAY_S, Flight
 from fleet.control.service import STATE_KEY, Control
 from fleet.control.spend import MARGIN_S
@@ -186,7 +187,7 @@ def test_a_bill_reported_by_two_replicas_counts_once_the_ledger_has_caught_up(re
     assert seen[4] == pytest.approx(1.5)
     cp = control.pacer.campaigns["c"]
     assert cp.by_region == {"us-east": pytest.approx(1.5)}
-    v = control.pacer.view(clock.t)["c"]
+    v = pace_view(control.pacer, clock.t)["c"]
     assert (v["spent"], v["ledger"], v["provisional"]) == pytest.approx((1.5, 1.0, 0.5))
     assert cp.book.reported["us-east"] == pytest.approx(2.5)  # what the replicas said, for the drift figure
     # the lease cap uses the merged figure: a replica asking for everything gets what is left
@@ -208,7 +209,7 @@ def test_an_ivt_reversal_lowers_controls_spend(redis_srv):
         before = control.pacer.campaigns["c"].spent
         await control.redis.hincrbyfloat(f"{ledger_prefix('eu-west')}spend:{DAY}", "c", -1.2)
         await _tick(control, clock)
-        return before, control.pacer.campaigns["c"].spent, control.pacer.view(clock.t)["c"]
+        return before, control.pacer.campaigns["c"].spent, pace_view(control.pacer, clock.t)["c"]
 
     before, after, view = asyncio.run(go())
     assert before == pytest.approx(3.0)
@@ -549,13 +550,13 @@ def test_a_fleet_started_mid_day_plans_the_first_day_from_its_start():
     f = cp.flight
     assert (f.start, f.end, f.daily, f.day_budget) == (t0, (DAY + 1) * DAY_S, True, 240.0)
     assert f.budget == pytest.approx(240.0 * left)
-    v = control.pacer.view(t0)["cat"]
+    v = pace_view(control.pacer, t0)["cat"]
     assert v["planned"] == pytest.approx(0.0) and v["pacing_error"] is None  # was -1: 80% of a day planned
     clock.t = t0 + 3600.0
     planned = 240.0 * (day.fraction(clock.t) - day.fraction(t0))
-    assert control.pacer.view(clock.t)["cat"]["planned"] == pytest.approx(planned)
+    assert pace_view(control.pacer, clock.t)["cat"]["planned"] == pytest.approx(planned)
     control.pacer.absorb(Report(region="us-east", replica="a", ts=clock.t, spend={"cat": planned}), clock.t)
-    assert control.pacer.view(clock.t)["cat"]["pacing_error"] == pytest.approx(0.0, abs=1e-6)
+    assert pace_view(control.pacer, clock.t)["cat"]["pacing_error"] == pytest.approx(0.0, abs=1e-6)
     assert control.pacer._plan(cp, clock.t, 1.0) == pytest.approx(240.0 * (day.fraction(clock.t + 1) - day.fraction(clock.t)),
                                                                  rel=1e-3)
     # a restart keeps it; the next day renews whole, at the full daily budget

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import msgspec
 
+from fleet.control.pace_view import pace_view
+
 
 def sample(ctl, now: float, every_s: float = 2.0, keep: int = 600) -> None:
     """Spend against plan per campaign, every few seconds (kept in memory for the dashboard)."""
@@ -29,7 +31,7 @@ def document(ctl) -> dict:
         figs["p99_ms"] = lat["p99_ms"] if fresh else None
         figs["ledger_drift"] = ctl.drift.get(name, {}).get("drift")
         figs["partners"] = ctl.partners.regions.get(name, {})
-    campaigns = ctl.pacer.view(now)
+    campaigns = pace_view(ctl.pacer, now)
     for cid, v in campaigns.items():
         v["series"] = ctl.history.get(cid, [])[-150:]
     return {"t": now, "epoch": ctl.epoch, "policy_epoch": ctl.policies.epoch, "regions": regions,
