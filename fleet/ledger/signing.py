@@ -5,8 +5,9 @@ The identity (auction, imp, bid, campaign, creative, region, model version, time
 price), the response currency ``cu``, ``e=1`` for a test request, the deadline ``x`` and the key
 id ``k`` are common to a bid's URLs; the kind ``n`` (win, bill, loss, click) is signed last, so
 one HMAC state over the common part is copied per URL (one pass over the identity, not four).
-``s`` is the truncated HMAC. A loss URL turned into a bill, or a deadline pushed out, no longer
-verifies: 403. The exchange's macro values (clearing price, loss reason, its currency) are not
+Each value is covered as the URL carries it, percent-encoded (``encode``), so the bid path encodes
+a bid's fields once for both its URLs and its signatures. ``s`` is the truncated HMAC. A loss URL
+turned into a bill, or a deadline pushed out, no longer verifies: 403. The exchange's macro values (clearing price, loss reason, its currency) are not
 signed: the exchange fills them in, and ``fleet.pipeline.notices`` judges them.
 
 Keys: ``FLEET_NOTICE_KEYS`` as ``id:hexkey[,id:hexkey...]`` (the first signs, all verify, so a
@@ -20,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -53,32 +55,54 @@ def _b64(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
+
+
+def encode(value: str) -> str:
+    """``value`` percent-encoded with nothing left safe, exactly ``quote(value, safe="")`` (and
+    so what ``urlencode`` writes): the form a notice URL carries and a signature covers. Most ids
+    are unreserved characters only and are their own encoding, without ``quote``'s cost."""
+    return value if _UNRESERVED(value) else quote(value, safe="")
+
+
 class NoticeSigner:
     def __init__(self, keys: dict[str, bytes] | None = None, ttl_s: float = 86_400.0, clock=time.time):
         self.keys = keys if keys is not None else load_keys()
         self.current = next(iter(self.keys))
         self.ttl_s = ttl_s  # the deadline when the caller names none
         self.clock = clock
+        self._keyed: dict[bytes, object] = {}  # key -> an HMAC state holding only the key
 
-    @staticmethod
-    def _common(key: bytes, fields: dict[str, str]):
-        # Each value percent-encoded: an exchange-supplied id holding the separator (or "=")
-        # cannot shift where one signed field ends and the next begins.
-        msg = "\x1f".join(f"{k}={quote(fields.get(k, ''), safe='')}" for k in COMMON)
-        return hmac.new(key, msg.encode(), hashlib.sha256)
+    def _common(self, key: bytes, encoded: dict[str, str]):
+        """The HMAC state over the common fields, each as ``encode`` writes it: a separator (or
+        "=") in an exchange-supplied id cannot shift where one signed field ends and the next
+        begins."""
+        keyed = self._keyed.get(key)
+        if keyed is None:
+            keyed = self._keyed[key] = hmac.new(key, digestmod=hashlib.sha256)
+        h = keyed.copy()
+        h.update("\x1f".join([f"{k}={encoded.get(k, '')}" for k in COMMON]).encode())
+        return h
 
-    def sign_kinds(self, fields: dict[str, str], kinds: tuple[str, ...],
-                   expires_at: float | None = None) -> tuple[dict[str, str], dict[str, str]]:
-        """``fields`` with deadline and key id, and one signature per kind (kind -> ``s``)."""
+    def sign_encoded(self, encoded: dict[str, str], kinds: tuple[str, ...],
+                     expires_at: float | None = None) -> tuple[dict[str, str], dict[str, str]]:
+        """``encoded`` (field -> value already through ``encode``) with deadline and key id, and
+        one signature per kind (kind -> ``s``): what the bid path puts in a bid's URLs."""
         x = int(expires_at if expires_at is not None else self.clock() + self.ttl_s)
-        out = {**fields, "x": str(x), "k": self.current}
+        out = {**encoded, "x": str(x), "k": encode(self.current)}
         base = self._common(self.keys[self.current], out)
         sigs = {}
         for kind in kinds:
             h = base.copy()
-            h.update(f"\x1fn={kind}".encode())
+            h.update(f"\x1fn={encode(kind)}".encode())
             sigs[kind] = _b64(h.digest())
         return out, sigs
+
+    def sign_kinds(self, fields: dict[str, str], kinds: tuple[str, ...],
+                   expires_at: float | None = None) -> tuple[dict[str, str], dict[str, str]]:
+        """``fields`` (plain values) with deadline and key id, and one signature per kind."""
+        enc, sigs = self.sign_encoded({k: encode(v) for k, v in fields.items()}, kinds, expires_at)
+        return {**fields, "x": enc["x"], "k": self.current}, sigs
 
     def sign(self, fields: dict[str, str], expires_at: float | None = None) -> dict[str, str]:
         """``fields`` (with its kind ``n``) plus deadline, key id and signature."""
@@ -93,8 +117,8 @@ class NoticeSigner:
         sig = q.get("s", "")
         if key is None or not sig:
             raise SignatureError("unsigned or unknown key")
-        h = self._common(key, q)
-        h.update(f"\x1fn={quote(q.get('n', ''), safe='')}".encode())
+        h = self._common(key, {k: encode(q.get(k, "")) for k in COMMON})
+        h.update(f"\x1fn={encode(q.get('n', ''))}".encode())
         if not hmac.compare_digest(_b64(h.digest()).encode(), sig.encode("utf-8", "replace")):  # bytes: any text compares
             raise SignatureError("bad signature")
         if kind is not None and q.get("n") != kind:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import html
 import itertools
 import os
-from urllib.parse import quote, urlencode
 
+from fleet.ledger.signing import encode
 from fleet.openrtb.model import Bid, BidResponse, Imp, SeatBid
 from fleet.partners.wrap import partner_bid
 from fleet.pipeline import dsa
@@ -47,6 +47,9 @@ def response_currency(accepted: list[str], fleet: str, rates: dict[str, float]) 
 
 
 NOTICE_KINDS = ("win", "bill", "loss", "click")
+# What each kind's URL asks the exchange to substitute (``fleet.pipeline.notices`` reads it).
+MACROS = {"win": "&px=${AUCTION_PRICE}&cur=${AUCTION_CURRENCY}", "bill": "&px=${AUCTION_PRICE}&cur=${AUCTION_CURRENCY}",
+          "loss": "&lr=${AUCTION_LOSS}&px=${AUCTION_MIN_TO_WIN}", "click": ""}
 # The longest notice query we mint: the notice route refuses queries over 4,096 characters
 # (``fleet.pipeline.notices.MAX_QUERY``), and the exchange's substitutions may add some.
 MAX_NOTICE_QUERY = 3_800
@@ -78,20 +81,15 @@ def notice_urls(base: str, bid_id: str, offer: Offer, region: str, ts_ms: int,
               "p": publisher or "", "b": f"{offer.price:.4f}", "cu": currency}
     if test:
         fields["e"] = "1"
-    if signer is not None:
-        fields, sigs = signer.sign_kinds(fields, NOTICE_KINDS, expires_at)
-    else:
-        sigs = None
-    ident = urlencode(fields, quote_via=quote)
-    out = {}
-    for kind in NOTICE_KINDS:
-        url = f"{base}/notice/{kind}?{ident}&n={kind}" + (f"&s={sigs[kind]}" if sigs else "")
-        if kind in ("win", "bill"):
-            url += "&px=${AUCTION_PRICE}&cur=${AUCTION_CURRENCY}"
-        elif kind == "loss":
-            url += "&lr=${AUCTION_LOSS}&px=${AUCTION_MIN_TO_WIN}"
-        out[kind] = url
-    return out
+    # Encoded once (what ``urlencode`` would write) for the query all four URLs share and for
+    # the signatures, which cover the same encoded text; only the kind differs per URL.
+    enc = {k: encode(v) for k, v in fields.items()}
+    if signer is None:
+        ident = "&".join([f"{k}={v}" for k, v in enc.items()])
+        return {kind: f"{base}/notice/{kind}?{ident}&n={kind}{MACROS[kind]}" for kind in NOTICE_KINDS}
+    enc, sigs = signer.sign_encoded(enc, NOTICE_KINDS, expires_at)
+    ident = "&".join([f"{k}={v}" for k, v in enc.items()])
+    return {kind: f"{base}/notice/{kind}?{ident}&n={kind}&s={sigs[kind]}{MACROS[kind]}" for kind in NOTICE_KINDS}
 
 
 def bill_window(imp: Imp, default_s: float, max_s: float) -> int:
