@@ -3,7 +3,8 @@
 The in-process tests drive a ``Region`` (and the Serve deployment's handler) with the ingress's
 arrival stamp set by hand; the ``slow`` ones go through the real Ray Serve HAProxy ingress with
 the fleet's wrapper (``fleet.runtime.haproxy_shim``): a client's forged stamp is replaced, and
-a backend whose queue is full answers 204 ``overload`` without reaching the replica. No test
+a backend whose queue is full answers 204 ``overload`` without reaching the replica. The wrapper
+against the bare HAProxy binary (no Ray): tests/test_ingress_shedding.py. No test
 asserts a wall-clock duration: queue times are set through the stamp, and "at once" is shown by
 the shed requests never reaching the replica.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from fleet.pipeline.deadline import ARRIVAL_HEADER, MAX_QUEUE_S, fleet_arrival, 
 from fleet.pipeline.enrichment import enrich
 from fleet.pipeline.first_sight import FirstSight
 from fleet.region.runtime import Region
-from fleet.runtime.haproxy_shim import MARK, Limits, rewrite
+from fleet.runtime.haproxy_shim import Limits
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REGION = "us-east"
@@ -277,59 +277,6 @@ def test_cold_user_bids_on_defaults_without_a_degraded_flag():
     asyncio.run(go())
 
 
-# -- the HAProxy wrapper -----------------------------------------------------------------------
-
-SERVE_LIKE = """global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 3600s
-    timeout server 60s
-frontend http_frontend
-    bind 127.0.0.1:{port}
-    acl is_http-us-east path_beg /us-east/
-    use_backend http-us-east if is_http-us-east
-    acl is_http-control path_beg /control/
-    use_backend http-control if is_http-control
-    default_backend default_backend
-backend default_backend
-    http-request return status 404
-backend http-us-east
-    log global
-    server SERVE_REPLICA_us-east-ingress-us-east-abc 127.0.0.1:30000 check observe layer4 error-limit 3 on-error mark-down
-    server SERVE_PROXY_ACTOR-fallback-x 127.0.0.1:8500 check backup
-backend http-control
-    server SERVE_REPLICA_control-Control-xyz 127.0.0.1:30001 check
-"""
-
-
-def test_shim_rewrites_serves_config():
-    cfg = SERVE_LIKE.format(port=18123)
-    out = rewrite(cfg, Limits(server_maxconn=8, max_queue=4, timeout_queue_ms=200))
-    lines = out.splitlines()
-    bind = lines.index("    bind 127.0.0.1:18123")
-    assert lines[bind + 2] == f"    http-request set-header {ARRIVAL_HEADER} %[date(0,us)]"
-    assert "server SERVE_REPLICA_us-east-ingress-us-east-abc 127.0.0.1:30000 maxconn 8 check" in out
-    assert "SERVE_PROXY_ACTOR-fallback-x 127.0.0.1:8500 check backup" in out  # the backup is left alone
-    assert "SERVE_REPLICA_control-Control-xyz 127.0.0.1:30001 check" in out  # control: no limits
-    assert out.count("queue() ge 4") == 1 and out.count("timeout queue 200ms") == 1
-    assert rewrite(out, Limits()) == out and MARK in out  # applied once
-    from fleet.runtime.ingress import real_haproxy
-
-    binary = real_haproxy()
-    if binary is None:
-        pytest.skip("no bundled HAProxy")
-    path = Path(__file__).parent / ".." / ".fleet" / "test-shim.cfg"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(out)
-    try:
-        check = subprocess.run([binary, "-c", "-f", str(path)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-    finally:
-        path.unlink(missing_ok=True)
-
-
 # -- through the real ingress ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -420,26 +367,6 @@ def test_up_prints_the_dashboard_link_with_its_token(monkeypatch):
     assert "location.hash.match(/token=" in page  # where the page reads it
 
 
-def test_wrapper_runs_the_shim_with_the_limits(tmp_path):
-    from fleet.runtime.ingress import limits_from_env, wrapper_env
-
-    env = {"FLEET_INGRESS_MAXCONN": "4", "FLEET_INGRESS_MAX_QUEUE": "2", "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "300"}
-    assert limits_from_env(env) == Limits(4, 2, 300)
-    assert wrapper_env(tmp_path, {"FLEET_INGRESS_SHIM": "0"}) == {}
-    out = wrapper_env(tmp_path, env)
-    if not out:
-        pytest.skip("no bundled HAProxy")
-    path = Path(out["RAY_SERVE_HAPROXY_BINARY_PATH"])
-    assert path.stat().st_mode & 0o111
-    text = path.read_text()
-    assert "haproxy_shim.py" in text and " 4 2 300 http-control -- " in text
-    cfg = tmp_path / "serve.cfg"
-    cfg.write_text(SERVE_LIKE.format(port=18124))
-    check = subprocess.run([str(path), "-c", "-f", str(cfg)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-    assert "maxconn 4 check" in cfg.read_text() and "queue() ge 2" in cfg.read_text()  # rewritten in place
-
-
 def test_a_remote_pricing_region_loads_its_version_before_it_says_ready():
     import numpy as np
 
@@ -467,62 +394,6 @@ def test_a_remote_pricing_region_loads_its_version_before_it_says_ready():
     asyncio.run(go())
 
 
-def test_haproxy_with_the_wrapper_stamps_and_sheds(tmp_path):
-    """The real HAProxy binary through the fleet's wrapper, in front of a stub replica that holds
-    each request (no Ray): a forged stamp is replaced, and with the replica's slots and the queue
-    full, bid requests are answered 204 overload by HAProxy without reaching the replica."""
-    from aiohttp import web
-
-    from fleet.runtime.ingress import wrapper_env
-    from fleet.runtime.local import free_port, wait_port
-
-    env = {"FLEET_INGRESS_MAXCONN": "2", "FLEET_INGRESS_MAX_QUEUE": "2", "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "5000"}
-    wrapper = wrapper_env(tmp_path, env).get("RAY_SERVE_HAPROXY_BINARY_PATH")
-    if wrapper is None:
-        pytest.skip("no bundled HAProxy")
-    front, back = free_port(), free_port()
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(SERVE_LIKE.format(port=front).replace("127.0.0.1:30000", f"127.0.0.1:{back}")
-                   .replace(" check observe layer4 error-limit 3 on-error mark-down", "")
-                   .replace("    server SERVE_PROXY_ACTOR-fallback-x 127.0.0.1:8500 check backup\n", ""))
-    calls = {"n": 0}
-
-    async def handler(request):
-        calls["n"] += 1
-        await request.read()
-        await asyncio.sleep(1.0)  # long enough for all twelve to arrive while two are held, on a busy box
-        return web.Response(status=204, headers={"x-seen-arrival": request.headers.get(ARRIVAL_HEADER, "")})
-
-    async def go():
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", back).start()
-        proc = subprocess.Popen([wrapper, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            assert await asyncio.to_thread(wait_port, "127.0.0.1", front, 10)
-            url = f"http://127.0.0.1:{front}/us-east/openrtb2/bid"
-            async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=20)) as c:
-                one = await c.post(url, content=b"{}", headers={ARRIVAL_HEADER: "1"})
-                seen = one.headers["x-seen-arrival"]
-                assert seen != "1" and abs(int(seen) / 1e6 - time.time()) < MAX_QUEUE_S
-                calls["n"] = 0
-                rs = await asyncio.gather(*(c.post(url, content=b"{}") for _ in range(12)))
-        finally:
-            proc.terminate()
-            proc.wait(10)
-            await runner.cleanup()
-        return rs
-
-    rs = asyncio.run(go())
-    assert all(r.status_code == 204 for r in rs), [(r.status_code, dict(r.headers)) for r in rs]
-    shed = [r for r in rs if r.headers.get("x-fleet-reason") == "overload"]
-    assert shed and all(r.headers["x-openrtb-nbr"] == "15" and "x-seen-arrival" not in r.headers for r in shed)
-    assert calls["n"] == len(rs) - len(shed) and len(shed) <= len(rs) - 4  # 2 served at once, 2 queued
-    assert "maxconn 2" in cfg.read_text()
-
-
 def test_warm_up_bids_once_per_format_without_counting():
     from fleet.region.warmup import FORMATS, warm, warmup_request
 
@@ -541,56 +412,3 @@ def test_warm_up_bids_once_per_format_without_counting():
         await region.stop()
 
     asyncio.run(go())
-
-
-def test_haproxy_answers_a_bid_that_waited_too_long_with_a_no_bid_and_other_paths_503(tmp_path):
-    """``timeout queue`` reached (a stalled replica): a bid request gets the overload no-bid from
-    HAProxy, never Serve's 500 page; a readiness probe still gets a 503 (a health check must not
-    read a stalled or dead region as healthy)."""
-    from aiohttp import web
-
-    from fleet.runtime.ingress import wrapper_env
-    from fleet.runtime.local import free_port, wait_port
-
-    env = {"FLEET_INGRESS_MAXCONN": "1", "FLEET_INGRESS_MAX_QUEUE": "50", "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "100"}
-    wrapper = wrapper_env(tmp_path, env).get("RAY_SERVE_HAPROXY_BINARY_PATH")
-    if wrapper is None:
-        pytest.skip("no bundled HAProxy")
-    front, back = free_port(), free_port()
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(SERVE_LIKE.format(port=front).replace("127.0.0.1:30000", f"127.0.0.1:{back}")
-                   .replace(" check observe layer4 error-limit 3 on-error mark-down", "")
-                   .replace("    server SERVE_PROXY_ACTOR-fallback-x 127.0.0.1:8500 check backup\n", ""))
-    held = asyncio.Event()
-
-    async def handler(request):
-        await request.read()
-        held.set()
-        await asyncio.sleep(1.0)  # far past the queue timeout of whatever waits behind it
-        return web.Response(status=204)
-
-    async def go():
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", back).start()
-        proc = subprocess.Popen([wrapper, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            assert await asyncio.to_thread(wait_port, "127.0.0.1", front, 10)
-            base = f"http://127.0.0.1:{front}/us-east"
-            async with httpx.AsyncClient(timeout=10) as c:
-                first = asyncio.create_task(c.post(f"{base}/openrtb2/bid", content=b"{}"))  # holds the one slot
-                await held.wait()
-                waited_bid, waited_ready = await asyncio.gather(c.post(f"{base}/openrtb2/bid", content=b"{}"),
-                                                                c.get(f"{base}/ready"))
-                await first
-        finally:
-            proc.terminate()
-            proc.wait(10)
-            await runner.cleanup()
-        return waited_bid, waited_ready
-
-    bid, ready = asyncio.run(go())
-    assert bid.status_code == 204 and bid.headers["x-fleet-reason"] == "overload" and bid.headers["x-openrtb-nbr"] == "15"
-    assert ready.status_code == 503 and "x-fleet-reason" not in ready.headers

@@ -8,12 +8,15 @@ work as before). What it adds (docs/ingress.md, "Arrival, queue and shedding"):
 
 - the frontend stamps every request's arrival, ``x-fleet-arrival: <epoch microseconds>``, with
   ``set-header`` (which replaces any value a client sent: the stamp is never the exchange's);
-- each application backend (not control's) gets a per-replica ``maxconn`` (the concurrency a
-  replica serves well; the rest wait in HAProxy's queue, where they can be counted), a
-  ``timeout queue`` backstop, and a rule that answers a bid request 204 at once (OpenRTB nbr 15,
-  ``x-fleet-reason: overload``) when the backend's queue is already ``max_queue`` deep, and
-  the same no-bid (not Serve's 500 page) when a bid request waited ``timeout queue`` or finds no
-  replica up.
+- each application backend (not control's) is split in two over the same replicas: bid requests
+  stay in Serve's backend, every other path (notices, readiness, stats) goes to a twin
+  ``<backend>-rest`` whose servers ``track`` Serve's (no second health check). Bids get a
+  per-replica ``maxconn`` (the rest wait in HAProxy's queue, where they can be counted), a rule
+  that answers 204 at once (OpenRTB nbr 15, ``x-fleet-reason: overload``) when the queue is
+  already ``max_queue`` deep, and a ``timeout queue`` of a few milliseconds after which HAProxy
+  answers the same no-bid: a stalled, saturated or dead replica never delays a shed answer.
+  The twin keeps a long queue timeout: a notice outwaits a collector's pause rather than being
+  refused, and a readiness probe gets a 503, never a no-bid.
 
 Standard library only: it runs on every HAProxy start and reload, before anything else is
 imported (``python -I -S``).
@@ -30,77 +33,125 @@ ARRIVAL_HEADER = "x-fleet-arrival"  # the same name as fleet.pipeline.deadline.A
 OVERLOAD_REASON = "overload"
 OVERLOAD_NBR = 15  # OpenRTB "Insufficient Auction Time" (fleet.openrtb.nbr.NBR)
 BID_PATH = "/openrtb2/bid"
+REST_SUFFIX = "-rest"  # the twin backend of every path but the bid
 MARK = "# fleet:"  # every line this file adds carries it (and a rewrite is never applied twice)
 
 
 @dataclass(frozen=True)
 class Limits:
-    server_maxconn: int = 16  # per replica: its max_ongoing_requests should be at least this
-    max_queue: int = 16  # bid requests queued per backend before new ones are shed
-    # A backstop: the queue is kept short by ``max_queue``, so only a replica stalled this long
-    # leaves requests waiting so long; then a bid request gets the overload no-bid, any other
-    # path (notices, readiness) HAProxy's 503. Long enough for a notice to outwait a GC pause.
+    server_maxconn: int = 16  # per replica and backend: max_ongoing_requests >= twice this
+    max_queue: int = 8  # bid requests queued per backend before new ones are shed at once
+    # A bid waits at most this for a replica's slot, then HAProxy answers the no-bid: a shed
+    # answer never waits on a stalled replica. Saturated, ~1,500 req/s dequeue ~3 per ms.
+    bid_queue_ms: int = 2
+    # Every other path: long enough for a notice to outwait a GC pause (a refused notice is
+    # sent again; a 503 is a 5xx all the same).
     timeout_queue_ms: int = 1000
     unlimited: tuple[str, ...] = ("http-control",)  # backends left as Serve wrote them
 
     def args(self) -> list[str]:
-        return [str(self.server_maxconn), str(self.max_queue), str(self.timeout_queue_ms), ",".join(self.unlimited)]
+        return [str(self.server_maxconn), str(self.max_queue), str(self.bid_queue_ms), str(self.timeout_queue_ms),
+                ",".join(self.unlimited)]
 
     @classmethod
     def parse(cls, argv: list[str]) -> "Limits":
-        maxconn, queue, timeout_ms, unlimited = argv
-        return cls(int(maxconn), int(queue), int(timeout_ms), tuple(u for u in unlimited.split(",") if u))
+        maxconn, queue, bid_ms, timeout_ms, unlimited = argv
+        return cls(int(maxconn), int(queue), int(bid_ms), int(timeout_ms), tuple(u for u in unlimited.split(",") if u))
 
 
-_SERVER = re.compile(r"^(\s+server\s+SERVE_REPLICA\S*\s+\S+)(\s.*)?$")
+_SERVER = re.compile(r"^(\s+server\s+(\S+)\s+\S+)(\s.*)?$")
+_USE = re.compile(r"^\s+use_backend\s+(\S+)\s+if\s+is_(\S+)\s*$")
+_KEEP = ("timeout connect", "timeout server", "timeout client", "timeout http-request",
+         "timeout http-keep-alive", "timeout tunnel", "http-reuse", "log ")
 
 
 OVERLOAD_RESPONSE = (f"HTTP/1.1 204 No Content\r\nx-openrtb-nbr: {OVERLOAD_NBR}\r\n"
                      f"x-fleet-reason: {OVERLOAD_REASON}\r\ncontent-length: 0\r\n\r\n")
+UNAVAILABLE_RESPONSE = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
 
 
-def rewrite(cfg: str, limits: Limits, overload_file: str | None = None) -> str:
+def rewrite(cfg: str, limits: Limits, overload_file: str | None = None, unavailable_file: str | None = None) -> str:
     """Serve's config with the fleet's lines added (idempotent). ``overload_file``: an errorfile
     holding ``OVERLOAD_RESPONSE``: a bid request HAProxy itself cannot serve (``timeout queue``,
-    no replica up) gets the no-bid instead of Serve's 500 page; any other path still gets a 503
-    (a readiness probe must not read a dead region as healthy)."""
+    no replica up, the replica gone mid-request) gets the no-bid instead of Serve's 500 page.
+    ``unavailable_file`` (``UNAVAILABLE_RESPONSE``): the twin's 503 (a readiness probe must not
+    read a stalled or dead region as healthy)."""
     if MARK in cfg:
         return cfg
+    lines = cfg.splitlines()
+    # split only what the frontend routes by Serve's own rule: else the bid rules guard the one backend
+    split = {m.group(1) for m in map(_USE.match, lines) if m and m.group(1) == m.group(2)}
     out: list[str] = []
+    twins: dict[str, list[str]] = {}
     section, name = "", ""
-    for line in cfg.splitlines():
+    for line in lines:
         if line and not line[0].isspace() and not line.startswith("#"):
             words = line.split()
             section, name = words[0], (words[1] if len(words) > 1 else "")
             out.append(line)
             if section == "backend" and _limited(name, limits):
-                # the bid mark first: every later rule, the return below included, relies on it
-                out += [
-                    f"    {MARK} queue limits and shedding (fleet/runtime/haproxy_shim.py)",
-                    f"    http-request set-var(txn.fleet_bid) bool(true) if {{ path_end {BID_PATH} }}",
-                    f"    timeout queue {limits.timeout_queue_ms}ms",
-                    f"    http-request return status 204 hdr x-openrtb-nbr {OVERLOAD_NBR} hdr x-fleet-reason {OVERLOAD_REASON}"
-                    f" if {{ var(txn.fleet_bid) -m bool }} {{ queue() ge {limits.max_queue} }}",
-                ]
-                if overload_file:
-                    not_bid = "!{ var(txn.fleet_bid) -m bool }"
-                    out += [
-                        f"    errorfile 503 {overload_file}",
-                        f"    http-after-response set-status 503 if {{ status 204 }}"
-                        f" {{ res.hdr(x-fleet-reason) -m str {OVERLOAD_REASON} }} {not_bid}",
-                        f"    http-after-response del-header x-fleet-reason if {{ status 503 }} {not_bid}",
-                        f"    http-after-response del-header x-openrtb-nbr if {{ status 503 }} {not_bid}",
-                    ]
+                twin = name in split
+                if twin:
+                    twins[name] = [f"backend {name}{REST_SUFFIX}",
+                                   f"    {MARK} every path of {name} but the bid: the same replicas, a long queue",
+                                   f"    timeout queue {limits.timeout_queue_ms}ms"]
+                    if unavailable_file:
+                        twins[name].append(f"    errorfile 503 {unavailable_file}")
+                out += _bid_rules(limits, limits.bid_queue_ms if twin else limits.timeout_queue_ms, overload_file)
             continue
-        if section == "frontend" and name == "http_frontend" and line.strip().startswith("bind "):
-            out += [line, f"    {MARK} arrival at the fleet, never the client's value",
-                    f"    http-request set-header {ARRIVAL_HEADER} %[date(0,us)]"]
-            continue
+        if section == "frontend" and name == "http_frontend":
+            if line.strip().startswith("bind "):
+                out += [line, f"    {MARK} arrival at the fleet, never the client's value",
+                        f"    http-request set-header {ARRIVAL_HEADER} %[date(0,us)]"]
+                continue
+            m = _USE.match(line)
+            if m and m.group(1) in split and _limited(m.group(1), limits):
+                out.append(f"    use_backend {m.group(1)}{REST_SUFFIX} if is_{m.group(2)} !{{ path_end {BID_PATH} }}"
+                           f"  {MARK} bids stay below")
         m = _SERVER.match(line)
-        if section == "backend" and m and _limited(name, limits) and " maxconn " not in line:
-            line = f"{m.group(1)} maxconn {limits.server_maxconn}{m.group(2) or ''}"
+        if section == "backend" and _limited(name, limits):
+            replica = bool(m) and m.group(2).startswith("SERVE_REPLICA")
+            if replica and " maxconn " not in line:
+                line = f"{m.group(1)} maxconn {limits.server_maxconn}{m.group(3) or ''}"
+            if name in twins:
+                if m:
+                    twins[name].append(_twin_server(name, m.group(1), m.group(2), m.group(3) or "", replica, limits))
+                elif line.strip().startswith(_KEEP) and not line.strip().startswith("timeout queue"):
+                    twins[name].append(line)
         out.append(line)
+    for twin in twins.values():
+        out += twin
     return "\n".join(out) + "\n"
+
+
+def _bid_rules(limits: Limits, queue_ms: int, overload_file: str | None) -> list[str]:
+    # the bid mark first: every later rule, the return below included, relies on it
+    out = [
+        f"    {MARK} queue limits and shedding (fleet/runtime/haproxy_shim.py)",
+        f"    http-request set-var(txn.fleet_bid) bool(true) if {{ path_end {BID_PATH} }}",
+        f"    timeout queue {queue_ms}ms",
+        f"    http-request return status 204 hdr x-openrtb-nbr {OVERLOAD_NBR} hdr x-fleet-reason {OVERLOAD_REASON}"
+        f" if {{ var(txn.fleet_bid) -m bool }} {{ queue() ge {limits.max_queue} }}",
+    ]
+    if overload_file:
+        not_bid = "!{ var(txn.fleet_bid) -m bool }"
+        out += [f"    errorfile {code} {overload_file}" for code in (502, 503, 504)]
+        out += [
+            f"    http-after-response set-status 503 if {{ status 204 }}"
+            f" {{ res.hdr(x-fleet-reason) -m str {OVERLOAD_REASON} }} {not_bid}",
+            f"    http-after-response del-header x-fleet-reason if {{ status 503 }} {not_bid}",
+            f"    http-after-response del-header x-openrtb-nbr if {{ status 503 }} {not_bid}",
+        ]
+    return out
+
+
+def _twin_server(backend: str, head: str, server: str, rest: str, replica: bool, limits: Limits) -> str:
+    """The twin's server: the same address, its own slots, the health of Serve's (``track``)."""
+    words = rest.split()
+    line = head + (f" maxconn {limits.server_maxconn}" if replica else "")
+    if "check" in words:
+        line += f" track {backend}/{server}"
+    return line + (" backup" if "backup" in words else "")
 
 
 def _limited(backend: str, limits: Limits) -> bool:
@@ -120,10 +171,12 @@ def exec_haproxy(real: str, limits: Limits, args: list[str]) -> None:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             with open(path) as fh:
                 text = fh.read()
-            overload = os.path.join(os.path.dirname(path), "fleet-overload.http")
-            with open(overload, "w") as fh:
-                fh.write(OVERLOAD_RESPONSE)
-            new = rewrite(text, limits, overload)
+            files = {}
+            for kind, body in (("overload", OVERLOAD_RESPONSE), ("unavailable", UNAVAILABLE_RESPONSE)):
+                files[kind] = os.path.join(os.path.dirname(path), f"fleet-{kind}.http")
+                with open(files[kind], "w") as fh:
+                    fh.write(body)
+            new = rewrite(text, limits, files["overload"], files["unavailable"])
             if new != text:
                 tmp = f"{path}.fleet.{os.getpid()}"
                 with open(tmp, "w") as fh:
@@ -133,7 +186,7 @@ def exec_haproxy(real: str, limits: Limits, args: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``haproxy_shim.py REAL_BINARY MAXCONN MAX_QUEUE TIMEOUT_QUEUE_MS UNLIMITED -- HAPROXY_ARGS...``"""
+    """``haproxy_shim.py REAL_BINARY MAXCONN MAX_QUEUE BID_QUEUE_MS TIMEOUT_QUEUE_MS UNLIMITED -- HAPROXY_ARGS...``"""
     sep = argv.index("--")
     real, limits = argv[0], Limits.parse(argv[1:sep])
     exec_haproxy(real, limits, argv[sep + 1:])

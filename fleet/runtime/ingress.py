@@ -3,7 +3,8 @@
 ``wrapper_env()`` writes ``.fleet/haproxy`` (a two-line shell script naming the real binary, this
 venv's Python, the shim and the fleet's limits) and returns the environment that makes Serve use
 it. The limits can be changed for an experiment without editing code: ``FLEET_INGRESS_MAXCONN``,
-``FLEET_INGRESS_MAX_QUEUE``, ``FLEET_INGRESS_TIMEOUT_QUEUE_MS`` (read when Ray is started);
+``FLEET_INGRESS_MAX_QUEUE``, ``FLEET_INGRESS_BID_QUEUE_MS``, ``FLEET_INGRESS_TIMEOUT_QUEUE_MS`` (read when
+Ray is started);
 ``FLEET_INGRESS_SHIM=0`` leaves Serve's HAProxy as it is (no arrival stamp, no limits).
 """
 
@@ -21,6 +22,7 @@ def limits_from_env(env=os.environ) -> Limits:
     d = Limits()
     return Limits(int(env.get("FLEET_INGRESS_MAXCONN", d.server_maxconn)),
                   int(env.get("FLEET_INGRESS_MAX_QUEUE", d.max_queue)),
+                  int(env.get("FLEET_INGRESS_BID_QUEUE_MS", d.bid_queue_ms)),
                   int(env.get("FLEET_INGRESS_TIMEOUT_QUEUE_MS", d.timeout_queue_ms)))
 
 
