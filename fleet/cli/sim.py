@@ -55,8 +55,11 @@ def sim_burst(n, rate, base, seed):
               "profiles left by an earlier run).")
 @click.option("--rule", is_flag=True, help="With --up: the rule-pricing baseline (serve_config.yaml with "
               "every region's model off, deployed from a generated copy).")
+@click.option("--partners", "partners", type=click.Choice(["none", "sim"]), default="none", show_default=True,
+              help="With --up: the fleet calls the simulated demand partners (fleet up --partners sim); their "
+                   "wins are scored apart (scorecard partners, with_partners).")
 def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, cross_region, label, base, bring_up, fresh,
-            rule):
+            rule, partners="none"):
     """Simulated exchanges against the fleet, then the economic scorecard (bench/results/)."""
     from fleet.sim.exchange import SimConfig
     from fleet.sim.run import run_sim
@@ -65,9 +68,10 @@ def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, cross_region, 
     started = bring_up and local.State.load() is None  # a fleet already up is used, and left up
     if started:
         config_path = str(_rule_config()) if rule else "serve_config.yaml"
-        ctx.invoke(up, config_path=config_path, detach=True, burst=False, fresh=fresh)
-    elif rule:
-        click.echo("--rule applies only to a fleet this command brings up (--up, none running)", err=True)
+        ctx.invoke(up, config_path=config_path, detach=True, burst=False, fresh=fresh, partners=partners)
+    elif rule or partners != "none":
+        click.echo("--rule and --partners apply only to a fleet this command brings up (--up, none running)",
+                   err=True)
     try:
         state = local.State.load()
         base = base or (state.http if state else http_base(serve_config("serve_config.yaml")))
@@ -87,6 +91,8 @@ def sim_run(duration, rate, seed, drop_rate, dup_rate, late_rate, cross_region, 
                    f"clicks/$ {s['clicks_per_dollar']:.3f}  win rate {s['win_rate']:.3f}")
     click.echo(f"fleet / oracle at the fleet's spend: {card['headline']['fleet_vs_oracle_at_fleet_spend']}")
     click.echo(f"fleet / oracle (budgets only): {card['fleet_vs_oracle']}")
+    if card["partners"]["wins"]:
+        click.echo(f"partners (apart from the oracle): {card['partners']}; with them: {card['with_partners']}")
     click.echo(f"targeting: {card['targeting']}")
     for k, b in card["by_latency"].items():
         click.echo(f"  {k:>10}: {b}")

@@ -94,6 +94,7 @@ class AuctionRecord:
     region: str = ""  # where it was sent (the DNS's answer; the opportunity's region without one)
     degraded: tuple[str, ...] = ()  # what the fleet said it degraded (x-fleet-degraded, ext.fleet)
     reason: str = ""  # a no-bid's x-fleet-reason
+    partner: str = ""  # the answer resold a demand partner's bid (its id; the bid's ext.pricing)
 
     @property
     def latency_ms(self) -> float:
@@ -208,6 +209,8 @@ class Exchanges:
         rate = self.regions.currencies.get(resp.get("cur") or "USD", 1.0)  # USD per unit
         rec.bid_price = float(bid["price"]) * rate
         rec.campaign_id = bid.get("cid")
+        pricing = str((bid.get("ext") or {}).get("pricing", ""))
+        rec.partner = pricing.removeprefix("partner:") if pricing.startswith("partner:") else ""
         campaign = self.campaigns.get(rec.campaign_id)
         rec.won, rec.price = resolve(rec.bid_price, opp.competing, opp.floor, opp.at)
         ident = {"auction_id": opp.request_id, "imp_id": bid["impid"]}

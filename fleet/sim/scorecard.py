@@ -13,6 +13,13 @@ oracle found worth buying for it against how many the fleet bid on.
 
 Everything is also bucketed by the latency the exchange saw (server time plus simulated network
 time), so a fast but worse decision shows up next to a slow but better one.
+
+A win the fleet resold from a demand partner (stage 6: the bid's ``ext.pricing`` is
+``partner:<id>``) is not a campaign's: the oracle, which knows only the catalog, does not see it,
+and ``fleet`` leaves it out. ``partners`` counts those wins apart, valued at the partner's bid
+(USD; the simulated partners price off the market's own level for the publisher and format, so
+a bid is what its buyer holds the impression worth) beside what the exchange charged for them
+(passed on to the partner: the fleet keeps no margin). ``with_partners`` is the two together.
 """
 
 from __future__ import annotations
@@ -88,6 +95,8 @@ def score(market: Market, records: list[AuctionRecord], campaigns: list[Campaign
     tot = defaultdict(float)
     buckets: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     realized_clicks = 0
+    part = defaultdict(float)
+    part_wins = Counter()
     for i, rec in enumerate(records):
         key = "error" if rec.status not in (200, 204) else ("late" if rec.late else _bucket(rec.latency_ms))
         b = buckets[key]
@@ -97,6 +106,13 @@ def score(market: Market, records: list[AuctionRecord], campaigns: list[Campaign
         if rec.status == 200 and not rec.late:
             b["bids"] += 1
             tot["bids"] += 1
+        if rec.status == 200 and rec.partner:
+            part["bids"] += 1
+            if rec.won:
+                part_wins[rec.partner] += 1
+                part["charged"] += rec.price / 1000.0
+                part["bid_value"] += rec.bid_price / 1000.0
+            continue
         if rec.status == 200 and rec.campaign_id is not None:
             fleet_bids[rec.campaign_id] += 1
             if rec.campaign_id in by_id and rec.campaign_id not in allowed[i]:
@@ -144,6 +160,13 @@ def score(market: Market, records: list[AuctionRecord], campaigns: list[Campaign
             "oracle_value_per_opportunity": round(b["oracle_value"] / b["n"], 6) if b["n"] else 0.0,
         }
     pick = ("value_usd", "surplus_usd", "spend_usd", "value_per_dollar")
+    both_value, both_spend = tot["value"] + part["bid_value"], tot["spend"] + part["charged"]
+    partners = {"bids": int(part["bids"]), "wins": sum(part_wins.values()),
+                "wins_by_partner": dict(sorted(part_wins.items())), "charged_usd": round(part["charged"], 4),
+                "bid_value_usd": round(part["bid_value"], 4)}
+    with_partners = {"wins": fleet["wins"] + partners["wins"], "value_usd": round(both_value, 4),
+                     "spend_usd": round(both_spend, 4), "surplus_usd": round(both_value - both_spend, 4),
+                     "value_per_opportunity": round(both_value / n, 6) if n else 0.0}
     return {
         "headline": {
             "fleet": {k: fleet[k] for k in pick},
@@ -154,6 +177,8 @@ def score(market: Market, records: list[AuctionRecord], campaigns: list[Campaign
         "oracle": oracle,
         "oracle_at_fleet_spend": oracle_at_spend,
         "fleet_vs_oracle": _versus(fleet, oracle),
+        "partners": partners,
+        "with_partners": with_partners,
         "targeting": {
             "fleet_bids": sum(fleet_bids.values()),
             "outside_targeting": sum(outside.values()),
