@@ -8,6 +8,7 @@ field is coerced or dropped and counted, and the request goes on (``docs/openrtb
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import zlib
@@ -163,8 +164,38 @@ def encode_response_error(reason: str, nbr: int) -> bytes:
     return _encoder.encode({"error": reason, "nbr": int(nbr)})
 
 
-def maybe_gzip(body: bytes, accept_encoding: str | None, min_size: int = 512) -> tuple[bytes, bool]:
+# Under one TCP segment's payload a body leaves in one packet either way: compressing it saves no
+# packet and costs ~20 us. A bid response with signed notice URLs is 2-8 KB (gzip level 1: 25-40
+# us, 60-75% smaller), so every bid is still compressed when the exchange asks.
+GZIP_MIN_BYTES = 1_400
+
+
+@functools.lru_cache(maxsize=256)
+def accepts_gzip(accept_encoding: str) -> bool:
+    """RFC 9110 section 12.5.3: ``gzip`` (or ``x-gzip``) listed with a non-zero q, or ``*`` with a
+    non-zero q when gzip is not listed itself (``gzip;q=0`` refuses it). Exchanges send the same
+    header every time: cached."""
+    named, star = None, False
+    for part in accept_encoding.lower().split(","):
+        coding, _, params = part.partition(";")
+        coding = coding.strip()
+        q = 1.0
+        for param in params.split(";"):
+            k, _, v = param.partition("=")
+            if k.strip() == "q":
+                try:
+                    q = float(v)
+                except ValueError:
+                    pass  # an unreadable weight: the coding is still listed
+        if coding in ("gzip", "x-gzip"):
+            named = q if named is None else max(named, q)
+        elif coding == "*":
+            star = q > 0
+    return named > 0 if named is not None else star
+
+
+def maybe_gzip(body: bytes, accept_encoding: str | None, min_size: int = GZIP_MIN_BYTES) -> tuple[bytes, bool]:
     """Gzip the response when the exchange accepts it and it is worth the CPU."""
-    if accept_encoding and "gzip" in accept_encoding.lower() and len(body) >= min_size:
+    if accept_encoding and len(body) >= min_size and accepts_gzip(accept_encoding):
         return gzip.compress(body, compresslevel=1), True
     return body, False
