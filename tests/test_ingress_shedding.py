@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fleet.config import load_regions
 from fleet.pipeline.deadline import ARRIVAL_HEADER, MAX_QUEUE_S
 from fleet.runtime.haproxy_shim import MARK, REST_SUFFIX, Limits, rewrite
 
@@ -59,7 +60,8 @@ def _binary() -> str:
 
 def test_shim_rewrites_serves_config(tmp_path):
     cfg = SERVE_LIKE.format(port=18123)
-    out = rewrite(cfg, Limits(server_maxconn=8, max_queue=4, bid_queue_ms=3, timeout_queue_ms=200))
+    out = rewrite(cfg, Limits(server_maxconn=8, max_queue=4, bid_queue_ms=3, timeout_queue_ms=200,
+                              deadlines=("/eu-west=90/10/120", "/us-east=100/15/120")))
     lines = out.splitlines()
     bind = lines.index("    bind 127.0.0.1:18123")
     assert lines[bind + 2] == f"    http-request set-header {ARRIVAL_HEADER} %[date(0,us)]"
@@ -72,6 +74,9 @@ def test_shim_rewrites_serves_config(tmp_path):
     assert "timeout queue 3ms" in bids and "queue() ge 4" in bids
     assert "server SERVE_REPLICA_us-east-ingress-us-east-abc 127.0.0.1:30000 maxconn 8 check" in bids
     assert "SERVE_PROXY_ACTOR-fallback-x 127.0.0.1:8500 check backup" in bids  # the backup is left alone
+    # the bid's own budget (us-east's numbers, by the backend's route prefix) times its replica
+    assert "json_query('$.tmax','int')" in bids and "int(120) if" in bids and "int(100) if" in bids
+    assert "http-request set-timeout server var(txn.fleet_tmax),sub(15)" in bids and "sub(10)" not in out
     twin = out[out.index(f"\nbackend http-us-east{REST_SUFFIX}"):]
     assert "timeout queue 200ms" in twin and "queue() ge" not in twin and "httpchk" not in twin
     assert ("server SERVE_REPLICA_us-east-ingress-us-east-abc 127.0.0.1:30000 maxconn 8 "
@@ -100,7 +105,10 @@ def test_wrapper_runs_the_shim_with_the_limits(tmp_path):
 
     env = {"FLEET_INGRESS_MAXCONN": "4", "FLEET_INGRESS_MAX_QUEUE": "2", "FLEET_INGRESS_BID_QUEUE_MS": "7",
            "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "300"}
-    assert limits_from_env(env) == Limits(4, 2, 7, 300)
+    regions = load_regions()
+    assert limits_from_env(env) == Limits(4, 2, 7, 300, deadlines=tuple(
+        f"{s.route_prefix}={s.max_tmax_ms}/{s.network_allowance_ms}/{regions.defaults.tmax_ms}"
+        for s in regions.regions.values()))
     assert wrapper_env(tmp_path, {"FLEET_INGRESS_SHIM": "0"}) == {}
     out = wrapper_env(tmp_path, env)
     if not out:
@@ -108,7 +116,7 @@ def test_wrapper_runs_the_shim_with_the_limits(tmp_path):
     path = Path(out["RAY_SERVE_HAPROXY_BINARY_PATH"])
     assert path.stat().st_mode & 0o111
     text = path.read_text()
-    assert "haproxy_shim.py" in text and " 4 2 7 300 http-control -- " in text
+    assert "haproxy_shim.py" in text and " 4 2 7 300 http-control /us-east=100/15/120," in text
     cfg = tmp_path / "serve.cfg"
     cfg.write_text(SERVE_LIKE.format(port=18124))
     check = subprocess.run([str(path), "-c", "-f", str(cfg)], capture_output=True, text=True)
@@ -175,8 +183,9 @@ async def haproxy_in_front(tmp_path, env: dict[str, str], stub: Stub):
         await runner.cleanup()
 
 
-def _shed(r: httpx.Response) -> bool:
-    return (r.status_code == 204 and r.headers.get("x-fleet-reason") == "overload"
+def _shed(r: httpx.Response, reason: str = "overload") -> bool:
+    """HAProxy's no-bid: 204, nbr 15, the reason, and nothing from the replica."""
+    return (r.status_code == 204 and r.headers.get("x-fleet-reason") == reason
             and r.headers.get("x-openrtb-nbr") == "15" and "x-seen-arrival" not in r.headers)
 
 
@@ -185,7 +194,7 @@ def test_haproxy_stamps_and_sheds_a_full_queue_without_reaching_the_replica(tmp_
     answered 204 overload by HAProxy and never reach the replica. (The queue timeout is long here:
     only the queue's depth sheds.)"""
     env = {"FLEET_INGRESS_MAXCONN": "2", "FLEET_INGRESS_MAX_QUEUE": "2", "FLEET_INGRESS_BID_QUEUE_MS": "60000",
-           "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "60000"}
+           "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "60000", "FLEET_INGRESS_DEADLINES": "0"}  # no deadline no-bid here
     stub = Stub()
 
     async def go():
@@ -218,7 +227,7 @@ def test_a_stalled_replica_never_delays_a_shed_answer(tmp_path):
     a notice queued before them still waits, and gets served once the replica moves again (its
     own queue is long: a notice outwaits a stall rather than being refused)."""
     env = {"FLEET_INGRESS_MAXCONN": "1", "FLEET_INGRESS_MAX_QUEUE": "50", "FLEET_INGRESS_BID_QUEUE_MS": "20",
-           "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "60000"}
+           "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "60000", "FLEET_INGRESS_DEADLINES": "0"}  # no deadline no-bid here
     stub = Stub()
 
     async def go():
@@ -247,7 +256,7 @@ def test_what_haproxy_cannot_serve_is_a_no_bid_on_the_bid_path_and_a_503_elsewhe
     HAProxy, never Serve's 500 page; a readiness probe gets a 503 (a health check must not read a
     stalled or dead region as healthy)."""
     env = {"FLEET_INGRESS_MAXCONN": "1", "FLEET_INGRESS_MAX_QUEUE": "50", "FLEET_INGRESS_BID_QUEUE_MS": "50",
-           "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "100"}
+           "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "100", "FLEET_INGRESS_DEADLINES": "0"}  # no deadline no-bid here
     stub = Stub()
 
     async def go():
@@ -289,3 +298,35 @@ def test_a_replica_gone_mid_request_is_a_no_bid_not_a_5xx(tmp_path):
     bid, notice = asyncio.run(go())
     assert _shed(bid)
     assert notice.status_code >= 500 and "x-fleet-reason" not in notice.headers
+
+
+def test_a_replica_stalled_with_bids_inside_still_answers_each_within_its_budget(tmp_path):
+    """The replica takes the bids in and stalls: HAProxy answers each with the deadline no-bid
+    (us-east's budget: min(tmax, 100) - 15 ms), the shortest tmax first, while the replica still
+    holds all of them; once it moves, a bid it answers in time is its own answer."""
+    env = {"FLEET_INGRESS_MAXCONN": "8", "FLEET_INGRESS_MAX_QUEUE": "8", "FLEET_INGRESS_BID_QUEUE_MS": "60000",
+           "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "60000"}
+    stub = Stub()
+    bodies = {"tmax 60": b'{"id":"a","tmax":60}', "no tmax": b'{"id":"b"}', "not json": b"{nope"}
+
+    async def go():
+        async with haproxy_in_front(tmp_path, env, stub) as base:
+            async with httpx.AsyncClient(timeout=30) as c:
+                async def post(label):
+                    return label, await c.post(f"{base}/openrtb2/bid", content=bodies[label])
+
+                order, answers = [], {}
+                for done in asyncio.as_completed([post(k) for k in bodies]):
+                    label, r = await done
+                    order.append(label)
+                    answers[label] = r
+                held = dict(stub.held)
+                stub.release.set()
+                served = await c.post(f"{base}/openrtb2/bid", content=bodies["tmax 60"])
+        return order, answers, held, served
+
+    order, answers, held, served = asyncio.run(go())
+    assert held == {"bid": 3}  # every one reached the replica, and none was answered by it
+    assert all(_shed(r, "deadline") for r in answers.values())
+    assert order[0] == "tmax 60"  # 45 ms of budget before the default's 85
+    assert served.status_code == 204 and "x-seen-arrival" in served.headers

@@ -16,7 +16,12 @@ work as before). What it adds (docs/ingress.md, "Arrival, queue and shedding"):
   already ``max_queue`` deep, and a ``timeout queue`` of a few milliseconds after which HAProxy
   answers the same no-bid: a stalled, saturated or dead replica never delays a shed answer.
   The twin keeps a long queue timeout: a notice outwaits a collector's pause rather than being
-  refused, and a readiness probe gets a 503, never a no-bid.
+  refused, and a readiness probe gets a 503, never a no-bid;
+- a bid request sent to a replica that does not answer within the request's own budget
+  (``min(tmax, max_tmax) - network allowance``, its region's, read from the body with
+  ``json_query``) is answered by HAProxy: 204, nbr 15, ``x-fleet-reason: deadline`` (the reason
+  the replica gives its own late no-bids), so a replica stalled with requests inside it still
+  answers the exchange in time (the replica's late answer, a no-bid anyway, is dropped).
 
 Standard library only: it runs on every HAProxy start and reload, before anything else is
 imported (``python -I -S``).
@@ -48,39 +53,60 @@ class Limits:
     # sent again; a 503 is a 5xx all the same).
     timeout_queue_ms: int = 1000
     unlimited: tuple[str, ...] = ("http-control",)  # backends left as Serve wrote them
+    # per route prefix, "PREFIX=MAX_TMAX/ALLOWANCE/DEFAULT_TMAX" (ms, the region's): the bid's budget
+    deadlines: tuple[str, ...] = ()
 
     def args(self) -> list[str]:
         return [str(self.server_maxconn), str(self.max_queue), str(self.bid_queue_ms), str(self.timeout_queue_ms),
-                ",".join(self.unlimited)]
+                ",".join(self.unlimited), ",".join(self.deadlines)]
 
     @classmethod
     def parse(cls, argv: list[str]) -> "Limits":
-        maxconn, queue, bid_ms, timeout_ms, unlimited = argv
-        return cls(int(maxconn), int(queue), int(bid_ms), int(timeout_ms), tuple(u for u in unlimited.split(",") if u))
+        maxconn, queue, bid_ms, timeout_ms, unlimited, deadlines = argv
+        return cls(int(maxconn), int(queue), int(bid_ms), int(timeout_ms), _words(unlimited), _words(deadlines))
+
+    def budget(self, prefix: str | None) -> tuple[int, int, int] | None:
+        """(max tmax, network allowance, default tmax) of the region served at ``prefix``."""
+        for d in self.deadlines:
+            p, _, ms = d.partition("=")
+            if p == prefix:
+                top, allowance, default = (int(x) for x in ms.split("/"))
+                return top, allowance, default
+        return None
+
+
+def _words(s: str) -> tuple[str, ...]:
+    return tuple(w for w in s.split(",") if w)
 
 
 _SERVER = re.compile(r"^(\s+server\s+(\S+)\s+\S+)(\s.*)?$")
 _USE = re.compile(r"^\s+use_backend\s+(\S+)\s+if\s+is_(\S+)\s*$")
+_ACL = re.compile(r"^\s+acl\s+is_(\S+)\s+path_beg\s+(/\S*?)/?\s*$")
 _KEEP = ("timeout connect", "timeout server", "timeout client", "timeout http-request",
          "timeout http-keep-alive", "timeout tunnel", "http-reuse", "log ")
 
 
 OVERLOAD_RESPONSE = (f"HTTP/1.1 204 No Content\r\nx-openrtb-nbr: {OVERLOAD_NBR}\r\n"
                      f"x-fleet-reason: {OVERLOAD_REASON}\r\ncontent-length: 0\r\n\r\n")
+DEADLINE_REASON = "deadline"  # the pipeline's own reason for a no-bid its deadline forced
+DEADLINE_RESPONSE = OVERLOAD_RESPONSE.replace(OVERLOAD_REASON, DEADLINE_REASON)
 UNAVAILABLE_RESPONSE = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
 
 
-def rewrite(cfg: str, limits: Limits, overload_file: str | None = None, unavailable_file: str | None = None) -> str:
-    """Serve's config with the fleet's lines added (idempotent). ``overload_file``: an errorfile
-    holding ``OVERLOAD_RESPONSE``: a bid request HAProxy itself cannot serve (``timeout queue``,
-    no replica up, the replica gone mid-request) gets the no-bid instead of Serve's 500 page.
-    ``unavailable_file`` (``UNAVAILABLE_RESPONSE``): the twin's 503 (a readiness probe must not
-    read a stalled or dead region as healthy)."""
+def rewrite(cfg: str, limits: Limits, files: dict[str, str] | None = None) -> str:
+    """Serve's config with the fleet's lines added (idempotent). ``files``: errorfiles by kind.
+    ``overload`` (``OVERLOAD_RESPONSE``): a bid request HAProxy itself cannot serve (``timeout
+    queue``, no replica up, the replica gone mid-request) gets the no-bid instead of Serve's 500
+    page; ``deadline`` (``DEADLINE_RESPONSE``): one its replica did not answer within its budget;
+    ``unavailable`` (``UNAVAILABLE_RESPONSE``): the twin's 503 (a readiness probe must not read a
+    stalled or dead region as healthy)."""
+    files = files or {}
     if MARK in cfg:
         return cfg
     lines = cfg.splitlines()
     # split only what the frontend routes by Serve's own rule: else the bid rules guard the one backend
     split = {m.group(1) for m in map(_USE.match, lines) if m and m.group(1) == m.group(2)}
+    prefix = {m.group(1): m.group(2) for m in map(_ACL.match, lines) if m}
     out: list[str] = []
     twins: dict[str, list[str]] = {}
     section, name = "", ""
@@ -95,9 +121,10 @@ def rewrite(cfg: str, limits: Limits, overload_file: str | None = None, unavaila
                     twins[name] = [f"backend {name}{REST_SUFFIX}",
                                    f"    {MARK} every path of {name} but the bid: the same replicas, a long queue",
                                    f"    timeout queue {limits.timeout_queue_ms}ms"]
-                    if unavailable_file:
-                        twins[name].append(f"    errorfile 503 {unavailable_file}")
-                out += _bid_rules(limits, limits.bid_queue_ms if twin else limits.timeout_queue_ms, overload_file)
+                    if "unavailable" in files:
+                        twins[name].append(f"    errorfile 503 {files['unavailable']}")
+                out += _bid_rules(limits, limits.bid_queue_ms if twin else limits.timeout_queue_ms, files)
+                out += _deadline_rules(limits.budget(prefix.get(name)))
             continue
         if section == "frontend" and name == "http_frontend":
             if line.strip().startswith("bind "):
@@ -124,7 +151,7 @@ def rewrite(cfg: str, limits: Limits, overload_file: str | None = None, unavaila
     return "\n".join(out) + "\n"
 
 
-def _bid_rules(limits: Limits, queue_ms: int, overload_file: str | None) -> list[str]:
+def _bid_rules(limits: Limits, queue_ms: int, files: dict[str, str]) -> list[str]:
     # the bid mark first: every later rule, the return below included, relies on it
     out = [
         f"    {MARK} queue limits and shedding (fleet/runtime/haproxy_shim.py)",
@@ -133,16 +160,36 @@ def _bid_rules(limits: Limits, queue_ms: int, overload_file: str | None) -> list
         f"    http-request return status 204 hdr x-openrtb-nbr {OVERLOAD_NBR} hdr x-fleet-reason {OVERLOAD_REASON}"
         f" if {{ var(txn.fleet_bid) -m bool }} {{ queue() ge {limits.max_queue} }}",
     ]
-    if overload_file:
+    if "overload" in files:
         not_bid = "!{ var(txn.fleet_bid) -m bool }"
-        out += [f"    errorfile {code} {overload_file}" for code in (502, 503, 504)]
+        out += [f"    errorfile {code} {files['overload']}" for code in (502, 503)]
+        out += [f"    errorfile 504 {files.get('deadline', files['overload'])}"]
         out += [
             f"    http-after-response set-status 503 if {{ status 204 }}"
-            f" {{ res.hdr(x-fleet-reason) -m str {OVERLOAD_REASON} }} {not_bid}",
+            f" {{ res.hdr(x-fleet-reason) -m str {OVERLOAD_REASON} {DEADLINE_REASON} }} {not_bid}",
             f"    http-after-response del-header x-fleet-reason if {{ status 503 }} {not_bid}",
             f"    http-after-response del-header x-openrtb-nbr if {{ status 503 }} {not_bid}",
         ]
     return out
+
+
+def _deadline_rules(budget: tuple[int, int, int] | None) -> list[str]:
+    """``timeout server`` of each bid request: its budget, as the replica plans it (a tmax absent
+    or 0 is the default; above the region's maximum, the maximum), from its own body."""
+    if budget is None:
+        return []
+    top, allowance, default = budget
+    bid, tmax = "{ var(txn.fleet_bid) -m bool }", "var(txn.fleet_tmax)"
+    return [
+        f"    {MARK} a bid its replica has not answered within its budget: HAProxy's no-bid, in time",
+        "    option http-buffer-request",
+        f"    http-request set-var(txn.fleet_tmax) req.body,json_query('$.tmax','int') if {bid}",
+        f"    http-request set-var(txn.fleet_tmax) int({default}) if {bid} !{{ {tmax} -m found }}",
+        f"    http-request set-var(txn.fleet_tmax) int({default}) if {{ {tmax} -m int le 0 }}",
+        f"    http-request set-var(txn.fleet_tmax) int({top}) if {{ {tmax} -m int gt {top} }}",
+        f"    http-request set-var(txn.fleet_tmax) int({allowance + 1}) if {{ {tmax} -m int le {allowance} }}",
+        f"    http-request set-timeout server {tmax},sub({allowance}) if {{ {tmax} -m found }}",
+    ]
 
 
 def _twin_server(backend: str, head: str, server: str, rest: str, replica: bool, limits: Limits) -> str:
@@ -172,11 +219,12 @@ def exec_haproxy(real: str, limits: Limits, args: list[str]) -> None:
             with open(path) as fh:
                 text = fh.read()
             files = {}
-            for kind, body in (("overload", OVERLOAD_RESPONSE), ("unavailable", UNAVAILABLE_RESPONSE)):
+            for kind, body in (("overload", OVERLOAD_RESPONSE), ("deadline", DEADLINE_RESPONSE),
+                               ("unavailable", UNAVAILABLE_RESPONSE)):
                 files[kind] = os.path.join(os.path.dirname(path), f"fleet-{kind}.http")
                 with open(files[kind], "w") as fh:
                     fh.write(body)
-            new = rewrite(text, limits, files["overload"], files["unavailable"])
+            new = rewrite(text, limits, files)
             if new != text:
                 tmp = f"{path}.fleet.{os.getpid()}"
                 with open(tmp, "w") as fh:
@@ -186,7 +234,7 @@ def exec_haproxy(real: str, limits: Limits, args: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``haproxy_shim.py REAL_BINARY MAXCONN MAX_QUEUE BID_QUEUE_MS TIMEOUT_QUEUE_MS UNLIMITED -- HAPROXY_ARGS...``"""
+    """``haproxy_shim.py REAL MAXCONN MAX_QUEUE BID_QUEUE_MS TIMEOUT_QUEUE_MS UNLIMITED DEADLINES -- ARGS...``"""
     sep = argv.index("--")
     real, limits = argv[0], Limits.parse(argv[1:sep])
     exec_haproxy(real, limits, argv[sep + 1:])

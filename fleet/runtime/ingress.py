@@ -2,10 +2,11 @@
 
 ``wrapper_env()`` writes ``.fleet/haproxy`` (a two-line shell script naming the real binary, this
 venv's Python, the shim and the fleet's limits) and returns the environment that makes Serve use
-it. The limits can be changed for an experiment without editing code: ``FLEET_INGRESS_MAXCONN``,
-``FLEET_INGRESS_MAX_QUEUE``, ``FLEET_INGRESS_BID_QUEUE_MS``, ``FLEET_INGRESS_TIMEOUT_QUEUE_MS`` (read when
-Ray is started);
-``FLEET_INGRESS_SHIM=0`` leaves Serve's HAProxy as it is (no arrival stamp, no limits).
+it. The limits can be changed for an experiment without editing code (read when Ray is started):
+``FLEET_INGRESS_MAXCONN``, ``FLEET_INGRESS_MAX_QUEUE``, ``FLEET_INGRESS_BID_QUEUE_MS``,
+``FLEET_INGRESS_TIMEOUT_QUEUE_MS``; ``FLEET_INGRESS_DEADLINES=0`` leaves bid requests untimed (no
+deadline no-bid from HAProxy); ``FLEET_INGRESS_SHIM=0`` leaves Serve's HAProxy as it is (no arrival
+stamp, no limits).
 """
 
 from __future__ import annotations
@@ -18,12 +19,23 @@ from pathlib import Path
 from fleet.runtime.haproxy_shim import Limits
 
 
-def limits_from_env(env=os.environ) -> Limits:
+def limits_from_env(env=os.environ, regions=None) -> Limits:
+    """The limits, and every region's budget (``regions.yaml``, or ``regions``: a ``RegionsFile``)."""
     d = Limits()
     return Limits(int(env.get("FLEET_INGRESS_MAXCONN", d.server_maxconn)),
                   int(env.get("FLEET_INGRESS_MAX_QUEUE", d.max_queue)),
                   int(env.get("FLEET_INGRESS_BID_QUEUE_MS", d.bid_queue_ms)),
-                  int(env.get("FLEET_INGRESS_TIMEOUT_QUEUE_MS", d.timeout_queue_ms)))
+                  int(env.get("FLEET_INGRESS_TIMEOUT_QUEUE_MS", d.timeout_queue_ms)),
+                  deadlines=region_deadlines(regions) if env.get("FLEET_INGRESS_DEADLINES", "1") != "0" else ())
+
+
+def region_deadlines(regions=None) -> tuple[str, ...]:
+    """``PREFIX=MAX_TMAX/ALLOWANCE/DEFAULT_TMAX`` per region: what HAProxy needs to time a bid."""
+    from fleet.config import load_regions
+
+    rf = regions or load_regions()
+    return tuple(f"{s.route_prefix}={s.max_tmax_ms}/{s.network_allowance_ms}/{rf.defaults.tmax_ms}"
+                 for s in rf.regions.values())
 
 
 def real_haproxy() -> str | None:
