@@ -6,8 +6,9 @@ stage. A request whose queue time left less than ``shed_below_ms`` of even the l
 region plans (``max_tmax_ms - network_allowance_ms``) is answered 204 at once, before decode,
 with ``x-fleet-reason: overload`` and OpenRTB nbr 15 (insufficient auction time); one whose own
 tmax leaves too little is shed the same way right after decode, before any stage runs. HAProxy
-sheds in front of this (its queue already ``max_queue`` deep: ``fleet.runtime.haproxy_shim``);
-this catches what waited in the queue anyway. Shed answers are counted (``shed``,
+sheds in front of this (its queue ``max_queue`` deep, or no slot within ``bid_queue_ms``:
+``fleet.runtime.haproxy_shim``), so what this catches waited inside the replica (its loop
+stalled); HAProxy also answers for a replica that holds a bid past its budget. Shed answers are counted (``shed``,
 ``nobid.overload``), never traced one by one.
 """
 
