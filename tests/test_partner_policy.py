@@ -4,6 +4,7 @@ on its own, then through ``Control`` (reports in, pushes out, pins through the A
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import pytest
@@ -26,8 +27,13 @@ def stats(called=100, *, p95=10.0, cutoff=80.0, late=0, errors=0, part=None, won
                             cutoff_ms=cutoff)
 
 
+_replicas = itertools.count(1)
+
+
 def judged(book: PartnerBook, reports: dict, now=1000.0, region="us-east"):
-    book.absorb(region, reports)
+    """``reports`` as a new replica's totals (reports are cumulative per replica): exactly these
+    figures join the windows."""
+    book.absorb(region, f"r{next(_replicas)}", reports, now)
     return book.recompute(TIERS, now)
 
 
@@ -142,8 +148,9 @@ def test_small_moves_of_a_p95_leave_the_cutoff_alone():
 # -- through control -----------------------------------------------------------------------------
 
 
-def _report(region, partners, replica="r1"):
-    return Report(region=region, replica=replica, ts=0.0, partners=partners)
+def _report(region, partners, replica=None):
+    """A report; without ``replica``, a new replica's (its totals are exactly ``partners``)."""
+    return Report(region=region, replica=replica or f"r{next(_replicas)}", ts=0.0, partners=partners)
 
 
 def test_control_pushes_computed_and_pinned_partner_policies_by_epoch_and_keeps_pins():
@@ -263,7 +270,7 @@ def test_control_cuts_enrichment_where_partners_starve_and_never_feeds_it_there(
 
     async def interval(late: int, p95: float):
         partners = {p: {"premium": stats(p95=p95, cutoff=40.0, late=late, won=5, value=5.0)} for p in ("a", "b", "c")}
-        await control.sync(Report(region="us-east", replica="r1", ts=clock(), partners=partners,
+        await control.sync(Report(region="us-east", replica=f"r{next(_replicas)}", ts=clock(), partners=partners,
                                   stage_p99_ms={"enrichment": 14.0}))
         clock.t += control.settings.policy_every_s + 1
         await control.tick(1.0)
@@ -302,3 +309,47 @@ def test_partners_late_at_different_ticks_are_still_late_together():
     # Later: an erring partner on a starved tier stays backed off (errors are its own).
     third = judged(book, {"c": {"premium": stats(p95=80.0, late=20, errors=30, won=5, value=5.0)}}, now=1090.0)
     assert third["c"]["premium"].share == pytest.approx(0.1)
+
+
+# -- reports are cumulative per replica: one sent again counts once -----------------------------
+
+
+def test_a_report_sent_again_is_counted_once_and_growth_is_counted():
+    book = PartnerBook()
+    first = {"p": {"remnant": stats(called=40, won=2, value=3.0)}}
+    book.absorb("us-east", "r1", first, 10.0)
+    book.absorb("us-east", "r1", first, 11.0)  # the same report again (a retry, a lost answer)
+    row = book.regions["us-east"]["p"]
+    assert (row["called"], row["won"], row["value_won"]) == (40, 2, 3.0)
+    assert book.windows["p"]["remnant"].called == 40
+    book.absorb("us-east", "r1", {"p": {"remnant": stats(called=70, won=3, value=4.5)}}, 12.0)  # grown by 30
+    assert (row["called"], row["won"], row["value_won"]) == (70, 3, 4.5)
+    book.absorb("us-east", "r2", first, 12.0)  # another replica of the region: its own totals
+    assert row["called"] == 110 and book.windows["p"]["remnant"].called == 110
+    book.absorb("us-east", "r1", {"p": {"remnant": stats(called=5)}}, 13.0)  # r1 restarted from zero
+    book.absorb("us-east", "r1", {"p": {"remnant": stats(called=9)}}, 14.0)
+    assert row["called"] == 114  # counted from its new totals on, nothing taken back
+    book.absorb("eu-west", "r1", first, 15.0)  # another region's replica of the same name: its own
+    assert book.regions["eu-west"]["p"]["called"] == 40 and row["called"] == 114
+
+
+def test_the_dashboard_counts_a_resent_report_once_even_across_a_control_restart(redis_srv):
+    import redis.asyncio as aredis
+
+    clock = Clock()
+    rep = Report(region="us-east", replica="r1", ts=0.0, partners={"p": {"remnant": stats(called=50)}})
+
+    async def go():
+        r = aredis.Redis.from_url(redis_srv.url)
+        c1 = Control(load_regions(), r, clock=clock)
+        await c1.start()
+        await c1.sync(rep)
+        await c1.sync(rep)
+        assert c1.dashboard()["regions"]["us-east"]["partners"]["p"]["called"] == 50
+        c2 = Control(load_regions(), r, clock=clock)
+        await c2.start()
+        await c2.sync(rep)  # the replica's retry reaches the restarted control
+        assert c2.dashboard()["regions"]["us-east"]["partners"]["p"]["called"] == 50
+        await r.aclose()
+
+    asyncio.run(go())

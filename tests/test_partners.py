@@ -260,7 +260,7 @@ def test_a_winning_partner_bid_carries_its_markup_under_our_notice_urls():
         assert "partner.invalid" not in a.body.decode()
         sel = [ev for ev in a.ledger if ev.kind == "selected"]
         assert len(sel) == 1 and sel[0].partner == "rich" and sel[0].bid == bid["id"]
-        assert sel[0].partner_urls.nurl.startswith("http://partner.invalid/rich/win")
+        assert sel[0].partner_urls.nurl.startswith("https://partner.invalid/rich/win")
         assert sel[0].partner_cur == "USD" and sel[0].partner_price > 0
         # the partner's own bid id and seat, for its ${AUCTION_BID_ID} and ${AUCTION_SEAT_ID}
         assert sel[0].partner_bid and sel[0].partner_bid != bid["id"] and sel[0].partner_seat
@@ -410,9 +410,10 @@ def test_a_huge_or_gzip_bombed_answer_is_an_error_read_no_further():
     asyncio.run(go())
 
 
-def test_the_report_to_control_carries_partner_deltas_and_its_push_sets_their_policy():
-    """Contract items 1 and 2, in the region: ``Report.partners`` holds counts since the last
-    report; a pushed tier policy's ``partners`` entries become the cutoffs in force."""
+def test_the_report_to_control_carries_partner_totals_and_its_push_sets_their_policy():
+    """Contract items 1 and 2, in the region: ``Report.partners`` holds the replica's counts so
+    far (cumulative, so control counts a report sent again once); a pushed tier policy's
+    ``partners`` entries become the cutoffs in force."""
     from fleet.control.messages import Push
 
     sent = []  # what the region's own sync loop reported meanwhile
@@ -435,11 +436,12 @@ def test_the_report_to_control_carries_partner_deltas_and_its_push_sets_their_po
         try:
             for i in range(3):
                 await region.bid(_request(f"rep-{i}"), HEADERS)
-            rows = [r["r1"]["remnant"] for r in [*sent, region.control.report().partners] if "r1" in r]
-            total = [sum(getattr(r, k) for r in rows) for k in ("eligible", "called", "in_time", "late", "errors")]
+            last = region.control.report().partners["r1"]["remnant"]
+            total = [getattr(last, k) for k in ("eligible", "called", "in_time", "late", "errors")]
             assert total[:2] == [3, 3] and sum(total[2:]) == 3
-            assert rows[-1].cutoff_ms == 30.0 and rows[-1].p95_ms is not None
-            assert region.control.report().partners == {}  # deltas: nothing new since
+            assert last.cutoff_ms == 30.0 and last.p95_ms is not None
+            assert region.control.report().partners["r1"]["remnant"] == last  # totals: the same again
+            assert all(r["r1"]["remnant"].called <= 3 for r in sent if "r1" in r)  # never more than so far
             await region.control.apply(Push(epoch=2, ts=0.0, policy_epoch=1, policy={
                 "remnant": {"budgets": dict(region.bidder.tiers["remnant"].budgets),
                             "partners": {"r1": {"cutoff_ms": 12.0, "share": 1.0, "pinned": True}}}}))

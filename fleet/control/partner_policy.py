@@ -1,9 +1,12 @@
 """Demand partners' cutoffs and shares, per tier, from what the regions measure (issue 21).
 
-Regions report per partner and tier (``fleet.partners.messages.PartnerTierStats``, deltas):
-how often it was eligible, called, in time, late, in error, participating, winning, the value it
-won, its recent p95 and the cutoff it was given. Control sums them over regions into a window per
-(partner, tier) and, every policy interval, judges each window that holds ``min_calls`` calls
+Regions report per partner and tier (``fleet.partners.messages.PartnerTierStats``, each
+replica's counts so far): how often it was eligible, called, in time, late, in error,
+participating, winning, the value it won, its recent p95 and the cutoff it was given. Control
+takes each report's growth over the same replica's last one it saw (``records._delta``, as for
+spend and opportunities: a report sent again, or after a lost answer, counts once; a replica that
+restarted from zero is counted from its new totals on), sums the growth over regions into a
+window per (partner, tier) and, every policy interval, judges each window that holds ``min_calls`` calls
 (a window with fewer keeps accumulating, so a throttled partner on thin traffic is still judged,
 later). ``decide`` is the whole rule, a pure function:
 
@@ -48,9 +51,11 @@ import math
 
 import msgspec
 
+from fleet.control.records import _delta
 from fleet.partners.messages import PartnerCutoff, PartnerPolicy, PartnerTierStats, cutoff_from_value
 
 COUNTERS = ("eligible", "called", "in_time", "late", "errors", "participating", "won")
+REPLICA_GONE_S = 3600.0  # a replica not heard from this long is forgotten (as the pacer's books)
 
 
 class Params(msgspec.Struct, frozen=True, kw_only=True):
@@ -180,13 +185,27 @@ class PartnerBook:
         self.regions: dict[str, dict[str, dict]] = {}
         self.starved: dict[str, float] = {}  # tier -> its optional enrichment is cut until then
         self.late_at: dict[str, dict[str, float]] = {}  # tier -> partner -> when last judged late
+        # "region|replica" -> {"t": last heard, "totals": {"partner|tier": {counter: last cumulative}}}
+        self.seen: dict[str, dict] = {}
 
     # -- in ------------------------------------------------------------------------------------
 
-    def absorb(self, region: str, partners: dict[str, dict[str, PartnerTierStats]]) -> None:
-        """One report's partner figures (deltas) into the windows and the region's counters."""
+    def absorb(self, region: str, replica: str, partners: dict[str, dict[str, PartnerTierStats]],
+               now: float = 0.0) -> None:
+        """One replica's report (its cumulative partner figures): the growth since its last report
+        seen into the windows and the region's counters."""
+        book = self.seen.setdefault(f"{region}|{replica}", {"t": now, "totals": {}})
+        book["t"] = now
+        for name in [n for n, b in self.seen.items() if now - b["t"] > REPLICA_GONE_S]:
+            del self.seen[name]
         for pid, tiers in partners.items():
-            for tier, s in tiers.items():
+            for tier, cum in tiers.items():
+                last = book["totals"].setdefault(f"{pid}|{tier}", {})
+                totals = {k: float(getattr(cum, k)) for k in (*COUNTERS, "value_won")
+                          if math.isfinite(getattr(cum, k))}
+                grown = {k: _delta(totals, last, k) for k in totals}
+                s = msgspec.structs.replace(cum, value_won=grown.pop("value_won", 0.0),
+                                            **{k: int(v) for k, v in grown.items()})
                 self.windows.setdefault(pid, {}).setdefault(tier, Window()).add(s)
                 pinned = tier in self.pins.get(pid, {})
                 if not pinned and math.isfinite(s.cutoff_ms) and s.cutoff_ms > 0:
@@ -332,7 +351,7 @@ class PartnerBook:
         def enc(d):
             return {pid: {t: msgspec.structs.asdict(x) for t, x in ts.items()} for pid, ts in d.items()}
         return {"ceilings": self.ceilings, "backoffs": enc(self.backoffs), "pins": enc(self.pins),
-                "policy": enc(self.policy), "regions": self.regions, "starved": self.starved}
+                "policy": enc(self.policy), "regions": self.regions, "starved": self.starved, "seen": self.seen}
 
     @classmethod
     def from_dict(cls, d: dict, params: Params = Params()) -> "PartnerBook":
@@ -346,4 +365,5 @@ class PartnerBook:
         b.policy = dec(d.get("policy"), PartnerCutoff)
         b.regions = d.get("regions") or {}
         b.starved = {t: float(u) for t, u in (d.get("starved") or {}).items()}
+        b.seen = d.get("seen") or {}  # without it a restart would count every replica's totals again
         return b

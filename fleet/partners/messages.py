@@ -1,7 +1,8 @@
 """What the region and control say to each other about demand partners (the issue-21 contract).
 
 Up: the region's report to control carries ``partners`` = PartnerReport, per partner and tier,
-counts since the last report (deltas) plus the recent p95 and the cutoff used.
+the replica's counts so far (cumulative: control takes the growth since the replica's last
+report, so a report sent twice counts once) plus the recent p95 and the cutoff used.
 Down: control's cutoff policies carry a PartnerPolicy. It travels inside the per-tier policy
 documents control already pushes by epoch (``Push.policy[tier]["partners"][partner_id]``), as
 either a bare number (the older format: cutoff ms, share 1) or a PartnerCutoff mapping;
@@ -19,7 +20,7 @@ import msgspec
 
 
 class PartnerTierStats(msgspec.Struct, kw_only=True):
-    """One partner on one tier over one report interval (counts are deltas)."""
+    """One partner on one tier on one replica: its counts so far (cumulative), recent p95, cutoff."""
 
     eligible: int = 0  # requests of this tier the partner could have seen
     called: int = 0  # requests that reached the wire (after share, throttle, QPS cap, time left)
@@ -29,7 +30,7 @@ class PartnerTierStats(msgspec.Struct, kw_only=True):
     participating: int = 0  # answered in time with at least one valid bid at or above floor
     won: int = 0  # its bid won our auction
     p95_ms: float | None = None  # recent window of answer latency (late ones count at the cutoff)
-    value_won: float = 0.0  # fleet currency, sum of the winning partner prices
+    value_won: float = 0.0  # fleet currency, sum of the winning partner prices (cumulative too)
     cutoff_ms: float = 0.0  # the cutoff in force at report time
 
 

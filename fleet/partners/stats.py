@@ -38,7 +38,6 @@ class PartnerStats:
         self.error_kinds: dict[str, Counter] = {p: Counter() for p in partners}
         self.requests: dict[str, Counter] = {}  # pre-fan-out bucket -> requests, bidders, partners
         self.bidders_hist: dict[str, Counter] = {}  # bucket -> number of bidders -> requests
-        self._reported: dict[str, dict[str, dict[str, float]]] = {}
 
     def c(self, partner: str, tier: str) -> Counter:
         t = self.counts[partner].get(tier)
@@ -93,20 +92,17 @@ class PartnerStats:
         return out
 
     def report(self, p95: dict[str, dict[str, float | None]], cutoffs: dict[str, dict[str, float]]) -> dict:
-        """Counts since the last report (deltas) per partner and tier: the region's report to
-        control (``PartnerReport``)."""
+        """This replica's counts so far (cumulative, as its spend and opportunities are) per partner
+        and tier, with the recent p95 and the cutoff in force: the region's report to control
+        (``PartnerReport``). Control counts the growth since the replica's last report it saw, so a
+        report sent again, or one whose answer was lost, is counted once."""
         out: dict[str, dict[str, PartnerTierStats]] = {}
         for p, tiers in self.counts.items():
-            prev_p = self._reported.setdefault(p, {})
             for tier, t in tiers.items():
-                prev = prev_p.get(tier, {})
-                cur = {k: t[k] for k in (*COUNTERS, "errors")}
-                cur["value_won"] = self.value_won[p].get(tier, 0.0)
-                d = {k: v - prev.get(k, 0) for k, v in cur.items()}
-                prev_p[tier] = cur
-                if not any(d.values()):
+                if not any(t[k] for k in (*COUNTERS, "errors")):
                     continue
                 out.setdefault(p, {})[tier] = PartnerTierStats(
-                    **{k: int(d[k]) for k in (*COUNTERS, "errors")}, value_won=round(d["value_won"], 6),
+                    **{k: int(t[k]) for k in (*COUNTERS, "errors")},
+                    value_won=round(self.value_won[p].get(tier, 0.0), 6),
                     p95_ms=p95.get(p, {}).get(tier), cutoff_ms=cutoffs.get(p, {}).get(tier, 0.0))
         return out

@@ -3,10 +3,14 @@
 The answer is decoded loosely (each bid on its own) so one malformed bid costs that bid, not
 the answer. A bid competes only with: a known ``impid`` (an imp the partner was offered), a
 finite non-negative price in a currency we can convert, at or above its floor (the imp's, or the
-deal's for a deal bid), ``adomain``/``cat``/``attr``/``bundle`` clear of the request's ``badv``,
-``bcat``, the imp's ``battr`` and ``bapp``, its seat allowed by ``wseat``/``bseat`` (and by the
-deal's ``wseat``), a ``dealid`` among the imp's deals (required in a private auction), markup
-(``adm``) and notice URLs of sane size. Every dropped bid is counted by its reason.
+deal's for a deal bid), ``adomain``/``cat``/``attr``/``bundle`` clear of the request's ``badv``
+(a blocked domain or a subdomain of one, ``fleet.openrtb.adomain``), ``bcat``, the imp's
+``battr`` and ``bapp``, its seat allowed by ``wseat``/``bseat`` (and by the deal's ``wseat``), a
+``dealid`` among the imp's deals (required in a private auction), markup (``adm``) and notice URLs
+of sane size, and on a secure imp (``secure: 1``) nothing a secure page cannot load: markup naming
+an ``http:`` URL (or its URL-encoded ``http%3A``, Prebid Server's secure-markup markers) or an
+``http://`` ``nurl``/``burl`` is dropped as ``insecure_creative``. Every dropped bid is counted by
+its reason.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from dataclasses import dataclass
 
 import msgspec
 
+from fleet.openrtb.adomain import AdvertiserBlock
 from fleet.openrtb.model import Bid, BidRequest, Imp
 from fleet.partners.messages import PartnerUrls
 
 MAX_CPM = 1_000.0  # fleet currency; above this a price is a bug or garbage, not a bid
 MAX_ADM = 64 * 1024
 MAX_URL = 2048
+INSECURE_MARKERS = ("http:", "http%3a")  # in lower-cased markup: a URL a secure page will not load
 
 
 class _SeatBid(msgspec.Struct):
@@ -59,6 +65,14 @@ class PartnerBid:
         return PartnerUrls(nurl=self.bid.nurl, burl=self.bid.burl, lurl=self.bid.lurl)
 
 
+def insecure(bid: Bid) -> bool:
+    """Markup or a win/bill URL a secure (https) page cannot use."""
+    adm = bid.adm.lower() if bid.adm else ""
+    if any(m in adm for m in INSECURE_MARKERS):
+        return True
+    return any(u is not None and u.lstrip()[:5].lower() == "http:" for u in (bid.nurl, bid.burl))
+
+
 def _battr(imp: Imp) -> set[int]:
     out: set[int] = set()
     for obj in (imp.banner, imp.video, imp.audio, imp.native):
@@ -75,7 +89,7 @@ class Validator:
         self.floors = floors  # fleet currency, only the imps partners were offered
         self.rates = rates
         self.imps = {imp.id: imp for imp in req.imp if imp.id in floors}
-        self.badv = set(req.badv)
+        self.badv = AdvertiserBlock(req.badv)
         self.bcat = set(req.bcat)
         self.bapp = set(req.bapp)
         self.wseat = set(req.wseat)
@@ -129,7 +143,9 @@ class Validator:
             return "adm_too_large", None
         if any(u is not None and len(u) > MAX_URL for u in (b.nurl, b.burl, b.lurl)):
             return "url_too_long", None
-        if self.badv.intersection(b.adomain):
+        if imp.secure == 1 and insecure(b):
+            return "insecure_creative", None
+        if self.badv.blocks(b.adomain):
             return "blocked_adomain", None
         if self.bcat.intersection(b.cat):
             return "blocked_cat", None

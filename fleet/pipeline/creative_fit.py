@@ -10,6 +10,7 @@ are carried, not checked (``docs/openrtb.md``).
 from __future__ import annotations
 
 from fleet.campaigns.model import Campaign, Creative
+from fleet.openrtb.adomain import AdvertiserBlock
 from fleet.openrtb.model import BidRequest, Imp
 from fleet.pipeline import dsa
 from fleet.pipeline.markup_native import fill, native_spec
@@ -78,7 +79,7 @@ class SlotRules:
             self.native = native_spec(imp.native)  # None: unreadable, nothing fits
         self.secure = imp.secure == 1
         self.bcat = frozenset(req.bcat)
-        self.badv = frozenset(req.badv)
+        self.badv = AdvertiserBlock(req.badv)  # a blocked domain or its subdomains
         self.bapp = frozenset(req.bapp)
         # DSA transparency required: only campaigns that name advertiser and payer (None: nobody)
         self.dsa = None if dsa.nobody_renders(req) else dsa.required(req)
@@ -104,7 +105,7 @@ class SlotRules:
             return False
         if self.bcat and not self.bcat.isdisjoint(cr.cat or campaign.cat):
             return False
-        if self.badv and not self.badv.isdisjoint(campaign.adomain):
+        if self.badv and self.badv.blocks(campaign.adomain):
             return False
         if self.bapp and cr.bundle in self.bapp:
             return False

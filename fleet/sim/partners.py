@@ -7,7 +7,10 @@ the partner's currency), and its failure modes: an error rate (500s and dropped 
 hang rate (answers after ``hang_s``, i.e. never within any cutoff), garbage (malformed JSON,
 wrong types, bad prices, unknown imps, blocked advertisers). ``SET`` is the eight ``fleet up
 --partners sim`` starts. Every server counts what it saw (``GET /stats``), so a test can check
-that the bidder's counts equal the partners'.
+that the bidder's counts equal the partners'. One run-time control, off the OpenRTB path: ``POST
+/admin/hang`` ``{"hang": true}`` makes every later call hang (held until released, at most
+``hang_s``, then a 204) and ``{"hang": false}`` releases the held calls and answers normally again
+(``set_hang``: the fault bench's partner-hang scenario).
 
 Run them on their own: ``python -m fleet.sim.partners --port 9100`` (prints the region entries).
 """
@@ -79,16 +82,39 @@ class SimPartner:
         self.levels = {pub.id: pub.price_mu for pub in market.publishers}
         self.seen = Seen()
         self.ids = 0
+        self.hanging = False  # set at run time (POST /admin/hang): every call is held
+        self._release = asyncio.Event()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 20)
         app.router.add_post("/openrtb2/bid", self.bid)
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/reset", self.reset)
+        app.router.add_post("/admin/hang", self.admin_hang)
         return app
 
+    def set_hang(self, on: bool) -> None:
+        """Hang every call from now on (``on``), or release the held ones and answer again."""
+        if on and not self.hanging:
+            self._release = asyncio.Event()
+        elif not on:
+            self._release.set()
+        self.hanging = on
+
+    async def admin_hang(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            on = body["hang"]
+            if not isinstance(on, bool):
+                raise TypeError
+        except Exception:
+            return web.json_response({"error": 'body must be {"hang": true|false}'}, status=400)
+        self.set_hang(on)
+        return web.json_response({"id": self.p.id, "hanging": self.hanging,
+                                  "held": self.seen.by_outcome["held"]})
+
     async def stats(self, _req: web.Request) -> web.Response:
-        return web.json_response({"id": self.p.id, "requests": self.seen.requests,
+        return web.json_response({"id": self.p.id, "requests": self.seen.requests, "hanging": self.hanging,
                                   "process_cpu_s": time.process_time(),  # the servers' process, all partners
                                   "outcomes": dict(self.seen.by_outcome), "profile": asdict(self.p)})
 
@@ -130,9 +156,9 @@ class SimPartner:
                    "adm": f"<div data-partner='{self.p.id}'>ad {self.ids}</div>",
                    "adomain": [self.p.adomain or f"{self.p.id}-advertiser.example"],
                    "crid": f"{self.p.id}-cr-{self.ids % 7}", "cid": f"{self.p.id}-c-{imp['id']}",
-                   "nurl": f"http://partner.invalid/{self.p.id}/win?p=${{AUCTION_PRICE}}&b=${{AUCTION_BID_ID}}",
-                   "burl": f"http://partner.invalid/{self.p.id}/bill?p=${{AUCTION_PRICE}}",
-                   "lurl": f"http://partner.invalid/{self.p.id}/loss?r=${{AUCTION_LOSS}}"}
+                   "nurl": f"https://partner.invalid/{self.p.id}/win?p=${{AUCTION_PRICE}}&b=${{AUCTION_BID_ID}}",
+                   "burl": f"https://partner.invalid/{self.p.id}/bill?p=${{AUCTION_PRICE}}",
+                   "lurl": f"https://partner.invalid/{self.p.id}/loss?r=${{AUCTION_LOSS}}"}
             if deal is not None:
                 bid["dealid"] = deal["id"]
             out.append(bid)
@@ -183,6 +209,13 @@ class SimPartner:
             self.seen.by_outcome["bad_request"] += 1
             return web.Response(status=400)
         self.seen.recent.append((dict(request.headers), req))
+        if self.hanging:  # the run-time hang: held until released (or hang_s), then nothing
+            self.seen.by_outcome["held"] += 1
+            try:
+                await asyncio.wait_for(self._release.wait(), self.p.hang_s)
+            except asyncio.TimeoutError:
+                pass
+            return web.Response(status=204)
         await asyncio.sleep(self._latency_s())
         r = self.rng.random()
         if r < self.p.hang_rate:
@@ -240,6 +273,18 @@ class PartnerServers:
     async def stop(self) -> None:
         for r in self.runners:
             await r.cleanup()
+
+
+async def set_hang(endpoint: str, on: bool, timeout_s: float = 5.0) -> dict:
+    """Make the simulated partner at ``endpoint`` (its OpenRTB URL, as in the region entries)
+    hang (``on``) or answer again, through its admin route; what it says back."""
+    import httpx
+
+    base = endpoint.rsplit("/openrtb2/", 1)[0]
+    async with httpx.AsyncClient(timeout=timeout_s) as http:
+        r = await http.post(f"{base}/admin/hang", json={"hang": on})
+        r.raise_for_status()
+        return r.json()
 
 
 def region_entries(servers_or_endpoints, profiles=SET, qps: float = 5000.0) -> list[dict]:
