@@ -238,3 +238,80 @@ def test_shares_move_a_lost_regions_rate_to_its_heir_once():
     # Before any opportunity: the priors, moved alike.
     assert shares({"us-east": 0.45, "eu-west": 0.35, "ap-southeast": 0.2}, {"ap-southeast": "eu-west"}, {}) \
         == pytest.approx({"us-east": 0.45, "eu-west": 0.55})
+
+
+# -- failover timing, through fake time ------------------------------------------------------------
+
+def _region_loss(failure: str, ejection: bool, kill=60.0, back=150.0, end=260.0, rate=27.0):
+    """us-east's exchanges send it ``rate`` auctions a second through the DNS (checks every 10 s
+    from t=0) and, with ``ejection``, the ejector; us-east is gone from ``kill`` to ``back``.
+    ``failure``: how a request to it fails while it is gone: "404" (its routes removed, an answer
+    within a millisecond) or "hang" (no answer: the exchange's 2 s timeout). Outcomes and
+    ``/ready`` checks come back after their own time, in time order. Returns, per auction sent,
+    (t, region sent to, answered), and the ejector."""
+    import heapq
+
+    from fleet.sim.ejection import Ejector
+
+    dns = DNS(LAT, DnsSettings())
+    ej = Ejector(LAT) if ejection else None
+    up = lambda t: not (kill <= t < back)  # noqa: E731
+    wait = 0.001 if failure == "404" else 2.0  # until a request to the lost region fails
+    pending: list = []  # (due, seq, kind, region, status or ok, sent)
+    sent, seq, next_check = [], 0, 0.0
+    for i in range(int(end * rate)):
+        t = i / rate
+        while pending and pending[0][0] <= t:
+            due, _, kind, region, result, at = heapq.heappop(pending)
+            if kind == "auction":
+                ej.record(region, result, at, due)
+            else:
+                ej.probed(region, result, due)
+        while next_check <= t:
+            for r in LAT:
+                dns.observe(r, r != "us-east" or up(next_check), next_check)
+            next_check += dns.s.interval_s
+        dest = dns.resolve("us-east", "us-east", t)
+        if ej is not None:
+            dest = ej.route("us-east", dest)
+            for region in ej.due(t):
+                heapq.heappush(pending, (t + (0.001 if up(t) else min(wait, ej.s.probe_timeout_s)),
+                                         seq := seq + 1, "probe", region, up(t), t))
+        ok = dest != "us-east" or up(t)
+        if ej is not None:
+            heapq.heappush(pending, (t + (0.005 if ok else wait), seq := seq + 1, "auction", dest,
+                                     204 if ok else (404 if failure == "404" else 0), t))
+        sent.append((t, dest, ok))
+    return sent, ej
+
+
+@pytest.mark.parametrize("failure", ["404", "hang"])
+def test_a_lost_regions_auctions_resume_from_the_next_region_within_5s(failure):
+    """Issue 23's target, attacked through fake time: the first auction meant for the lost region
+    that the next region answers comes within 5 s of the loss by ejection (after three failures:
+    about 0.1 s when the region answers 404, the 2 s timeout when it hangs), where the DNS alone
+    takes its 3 checks 10 s apart and the TTL (30-60 s). Nothing goes to the lost region after
+    the ejection; its traffic returns only when the DNS and the ejector both have it back."""
+    kill, back = 60.0, 150.0
+    sent, ej = _region_loss(failure, ejection=True, kill=kill, back=back)
+    first = next(t for t, dest, ok in sent if t >= kill and dest == "eu-west" and ok)
+    assert first - kill <= 5.0
+    assert first - kill <= (0.5 if failure == "404" else 2.5)
+    ejected_at = ej.events[0]["t"]
+    assert ej.events[0]["event"] == "ejected" and ejected_at < first + 0.1
+    # Lost: what was sent before the failures came back, and no auction after that while it is gone.
+    lost = [t for t, dest, ok in sent if not ok]
+    assert all(t < ejected_at for t in lost)
+    assert len(lost) <= (3 if failure == "404" else 2.0 * 27 + 3)
+    # Back: readmitted by a /ready check within one backoff (30 s at most) of the restore; traffic
+    # returns once the DNS too answers us-east again (3 passing checks, then the TTL).
+    readmitted = [e["t"] for e in ej.events if e["event"] == "readmitted"]
+    assert len(readmitted) == 1 and back <= readmitted[0] <= back + ej.s.max_s + ej.s.probe_every_s + 1
+    home = next(t for t, dest, ok in sent if t >= back and dest == "us-east")
+    assert home >= back + 2 * DnsSettings().interval_s
+    assert all(dest == "us-east" and ok for t, dest, ok in sent if t >= home)
+
+    # The DNS alone, for contrast: the 5 s target is out of its reach.
+    sent_dns, _ = _region_loss(failure, ejection=False, kill=kill, back=back)
+    first_dns = next(t for t, dest, ok in sent_dns if t >= kill and dest == "eu-west")
+    assert first_dns - kill >= DnsSettings().ttl_s

@@ -5,7 +5,10 @@ HTTP. Exchanges sit in regions and send to a region's endpoint, mostly their own
 between them (``regions.yaml``'s latency matrix) is added as simulated network time against tmax,
 so a far exchange with a tight tmax gets late answers, which count as no-bids. Given a DNS
 (``fleet.sim.dns``, as the global Terraform module configures Route 53), an auction meant for a
-region that failed its health checks goes to the healthy region nearest the exchange instead.
+region that failed its health checks goes to the healthy region nearest the exchange instead;
+given an ejector (``fleet.sim.ejection``), a region that failed three auctions in a row is
+skipped for the next nearest within a second or two, long before the DNS moves it. A failed
+auction is not resent to another region (an exchange does not retry a bid request).
 Traffic follows a diurnal curve compressed into the run, with bursts, at a set mean rate.
 
 After each auction the exchange behaves like a real one: win notice (``nurl``) and billing notice
@@ -37,6 +40,7 @@ import msgspec
 
 from fleet.campaigns.model import Campaign
 from fleet.sim.dns import DNS, health_checks
+from fleet.sim.ejection import Ejector, probes
 from fleet.sim.market import Market, Opportunity, resolve
 
 
@@ -91,7 +95,7 @@ class AuctionRecord:
     price: float = 0.0  # clearing CPM
     clicked: bool = False
     true_ctr: float = 0.0
-    region: str = ""  # where it was sent (the DNS's answer; the opportunity's region without one)
+    region: str = ""  # where it was sent (the DNS's answer, or the next nearest while that is ejected)
     degraded: tuple[str, ...] = ()  # what the fleet said it degraded (x-fleet-degraded, ext.fleet)
     reason: str = ""  # a no-bid's x-fleet-reason
     partner: str = ""  # the answer resold a demand partner's bid (its id; the bid's ext.pricing)
@@ -119,9 +123,11 @@ class Exchanges:
     """Drives one simulated run against the fleet and keeps the exchange-side ledger."""
 
     def __init__(self, market: Market, regions, campaigns: list[Campaign], cfg: SimConfig, progress=print,
-                 dns: DNS | None = None):
+                 dns: DNS | None = None, ejector: Ejector | None = None):
         self.market = market
         self.dns = dns  # fleet.sim.dns: health-checked failover between regions (None: always the meant one)
+        self.ejector = ejector  # fleet.sim.ejection: skip a region failing auctions (None: never)
+        self._start = 0.0  # perf_counter at the run's start
         self.regions = regions  # RegionsFile
         self.campaigns = {c.id: c for c in campaigns}
         self.cfg = cfg
@@ -235,6 +241,14 @@ class Exchanges:
         else:
             self._notice("loss", substitute(bid["lurl"], loss=102, min_to_win=max(opp.competing, opp.floor), **ident))
 
+    async def _sent(self, session: aiohttp.ClientSession, rec: AuctionRecord) -> None:
+        """One auction, its outcome counted by the ejector against the region it went to."""
+        try:
+            await self.auction(session, rec)
+        finally:
+            if self.ejector is not None:
+                self.ejector.record(rec.region, rec.status, rec.t, time.perf_counter() - self._start)
+
     def _forge(self, bid: dict, charged: float, ident: dict) -> None:
         """What a fraudster holding our URLs tries: the loss URL called as a bill, and the bill
         URL with our bid raised (so a higher price would pass the bid check)."""
@@ -329,10 +343,12 @@ class Exchanges:
         stop = asyncio.Event()
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             notifier = asyncio.create_task(self._send_notices(session, stop))
-            start = time.perf_counter()
+            start = self._start = time.perf_counter()
+            prefixes = {n: s.route_prefix for n, s in self.regions.regions.items()}
             checker = None if self.dns is None else asyncio.create_task(health_checks(
-                self.dns, session, self._origin, {n: s.route_prefix for n, s in self.regions.regions.items()},
-                start, stop))
+                self.dns, session, self._origin, prefixes, start, stop))
+            prober = None if self.ejector is None else asyncio.create_task(probes(
+                self.ejector, session, self._origin, prefixes, start, stop))
             inflight: set[asyncio.Task] = set()
             next_report = 5.0
             for t in times:
@@ -347,10 +363,12 @@ class Exchanges:
                 if self.route_rng.random() < cfg.cross_region_share and len(self.region_names) > 1:
                     src = self.route_rng.choice([r for r in self.region_names if r != region])
                 dest = region if self.dns is None else self.dns.resolve(src, region, t)
+                if self.ejector is not None:
+                    dest = self.ejector.route(src, dest)
                 rec = AuctionRecord(opp=opp, t=t, network_ms=self.regions.latency_ms[src][dest], region=dest)
                 rec.source_region = src
                 self.records.append(rec)
-                task = asyncio.create_task(self.auction(session, rec))
+                task = asyncio.create_task(self._sent(session, rec))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
                 if t >= next_report:
@@ -363,8 +381,9 @@ class Exchanges:
                 await asyncio.sleep(0.1)
             stop.set()
             await notifier
-            if checker is not None:
-                await checker
+            for task in (checker, prober):
+                if task is not None:
+                    await task
         self.progress(self.status_line(cfg.duration_s) + "  done")
         return self.records
 
