@@ -62,8 +62,12 @@ def resume(records: list[AuctionRecord], lost: str, t_kill: float) -> dict:
     other = [r for r in ok if r.region != lost]
     first = min((r.t for r in other), default=None)
     unanswered = [r for r in meant if first is None or r.t < first]
+    # The loss as the exchanges saw it: the first auction sent to it that got no answer (the
+    # region serves on while it is being removed).
+    failed = min((r.t for r in meant if r.region == lost and r.status not in (200, 204)), default=None)
     return {"region": lost, "kill_at_s": round(t_kill, 2),
             "first_on_time_elsewhere_s": None if first is None else round(first - t_kill, 2),
+            "first_failed_s": None if failed is None else round(failed - t_kill, 2),
             "unanswered_before": sum(1 for r in unanswered if not (r.status in (200, 204) and not r.late)),
             "answered_elsewhere": len(other),
             "answered_elsewhere_on_time_share": round(len(other) / sum(1 for r in meant if r.region != lost), 4)
@@ -129,6 +133,9 @@ def timeline_plot(records: list[AuctionRecord], doc: dict, path: Path) -> Path:
     a2.set_ylim(-0.05, 1.05)
     marks = [(fo["resume"]["kill_at_s"], f"{lost} removed", "r")]
     marks += [(e["t"], f"DNS: {e['region']} {e['event']}", "b") for e in fo["dns_events"]]
+    ej = fo.get("ejection_events", [])  # the exchanges' ejector: its first ejection and each readmission
+    marks += [(e["t"], f"exchange: {e['region']} {e['event']}", "tab:orange") for i, e in enumerate(ej)
+              if e["event"] == "readmitted" or not any(p["event"] == "ejected" for p in ej[:i])]
     marks += [(e["t"], "control: " + (", ".join(f"{k}->{v}" for k, v in e["failover"].items()) or "slices back"), "g")
               for e in fo["control_changes"]]
     if fo.get("restore_at_s") is not None:
@@ -137,7 +144,8 @@ def timeline_plot(records: list[AuctionRecord], doc: dict, path: Path) -> Path:
         for ax in (a1, a2):
             ax.axvline(t, color=color, linestyle="--", linewidth=0.8)
         a1.annotate(label, (t, a1.get_ylim()[1]), rotation=90, fontsize=7, va="top", ha="right", color=color)
-    a1.set_title(f"Region loss: {lost} removed, exchanges fail over by DNS (interval {fo['dns']['interval_s']:.0f} s, "
+    how = (f"ejection after {fo['ejection']['consecutive']} failures, then " if "ejection" in fo else "")
+    a1.set_title(f"Region loss: {lost} removed; exchanges fail over by {how}DNS (interval {fo['dns']['interval_s']:.0f} s, "
                  f"threshold {fo['dns']['threshold']}, TTL {fo['dns']['ttl_s']:.0f} s)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

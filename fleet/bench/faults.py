@@ -2,7 +2,8 @@
 fleet under steady simulated exchange traffic, judged against the same run's healthy baseline.
 
 A run is one stream of auctions at a constant rate (no diurnal curve, no random bursts; every
-exchange sends to its own region through the health-checked DNS, ``fleet.sim.dns``): a warm-up
+exchange sends to its own region through the health-checked DNS, ``fleet.sim.dns``, and skips a
+region failing its auctions for the next nearest, ``fleet.sim.ejection``): a warm-up
 that is not counted, the baseline, then the fault at ``fault_at`` lasting ``fault_s`` (put right
 by ``restore`` where the fault does not end by itself) and ``settle_s`` after it; the fault phase
 is everything from the fault on. Every campaign has a flight over the run, half of them tight
@@ -33,6 +34,7 @@ from fleet.bench.notices import caught_up, ledger_spend
 from fleet.ledger.consumer import ledger_prefix
 from fleet.runtime import local
 from fleet.sim.dns import DNS, DnsSettings
+from fleet.sim.ejection import Ejector
 from fleet.sim.exchange import Exchanges, SimConfig
 from fleet.sim.market import Market
 from fleet.sim.pacing import ControlClient
@@ -194,7 +196,8 @@ async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, r
     market = _RunMarket(f"{int(now):x}", seed=seed, regions=tuple(names))
     dns = DNS(regions.latency_ms, DnsSettings())
     kind = _one_burst((timing.fault_at, timing.fault_at + fault_s)) if sc.burst > 1.0 else Exchanges
-    ex = kind(market, regions, campaigns, cfg, progress=progress, dns=dns)
+    ejector = Ejector(regions.latency_ms)
+    ex = kind(market, regions, campaigns, cfg, progress=progress, dns=dns, ejector=ejector)
     ctx = Ctx(region, regions)
     events: list[dict] = []
     samples: list[tuple[float, dict]] = []
@@ -280,7 +283,8 @@ async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, r
                 changes.append({"t": t, "failover": s["failover"]})
                 last = s["failover"]
         kill = next((e["t"] for e in events if e["event"] == "inject"), timing.fault_at)
-        doc["failover"] = {"dns": asdict(dns.s), "dns_events": dns.events, "control_changes": changes,
+        doc["failover"] = {"dns": asdict(dns.s), "dns_events": dns.events, "ejection": asdict(ejector.s),
+                           "ejection_events": ejector.events, "control_changes": changes,
                            "restore_at_s": next((e["t"] for e in events if e["event"] == "restore"), None),
                            "resume": report.resume(records, region, kill)}
         if plot_dir is not None:
@@ -326,7 +330,8 @@ def summary_lines(doc: dict) -> list[str]:
     lines.append(f"money     events lost {m['events_lost']} of {m['acknowledged_bills']} acknowledged bills  "
                  f"over budget samples {m['over_budget_samples']}  spend error {m['spend_error']}")
     if "failover" in doc:
-        lines.append(f"failover  {doc['failover']['resume']}  dns {doc['failover']['dns_events']}")
+        lines.append(f"failover  {doc['failover']['resume']}  dns {doc['failover']['dns_events']}  "
+                     f"ejection {doc['failover']['ejection_events'][:6]}")
     for k, v in doc["targets"].items():
         lines.append(f"target    {k:<40} {v['value']!s:<12} {'met' if v['met'] else 'NOT MET'}")
     return lines
