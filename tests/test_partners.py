@@ -95,7 +95,7 @@ def _answer(bids: list[dict], seat: str = "ok-seat", cur: str = "USD", rid: str 
 
 
 def _bid(**kw) -> dict:
-    return {"id": "b", "impid": "1", "price": 2.0, "adm": "<div/>", "adomain": ["fine.example"], **kw}
+    return {"id": "b", "impid": "1", "price": 2.0, "adm": "<div/>", "adomain": ["fine.example"], "crid": "cr", **kw}
 
 
 @pytest.mark.parametrize("bid,seat,cur,reason", [
@@ -113,6 +113,8 @@ def _bid(**kw) -> dict:
     (_bid(dealid="d1", price=5.0), "other-seat", "USD", "deal_seat_not_allowed"),
     (_bid(dealid="d1", price=2.0), "ok-seat", "USD", "below_floor"),  # the deal's floor (3.0) applies
     (_bid(adm=None), "ok-seat", "USD", "no_adm"),
+    (_bid(crid=None), "ok-seat", "USD", "no_crid"),  # our notice URLs name it: without it they would be refused
+    (_bid(crid=""), "ok-seat", "USD", "no_crid"),
     (_bid(nurl="http://x/" + "a" * 5000), "ok-seat", "USD", "url_too_long"),
 ])
 def test_a_bad_bid_is_dropped_and_counted_by_its_reason(bid, seat, cur, reason):

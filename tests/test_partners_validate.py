@@ -28,7 +28,7 @@ def _judge(bid: dict, *, badv=(), secure=None) -> tuple[list, Counter]:
         req["imp"][0]["secure"] = secure
     v = Validator(msgspec.convert(req, BidRequest), {"1": 0.1}, {"USD": 1.0})
     drops: Counter = Counter()
-    good = {"id": "b", "impid": "1", "price": 2.0, "adm": "<div/>", "adomain": ["fine.example"]}
+    good = {"id": "b", "impid": "1", "price": 2.0, "adm": "<div/>", "adomain": ["fine.example"], "crid": "cr"}
     out = v.judge("p", "seat", json.dumps({"id": "v", "seatbid": [{"bid": [good | bid]}]}).encode(), drops)
     return out, drops
 

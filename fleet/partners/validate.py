@@ -7,7 +7,8 @@ deal's for a deal bid), ``adomain``/``cat``/``attr``/``bundle`` clear of the req
 (a blocked domain or a subdomain of one, ``fleet.openrtb.adomain``), ``bcat``, the imp's
 ``battr`` and ``bapp``, its seat allowed by ``wseat``/``bseat`` (and by the deal's ``wseat``), a
 ``dealid`` among the imp's deals (required in a private auction), markup (``adm``) and notice URLs
-of sane size, and on a secure imp (``secure: 1``) nothing a secure page cannot load: markup naming
+of sane size, a creative id (``crid``: our notice URLs name it, and Prebid Server requires it
+too), and on a secure imp (``secure: 1``) nothing a secure page cannot load: markup naming
 an ``http:`` URL (or its URL-encoded ``http%3A``, Prebid Server's secure-markup markers) or an
 ``http://`` ``nurl``/``burl`` is dropped as ``insecure_creative``. Every dropped bid is counted by
 its reason.
@@ -129,6 +130,8 @@ class Validator:
             return "unknown_imp", None
         if not b.id:
             return "no_bid_id", None
+        if not b.crid:
+            return "no_crid", None
         price = b.price
         if not math.isfinite(price) or price < 0:
             return "bad_price", None

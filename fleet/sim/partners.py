@@ -169,7 +169,7 @@ class SimPartner:
         self.seen.by_outcome[f"garbage.{kind}"] += 1
         imp = (req.get("imp") or [{"id": "1"}])[0]
         good = {"id": "g1", "impid": imp.get("id", "1"), "price": 2.0, "adm": "<div>g</div>",
-                "adomain": ["garbage.example"]}
+                "adomain": ["garbage.example"], "crid": "g-cr"}
         body: object
         if kind == "not_json":
             return 200, b'{"id": "' + bytes(self.rng.getrandbits(8) for _ in range(40)) + b"\x00"
