@@ -2,8 +2,9 @@
 the client (issue 23; docs/benchmarks.md, "Overload: shed fast, serve on time").
 
 Each step drives the region with wrk (``wrk_overload.lua``: the capacity benchmark's bodies, all
-with ``tmax: 100``, counting answers as served or shed by ``x-fleet-reason: overload``, and the
-share of all answers back within tmax), while a probe (aiohttp, one request at a time, ~40/s)
+with ``tmax: 100``, counting answers as served, shed (``x-fleet-reason: overload``) or deadline
+no-bids (``deadline``: HAProxy's or the replica's, the budget ran out), and the share of all
+answers back within tmax), while a probe (aiohttp, one request at a time, ~40/s)
 times single answers by kind: the served ones' and the shed ones' latency at the client. The
 region's own counters over the step (``/stats``) say how many it shed itself after the queue and
 how many it answered late; HAProxy's sheds are the rest of wrk's.
@@ -35,7 +36,7 @@ import httpx
 
 from fleet.bench.capacity import BODIES, ensure_wrk, write_bodies
 from fleet.config import REPO_ROOT
-from fleet.runtime.haproxy_shim import OVERLOAD_REASON
+from fleet.runtime.haproxy_shim import DEADLINE_REASON, OVERLOAD_REASON
 
 LUA = Path(__file__).with_name("wrk_overload.lua")
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -75,7 +76,7 @@ async def probe(url: str, lines: list[str], seconds: float, tmax_ms: int, every_
     """One request at a time: each answer's latency at the client, by kind."""
     import aiohttp
 
-    served, shed, other = [], [], 0
+    served, shed, deadline, other = [], [], [], 0
     end = time.perf_counter() + seconds
     headers = {"content-type": "application/json", "x-openrtb-version": "2.6"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as client:
@@ -88,8 +89,11 @@ async def probe(url: str, lines: list[str], seconds: float, tmax_ms: int, every_
                 async with client.post(url, data=body, headers=headers) as r:
                     await r.read()
                     ms = (time.perf_counter() - t0) * 1000
-                    if r.headers.get("x-fleet-reason") == OVERLOAD_REASON:
+                    reason = r.headers.get("x-fleet-reason")
+                    if reason == OVERLOAD_REASON:
                         shed.append(ms)
+                    elif reason == DEADLINE_REASON:
+                        deadline.append(ms)
                     elif r.status in (200, 204):
                         served.append(ms)
                     else:
@@ -97,7 +101,8 @@ async def probe(url: str, lines: list[str], seconds: float, tmax_ms: int, every_
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 other += 1
             await asyncio.sleep(max(0.0, every_s - (time.perf_counter() - t0)))
-    return {"served": _dist(served, tmax_ms), "shed": _dist(shed, tmax_ms), "other": other}
+    return {"served": _dist(served, tmax_ms), "shed": _dist(shed, tmax_ms), "deadline": _dist(deadline, tmax_ms),
+            "other": other}
 
 
 def _dist(xs: list[float], tmax_ms: int) -> dict:
@@ -130,6 +135,7 @@ def step(wrk: str, base: str, prefix: str, bodies: Path, label: str, connections
         "sent_rps": round(w["requests"] / dur, 1), "served_rps": round(served_rate, 1),
         "served_on_time_rps": round(served_rate * on_time_served, 1),
         "shed_share": round(w["shed"] / w["requests"], 4) if w["requests"] else None,
+        "deadline_share": round(w["deadline"] / w["requests"], 4) if w["requests"] else None,
         "answered_on_time": round(w["on_time_pct"] / 100.0, 4),
         "errors": w["other"] + w["connect_errors"] + w["read_errors"] + w["write_errors"] + w["timeouts"],
         "client_p50_ms": w["p50_us"] / 1000, "client_p99_ms": w["p99_us"] / 1000, "client_max_ms": w["max_us"] / 1000,
@@ -143,6 +149,7 @@ def describe(s: dict) -> str:
     p = s["probe"]
     return (f"  {s['label']:<22} sent {s['sent_rps']:7.0f}/s served {s['served_rps']:6.0f}/s "
             f"(on time {s['served_on_time_rps']:6.0f}/s) shed {s['shed_share'] or 0:6.1%} "
+            f"deadline {s['deadline_share'] or 0:5.2%} "
             f"answered in tmax {s['answered_on_time']:7.2%} p99 {s['client_p99_ms']:6.1f} ms | "
             f"probe served p99 {p['served'].get('p99_ms', '-')} ms, shed p50/p99/max "
             f"{p['shed'].get('p50_ms', '-')}/{p['shed'].get('p99_ms', '-')}/{p['shed'].get('max_ms', '-')} ms | "

@@ -1,9 +1,10 @@
 -- wrk script for the overload benchmark (fleet/bench/overload.py): the capacity script's paced
--- POSTs, plus a count of the answers by kind and the share answered within tmax.
+-- POSTs, plus a count of the answers by kind (served; shed: `overload`; deadline: the no-bid
+-- HAProxy or the replica sends for a request its budget ran out on) and the share answered within tmax.
 -- args: <bodies file> <mean delay ms per connection, 0: closed loop> <run nonce> <tmax ms>
 local bodies, delay_ms, nonce, tid, tmax_us = {}, 0, "x", 0, 100000
 local threads = {}
-counter, shed, served, other = 0, 0, 0, 0  -- globals: done() reads them per thread (thread:get)
+counter, shed, deadline, served, other = 0, 0, 0, 0, 0  -- globals: done() reads them per thread (thread:get)
 
 function setup(thread)
   thread:set("tid", #threads + 1)
@@ -36,8 +37,11 @@ function delay()
 end
 
 function response(status, headers, body)
-  if headers["x-fleet-reason"] == "overload" then
+  local reason = headers["x-fleet-reason"]
+  if reason == "overload" then
     shed = shed + 1
+  elseif reason == "deadline" then
+    deadline = deadline + 1
   elseif status == 200 or status == 204 then
     served = served + 1
   else
@@ -46,9 +50,9 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local s, v, o = 0, 0, 0
+  local s, d, v, o = 0, 0, 0, 0
   for _, t in ipairs(threads) do
-    s = s + t:get("shed"); v = v + t:get("served"); o = o + t:get("other")
+    s = s + t:get("shed"); d = d + t:get("deadline"); v = v + t:get("served"); o = o + t:get("other")
   end
   -- the share of answers back within tmax: the percentile where latency crosses it
   local lo, hi = 0.0, 100.0
@@ -60,9 +64,9 @@ function done(summary, latency, requests)
   end
   local e = summary.errors
   io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "shed": %d, "served": %d, "other": %d, ' ..
+    '{"requests": %d, "duration_us": %d, "shed": %d, "deadline": %d, "served": %d, "other": %d, ' ..
     '"connect_errors": %d, "read_errors": %d, "write_errors": %d, "status_errors": %d, "timeouts": %d, ' ..
     '"on_time_pct": %.3f, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\n',
-    summary.requests, summary.duration, s, v, o, e.connect, e.read, e.write, e.status, e.timeout,
+    summary.requests, summary.duration, s, d, v, o, e.connect, e.read, e.write, e.status, e.timeout,
     lo, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
