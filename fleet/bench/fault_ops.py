@@ -5,12 +5,15 @@ Those that need a Ray driver (a cache shard's pid or its delay) run as their own
 load generator never shares its interpreter with a driver. The others act on processes and files
 directly: a replica found by its process title and SIGKILLed, the local Redis stopped and started
 again on its port and data (the fleet's record updated, so ``fleet down`` stops the new one), a
-region's Serve application removed by deploying the config without it, then deployed again.
+region's Serve application removed by deploying the config without it, then deployed again, a
+simulated demand partner (``fleet up --partners sim``) made to hang and answer again through its
+admin route (``fleet.sim.partners.set_hang``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -102,6 +105,31 @@ def restore_region(region: str) -> dict:
 
     deploy(str(deployed_config()), os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"))
     return {"restored": region}
+
+
+# -- a demand partner ----------------------------------------------------------------------------
+
+def sim_partner_endpoints() -> dict[str, str]:
+    """The simulated partners ``fleet up --partners sim`` started and has not stopped (its pid
+    file is removed when they stop; their list may outlive them): id -> OpenRTB endpoint."""
+    path = local.STATE_DIR / "partners.json"
+    if not (local.STATE_DIR / "partners.pid").exists():
+        return {}
+    try:
+        return {e["id"]: e["endpoint"] for e in json.loads(path.read_text())}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+async def hang_partner(pid: str, on: bool) -> dict:
+    """Every call to the simulated partner ``pid`` hangs from now on (``on``), or is answered again."""
+    from fleet.sim.partners import set_hang
+
+    endpoint = sim_partner_endpoints().get(pid)
+    if endpoint is None:
+        return {"error": f"no simulated partner {pid!r}: the fleet is not up with --partners sim"}
+    said = await set_hang(endpoint, on)
+    return {"partner": pid, "hanging": said["hanging"], "held": said["held"]}
 
 
 # -- the Ray-driver side (its own process) ------------------------------------------------------

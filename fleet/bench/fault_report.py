@@ -2,6 +2,13 @@
 included), the targets of issue 23 judged against the same run's healthy baseline, and the
 failover timeline plot.
 
+A partner scenario adds the hung partner's counters per phase (``partner_figures``, from control's
+per-region counters: how often it was called, in time, late, participating) and two targets: the
+hang adding no more than the partner's cutoff to the p99 at the exchange (stage 6 waits for a
+partner at most its cutoff, and never past the request's deadline), and the partner answering in
+time again once released (its in-time share of calls after the hang at least 0.9 of the
+baseline's: the tail throttle re-measures it and lets it back).
+
 Value per opportunity is the expected value (true click probability times the click's value,
 ``fleet.sim.scorecard.impression_value``) of the impressions the fleet won, over every auction
 sent in the phase, answered or not.
@@ -18,6 +25,8 @@ ON_TIME = 0.999  # share of auctions answered within tmax at the exchange
 VALUE = 0.90  # value per opportunity against the baseline
 RESUME_S = 5.0  # region loss: answers from the next region within this
 SHED_MS = 5.0  # a shed request's answer
+RECOVERED = 0.9  # a released partner's in-time share of calls, against the baseline's, at least this
+PARTNER_COUNTERS = ("eligible", "called", "in_time", "late", "errors", "participating", "won")
 
 
 def phase(records: list[AuctionRecord], lo: float, hi: float, value_of) -> dict:
@@ -74,6 +83,39 @@ def resume(records: list[AuctionRecord], lost: str, t_kill: float) -> dict:
             if any(r.region != lost for r in meant) else None}
 
 
+def partner_figures(samples: list[tuple[float, dict]], pid: str, phases: dict[str, tuple[float, float]]) -> dict:
+    """Partner ``pid``'s counters per phase, summed over regions, from samples of control's
+    ``GET /v1/partners`` (cumulative per region: a phase is the growth from the last sample at or
+    before its start to the last at or before its end), its largest cutoff before the first
+    phase ended, and every change of control's policy for it (cutoff ms x share, per tier)."""
+    def total(view: dict) -> dict:
+        rows = [r.get(pid) or {} for r in (view.get("regions") or {}).values()]
+        return {k: sum(int(r.get(k, 0)) for r in rows) for k in PARTNER_COUNTERS}
+
+    def upto(t: float) -> dict:
+        seen = [v for ts, v in samples if ts <= t]
+        return total(seen[-1]) if seen else dict.fromkeys(PARTNER_COUNTERS, 0)
+
+    out = {}
+    for name, (lo, hi) in phases.items():
+        a, b = upto(lo), upto(hi)
+        d = {k: b[k] - a[k] for k in PARTNER_COUNTERS}
+        d["called_share"] = round(d["called"] / d["eligible"], 4) if d["eligible"] else None
+        d["in_time_share"] = round(d["in_time"] / d["called"], 4) if d["called"] else None
+        out[name] = d
+    first_end = min((hi for _, hi in phases.values()), default=0.0)
+    cutoffs = [float(c) for ts, v in samples if ts <= first_end for r in (v.get("regions") or {}).values()
+               for c in ((r.get(pid) or {}).get("cutoff_ms") or {}).values()]
+    changes, last = [], None
+    for t, v in samples:
+        mine = (v.get("policy") or {}).get(pid) or {}
+        pol = {tier: f"{c['cutoff_ms']:g} ms x {c['share']:g}" for tier, c in sorted(mine.items())}
+        if pol != last:
+            changes.append({"t": t, "policy": pol, "why": {tier: c.get("why", "") for tier, c in mine.items()}})
+            last = pol
+    return {"partner": pid, "cutoff_ms": max(cutoffs, default=None), "phases": out, "policy_changes": changes}
+
+
 def notice_5xx(doc: dict) -> int:
     """Notices the fleet answered with a 5xx (the exchange sends them again)."""
     return sum(n for k, n in doc["money"].get("notice_errors", {}).items() if k.rsplit(".", 1)[-1].startswith("5"))
@@ -96,6 +138,15 @@ def targets(doc: dict) -> dict:
     if "failover" in doc:
         s = doc["failover"]["resume"]["first_on_time_elsewhere_s"]
         out["answers_resume_within_5s"] = {"value": s, "met": s is not None and s <= RESUME_S}
+    if "partners" in doc:
+        pp = doc["partners"]["phases"]
+        before, after = pp["baseline"]["in_time_share"], pp["after"]["in_time_share"] if "after" in pp else None
+        ratio = round(after / before, 4) if before and after is not None else None
+        out["hung_partner_answers_again"] = {"value": ratio, "met": ratio is not None and ratio >= RECOVERED}
+        cut, p99b, p99f = doc["partners"]["cutoff_ms"], base["latency_ms"]["p99"], fault["latency_ms"]["p99"]
+        added = round(p99f - p99b, 2) if p99b is not None and p99f is not None else None
+        out["added_p99_ms<=hung_partner_cutoff"] = {"value": added, "met": added is not None and cut is not None
+                                                    and added <= cut}
     if fault["shed"]:
         out["shed_answered_under_5ms"] = {"value": fault["shed_max_ms"], "met": fault["shed_max_ms"] < SHED_MS}
     return out

@@ -10,13 +10,16 @@ is everything from the fault on. Every campaign has a flight over the run, half 
 budgets that are spent before the end. Then, once every region's ledger has caught up: events
 lost (bills the exchange had acknowledged that the ledger does not hold), samples of the
 ledger's spend above a campaign's budget (every 2 s), and control's spend against the ledger's.
-Figures and targets: ``fleet.bench.fault_report``; results in ``bench/results/faults-<name>.json``.
+A scenario with ``partners`` runs on a fleet brought up with the simulated demand partners
+(``fleet up --partners sim``: every region calls the same eight servers); the bench then also
+samples control's partner counters and policy (``GET /control/v1/partners``) and reports the hung
+partner's figures per phase. Figures and targets: ``fleet.bench.fault_report``; results in
+``bench/results/faults-<name>.json``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import sys
@@ -68,6 +71,7 @@ class Scenario:
     replicas: int | None = None  # ingress replicas per region the scenario needs
     remote_pricing: bool = False  # the region prices through its inference deployment
     needs: Callable[[], str | None] | None = None  # why it cannot run in this tree (None: it can)
+    partners: bool = False  # the fleet runs with the simulated demand partners (fleet up --partners sim)
 
 
 def _thread(fn, *args) -> Op:
@@ -117,6 +121,15 @@ async def _restore_region(ctx: Ctx) -> dict:
     return await asyncio.to_thread(ops.restore_region, ctx.region)
 
 
+HUNG = "fast"  # the partner the partner-hang scenario hangs: one that normally answers in time
+
+
+def _hang(on: bool) -> Op:
+    async def op(ctx: Ctx) -> dict:
+        return await ops.hang_partner(HUNG, on)
+    return op
+
+
 SCENARIOS = {s.name: s for s in [
     Scenario("inference-replica", "the region's inference replica SIGKILLed (remote pricing)",
              lambda c: _kill_replica(c, "inference"), remote_pricing=True),
@@ -128,7 +141,8 @@ SCENARIOS = {s.name: s for s in [
              replicas=2),
     Scenario("region-loss", "a whole region's application removed for 90 s, then deployed again",
              _remove_region, _restore_region, fault_s=90.0, settle_s=120.0),
-    Scenario("partner-hang", "a demand partner stops answering", needs=lambda: _partners_missing()),
+    Scenario("partner-hang", f"demand partner {HUNG!r} stops answering for 30 s (every call held), then answers",
+             _hang(True), _hang(False), settle_s=60.0, partners=True),
     Scenario("burst-3x", "offered traffic 3x for 30 s", burst=3.0, settle_s=15.0),
     Scenario("burst-5x", "offered traffic 5x for 30 s", burst=5.0, settle_s=15.0),
 ]}
@@ -202,6 +216,7 @@ async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, r
     events: list[dict] = []
     samples: list[tuple[float, dict]] = []
     states: list[tuple[float, dict]] = []
+    partner_samples: list[tuple[float, dict]] = []  # control's GET /v1/partners, partner scenarios
     stop = asyncio.Event()
     t0 = time.perf_counter()
 
@@ -232,6 +247,11 @@ async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, r
                                           "health": {k: v["status"] for k, v in doc.get("health", {}).items()}}))
                 except Exception:  # control restarting
                     pass
+                if sc.partners:
+                    try:
+                        partner_samples.append((at(), (await http.get(f"{control_url}/v1/partners")).json()))
+                    except Exception:
+                        pass
                 try:
                     await asyncio.wait_for(stop.wait(), 2.0)
                 except asyncio.TimeoutError:
@@ -289,24 +309,13 @@ async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, r
                            "resume": report.resume(records, region, kill)}
         if plot_dir is not None:
             doc["plot"] = str(report.timeline_plot(records, doc, plot_dir / f"faults-{sc.name}-timeline.png"))
+    if sc.partners:
+        restore = next((e["t"] for e in events if e["event"] == "restore"), timing.fault_at + fault_s)
+        doc["partners"] = report.partner_figures(partner_samples, HUNG, {
+            "baseline": (timing.warmup_s, timing.fault_at), "hang": (timing.fault_at, restore),
+            "after": (restore, duration)})
     doc["targets"] = report.targets(doc)
     return doc
-
-
-def _partners_missing() -> str | None:
-    """The partner fault needs the fleet to run with simulated partners (``fleet up --partners``)
-    and a way to make one of them hang at run time; until both exist it is skipped."""
-    from fleet.cli.up import up
-
-    if importlib.util.find_spec("fleet.sim.partners") is None:
-        return "fleet.sim.partners (the simulated demand partners, issue 21) does not exist yet"
-    if not any(p.name == "partners" for p in up.params):
-        return "`fleet up` cannot start the simulated partners yet (no --partners option)"
-    from fleet.sim import partners
-
-    if not hasattr(partners, "set_hang"):
-        return "fleet.sim.partners has no run-time control to make one partner hang (set_hang) yet"
-    return "the partner-hang injector is not written yet"
 
 
 def skip_reason(sc: Scenario) -> str | None:
@@ -332,6 +341,13 @@ def summary_lines(doc: dict) -> list[str]:
     if "failover" in doc:
         lines.append(f"failover  {doc['failover']['resume']}  dns {doc['failover']['dns_events']}  "
                      f"ejection {doc['failover']['ejection_events'][:6]}")
+    if "partners" in doc:
+        for name, f in doc["partners"]["phases"].items():
+            lines.append(f"partner   {doc['partners']['partner']} {name:<8} eligible {f['eligible']:5d}  called {f['called']:5d}"
+                         f" ({f['called_share']})  in time {f['in_time']:5d}  late {f['late']:5d}  "
+                         f"participating {f['participating']:4d}  won {f['won']:3d}")
+        for ch in doc["partners"]["policy_changes"]:
+            lines.append(f"partner   policy at {ch['t']:6.1f}s  {ch['policy']}")
     for k, v in doc["targets"].items():
         lines.append(f"target    {k:<40} {v['value']!s:<12} {'met' if v['met'] else 'NOT MET'}")
     return lines

@@ -236,8 +236,11 @@ def bench_faults(scenario, list_only, rate, region, quick, config_path, out_dir)
             config_path = str(local.STATE_DIR / "serve_config.faults-remote.yaml")
             Path(config_path).write_text(yaml.safe_dump(cfg, sort_keys=False))
         ctx.invoke(up, config_path=config_path, detach=True, burst=False, catalog=faults.CATALOG,
-                   replicas=sc.replicas, fresh=True)
+                   replicas=sc.replicas, fresh=True, partners="sim" if sc.partners else "none")
     try:
+        if sc.partners and not fault_ops.sim_partner_endpoints():
+            raise click.ClickException(f"{sc.name} needs the simulated partners (fleet up --partners sim): "
+                                       f"`fleet down`, then run it again (it brings the fleet up)")
         if sc.replicas and len(fault_ops.process_pids(f"ServeReplica:{region}:ingress-{region}")) < sc.replicas:
             raise click.ClickException(f"{sc.name} needs {sc.replicas} ingress replicas in {region}: "
                                        f"`fleet down`, then run it again (it brings the fleet up)")
