@@ -32,7 +32,7 @@ class Report(msgspec.Struct, kw_only=True):
     versions: dict[str, dict] = {}  # model version -> VersionStats fields (deltas)
     model: str | None = None  # what serve_config.yaml names for this replica
     candidate: str | None = None  # a candidate named in serve_config.yaml, if any
-    partners: dict[str, dict[str, PartnerTierStats]] = {}  # partner -> tier -> stats (deltas; issue 21)
+    partners: dict[str, dict[str, PartnerTierStats]] = {}  # partner -> tier -> stats, cumulative (issue 21)
 
 
 class Lease(msgspec.Struct, kw_only=True):
