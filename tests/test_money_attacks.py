@@ -8,6 +8,7 @@ was fixed): each asserts what the promise says, not what the code does.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import struct
 from types import SimpleNamespace
@@ -173,8 +174,11 @@ def _pacer(budget: float, clock: Clock):
     return pacer, f
 
 
+_SEQ = itertools.count(1)  # report counters: increasing per replica, as ControlSync numbers them
+
+
 def _report(name: str, b: LeaseBudget, clock: Clock) -> Report:
-    return Report(region=REGION, replica=name, ts=clock.t, spend=b.mark_report(),
+    return Report(region=REGION, replica=name, ts=clock.t, seq=next(_SEQ), spend=b.mark_report(),
                   reserved={k: v for k, v in b.reserved.items() if v > 0}, units={"c": 0.5},
                   opportunities={"c": 10}, held=b.held())
 
@@ -323,6 +327,97 @@ def test_a_confirmed_replacement_frees_the_old_leases_room():
     pacer.absorb(r, clock.t)
     push = pacer.grant(r, clock.t)
     assert push["c"].amount > 0.5, push["c"]
+
+
+def _sync(pacer, reps, name, clock, delivered=True):
+    r = _report(name, reps[name], clock)
+    if pacer.fresh(r):
+        pacer.absorb(r, clock.t)
+        push = pacer.grant(r, clock.t)
+        if delivered:
+            reps[name].apply(push, 1)
+
+
+def test_a_late_report_overtaken_by_a_newer_one_changes_no_lease():
+    """Two syncs of one replica in flight (the first timed out at the replica and reaches control
+    after the second: an async actor does not keep submission order). The late one names the
+    lease the newer sync replaced; applied, its grant would drop the lease the replica now holds
+    from control's books, and a lost reply after it would leave that lease uncounted.
+    (Found by a reviewer of the lost-reply fix.)"""
+    import dataclasses
+
+    for raise_budget in (True, False):
+        clock = Clock(T0)
+        pacer, f = _pacer(0.5 if raise_budget else 1.0, clock)
+        reps = {n: LeaseBudget(hold_s=3600.0, clock=clock) for n in ("a", "b")}
+        _sync(pacer, reps, "a", clock)  # L0
+        clock.t += 1.0
+        late = _report("a", reps["a"], clock)  # names L0; reaches control after the next one
+        clock.t += 1.0
+        f = dataclasses.replace(f, budget=1.0)
+        pacer.put_flight(f)
+        _sync(pacer, reps, "a", clock)  # L1 delivered: a spends under L1
+        pacer.put_flight(dataclasses.replace(f, paused=True))
+        if pacer.fresh(late):
+            pacer.absorb(late, clock.t)
+            pacer.grant(late, clock.t)
+        clock.t += 1.0
+        _sync(pacer, reps, "a", clock, delivered=False)  # names L1; its reply lost
+        pacer.put_flight(dataclasses.replace(f, paused=False))
+        clock.t += 1.0
+        _sync(pacer, reps, "b", clock)
+        assert _spend_all(reps, SimpleNamespace(id="c"), clock) <= 1.0 + 1e-9
+
+
+class _RedisAway:
+    """Redis unreachable until ``back``; then a real dict."""
+
+    def __init__(self, doc: dict):
+        self.data, self.back = {STATE_KEY: json.dumps(doc)}, False
+
+    async def get(self, key):
+        if not self.back:
+            raise ConnectionError("Redis away")
+        return self.data.get(key)
+
+    async def set(self, key, value, *a, **k):
+        if not self.back:
+            raise ConnectionError("Redis away")
+        self.data[key] = value
+        return True
+
+
+def test_a_control_started_with_redis_away_grants_no_new_room_and_never_saves_over_the_state():
+    """Redis away when the control actor starts: it runs from memory (``ControlActor.start``) and
+    knows none of the leases the last incarnation handed out, so it grants no new room; when Redis
+    is back it reads the saved state before it writes anything (an empty state saved over the real
+    one would lose every flight, every reported cent and every lease). (Found by a reviewer.)"""
+    clock = Clock(T0)
+    old, f = _pacer(1.0, clock)
+    reps = {n: LeaseBudget(hold_s=3600.0, clock=clock) for n in ("a", "b")}
+    _sync(old, reps, "a", clock)  # a holds the whole budget from the last incarnation
+    saved = {"epoch": 7, "pacer": old.to_dict()}
+    clock.t += 1.0
+    redis = _RedisAway(saved)
+    control = Control(load_regions(), redis, clock=clock)
+
+    async def restart():
+        try:
+            await control.start()
+        except ConnectionError:  # what ControlActor.start does
+            control.epoch += 1
+        control.pacer.put_flight(f)  # the flight back (the catalog's seed, or an operator)
+        pb = await control.sync(_report("b", reps["b"], clock))  # a new replica
+        reps["b"].apply(pb.leases, pb.epoch)
+        assert not await control.save()
+        redis.back = True
+        await control.tick(1.0)  # the actor's loop: the state is read before anything is written
+        assert json.loads(redis.data[STATE_KEY])["pacer"]["campaigns"], "the saved state was overwritten"
+        await control.start()
+        assert control.epoch > 7 and "c|a" in control.pacer.leases
+
+    asyncio.run(restart())
+    assert _spend_all(reps, SimpleNamespace(id="c"), clock) <= 1.0 + 1e-9
 
 
 def _aioredis(url: str):

@@ -18,6 +18,7 @@ class Report(msgspec.Struct, kw_only=True):
     replica: str
     ts: float
     epoch: int = 0  # the last push epoch the replica applied
+    seq: int = 0  # the replica's report counter (0: one that does not count): a late report changes nothing
     spend: dict[str, float] = {}  # campaign -> billed spend, fleet currency, cumulative
     reserved: dict[str, float] = {}  # campaign -> tentative spend held now (bids awaiting notices)
     opportunities: dict[str, int] = {}  # campaign -> eligible candidates seen, cumulative

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from dataclasses import asdict
 
@@ -51,7 +52,7 @@ class Pacer:
         self.prior: dict[str, LeaseRec] = {}
         self.replicas: dict[str, ReplicaBook] = {}
         self._ids = itertools.count(1)
-        self.incarnation = f"{int(clock()):x}"
+        self.incarnation = f"{int(clock()):x}{os.urandom(3).hex()}"  # lease ids never repeat across restarts
         # Near the end, plan this far ahead: the last bids' notices arrive after the flight
         # ends, and a flight should end spent, not with its last intervals' worth left over.
         self.lead = 2 * settings.interval_s
@@ -129,11 +130,23 @@ class Pacer:
 
     # -- reports and leases -------------------------------------------------------------
 
+    def fresh(self, r: Report) -> bool:
+        """Is this the replica's newest report? One overtaken by a later one (a sync timed out at the
+        replica and delivered late, a duplicate) must not move its books or its leases: its totals
+        are older and its ``held`` names a lease since replaced. Counted once, in order."""
+        book = self.replicas.get(r.replica)
+        if r.seq <= 0 or book is None:
+            return True
+        if r.seq <= book.seq:
+            return False
+        book.seq = r.seq
+        return True
+
     def absorb(self, r: Report, now: float) -> None:
         """Spend and opportunities from a replica's report (cumulative: retries count once)."""
         book = self.replicas.get(r.replica)
         if book is None:
-            book = self.replicas[r.replica] = ReplicaBook(r.region)
+            book = self.replicas[r.replica] = ReplicaBook(r.region, seq=r.seq)
         book.last_seen = now
         for cid in r.spend:
             d = _delta(r.spend, book.spend, cid)

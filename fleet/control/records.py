@@ -95,6 +95,7 @@ class ReplicaBook:
     opp_tick: dict[str, int] = field(default_factory=dict)
     opp_rate: dict[str, float] = field(default_factory=dict)
     last_seen: float = 0.0
+    seq: int = 0  # the newest report applied (``Pacer.fresh``)
 
 
 def _delta(totals: dict, seen: dict, key: str) -> float:

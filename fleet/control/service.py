@@ -65,6 +65,10 @@ class Control:
         self.saves = 0
         self._lock = asyncio.Lock()
         self.quiet_until = 0.0  # after a restart: no new room until the last incarnation's leases ran out
+        # The saved state has been read (or there is none to read): until then control grants no
+        # new room and writes nothing, so a start with Redis away never saves an empty state over
+        # the real one (``fleet.serve.control_actor`` retries ``start``).
+        self.loaded = redis is None
         self.idem = Idempotency()
         self._changed = asyncio.Event()
         self._refused: tuple | None = None  # the last candidate not canaried, and why (logged once)
@@ -78,6 +82,7 @@ class Control:
             if raw:
                 self.load(json.loads(raw))
                 self.quiet_until = self.clock() + self.settings.lease_ttl_s
+            self.loaded = True
         self.epoch += 1
         if self.settings.seed_catalog:
             now = self.clock()
@@ -121,7 +126,7 @@ class Control:
     async def save(self) -> bool:
         """Write the state; in order (one writer at a time). False when Redis is out of reach:
         control goes on in memory and says so (``redis_up`` in /v1/state and /v1/dashboard)."""
-        if self.redis is None:
+        if self.redis is None or not self.loaded:
             return False
         async with self._lock:
             raw = json.dumps(self.to_dict(), separators=(",", ":"))
@@ -196,6 +201,8 @@ class Control:
 
     async def sync(self, r: Report) -> Push:
         """A replica's report in, its leases and the current policy out (state saved first)."""
+        if not self.pacer.fresh(r):  # overtaken by a later report of the same replica: changes nothing
+            return self.push({})
         now = self.clock()
         self.reported_model = r.model or self.reported_model
         self._declare(r, now)
@@ -226,7 +233,7 @@ class Control:
                 else:
                     self.start_rollout(r.candidate, pricing, now)
         leases = self.pacer.grant(r, now)
-        if now < self.quiet_until:
+        if now < self.quiet_until or not self.loaded:
             # Just restarted: the last incarnation may have granted leases it could not save
             # (Redis away), and they are live for up to lease_ttl_s. No new room until they have
             # run out; reservations stay covered.

@@ -35,6 +35,7 @@ class ControlSync:
         self.wins = wins  # win notices counted so far
         self.partners = partners  # stage 6 (fleet.pipeline.fanout.Partners), or None
         self.epoch = 0
+        self.seq = 0  # reports sent: control applies each one once, in order
         self.policy_epoch = -1
         self.state = {"syncs": 0, "failures": 0, "last_ok": None, "last_error": ""}
         self._beat_prev: dict[str, float] = {}
@@ -62,7 +63,8 @@ class ControlSync:
             else:
                 p99[stage] = round(q * 1000.0, 4)
         self._lat_prev = snap
-        return Report(region=self.region, replica=self.replica, ts=now, epoch=self.epoch,
+        self.seq += 1
+        return Report(region=self.region, replica=self.replica, ts=now, epoch=self.epoch, seq=self.seq,
                       spend=b.mark_report(), reserved={k: v for k, v in b.reserved.items() if v > 0},
                       opportunities=dict(b.opportunities), blocked=dict(b.blocked), throttled=dict(b.throttled),
                       units=dict(b.units), held=b.held(), heartbeat=beat,

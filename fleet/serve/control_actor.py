@@ -59,6 +59,8 @@ class ControlActor:
         while True:
             await asyncio.sleep(dt)
             try:
+                if not self.control.loaded:  # Redis was away at start: read the state when it is back
+                    await self.control.start()
                 await self.control.tick(dt)
                 metrics.export(self.control)
             except Exception as exc:
