@@ -315,3 +315,30 @@ def test_a_lost_regions_auctions_resume_from_the_next_region_within_5s(failure):
     sent_dns, _ = _region_loss(failure, ejection=False, kill=kill, back=back)
     first_dns = next(t for t, dest, ok in sent_dns if t >= kill and dest == "eu-west")
     assert first_dns - kill >= DnsSettings().ttl_s
+
+
+def test_the_bench_judges_resume_on_the_gap_in_answers_not_the_removal_command():
+    """The region-loss bench's figure: removing a region takes the command seconds, during which
+    the region still answers; the target is the gap from its last on-time answer to the first
+    on-time answer from the next region, with the time from the command beside it."""
+    from types import SimpleNamespace as R
+
+    from fleet.bench.fault_report import RESUME_S, resume, targets
+
+    opp = R(region="us-east")
+    recs = [R(opp=opp, t=60.0 + i / 28, region="us-east", status=204, late=False) for i in range(150)]  # to 65.3
+    recs += [R(opp=opp, t=65.4 + i / 28, region="us-east", status=404, late=False) for i in range(3)]
+    recs += [R(opp=opp, t=65.6, region="eu-west", status=200, late=True),  # late: no answer yet
+             R(opp=opp, t=65.7, region="eu-west", status=204, late=False)]
+    res = resume(recs, "us-east", 60.0)
+    assert res["first_on_time_elsewhere_s"] == pytest.approx(5.7) and res["first_failed_s"] == pytest.approx(5.4)
+    assert res["gap_s"] == pytest.approx(65.7 - recs[149].t, abs=0.01)
+    assert res["unanswered_before"] == 4
+    phase = {"on_time_share": 1.0, "value_per_opportunity": None, "shed": 0, "5xx": 0}
+    doc = {"phases": {"baseline": phase, "fault": phase}, "money": {"events_lost": 0, "over_budget_samples": 0},
+           "failover": {"resume": res}}
+    assert targets(doc)["answers_resume_within_5s"] == {"value": res["gap_s"], "met": True}
+    # The DNS alone (the earlier run): the lost region's auctions unanswered for a minute.
+    recs[-1].t = 120.0
+    assert targets({**doc, "failover": {"resume": resume(recs, "us-east", 60.0)}})["answers_resume_within_5s"]["value"] \
+        > RESUME_S
