@@ -105,6 +105,17 @@ def cache_delta(after: dict[str, int], before: dict[str, int]) -> dict:
             "default_rate": round((looked - d["hit"]) / looked, 4) if looked else None}
 
 
+PARTNER_COUNTS = ("eligible", "called", "in_time", "late", "participating", "won")
+
+
+def _partner_counts(base: str, prefix: str | None) -> dict:
+    """The region's per-partner counters (``/stats`` ``partners``), none for an app without partners."""
+    if prefix is None:
+        return {}
+    rows = httpx.get(f"{base}{prefix}/stats", timeout=5).json().get("partners") or {}
+    return {pid: {k: row.get(k, 0) for k in PARTNER_COUNTS} for pid, row in rows.items()}
+
+
 def _late(base: str, prefix: str | None) -> int:
     if prefix is None:
         return 0
@@ -180,14 +191,21 @@ def collector_pauses(counts: dict[str, list[int]]) -> dict[str, dict]:
             for k, v in sorted(counts.items()) if k.startswith(("gc", "shard_gc")) and sum(v)}
 
 
+PARTNERS_ROLE = "python:fleet.sim.partners"  # the simulated demand partners' process (cpu.role_of)
+
+
 def cpu_summary(results: dict, apps: dict[str, str]) -> dict:
-    """Per target and phase: the CPU per request of its own app's replicas (``ingress_us``)
-    and of every process but the load generator (``total_us``). ``apps``: label -> Serve app."""
+    """Per target and phase: the CPU per request of its own app's replicas (``ingress_us``),
+    of every process but the load generator and the simulated partners (``total_us``), and of
+    the partners apart where they ran (``partners_us``: an external bidder's CPU, not the fleet's).
+    ``apps``: label -> Serve app."""
     out = {}
     for label, res in results.items():
         phases = res.get("cpu_us_per_request")
         if phases and label in apps:
-            out[label] = {ph: {"ingress_us": cpu.app_share(by_role, apps[label]), "total_us": cpu.total(by_role)}
+            out[label] = {ph: {"ingress_us": cpu.app_share(by_role, apps[label]),
+                               "total_us": cpu.total(by_role, ("wrk", "kernel", PARTNERS_ROLE)),
+                               **({"partners_us": by_role[PARTNERS_ROLE]} if PARTNERS_ROLE in by_role else {})}
                           for ph, by_role in phases.items()}
     return out
 
@@ -210,7 +228,8 @@ def _median_round(runs: list[dict]) -> dict:
 
 def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_ms: float,
                  step_s: float, connections: int, start_rate: float, out: Path, log=print,
-                 meta: dict | None = None, rounds: int = 1, apps: dict[str, str] | None = None) -> dict:
+                 meta: dict | None = None, rounds: int = 1, apps: dict[str, str] | None = None,
+                 slo_by_target: dict[str, float] | None = None) -> dict:
     """``targets``: label -> (route prefix, prefix whose /stats counts late answers, or None).
 
     The first target is the reference (the noop app), the last the system under test; any in
@@ -219,7 +238,8 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
     non-reference targets reversed every other round so drift hits both alike; each target's
     figures are the medians, and the ratios of each round are kept (``ratios_per_round``).
     ``apps`` (label -> Serve app name) names whose replicas are each target's ingress, for the
-    CPU per request summary (``cpu_per_request``).
+    CPU per request summary (``cpu_per_request``). ``slo_by_target``: a target's own p99 limit
+    in place of ``slo_ms`` (the region calling partners may add their cutoff to its answers).
     """
     wrk = ensure_wrk()
     bodies = write_bodies(region, BODIES)
@@ -231,7 +251,7 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
             if rounds > 1:
                 log(f"round {rnd + 1} of {rounds}")
             per_round.append(_one_round(wrk, bodies, base, {k: targets[k] for k in order}, slo_ms, step_s,
-                                        connections, start_rate, log))
+                                        connections, start_rate, log, slo_by_target or {}))
     finally:
         bodies.unlink(missing_ok=True)
     results = {k: _median_round([r[k] for r in per_round]) for k in labels}
@@ -243,6 +263,7 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
         "machine": {"cpus": os.cpu_count()},
         "method": {"generator": "wrk -t1 paced by delay()", "connections": connections,
                    "step_s": step_s, "slo_p99_ms": slo_ms, "pass": "achieved>=90% offered, p99<=SLO, 0 errors, 0 late",
+                   **({"slo_p99_ms_by_target": slo_by_target} if slo_by_target else {}),
                    "rounds": rounds},
         "reference": labels[0],
         "results": results,
@@ -262,14 +283,14 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
 
 
 def _one_round(wrk, bodies, base: str, targets: dict, slo_ms: float, step_s: float, connections: int,
-               start_rate: float, log) -> dict:
+               start_rate: float, log, slo_by_target: dict[str, float]) -> dict:
     results: dict = {}
     for label, (prefix, stats_prefix) in targets.items():
         url = f"{base}{prefix}/openrtb2/bid"
         log(f"{label}: {url}")
 
-        def step(rate, seconds=step_s, _url=url, _sp=stats_prefix):
-            return wrk_step(wrk, _url, bodies, rate, seconds, connections, base, _sp, slo_ms)
+        def step(rate, seconds=step_s, _url=url, _sp=stats_prefix, _slo=slo_by_target.get(label, slo_ms)):
+            return wrk_step(wrk, _url, bodies, rate, seconds, connections, base, _sp, _slo)
 
         def step_cpu(rate):
             """A step with the CPU each request took, by process role."""
@@ -309,6 +330,7 @@ def _one_round(wrk, bodies, base: str, targets: dict, slo_ms: float, step_s: flo
             "half_load_stages": stages,
             "half_load_lookups": lookups,
             "collector_pauses": pauses,
+            **({"partners": parts} if (parts := _partner_counts(base, stats_prefix)) else {}),
             "cpu_us_per_request": {"half_load": half_cpu, "saturation": sat_cpu},
             "steps": [asdict(s) for s in steps],
         }

@@ -16,11 +16,33 @@ from fleet.cli.up import down, up
 from fleet.config import REPO_ROOT, load_regions
 
 RESULTS = REPO_ROOT / "bench" / "results"
-PARTS = ("cache", "near_cache", "telemetry")  # what a capacity comparison can turn off
+PARTS = ("cache", "near_cache", "telemetry", "partners")  # what a capacity comparison can turn off
 
 def _without(part: str) -> str:
     """Route and app suffix of the region without ``part``: -nocache, -nonear-cache, ..."""
     return "-no" + part.replace("_", "-")
+
+
+def _start_partners(which: str, region: str):
+    """The simulated partners in a process of their own, and a copy of ``regions.yaml`` with
+    ``region`` calling them: (process, that file's path, what the result records of them)."""
+    import json
+    import tempfile
+
+    import yaml
+
+    from fleet.bench.partners import start_partners
+    from fleet.config import PartnerSettings
+
+    proc, entries = start_partners(which)
+    raw = yaml.safe_load((REPO_ROOT / "regions.yaml").read_text())
+    raw["regions"][region]["partners"] = entries
+    path = Path(tempfile.mkdtemp(prefix="bench-partners-")) / "regions.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    classes = PartnerSettings.model_validate((raw.get("defaults") or {}).get("partners") or {}).cutoff_classes
+    longest = max(c for e in entries for c in classes[e.get("cutoff_class", "standard")].values())
+    return proc, str(path), {"partners": which, "partner_ids": [e["id"] for e in entries],
+                             "partners_longest_cutoff_ms": longest, "partner_entries": json.loads(json.dumps(entries))}
 
 
 @click.command("capacity")
@@ -38,8 +60,13 @@ def _without(part: str) -> str:
               help="Also measure the region without tracing and metrics (telemetry off).")
 @click.option("--rounds", default=1, show_default=True,
               help="Measure every app this many times, comparison order alternating; report medians.")
+@click.option("--partners", "partner_set", type=click.Choice(["none", "fast4", "sim"]), default="none",
+              show_default=True,
+              help="The region calls these simulated demand partners (fleet.sim.partners, in a process of "
+                   "their own whose CPU is counted apart), and is also measured without them. Its p99 limit "
+                   "is --slo-ms plus the partners' longest cutoff plus 2 ms (the wait they may add).")
 def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model, compare_cache,
-                   compare_telemetry=False, rounds=1):
+                   compare_telemetry=False, rounds=1, partner_set="none"):
     """One region's capacity against a no-op Serve app, same ingress, same wrk, same run.
 
     Starts its own local Ray (HAProxy ingress, throughput settings) with the region (its cache
@@ -59,7 +86,7 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
 
     spec = load_regions().regions[region]
     started = False
-    redis_proc = None
+    redis_proc = partners_proc = None
     if not os.environ.get("REDIS_URL"):
         import tempfile
 
@@ -71,9 +98,13 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
     else:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     try:
+        slo_by_target, regions_file, meta = {}, "regions.yaml", {}
+        if partner_set != "none":
+            partners_proc, regions_file, meta = _start_partners(partner_set, region)
+            slo_by_target[region] = slo_ms + meta["partners_longest_cutoff_ms"] + 2.0
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(region_app.build_app(RegionAppArgs(region=region, model=model)), name=f"bench-{region}",
-                  route_prefix=spec.route_prefix, blocking=False)
+        serve.run(region_app.build_app(RegionAppArgs(region=region, model=model, regions_file=regions_file)),
+                  name=f"bench-{region}", route_prefix=spec.route_prefix, blocking=False)
         serve.run(noop_app.build_app({"max_ongoing_requests": spec.max_ongoing_requests}),
                   name="bench-noop", route_prefix="/bench-noop", blocking=False)
         targets = {"noop": ("/bench-noop", None)}
@@ -87,23 +118,39 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
                       name=f"bench-{region}{_without(part)}", route_prefix=prefix, blocking=False)
             targets[f"{region} without {part.replace('_', '-')}"] = (prefix, prefix)
             prefixes.append(prefix)
+        if partner_set != "none":  # the region as configured, no partners: the same run's comparison
+            prefix = f"{spec.route_prefix}{_without('partners')}"
+            serve.run(region_app.build_app(RegionAppArgs(region=region, model=model)),
+                      name=f"bench-{region}{_without('partners')}", route_prefix=prefix, blocking=False)
+            targets[f"{region} without partners"] = (prefix, prefix)
+            prefixes.append(prefix)
         targets[region] = (spec.route_prefix, spec.route_prefix)
         base = f"http://127.0.0.1:{port}"
         if not wait_ready(base, prefixes, 180):
             raise click.ClickException("region did not become ready")
         time.sleep(2)
         suffix = (("-" + model.replace("/", "-") if model else "") + ("-cache" if compare_cache else "")
-                  + ("-telemetry" if compare_telemetry else ""))
+                  + ("-telemetry" if compare_telemetry else "")
+                  + (f"-partners-{partner_set}" if partner_set != "none" else ""))
         apps = {"noop": "bench-noop", region: f"bench-{region}",
                 **{f"{region} without {part.replace('_', '-')}": f"bench-{region}{_without(part)}" for part in PARTS}}
         doc = run_capacity(
             base, targets, region, slo_ms=slo_ms, step_s=step_s, connections=connections, start_rate=start_rate,
             out=RESULTS / f"capacity-{region}{suffix}.json",
-            log=click.echo, meta={"pricing": f"model:{model}" if model else "rule"}, rounds=rounds, apps=apps,
+            log=click.echo, meta={"pricing": f"model:{model}" if model else "rule", **meta}, rounds=rounds,
+            apps=apps, slo_by_target=slo_by_target,
         )
         for label, phases in doc["cpu_per_request"].items():
             click.echo(f"CPU per request, {label}: " + "; ".join(
-                f"{ph} ingress {v['ingress_us']:.0f} us, all {v['total_us']:.0f} us" for ph, v in phases.items()))
+                f"{ph} ingress {v['ingress_us']:.0f} us, all {v['total_us']:.0f} us"
+                + (f", partners apart {v['partners_us']:.0f} us" if "partners_us" in v else "")
+                for ph, v in phases.items()))
+        if partner_set != "none":
+            r = doc["results"]
+            without = r[f"{region} without partners"]["capacity_rps"]
+            click.echo(f"capacity with partners / noop: {doc['ratio_capacity']}; without partners / noop: "
+                       f"{doc['ratios_capacity'][f'{region} without partners']}; with / without: "
+                       f"{r[region]['capacity_rps'] / without if without else float('nan'):.3f}")
         if compare_cache:
             r = doc["results"]
             without = r[f"{region} without cache"]["capacity_rps"]
@@ -133,6 +180,9 @@ def bench_capacity(region, slo_ms, step_s, connections, start_rate, port, model,
         if started:
             serve.shutdown()
             ray.shutdown()
+        if partners_proc is not None:
+            partners_proc.terminate()
+            partners_proc.wait(10)
             local.stop_haproxy()  # a lingering one holds its ports against the next run
         if redis_proc is not None:
             redis_proc.terminate()
