@@ -214,90 +214,77 @@ def test_a_bill_between_report_and_reply_is_not_granted_twice():
     assert exposure <= budget + 1e-9, exposure
 
 
-def test_a_lost_sync_reply_does_not_let_control_regrant_the_old_lease():
-    import dataclasses
-
-    clock = Clock(T0)
-    budget = 1.0
-    pacer, f = _pacer(budget, clock)
-    reps = {n: LeaseBudget(hold_s=3600.0, clock=clock) for n in ("a", "b")}
-    camp = SimpleNamespace(id="c")
-
-    def sync(name, delivered=True):
-        r = _report(name, reps[name], clock)
-        pacer.absorb(r, clock.t)
-        push = pacer.grant(r, clock.t)
-        if delivered:
-            reps[name].apply(push, 1)
-
-    sync("a")
-    assert reps["a"].leases["c"].amount == pytest.approx(budget)
-    pacer.put_flight(dataclasses.replace(f, paused=True))  # an operator pauses the campaign ...
-    clock.t += 1.0
-    sync("a", delivered=False)  # ... and a's sync reply (no lease) is lost: a keeps its old one
-    pacer.put_flight(dataclasses.replace(f, paused=False))
-    clock.t += 1.0
-    sync("b")
-    for name in ("a", "b"):
-        while reps[name].reserve(camp, 0.25, clock.t, f"{name}{clock.t}:{len(reps[name].holds)}",
-                                 until=clock.t + 900):
-            pass
-    total = sum(sum(r.reserved.values()) for r in reps.values())
-    assert total <= budget + 1e-9, total
+def _sync(pacer, reps, name, clock, delivered=True):
+    """One replica's sync as ControlSync and Control.sync make it; ``delivered`` False: the reply
+    is lost on its way, and the replica keeps what it held."""
+    r = _report(name, reps[name], clock)
+    if not pacer.fresh(r):
+        return {}
+    pacer.absorb(r, clock.t)
+    push = pacer.grant(r, clock.t)
+    if delivered:
+        reps[name].apply(push, 1)
+    return push
 
 
 def _spend_all(reps, camp, clock):
+    """Every replica commits all it can: billed or may still bill, whatever control believes."""
     for name, rep in reps.items():
         while rep.reserve(camp, 0.25, clock.t, f"{name}{clock.t}:{len(rep.holds)}", until=clock.t + 900):
             pass
     return sum(sum(r.reserved.values()) for r in reps.values())
 
 
+def _two_replicas(budget: float = 1.0):
+    clock = Clock(T0)
+    pacer, f = _pacer(budget, clock)
+    return clock, pacer, f, {n: LeaseBudget(hold_s=3600.0, clock=clock) for n in ("a", "b")}
+
+
+def test_a_lost_sync_reply_does_not_let_control_regrant_the_old_lease():
+    import dataclasses
+
+    clock, pacer, f, reps = _two_replicas()
+    _sync(pacer, reps, "a", clock)
+    assert reps["a"].leases["c"].amount == pytest.approx(1.0)
+    pacer.put_flight(dataclasses.replace(f, paused=True))  # an operator pauses the campaign ...
+    clock.t += 1.0
+    _sync(pacer, reps, "a", clock, delivered=False)  # ... and a's reply (no lease) is lost: a keeps its old one
+    pacer.put_flight(dataclasses.replace(f, paused=False))
+    clock.t += 1.0
+    _sync(pacer, reps, "b", clock)
+    assert _spend_all(reps, SimpleNamespace(id="c"), clock) <= 1.0 + 1e-9
+
+
 def test_two_lost_replies_in_a_row_keep_the_lease_the_replica_holds_counted():
     import dataclasses
 
-    clock = Clock(T0)
-    pacer, f = _pacer(1.0, clock)
-    reps = {n: LeaseBudget(hold_s=3600.0, clock=clock) for n in ("a", "b")}
-    r = _report("a", reps["a"], clock)
-    pacer.absorb(r, clock.t)
-    reps["a"].apply(pacer.grant(r, clock.t), 1)
+    clock, pacer, f, reps = _two_replicas()
+    _sync(pacer, reps, "a", clock)
     pacer.put_flight(dataclasses.replace(f, paused=True))
     for _ in range(2):  # two syncs whose replies never arrive: a still spends under its first lease
         clock.t += 1.0
-        r = _report("a", reps["a"], clock)
-        pacer.absorb(r, clock.t)
-        pacer.grant(r, clock.t)
+        _sync(pacer, reps, "a", clock, delivered=False)
     pacer.put_flight(dataclasses.replace(f, paused=False))
     clock.t += 1.0
-    r = _report("b", reps["b"], clock)
-    pacer.absorb(r, clock.t)
-    reps["b"].apply(pacer.grant(r, clock.t), 1)
+    _sync(pacer, reps, "b", clock)
     assert _spend_all(reps, SimpleNamespace(id="c"), clock) <= 1.0 + 1e-9
 
 
 def test_a_lease_held_across_a_lost_reply_stays_counted_through_a_control_restart():
     import dataclasses
 
-    clock = Clock(T0)
-    pacer, f = _pacer(1.0, clock)
-    reps = {n: LeaseBudget(hold_s=3600.0, clock=clock) for n in ("a", "b")}
-    r = _report("a", reps["a"], clock)
-    pacer.absorb(r, clock.t)
-    reps["a"].apply(pacer.grant(r, clock.t), 1)
+    clock, pacer, f, reps = _two_replicas()
+    _sync(pacer, reps, "a", clock)
     pacer.put_flight(dataclasses.replace(f, paused=True))
     clock.t += 1.0
-    r = _report("a", reps["a"], clock)
-    pacer.absorb(r, clock.t)
-    pacer.grant(r, clock.t)  # lost
+    _sync(pacer, reps, "a", clock, delivered=False)
     doc = json.loads(json.dumps(pacer.to_dict()))  # what control saves, read back by its next incarnation
     pacer2, _ = _pacer(1.0, clock)
     pacer2.load(doc)
     pacer2.put_flight(dataclasses.replace(f, paused=False))
     clock.t += 1.0
-    r = _report("b", reps["b"], clock)
-    pacer2.absorb(r, clock.t)
-    reps["b"].apply(pacer2.grant(r, clock.t), 1)
+    _sync(pacer2, reps, "b", clock)
     assert _spend_all(reps, SimpleNamespace(id="c"), clock) <= 1.0 + 1e-9
 
 
@@ -306,36 +293,17 @@ def test_a_confirmed_replacement_frees_the_old_leases_room():
     old one, the old one's room goes back to the others (the fix must not hold money forever)."""
     import dataclasses
 
-    clock = Clock(T0)
-    pacer, f = _pacer(1.0, clock)
-    reps = {n: LeaseBudget(hold_s=3600.0, clock=clock) for n in ("a", "b")}
-    r = _report("a", reps["a"], clock)
-    pacer.absorb(r, clock.t)
-    reps["a"].apply(pacer.grant(r, clock.t), 1)
+    clock, pacer, f, reps = _two_replicas()
+    _sync(pacer, reps, "a", clock)
     pacer.put_flight(dataclasses.replace(f, paused=True))
     clock.t += 1.0
-    r = _report("a", reps["a"], clock)
-    pacer.absorb(r, clock.t)
-    reps["a"].apply(pacer.grant(r, clock.t), 2)  # delivered: a holds nothing now
+    _sync(pacer, reps, "a", clock)  # delivered: a holds nothing now
     clock.t += 1.0
-    r = _report("a", reps["a"], clock)  # ... and says so
-    pacer.absorb(r, clock.t)
-    pacer.grant(r, clock.t)
+    _sync(pacer, reps, "a", clock)  # ... and says so
     pacer.put_flight(dataclasses.replace(f, paused=False))
     clock.t += 1.0
-    r = _report("b", reps["b"], clock)
-    pacer.absorb(r, clock.t)
-    push = pacer.grant(r, clock.t)
+    push = _sync(pacer, reps, "b", clock, delivered=False)
     assert push["c"].amount > 0.5, push["c"]
-
-
-def _sync(pacer, reps, name, clock, delivered=True):
-    r = _report(name, reps[name], clock)
-    if pacer.fresh(r):
-        pacer.absorb(r, clock.t)
-        push = pacer.grant(r, clock.t)
-        if delivered:
-            reps[name].apply(push, 1)
 
 
 def test_a_late_report_overtaken_by_a_newer_one_changes_no_lease():
