@@ -12,7 +12,10 @@ Routing: an auction goes to the region it was meant for (the exchange's own, or 
 an exchange elsewhere is pinned to) while that region is in the answer set; otherwise to the
 healthy region nearest the exchange (``fleet.control.failover.nearest_healthy``, the rule
 control re-leases budget by), and the round trip to that region is what the auction's network
-time becomes.
+time becomes. The DNS is the slow path (30-60 s to move a lost region's exchanges); the
+exchanges' own ejection (``fleet.sim.ejection``) moves them within a second, and takes the
+DNS's answer as the first endpoint to try, so a region's traffic returns only once both have it
+back.
 """
 
 from __future__ import annotations
