@@ -34,6 +34,7 @@ from pathlib import Path
 
 import httpx
 
+from fleet.bench import cpu
 from fleet.bench.capacity import BODIES, ensure_wrk, write_bodies
 from fleet.config import REPO_ROOT
 from fleet.runtime.haproxy_shim import DEADLINE_REASON, OVERLOAD_REASON
@@ -119,11 +120,13 @@ def step(wrk: str, base: str, prefix: str, bodies: Path, label: str, connections
     url = f"{base}{prefix}/openrtb2/bid"
     lines = bodies.read_text().splitlines()
     before = server_counts(base, prefix)
+    cpu0 = cpu.snapshot()
     box: dict = {}
     t = threading.Thread(target=lambda: box.update(w=wrk_run(wrk, url, bodies, connections, delay_ms, seconds, tmax_ms)))
     t.start()
     p = asyncio.run(probe(url, lines, max(1.0, seconds - 1.0), tmax_ms))
     t.join()
+    cpu1 = cpu.snapshot()
     after = server_counts(base, prefix)
     w = box["w"]
     dur = w["duration_us"] / 1e6
@@ -142,6 +145,8 @@ def step(wrk: str, base: str, prefix: str, bodies: Path, label: str, connections
         "probe": p, "server": srv,
         "server_late_share": round(srv["late_suppressed"] / srv["requests"], 4) if srv["requests"] else None,
         "shed_by_haproxy": w["shed"] + p["shed"]["n"] - srv["shed"],
+        # cores each role used over the step (the whole box: the load generator and others too)
+        "cpu_cores": {r: round(us / 1e6 / dur, 3) for r, us in cpu.per_request(cpu0, cpu1, 1, min_us=dur * 1e4).items()},
     }
 
 
@@ -153,7 +158,8 @@ def describe(s: dict) -> str:
             f"answered in tmax {s['answered_on_time']:7.2%} p99 {s['client_p99_ms']:6.1f} ms | "
             f"probe served p99 {p['served'].get('p99_ms', '-')} ms, shed p50/p99/max "
             f"{p['shed'].get('p50_ms', '-')}/{p['shed'].get('p99_ms', '-')}/{p['shed'].get('max_ms', '-')} ms | "
-            f"server late {s['server_late_share']}, replica shed {s['server']['shed']}, errors {s['errors']}")
+            f"server late {s['server_late_share']}, replica shed {s['server']['shed']}, errors {s['errors']}\n"
+            f"    cores: " + ", ".join(f"{r} {c:.2f}" for r, c in list(s["cpu_cores"].items())[:7]))
 
 
 def run_overload(base: str, prefix: str, region: str, seconds: float, tmax_ms: int, capacity_conns: int,

@@ -45,10 +45,12 @@ MARK = "# fleet:"  # every line this file adds carries it (and a rewrite is neve
 @dataclass(frozen=True)
 class Limits:
     server_maxconn: int = 16  # per replica and backend: max_ongoing_requests >= twice this
-    max_queue: int = 8  # bid requests queued per backend before new ones are shed at once
+    # Saturated, a replica frees a slot about every 0.7 ms (~1,500 req/s): a bid queued deeper
+    # than what frees in ``bid_queue_ms`` would only wait to be shed, so it is shed at once.
+    max_queue: int = 4  # bid requests queued per backend before new ones are shed at once
     # A bid waits at most this for a replica's slot, then HAProxy answers the no-bid: a shed
-    # answer never waits on a stalled replica. Saturated, ~1,500 req/s dequeue ~3 per ms.
-    bid_queue_ms: int = 2
+    # answer never waits on a stalled replica (docs/benchmarks.md, "Overload").
+    bid_queue_ms: int = 1
     # Every other path: long enough for a notice to outwait a GC pause (a refused notice is
     # sent again; a 503 is a 5xx all the same).
     timeout_queue_ms: int = 1000
