@@ -23,7 +23,7 @@ Partner latencies are measured on the host: run it on a quiet machine. On the sh
 (load 5) every partner, the fast one too, went late after a few minutes, so its figures there
 are not a measurement (see the issue-21 report).
 
-    python -m fleet.harness.partner_starvation [--phase-s 60] [--rate 40]
+    python -m fleet.harness.partner_starvation [--phase-s 60] [--rate 40] [--mid-ms 32 --mid-sigma 0.12]
 """
 
 from __future__ import annotations
@@ -44,12 +44,15 @@ from fleet.control.service import Control
 from fleet.region.runtime import Region
 
 REGION = "us-east"
-PROFILES = [  # mid-latency partners: in time with the full budget, not with 10 ms less
-    dict(id="mid-a", latency_ms=32, latency_sigma=0.12, bid_rate=0.9, price_scale=5.0),
-    dict(id="mid-b", latency_ms=35, latency_sigma=0.12, bid_rate=0.9, price_scale=5.0),
-    dict(id="mid-c", latency_ms=38, latency_sigma=0.12, bid_rate=0.9, price_scale=5.0),
-    dict(id="fast", latency_ms=8, latency_sigma=0.3, bid_rate=0.9, price_scale=5.0),
-]
+def profiles(mid_ms: float = 32.0, sigma: float = 0.12) -> list[dict]:
+    """Three mid-latency partners (medians ``mid_ms``, +3, +6) meant to be in time with the full
+    budget and not with 10 ms less, and a fast one. Where they stand depends on the host: the
+    time a call takes on top of the server's own delay (4-5 ms on the 2-core box when quiet) and
+    the budget (tmax 80 - 15 network - 4 reserve: a 60 ms cutoff before, 50.5 ms of time left
+    after a 10 ms slower enrichment)."""
+    return [dict(id=f"mid-{c}", latency_ms=mid_ms + 3 * i, latency_sigma=sigma, bid_rate=0.9, price_scale=5.0)
+            for i, c in enumerate("abc")] + [dict(id="fast", latency_ms=8, latency_sigma=0.3, bid_rate=0.9,
+                                                  price_scale=5.0)]
 SERVE = """
 import asyncio, json, sys
 from fleet.sim.partners import PartnerServers, Profile
@@ -117,8 +120,8 @@ def _totals(region: Region) -> dict:
 
 
 async def run(phase_s: float = 60.0, rate: float = 40.0, base_ms: float = 0.5, slow_ms: float = 10.0,
-              policy_every_s: float = 5.0) -> list[dict]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, json.dumps(PROFILES)], cwd=REPO_ROOT,
+              policy_every_s: float = 5.0, mid_ms: float = 32.0, sigma: float = 0.12) -> list[dict]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, json.dumps(profiles(mid_ms, sigma))], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, text=True)
     try:
         endpoints = json.loads(proc.stdout.readline())
@@ -182,9 +185,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phase-s", type=float, default=60.0)
     ap.add_argument("--rate", type=float, default=40.0)
+    ap.add_argument("--mid-ms", type=float, default=32.0, help="median latency of the first mid partner")
+    ap.add_argument("--mid-sigma", type=float, default=0.12, help="their latency's lognormal shape")
     ap.add_argument("--out", default=None, help="write the phases as JSON here")
     a = ap.parse_args()
-    phases = asyncio.run(run(a.phase_s, a.rate))
+    phases = asyncio.run(run(a.phase_s, a.rate, mid_ms=a.mid_ms, sigma=a.mid_sigma))
     if a.out:
         (REPO_ROOT / a.out).write_text(json.dumps(phases, indent=1) + "\n")
 
