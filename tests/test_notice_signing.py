@@ -150,3 +150,31 @@ def test_a_test_flag_added_or_removed_breaks_the_signature():
     signer.verify(q, "bill")
     with pytest.raises(SignatureError, match="bad signature"):
         signer.verify({k: v for k, v in q.items() if k != "e"}, "bill")
+
+
+# -- the key list: no key anyone knows ------------------------------------------------------------
+
+_GOOD = (b"a" * 32).hex()
+
+
+@pytest.mark.parametrize("spec", [f"k1:{_GOOD},", f",k1:{_GOOD}", "k1:", f"k1:{_GOOD},k0:", f"k1:{_GOOD},k1:{_GOOD}",
+                                  "k1:zz", "k1:00ff"])
+def test_a_malformed_key_list_stops_the_start_rather_than_accept_a_key_anyone_knows(monkeypatch, spec):
+    """A stray comma or an id without its key once left an empty key (id "" or the id's), and a
+    bill signed with ``b""`` was counted at any bid the forger wrote (found by a reviewer)."""
+    monkeypatch.setenv("FLEET_NOTICE_KEYS", spec)
+    with pytest.raises(ValueError):
+        NoticeSigner()
+
+
+def test_a_bill_signed_with_an_empty_key_creates_no_spend_even_if_one_were_configured():
+    signer = NoticeSigner({"k1": b"a" * 32, "": b"", "k0": b""}, clock=lambda: T_MS / 1000.0)
+    fields = {"a": "auc-1", "i": "1", "bid": "forged", "c": "c-1", "cr": "cr-1", "r": "us-east", "m": "rule",
+              "t": str(T_MS), "p": "pub-1", "b": "9.0000", "cu": "USD", "x": str(T_MS // 1000 + 900)}
+    for kid in ("", "k0"):
+        common = "\x1f".join(f"{k}={encode({**fields, 'k': kid}.get(k, ''))}" for k in COMMON)
+        mac = hmac.new(b"", f"{common}\x1fn=bill".encode(), hashlib.sha256).digest()
+        sig = base64.urlsafe_b64encode(mac[:16]).decode().rstrip("=")
+        query = "&".join(f"{k}={encode(v)}" for k, v in {**fields, "k": kid}.items()) + f"&n=bill&s={sig}&px=9.0&cur=USD"
+        status, _, _ = NoticeCounter(signer).handle("bill", query, "us-east")
+        assert status == 403, (kid, status)

@@ -40,13 +40,26 @@ class SignatureError(Exception):
         self.reason = reason
 
 
+MIN_KEY_BYTES = 16
+
+
 def load_keys() -> dict[str, bytes]:
+    """``FLEET_NOTICE_KEYS`` (``id:hex,id:hex``, the first signs, every one verifies), else the
+    generated key file. A malformed list stops the start: a stray comma or an id without its key
+    would otherwise leave an empty key that anyone can sign bills with."""
     spec = os.environ.get("FLEET_NOTICE_KEYS", "").strip()
     if spec:
         keys = {}
         for part in spec.split(","):
             kid, _, hexkey = part.strip().partition(":")
-            keys[kid] = bytes.fromhex(hexkey)
+            try:
+                key = bytes.fromhex(hexkey)
+            except ValueError:
+                key = b""
+            if not kid or kid in keys or len(key) < MIN_KEY_BYTES:
+                raise ValueError(f"FLEET_NOTICE_KEYS: entry {kid or '(no id)'!r} needs a unique id and a key "
+                                 f"of at least {MIN_KEY_BYTES} bytes in hex (id:hex,id:hex)")
+            keys[kid] = key
         return keys
     return {"k0": bytes.fromhex(read_or_create(KEY_FILE, lambda: secrets.token_hex(32)))}
 
@@ -87,7 +100,8 @@ class NoticeSigner:
     def sign_encoded(self, encoded: dict[str, str], kinds: tuple[str, ...],
                      expires_at: float | None = None) -> tuple[dict[str, str], dict[str, str]]:
         """``encoded`` (field -> value already through ``encode``) with deadline and key id, and
-        one signature per kind (kind -> ``s``): what the bid path puts in a bid's URLs."""
+        one signature per kind (kind -> ``s``): what the bid path puts in a bid's URLs. Raw values
+        here would put a raw ``&`` or ``=`` into the URL and the signed text alike: encode first."""
         x = int(expires_at if expires_at is not None else self.clock() + self.ttl_s)
         out = {**encoded, "x": str(x), "k": encode(self.current)}
         base = self._common(self.keys[self.current], out)
@@ -115,7 +129,7 @@ class NoticeSigner:
         signed kind is not ``kind`` (a loss URL called as a bill)."""
         key = self.keys.get(q.get("k", ""))
         sig = q.get("s", "")
-        if key is None or not sig:
+        if not key or not sig:  # an empty key is never one (load_keys refuses it too)
             raise SignatureError("unsigned or unknown key")
         h = self._common(key, {k: encode(q.get(k, "")) for k in COMMON})
         h.update(f"\x1fn={encode(q.get('n', ''))}".encode())
