@@ -69,12 +69,14 @@ async def _with(profiles, body, n_settings: dict | None = None, cutoffs: dict | 
 
 async def _settled(servers, region, timeout_s: float = 5.0) -> None:
     """Until every partner server has taken in what the region sent (a request on the wire may
-    not have reached its handler yet when the answer left)."""
+    not have reached its handler yet when the answer left) and the region has counted every call
+    cut at the deadline (counted once aiohttp's writer had its turn): the two sides agree, or the
+    caller's assertions say how they differ."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout_s
     while loop.time() < end:
         called = {pid: row["called"] for pid, row in region.stats()["partners"].items()}
-        if all(servers.seen().get(pid, 0) >= n for pid, n in called.items()):
+        if all(servers.seen().get(pid, 0) == n for pid, n in called.items()):
             return
         await asyncio.sleep(0.02)
 

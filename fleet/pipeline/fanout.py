@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
 
 from fleet.config import PartnerSettings, PartnerSpec
 from fleet.ledger.events import Event
@@ -179,6 +178,17 @@ class Round:
         self.tasks[p.spec.id] = (task, cutoff_ms, sent, full)
         self.until = max(self.until, deadline)
 
+    def _late(self, p: Partner, counts, sent: Sent, res: CallResult, cutoff_ms: float, full: bool, wall: float) -> None:
+        """A call out of time. Out of time before the request was written (our side: a busy
+        loop, a full pool), the partner never saw it: not called, and nothing about its tail."""
+        if not sent.done:
+            self.owner.stats.skipped[p.spec.id]["unsent"] += 1
+            return
+        counts["called"] += 1
+        counts["late"] += 1
+        if full:  # late within less than its cutoff says nothing about its tail
+            p.health.observe(self.a.tier, "late", res.elapsed_ms, cutoff_ms, wall)
+
     async def collect(self) -> dict[str, list[Offer]]:
         """The partners' valid bids as offers, per imp; waits at most until the latest
         partner deadline (those not done then are late, and cancelled)."""
@@ -200,20 +210,18 @@ class Round:
             if not task.done() or task.cancelled():
                 task.cancel()
                 res = CallResult("timeout", (now() - self.t0) * 1000.0)
+                if not sent.done:
+                    # aiohttp writes the request from a task of its own, which may already be
+                    # queued to run: whether the partner sees this call is known once that task
+                    # has had its turn (it is ahead of this callback in the loop's queue).
+                    asyncio.get_running_loop().call_soon(self._late, p, counts, sent, res, cutoff_ms, full, wall)
+                    continue
             else:
                 res = task.result()  # the client never raises
-            if res.outcome == "timeout" and not sent.done:
-                # Out of time before the request was written (our side: a busy loop, a full
-                # pool): the partner never saw it, so it was not called, and it says nothing
-                # about the partner's tail.
-                st.skipped[pid]["unsent"] += 1
+            if res.outcome == "timeout":
+                self._late(p, counts, sent, res, cutoff_ms, full, wall)
                 continue
             counts["called"] += 1
-            if res.outcome == "timeout":
-                counts["late"] += 1
-                if full:  # late within less than its cutoff says nothing about its tail
-                    p.health.observe(a.tier, "late", res.elapsed_ms, cutoff_ms, wall)
-                continue
             if res.outcome == "error":
                 counts["errors"] += 1
                 st.error_kinds[pid][res.detail] += 1
