@@ -330,3 +330,48 @@ def test_a_replica_stalled_with_bids_inside_still_answers_each_within_its_budget
     assert all(_shed(r, "deadline") for r in answers.values())
     assert order[0] == "tmax 60"  # 45 ms of budget before the default's 85
     assert served.status_code == 204 and "x-seen-arrival" in served.headers
+
+
+def test_a_refused_bid_is_answered_before_a_refused_notice(tmp_path):
+    """The replica is gone and HAProxy has not marked it down yet (a SIGKILL between health
+    checks): connections are refused. HAProxy retries a bid after milliseconds (its connect
+    timeout) and answers the overload no-bid; a notice sent at the same moment waits out HAProxy's
+    one-second retry turn-around and gets a 5xx."""
+    from fleet.runtime.ingress import wrapper_env
+    from fleet.runtime.local import free_port, wait_port
+
+    env = {"FLEET_INGRESS_MAXCONN": "4", "FLEET_INGRESS_MAX_QUEUE": "8", "FLEET_INGRESS_BID_QUEUE_MS": "50",
+           "FLEET_INGRESS_TIMEOUT_QUEUE_MS": "1000"}
+    wrapper = wrapper_env(tmp_path, env).get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if wrapper is None:
+        pytest.skip("no bundled HAProxy")
+    front, gone = free_port(), free_port()  # nothing listens on ``gone``
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(SERVE_LIKE.format(port=front).replace("127.0.0.1:30000", f"127.0.0.1:{gone}")
+                   .replace(" check observe layer4 error-limit 3 on-error mark-down", "")
+                   .replace("    server SERVE_PROXY_ACTOR-fallback-x 127.0.0.1:8500 check backup\n", "")
+                   .replace("    timeout connect 5s\n", "    timeout connect 5s\n    retries 1\n"))
+
+    async def go():
+        proc = subprocess.Popen([wrapper, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert await asyncio.to_thread(wait_port, "127.0.0.1", front, 10)
+            base = f"http://127.0.0.1:{front}/us-east"
+            async with httpx.AsyncClient(timeout=30) as c:
+                async def send(label, coro):
+                    return label, await coro
+
+                order, answers = [], {}
+                for done in asyncio.as_completed([send("notice", c.get(f"{base}/notice/win")),
+                                                  send("bid", c.post(f"{base}/openrtb2/bid", content=b"{}"))]):
+                    label, r = await done
+                    order.append(label)
+                    answers[label] = r
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        return order, answers
+
+    order, answers = asyncio.run(go())
+    assert _shed(answers["bid"]) and answers["notice"].status_code >= 500
+    assert order == ["bid", "notice"]

@@ -38,6 +38,7 @@ ARRIVAL_HEADER = "x-fleet-arrival"  # the same name as fleet.pipeline.deadline.A
 OVERLOAD_REASON = "overload"
 OVERLOAD_NBR = 15  # OpenRTB "Insufficient Auction Time" (fleet.openrtb.nbr.NBR)
 BID_PATH = "/openrtb2/bid"
+BID_CONNECT_MS = 10  # a replica on this host or the next accepts in well under this
 REST_SUFFIX = "-rest"  # the twin backend of every path but the bid
 MARK = "# fleet:"  # every line this file adds carries it (and a rewrite is never applied twice)
 
@@ -159,6 +160,9 @@ def _bid_rules(limits: Limits, queue_ms: int, files: dict[str, str]) -> list[str
         f"    {MARK} queue limits and shedding (fleet/runtime/haproxy_shim.py)",
         f"    http-request set-var(txn.fleet_bid) bool(true) if {{ path_end {BID_PATH} }}",
         f"    timeout queue {queue_ms}ms",
+        # HAProxy waits min(timeout connect, 1 s) before retrying a refused connection (a replica
+        # just SIGKILLed): a bid's retry, and its no-bid, come after milliseconds, not a second
+        f"    timeout connect {BID_CONNECT_MS}ms",
         f"    http-request return status 204 hdr x-openrtb-nbr {OVERLOAD_NBR} hdr x-fleet-reason {OVERLOAD_REASON}"
         f" if {{ var(txn.fleet_bid) -m bool }} {{ queue() ge {limits.max_queue} }}",
     ]
