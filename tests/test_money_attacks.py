@@ -427,6 +427,40 @@ def test_a_restarted_control_counts_every_lease_it_handed_out(redis_srv):
     assert a + b <= budget + 1e-9, (a, b)
 
 
+def test_just_after_a_restart_a_replica_keeps_the_room_it_holds_and_nobody_gets_more(redis_srv):
+    """The quiet period after a restart (leases the last incarnation could not save may be live)
+    grants no new room; a replica whose lease control saved keeps what is left of it (at most
+    that: it is already counted) rather than stopping for ``lease_ttl_s``; one naming a lease
+    control does not know keeps only its reservations."""
+    clock = Clock(T0)
+    camp = SimpleNamespace(id="c")
+
+    async def go():
+        c1 = Control(load_regions(), _aioredis(redis_srv.url), clock=clock)
+        await c1.start()
+        c1.pacer.put_flight(Flight("c", 10.0, T0, T0 + DAY_S, curve="even"))
+        reps = {n: LeaseBudget(hold_s=3600.0, clock=clock) for n in ("a", "b", "x")}
+        for name in ("a", "b"):
+            push = await c1.sync(_report(name, reps[name], clock))
+            reps[name].apply(push.leases, push.epoch)
+        before = {n: reps[n].leases["c"].amount for n in ("a", "b")}
+        assert reps["a"].reserve(camp, 0.3, clock.t, "b-A1", until=clock.t + 900)
+        reps["a"].settle(_bill("A1", 0.3))  # spent under its lease: what is left of it is 0.3 less
+        assert reps["a"].reserve(camp, 0.01, clock.t, "a-1", until=clock.t + 900)
+        reps["x"].apply({"c": Lease(id="not-ours", campaign="c", amount=0.5, expires_at=clock.t + 5)}, 1)
+        clock.t += 1.0
+        c2 = Control(load_regions(), _aioredis(redis_srv.url), clock=clock)  # the actor restarted
+        await c2.start()
+        assert clock.t < c2.quiet_until
+        pushes = {n: await c2.sync(_report(n, reps[n], clock)) for n in ("a", "b", "x")}
+        return before, pushes
+
+    before, pushes = asyncio.run(go())
+    a, b, x = (pushes[n].leases["c"].amount for n in ("a", "b", "x"))
+    assert 0.01 < a <= before["a"] - 0.3 + 1e-9 and 0 < b <= before["b"] + 1e-9, (before, a, b)
+    assert x == 0.0, x  # a lease control never saved buys nothing new
+
+
 # -- 5. durable before acknowledged -----------------------------------------------------------------
 
 def _ingress_class():

@@ -238,11 +238,17 @@ class Pacer:
         return self.replicas[replica].opp_rate.get(cid, 0.0) / total if replica in self.replicas else 0.0
 
     def no_new_room(self, r: Report, leases: dict[str, Lease]) -> dict[str, Lease]:
-        """``leases`` cut to the replica's own reservations: what control grants while it cannot
-        persist its state (a restart would not count new room, and would grant it again)."""
+        """``leases`` cut to what control already counts: the replica's own reservations, or the
+        room left in a lease it holds that control knows (saved before it was pushed). What control
+        grants just after a restart (leases the last incarnation could not save may be live) or
+        while it cannot persist its state: no new room, but a replica does not lose what it has."""
         out = {}
         for cid, lease in leases.items():
-            amount = min(lease.amount, r.reserved.get(cid, 0.0))
+            room = r.reserved.get(cid, 0.0)
+            held = self.prior.get(f"{cid}|{r.replica}")
+            if held is not None and r.held and r.held.get(cid) == held.id:
+                room = max(room, held.outstanding())
+            amount = min(lease.amount, room)
             rec = self.leases.get(f"{cid}|{r.replica}")
             if rec is not None and rec.id == lease.id:
                 rec.amount = amount
