@@ -240,8 +240,8 @@ class Pacer:
     def no_new_room(self, r: Report, leases: dict[str, Lease]) -> dict[str, Lease]:
         """``leases`` cut to what control already counts: the replica's own reservations, or the
         room left in a lease it holds that control knows (saved before it was pushed). What control
-        grants just after a restart (leases the last incarnation could not save may be live) or
-        while it cannot persist its state: no new room, but a replica does not lose what it has."""
+        grants just after a restart (leases the last incarnation could not save may be live) and
+        before it has read its state: no new room, but a replica does not lose what it has."""
         out = {}
         for cid, lease in leases.items():
             room = r.reserved.get(cid, 0.0)
