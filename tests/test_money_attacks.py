@@ -2,7 +2,7 @@
 redis-server where the ledger is involved; no Ray.
 
 Each test was a hole an auditor found open (then marked ``xfail(strict=True)``, and unmarked when it
-was fixed; the two still marked are open): each asserts what the promise says, not what the code does.
+was fixed; the one still marked is open): each asserts what the promise says, not what the code does.
 """
 
 from __future__ import annotations
@@ -517,10 +517,6 @@ def test_a_dead_replicas_unsaved_lease_still_bills_after_the_quiet_period():
     assert total <= 1.0 + 1e-9, total
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (liveness, not money): an epoch bumped but not saved before a restart leaves the new "
-    "incarnation's pushes older than what replicas applied (ControlSync.apply drops them) until its "
-    "epoch catches up. Fix: an incarnation in Push, or an epoch that always rises (clock-based)"))
 def test_pushes_of_a_restarted_control_are_applied():
     """Liveness of the change: the old incarnation bumped its epoch (policy) after its last save;
     the restarted one pushes doc epoch + 1, which replicas drop as older (control_sync.apply), so

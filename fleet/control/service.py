@@ -83,7 +83,10 @@ class Control:
                 self.load(json.loads(raw))
                 self.quiet_until = self.clock() + self.settings.lease_ttl_s
             self.loaded = True
-        self.epoch += 1
+        # Past the saved epoch and past any an earlier incarnation reached without saving (it
+        # moves by one per change, far slower than the clock's milliseconds): replicas drop a
+        # push older than what they applied.
+        self.epoch = max(self.epoch + 1, int(self.clock() * 1000))
         if self.settings.seed_catalog:
             now = self.clock()
             for c in self.catalog:  # today's flight from now: the rest of the day's budget and curve
