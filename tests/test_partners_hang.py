@@ -154,3 +154,19 @@ def test_the_admin_route_refuses_what_is_not_a_boolean(body):
             await servers.stop()
 
     asyncio.run(go())
+
+
+def test_partner_figures_count_a_phase_by_when_its_calls_reach_controls_view():
+    """The CI run that showed the need: 59 in-time calls a second before the hang, and the first
+    ~3 s of the hang window held only calls made before it (reported late): 162 of its 284 calls
+    read as in time. A phase's calls are what control shows ``lag_s`` after its bounds."""
+    z = dict.fromkeys(fault_report.PARTNER_COUNTERS, 0)
+    samples = [(0.0, _view({"a": z})),
+               (28.0, _view({"a": z | {"called": 1000, "in_time": 1000}})),
+               (31.0, _view({"a": z | {"called": 1160, "in_time": 1160}})),  # made before 28, reported after
+               (40.0, _view({"a": z | {"called": 1280, "in_time": 1160, "late": 120}})),
+               (44.0, _view({"a": z | {"called": 1300, "in_time": 1165, "late": 135}}))]
+    naive = fault_report.partner_figures(samples, "fast", {"hang": (28.0, 40.0)}, lag_s=0.0)["phases"]["hang"]
+    assert naive["in_time"] == 160  # what the first version read
+    h = fault_report.partner_figures(samples, "fast", {"hang": (28.0, 40.0)})["phases"]["hang"]
+    assert h["late"] >= 0.5 * h["called"] and h["in_time"] == 5, h

@@ -87,10 +87,15 @@ def resume(records: list[AuctionRecord], lost: str, t_kill: float) -> dict:
             if any(r.region != lost for r in meant) else None}
 
 
-def partner_figures(samples: list[tuple[float, dict]], pid: str, phases: dict[str, tuple[float, float]]) -> dict:
+PARTNER_VIEW_LAG_S = 4.0  # a call shows in control's view after the replica's next report (1 s) and the next sample (2 s)
+
+
+def partner_figures(samples: list[tuple[float, dict]], pid: str, phases: dict[str, tuple[float, float]],
+                    lag_s: float = PARTNER_VIEW_LAG_S) -> dict:
     """Partner ``pid``'s counters per phase, summed over regions, from samples of control's
     ``GET /v1/partners`` (cumulative per region: a phase is the growth from the last sample at or
-    before its start to the last at or before its end), its largest cutoff before the first
+    before its start to the last at or before its end, both ``lag_s`` later: the calls of a
+    phase's last seconds reach control's view after it), its largest cutoff before the first
     phase ended, and every change of control's policy for it (cutoff ms x share, per tier)."""
     def total(view: dict) -> dict:
         rows = [r.get(pid) or {} for r in (view.get("regions") or {}).values()]
@@ -102,7 +107,7 @@ def partner_figures(samples: list[tuple[float, dict]], pid: str, phases: dict[st
 
     out = {}
     for name, (lo, hi) in phases.items():
-        a, b = upto(lo), upto(hi)
+        a, b = upto(lo + lag_s), upto(hi + lag_s)
         d = {k: b[k] - a[k] for k in PARTNER_COUNTERS}
         d["called_share"] = round(d["called"] / d["eligible"], 4) if d["eligible"] else None
         d["in_time_share"] = round(d["in_time"] / d["called"], 4) if d["called"] else None
