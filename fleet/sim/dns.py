@@ -79,6 +79,17 @@ class DNS:
         return ans
 
 
+async def ready(session: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout) -> bool:
+    """One health check of a region (``<base><prefix>/ready``): healthy on a 2xx or 3xx in time,
+    as a Route 53 HTTP check judges it; anything else, or no answer, is unhealthy."""
+    try:
+        async with session.get(url, timeout=timeout) as resp:
+            await resp.read()
+            return 200 <= resp.status < 400
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return False
+
+
 async def health_checks(dns: DNS, session: aiohttp.ClientSession, base_url: str, prefixes: dict[str, str],
                         start: float, stop: asyncio.Event) -> None:
     """Probe every region's ``/ready`` each interval (all regions at once) until ``stop``."""
@@ -86,13 +97,7 @@ async def health_checks(dns: DNS, session: aiohttp.ClientSession, base_url: str,
 
     async def probe(region: str, prefix: str) -> None:
         t = time.perf_counter() - start
-        try:
-            async with session.get(f"{base_url}{prefix}/ready", timeout=timeout) as resp:
-                await resp.read()
-                ok = 200 <= resp.status < 400
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            ok = False
-        dns.observe(region, ok, t)
+        dns.observe(region, await ready(session, f"{base_url}{prefix}/ready", timeout), t)
 
     while not stop.is_set():
         await asyncio.gather(*(probe(r, p) for r, p in prefixes.items()))

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from fleet.sim.dns import ready
+
 
 @dataclass(frozen=True)
 class EjectionSettings:
@@ -127,12 +129,7 @@ async def probes(ej: Ejector, session: aiohttp.ClientSession, base_url: str, pre
     timeout = aiohttp.ClientTimeout(total=ej.s.probe_timeout_s)
 
     async def probe(region: str) -> None:
-        try:
-            async with session.get(f"{base_url}{prefixes[region]}/ready", timeout=timeout) as resp:
-                await resp.read()
-                ok = 200 <= resp.status < 400
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            ok = False
+        ok = await ready(session, f"{base_url}{prefixes[region]}/ready", timeout)
         ej.probed(region, ok, time.perf_counter() - start)
 
     pending: set[asyncio.Task] = set()
