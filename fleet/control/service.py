@@ -237,9 +237,9 @@ class Control:
                     self.start_rollout(r.candidate, pricing, now)
         leases = self.pacer.grant(r, now)
         if now < self.quiet_until or not self.loaded:
-            # Just restarted: the last incarnation may have granted leases it could not save
-            # (Redis away), and they are live for up to lease_ttl_s. No new room until they have
-            # run out; reservations stay covered.
+            # Just restarted, or the saved state not read yet: the last incarnation may have
+            # granted leases it could not save (Redis away), live for up to lease_ttl_s. No new
+            # room until they have run out; reservations and saved leases' rest stay covered.
             leases = self.pacer.no_new_room(r, leases)
         await self.save()
         return self.push(leases)
