@@ -159,6 +159,20 @@ def fleet_http(redis_server):
         release_shared_ray()
 
 
+def isolated_fleet(state_dir: Path) -> tuple[dict, Path, int]:
+    """What a test needs to run the ``fleet`` CLI on a fleet of its own beside anything else on the
+    box: ``serve_config.yaml`` on a free port written into ``state_dir``, and an environment with
+    ``FLEET_STATE_DIR`` there and no inherited Ray address or Redis. Returns (env, config, port)."""
+    cfg = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    port = free_port()
+    cfg["http_options"]["port"] = port
+    config = state_dir / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "REDIS_URL")}
+    env["FLEET_STATE_DIR"] = str(state_dir)
+    return env, config, port
+
+
 def release_shared_ray() -> None:
     """Stop the session's Ray instance if it runs (guarded: ``serve.shutdown`` would start one)."""
     import ray

@@ -12,16 +12,14 @@ runs and their targets are in docs/benchmarks.md). Runs last (``exclusive_ray``)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
-import yaml
 
 from fleet.bench.fault_report import notice_5xx
 from fleet.bench.faults import CATALOG
 from fleet.config import REPO_ROOT
-from fleet.runtime.local import free_port
+from conftest import isolated_fleet  # noqa: E402  (tests/conftest.py)
 
 pytestmark = [pytest.mark.slow, pytest.mark.exclusive_ray]
 
@@ -37,12 +35,7 @@ def fleet(env: dict, *args: str, timeout: float = 300) -> str:
 @pytest.fixture(scope="module")
 def faults_fleet(tmp_path_factory, exclusive_ray):
     state_dir = tmp_path_factory.mktemp("fleet-state")
-    cfg = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
-    cfg["http_options"]["port"] = free_port()
-    config = state_dir / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "REDIS_URL")}
-    env["FLEET_STATE_DIR"] = str(state_dir)
+    env, config, _ = isolated_fleet(state_dir)
     try:
         fleet(env, "up", "--detach", "--no-burst", "--fresh", "--catalog", CATALOG, "--config", str(config),
               timeout=420)

@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
-import yaml
 
 from fleet.config import REPO_ROOT, load_regions
 from fleet.control.auth import load_token
-from fleet.runtime.local import free_port
 from fleet.sim.traffic import RequestFactory
+from conftest import isolated_fleet  # noqa: E402  (tests/conftest.py)
 
 pytestmark = [pytest.mark.slow, pytest.mark.exclusive_ray]
 
@@ -43,13 +40,7 @@ def fleet(env: dict, *args: str, timeout: float = 300) -> str:
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory, exclusive_ray):
     state_dir = tmp_path_factory.mktemp("fleet-state")
-    cfg = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
-    port = free_port()
-    cfg["http_options"]["port"] = port
-    config = state_dir / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "REDIS_URL")}
-    env["FLEET_STATE_DIR"] = str(state_dir)
+    env, config, port = isolated_fleet(state_dir)
     try:
         fleet(env, "up", "--nodes", "2", "--detach", "--no-burst", "--config", str(config), timeout=420)
         yield f"http://127.0.0.1:{port}", env

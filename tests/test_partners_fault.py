@@ -12,14 +12,12 @@ asserted. Runs last (``exclusive_ray``)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
-import yaml
 
 from fleet.config import REPO_ROOT
-from fleet.runtime.local import free_port
+from conftest import isolated_fleet  # noqa: E402  (tests/conftest.py)
 
 pytestmark = [pytest.mark.slow, pytest.mark.exclusive_ray]
 
@@ -29,12 +27,7 @@ FLEET = str(REPO_ROOT / ".venv" / "bin" / "fleet")
 def test_a_hung_partner_is_cut_at_its_cutoff_and_answers_again_after(tmp_path, exclusive_ray):
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    cfg = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
-    cfg["http_options"]["port"] = free_port()
-    config = tmp_path / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "REDIS_URL")}
-    env["FLEET_STATE_DIR"] = str(state_dir)
+    env, config, _ = isolated_fleet(state_dir)
     try:
         proc = subprocess.run([FLEET, "bench", "faults", "--scenario", "partner-hang", "--quick", "--config", str(config),
                                "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
