@@ -101,6 +101,7 @@ class PartnerSettings(Strict):
     probe_share: float = Field(default=0.1, gt=0, le=1)  # a throttled partner still gets this share
     window: int = Field(default=200, ge=10)  # recent answers per partner and tier its p95 is read from
     min_samples: int = Field(default=20, ge=1)  # no throttle from fewer answers than this
+    recover_after: int = Field(default=5, ge=1)  # in-time answers in a row that end a tail throttle
     max_error_rate: float = Field(default=0.2, gt=0, le=1)  # over the window: throttled
     backoff_s: float = Field(default=0.5, gt=0)  # after consecutive errors: no calls this long, doubling
     max_backoff_s: float = Field(default=30.0, gt=0)

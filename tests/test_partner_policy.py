@@ -353,3 +353,76 @@ def test_the_dashboard_counts_a_resent_report_once_even_across_a_control_restart
         await r.aclose()
 
     asyncio.run(go())
+
+
+# -- the backoff as a circuit breaker: open, half-open trial, closed ----------------------------
+
+
+def ticks(book: PartnerBook, reports_by_tick: list[tuple[float, list[dict]]]) -> list[dict]:
+    """Control's loop on a fake clock: each tick's reports arrive one by one (a new replica's
+    totals each, so exactly these figures join the windows) from 25 s before the tick, then the
+    tick judges; the policy after each tick."""
+    out = []
+    for t, reports in reports_by_tick:
+        for i, r in enumerate(reports):
+            book.absorb("us-east", f"r{next(_replicas)}", r, t - 25.0 + i)
+        out.append(book.recompute(TIERS, t))
+    return out
+
+
+def test_a_hung_partner_that_answers_again_gets_its_whole_share_back_at_the_next_judgement():
+    """A hang that ended mid-window: the window is late on a third of its calls, but its latest
+    calls were all in time. The old rule doubled the backoff for it (the probe re-measuring the
+    known fault) and kept the partner at its probe share for two more intervals."""
+    book = PartnerBook()
+    hung = {"fast": {"standard": stats(60, p95=30.0, cutoff=30.0, late=40)}}
+    healthy = {"fast": {"standard": stats(100, p95=8.0, cutoff=30.0)}}
+    pols = ticks(book, [(1000.0, [healthy]), (1030.0, [hung]),
+                        (1060.0, [{"fast": {"standard": stats(20, p95=30.0, cutoff=30.0, late=15)}},
+                                  {"fast": {"standard": stats(12, p95=8.0, cutoff=30.0)}},
+                                  {"fast": {"standard": stats(12, p95=8.0, cutoff=30.0)}}])])
+    assert pols[1]["fast"]["standard"].share == pytest.approx(0.1)  # open: backing off
+    assert pols[2]["fast"]["standard"].share == 1.0, book.why["fast"]["standard"]  # closed again, one interval later
+    assert "answering again" in book.why["fast"]["standard"]
+    assert book.backoffs["fast"]["standard"] == Backoff()
+
+
+def test_trouble_while_backing_off_does_not_lengthen_the_backoff_and_a_clean_trial_closes_it():
+    p = Params()
+    bo = Backoff(level=1, until=1060.0, cause="late")
+    late = Window(called=60, late=30, p95_ms=30.0, cutoff_ms=30.0, opened=1035.0)
+    c, bo2, why = decide(late, ceiling_ms=30.0, rank=1, tiers=3, defining=True, prev=None, backoff=bo,
+                         now=1050.0, p=p)
+    assert c.share == pytest.approx(p.probe_share) and bo2 == bo and why.startswith("backing off (late")
+    # Judged after it ran out but begun before: not yet the trial either.
+    c, bo3, _ = decide(late, ceiling_ms=30.0, rank=1, tiers=3, defining=True, prev=None, backoff=bo, now=1065.0, p=p)
+    assert c.share == pytest.approx(p.probe_share) and bo3 == bo
+    clean = Window(called=40, p95_ms=8.0, cutoff_ms=30.0, opened=1062.0)
+    c, bo4, _ = decide(clean, ceiling_ms=30.0, rank=1, tiers=3, defining=True, prev=None, backoff=bo, now=1090.0, p=p)
+    assert c.share == 1.0 and bo4 == Backoff()
+
+
+def test_a_partner_that_stays_slow_stays_throttled_and_its_backoff_doubles_per_failed_trial():
+    book = PartnerBook()
+    slow = {"slow": {"standard": stats(40, p95=30.0, cutoff=30.0, late=10)}}  # 25% late in every report
+    pols = ticks(book, [(1000.0 + 30 * i, [slow, slow]) for i in range(10)])
+    assert all(p["slow"]["standard"].share == pytest.approx(0.1) for p in pols)
+    bo = book.backoffs["slow"]["standard"]
+    # tripped at 1000 (30 s); trials failed at 1060 (60 s) and 1150 (120 s); the next trial at 1300
+    assert bo.level == 3 and bo.until == 1150.0 + 120.0
+
+
+def test_a_partner_already_backing_off_for_its_lateness_does_not_make_a_starved_tier():
+    """An always-hanging partner judged late at every tick and the one that just hung are not
+    late together: the first's lateness is its own known fault, and the tier is not starved."""
+    book = PartnerBook()
+    ok = stats(100, p95=8.0, cutoff=30.0)
+    hanging = stats(100, p95=30.0, cutoff=30.0, late=25)
+    schedule = [(1000.0 + 30 * i, [{"hanging": {"remnant": hanging}, "fast": {"remnant": ok}, "c": {"remnant": ok}}])
+                for i in range(5)]
+    schedule.append((1150.0, [{"hanging": {"remnant": hanging}, "c": {"remnant": ok},
+                               "fast": {"remnant": stats(100, p95=30.0, cutoff=30.0, late=40)}}]))
+    pols = ticks(book, schedule)
+    assert pols[0]["hanging"]["remnant"].share == pytest.approx(0.1)
+    assert pols[-1]["fast"]["remnant"].share == pytest.approx(0.1), book.why["fast"]["remnant"]
+    assert "upstream" not in book.why["fast"]["remnant"] and book.cut_tiers(1150.0) == set()

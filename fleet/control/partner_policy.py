@@ -20,20 +20,26 @@ later). ``decide`` is the whole rule, a pure function:
   slow partner that does not define the tier gets at most ``ceiling x fraction``, the fraction
   falling linearly from 1 (richest tier) to ``lowest_fraction`` (poorest): a slow partner that
   rarely wins stops holding remnant requests.
-- **Tail and errors.** A partner late on more than ``late_limit`` of its calls (its p95 is past
-  its cutoff: late answers count at the cutoff) or in error on more than ``error_limit`` is
-  throttled to ``probe_share`` (about 10% still sent, to re-measure it) and backed off:
-  ``backoff_s`` doubling per troubled window up to ``max_backoff_s``; a clean window after the
-  backoff ran out gives its share back.
+- **Tail and errors: a circuit breaker.** A partner late on more than ``late_limit`` of its calls
+  (its p95 past its cutoff) or in error on more than ``error_limit`` is throttled to
+  ``probe_share`` (about 10% still sent, to re-measure it) and backed off for ``backoff_s``
+  (open). Trouble judged while the backoff runs is the probe re-measuring the known fault: it
+  does not lengthen it. Once it ran out, the first window opened after it is the trial
+  (half-open): troubled, the backoff doubles (up to ``max_backoff_s``); clean, the share comes
+  back (closed). A window whose latest ``recover_calls`` calls or more were all in time is clean
+  (a hang that ended mid-window is over): the partner answering again gets its share back at
+  the first judgement after its backoff.
 - **Late together: time taken upstream.** When at least ``starve_min`` partners, and at least
   ``starve_share`` of the partners on a tier, are judged late within ``starve_window_s``, the common cause is
   upstream (seed 001, failure chain 1: a slower enrichment leaves the fan-out less time, and
-  partners that answer as fast as ever arrive late). Throttling them would thin the auction
-  further, so they keep their cutoffs and get their whole share (errors still count), and the
-  tier is marked *starved* for
-  ``starve_hold_s``: ``fleet.control.cutoffs.recompute`` then cuts its optional enrichment (to
-  the floor share, not fed), which gives the partners their time back. When the hold lapses the
-  share returns; if the cause persists the partners go late together again and it is cut again.
+  partners that answer as fast as ever arrive late). A partner judged late again while backing
+  off for its own lateness counts only by its first judgement, which ages out (its fault is
+  known: one that always hangs must not make the one that just hung look starved). Throttling
+  them would thin the auction further, so they keep their cutoffs and get their whole share
+  (errors still count), and the tier is marked *starved* for ``starve_hold_s``:
+  ``fleet.control.cutoffs.recompute`` then cuts its optional enrichment (to the floor share, not
+  fed), which gives the partners their time back. When the hold lapses the share returns; if the
+  cause persists the partners go late together again and it is cut again.
 - **Pins.** An operator's pin (``PUT /control/v1/partners/{id}/{tier}``) is returned as pinned,
   never computed over.
 - Cutoffs are rounded up to ``quantum_ms`` and moved only by more than ``hysteresis`` of the last
@@ -64,7 +70,8 @@ class Params(msgspec.Struct, frozen=True, kw_only=True):
     late_limit: float = 0.05  # late on more than this share of calls: its p95 is past its cutoff
     error_limit: float = 0.05
     probe_share: float = 0.1  # what a throttled partner is still sent, to re-measure it
-    backoff_s: float = 30.0  # the first backoff; doubles per troubled window
+    backoff_s: float = 30.0  # the first backoff (one policy interval); doubles per failed trial
+    recover_calls: int = 15  # a window's latest calls all in time, at least this many: recovered
     max_backoff_s: float = 600.0
     defining_share: float = 0.15  # of the tier's partner value won: defines its competition
     lowest_fraction: float = 0.5  # the poorest tier gives a slow non-defining partner this x ceiling
@@ -90,10 +97,14 @@ class Window(msgspec.Struct, kw_only=True):
     value_won: float = 0.0
     p95_ms: float | None = None  # the worst region's (a cutoff must hold where the partner is slowest)
     cutoff_ms: float = 0.0  # the largest cutoff a region used
+    clean_calls: int = 0  # calls in the reports since the last one with a late call or an error
+    opened: float | None = None  # unix s of its first report (None: unknown, judged as fresh)
 
     def add(self, s: PartnerTierStats) -> None:
         for k in COUNTERS:
             setattr(self, k, getattr(self, k) + max(0, int(getattr(s, k))))
+        # The recent probes, in report order: a report with any late call or error starts over.
+        self.clean_calls = 0 if s.late > 0 or s.errors > 0 else self.clean_calls + max(0, int(s.called))
         if math.isfinite(s.value_won) and s.value_won > 0:
             self.value_won += s.value_won
         if s.p95_ms is not None and math.isfinite(s.p95_ms) and s.p95_ms >= 0:
@@ -103,9 +114,19 @@ class Window(msgspec.Struct, kw_only=True):
 
 
 class Backoff(msgspec.Struct, kw_only=True):
-    level: int = 0  # troubled windows in a row
+    level: int = 0  # failed trials in a row (1: backing off after the first trouble)
     until: float = 0.0  # unix s: throttled at least until then
     cause: str = ""  # "late" or "errors"
+
+
+def own_lateness(bo: Backoff | None) -> bool:
+    """Backing off for its own lateness (its lateness is a known fault, not the tier's)."""
+    return bo is not None and bo.level > 0 and bo.cause == "late"
+
+
+def recovered(w: Window, p: Params) -> bool:
+    """Its latest ``recover_calls`` calls or more were all in time: trouble earlier in the window is over."""
+    return w.clean_calls >= p.recover_calls
 
 
 def tier_fraction(rank: int, tiers: int, lowest: float) -> float:
@@ -123,8 +144,9 @@ def decide(w: Window, *, ceiling_ms: float, rank: int, tiers: int, defining: boo
     used = w.cutoff_ms or (prev.cutoff_ms if prev else ceiling_ms)
     # Past its cutoff: its p95 is the cutoff exactly when more than 5% are late. Read from the
     # window's own counts, not the region's rolling p95, which still holds lates from before.
-    past_cutoff = late_share > p.late_limit
-    erring = error_share > p.error_limit
+    fresh = recovered(w, p)
+    past_cutoff = late_share > p.late_limit and not fresh
+    erring = error_share > p.error_limit and not fresh
     if starved and not erring:  # its lateness is not its own: not throttled (a lateness backoff ends), not re-timed
         keep = prev or PartnerCutoff(cutoff_ms=ceiling_ms)
         if backoff.cause == "errors" and now < backoff.until:
@@ -132,14 +154,21 @@ def decide(w: Window, *, ceiling_ms: float, rank: int, tiers: int, defining: boo
         return (PartnerCutoff(cutoff_ms=keep.cutoff_ms, share=1.0), Backoff(),
                 "late %.1f%% with the tier's other partners: time taken upstream" % (100 * late_share))
     if past_cutoff or erring:
-        wait = min(p.backoff_s * 2 ** backoff.level, p.max_backoff_s)
-        backoff = Backoff(level=backoff.level + 1, until=now + wait, cause="errors" if erring else "late")
+        trouble = ("errors %.1f%%" % (100 * error_share)) if erring else ("late %.1f%%" % (100 * late_share))
         share = p.probe_share
-        why = ("errors %.1f%%" % (100 * error_share)) if erring else ("late %.1f%%" % (100 * late_share))
+        if backoff.level > 0 and (now < backoff.until or (w.opened is not None and w.opened < backoff.until)):
+            # Open: the probe re-measuring the known fault (or a window begun before the backoff ran
+            # out, not yet the trial) neither lengthens the backoff nor gives the share back.
+            why = f"backing off ({trouble})"
+        else:  # the first trouble, or a failed trial (half-open): back off, doubling
+            wait = min(p.backoff_s * 2 ** backoff.level, p.max_backoff_s)
+            backoff = Backoff(level=backoff.level + 1, until=now + wait, cause="errors" if erring else "late")
+            why = trouble
     elif now < backoff.until:
         share, why = p.probe_share, "backing off"
     else:
-        backoff, share, why = Backoff(), 1.0, "healthy"
+        why = "healthy" if not fresh or backoff.level == 0 else "answering again: the last %d calls in time" % w.clean_calls
+        backoff, share = Backoff(), 1.0
     # What it needs: its p95 with a margin (a late p95 is the cutoff itself: ask for more, up to the ceiling).
     need = (w.p95_ms if w.p95_ms is not None else used) * p.margin
     cap = ceiling_ms * tier_fraction(rank, tiers, p.lowest_fraction)
@@ -206,7 +235,10 @@ class PartnerBook:
                 grown = {k: _delta(totals, last, k) for k in totals}
                 s = msgspec.structs.replace(cum, value_won=grown.pop("value_won", 0.0),
                                             **{k: int(v) for k, v in grown.items()})
-                self.windows.setdefault(pid, {}).setdefault(tier, Window()).add(s)
+                ws = self.windows.setdefault(pid, {})
+                if tier not in ws:
+                    ws[tier] = Window(opened=now)
+                ws[tier].add(s)
                 pinned = tier in self.pins.get(pid, {})
                 if not pinned and math.isfinite(s.cutoff_ms) and s.cutoff_ms > 0:
                     c = self.ceilings.setdefault(pid, {})
@@ -244,8 +276,10 @@ class PartnerBook:
             defining = defining_partners(ws, self.p.defining_share)
             judged = [pid for pid, w in ws.items() if w.called >= self.p.min_calls
                       and tier not in self.pins.get(pid, {}) and self.ceilings.get(pid, {}).get(tier)]
-            late = {pid for pid in judged if ws[pid].late / ws[pid].called > self.p.late_limit}
-            starved = self._starved(tier, late, set(judged), now, policy)
+            late = {pid for pid in judged if ws[pid].late / ws[pid].called > self.p.late_limit
+                    and not recovered(ws[pid], self.p)}
+            known = {pid for pid in judged if own_lateness(self.backoffs.get(pid, {}).get(tier))}
+            together = self._late_together(tier, late, set(judged), now, policy, known)
             for pid, w in ws.items():
                 if tier in self.pins.get(pid, {}):
                     del self.windows[pid][tier]  # pinned: the operator's word, not judged
@@ -257,7 +291,7 @@ class PartnerBook:
                 bo = self.backoffs.get(pid, {}).get(tier, Backoff())
                 c, bo, why = decide(w, ceiling_ms=ceiling, rank=rank, tiers=max(len(tiers), 1),
                                     defining=pid in defining, prev=prev, backoff=bo, now=now, p=self.p,
-                                    starved=starved and pid in late)
+                                    starved=pid in together)
                 policy.setdefault(pid, {})[tier] = c
                 self.backoffs.setdefault(pid, {})[tier] = bo
                 self.why.setdefault(pid, {})[tier] = why
@@ -268,19 +302,22 @@ class PartnerBook:
         self.policy = policy
         return policy
 
-    def _starved(self, tier: str, late: set[str], judged: set[str], now: float, policy: PartnerPolicy) -> bool:
-        """Whether the tier's partners are late together: judged late within ``starve_window_s``
+    def _late_together(self, tier: str, late: set[str], judged: set[str], now: float, policy: PartnerPolicy,
+                       known: set[str] = frozenset()) -> set[str]:
+        """The tier's partners late together (else none): judged late within ``starve_window_s``
         (windows fill at their own pace, so they are judged at different ticks), at least
         ``starve_min`` of them and ``starve_share`` of the partners on the tier. If so, the tier is
-        marked starved and the ones judged late alone before are given their share back."""
+        marked starved and the ones judged late alone before are given their share back.
+        ``known``: already backing off for their own lateness; late again, they keep the time they
+        were first judged late (one throttled a moment before a cause upstream still counts)."""
         seen = self.late_at.setdefault(tier, {})
-        for pid in judged:
+        for pid in judged - (late & known):
             seen.pop(pid, None)
-        seen.update({pid: now for pid in late})
+        seen.update({pid: now for pid in late - known})
         recent = {pid for pid, t in seen.items() if now - t <= self.p.starve_window_s}
-        known = {pid for pid, cs in self.ceilings.items() if tier in cs and tier not in self.pins.get(pid, {})}
-        if len(recent) < self.p.starve_min or len(recent) < self.p.starve_share * max(len(known), 1):
-            return False
+        on_tier = {pid for pid, cs in self.ceilings.items() if tier in cs and tier not in self.pins.get(pid, {})}
+        if len(recent) < self.p.starve_min or len(recent) < self.p.starve_share * max(len(on_tier), 1):
+            return set()
         self.starved[tier] = now + self.p.starve_hold_s
         for pid in recent - judged:
             bo = self.backoffs.get(pid, {}).get(tier)
@@ -289,7 +326,7 @@ class PartnerBook:
                 self.backoffs[pid][tier] = Backoff()
                 policy[pid][tier] = PartnerCutoff(cutoff_ms=c.cutoff_ms, share=1.0)
                 self.why.setdefault(pid, {})[tier] = "late with the tier's other partners: time taken upstream"
-        return True
+        return recent
 
     def tiers(self) -> set[str]:
         """The tiers some partner is called on (their optional enrichment is never fed)."""
