@@ -35,6 +35,13 @@ def replica_pid(app: str) -> int:
     raise RuntimeError(f"no replica of {app}")
 
 
+def serve_log_bytes(app: str) -> int:
+    """The size of the replica's Serve log now (its access log lines, unless they are off)."""
+    from glob import glob
+
+    return sum(os.path.getsize(f) for f in glob(f"/tmp/ray/session_latest/logs/serve/replica_{app}_*.log"))
+
+
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """tid -> (thread name, CPU seconds)."""
     out = {}
@@ -97,6 +104,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-spy", action="store_true")
     ap.add_argument("--out", default="bench/results/profile")
     ap.add_argument("--port", type=int, default=8123)
+    ap.add_argument("--targets", default="region,noop", help="Which to profile: region, noop or both.")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,11 +117,15 @@ def main(argv=None) -> None:
     rows = []
     try:
         with region_scope(a.region, a.port) as (base, _redis):
+            want = a.targets.split(",")
             for label, app, pre in ((a.region, a.region, prefix), ("noop", NOOP_APP, NOOP_PREFIX)):
+                if (label == a.region and "region" not in want) or (label == "noop" and "noop" not in want):
+                    continue
                 url = f"{base}{pre}/openrtb2/bid"
                 for _ in range(2 if app != NOOP_APP else 1):  # warm-up as fleet bench cost does
                     capacity.wrk_step(wrk, url, bodies, float("inf"), 6, 8, base, None, 1e9)
                 rows.append(profile(label, app, url, bodies, wrk, base, a.seconds, out, spy, a.rate))
+                rows[-1]["serve_log_bytes"] = serve_log_bytes(app)
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         bodies.unlink(missing_ok=True)
