@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-spy", action="store_true")
     ap.add_argument("--out", default="bench/results/profile")
     ap.add_argument("--port", type=int, default=8123)
-    ap.add_argument("--targets", default="region,noop", help="Which to profile: region, noop or both.")
+    ap.add_argument("--targets", default="region,noop", help="Any of region, noop, canned (fleet.bench.canned_app).")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,11 +118,19 @@ def main(argv=None) -> None:
     try:
         with region_scope(a.region, a.port) as (base, _redis):
             want = a.targets.split(",")
-            for label, app, pre in ((a.region, a.region, prefix), ("noop", NOOP_APP, NOOP_PREFIX)):
-                if (label == a.region and "region" not in want) or (label == "noop" and "noop" not in want):
+            targets = [(a.region, a.region, prefix, "region"), ("noop", NOOP_APP, NOOP_PREFIX, "noop")]
+            if "canned" in want:
+                from ray import serve
+
+                from fleet.bench import canned_app
+
+                serve.run(canned_app.build_app(), name="bench-canned", route_prefix="/bench-canned")
+                targets.append(("canned", "bench-canned", "/bench-canned", "canned"))
+            for label, app, pre, kind in targets:
+                if kind not in want:
                     continue
                 url = f"{base}{pre}/openrtb2/bid"
-                for _ in range(2 if app != NOOP_APP else 1):  # warm-up as fleet bench cost does
+                for _ in range(2 if kind == "region" else 1):  # warm-up as fleet bench cost does
                     capacity.wrk_step(wrk, url, bodies, float("inf"), 6, 8, base, None, 1e9)
                 rows.append(profile(label, app, url, bodies, wrk, base, a.seconds, out, spy, a.rate))
                 rows[-1]["serve_log_bytes"] = serve_log_bytes(app)
