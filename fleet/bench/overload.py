@@ -186,6 +186,15 @@ def run_overload(base: str, prefix: str, region: str, seconds: float, tmax_ms: i
         bodies.unlink(missing_ok=True)
 
 
+def _pin_process(cores: set[int]) -> None:
+    """Every thread of this process onto ``cores`` (a new thread or child inherits its creator's)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--region", default="us-east")
@@ -198,8 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--multiples", default="1,2,5", help="open-loop steps, as multiples of capacity")
     ap.add_argument("--capacity-connections", type=int, default=CAPACITY_CONNS,
                     help="the closed loop whose served-on-time rate is 1x (fixed: not the limits under test)")
+    ap.add_argument("--split-cores", action="store_true",
+                    help="the load generator on core 0, the fleet (Redis, Ray and all it starts) on the others")
     ap.add_argument("--label", default="")
     a = ap.parse_args(argv)
+    cores = sorted(os.sched_getaffinity(0))
+    if a.split_cores and len(cores) < 2:
+        raise SystemExit("--split-cores needs at least two cores")
+    if a.split_cores:  # Redis and Ray, started from here, inherit this (and every process Ray starts)
+        _pin_process(set(cores[1:]))
 
     from fleet.runtime import local
     from fleet.runtime.ingress import limits_from_env
@@ -224,9 +240,11 @@ def main(argv: list[str] | None = None) -> None:
         base = f"http://127.0.0.1:{a.port}"
         if not wait_ready(base, [spec.route_prefix], 180):
             raise SystemExit("region did not become ready")
+        if a.split_cores:  # the exchange's side: the probe here and wrk (inherits it)
+            _pin_process({cores[0]})
         doc = run_overload(base, spec.route_prefix, a.region, a.seconds, a.tmax_ms, a.capacity_connections,
                            multiples=tuple(float(m) for m in a.multiples.split(",")), quick=a.quick)
-        doc.update({"limits": limits_from_env().__dict__, "niceness": int(os.environ.get("RAY_worker_niceness", 15)),
+        doc.update({"split_cores": a.split_cores, "limits": limits_from_env().__dict__, "niceness": int(os.environ.get("RAY_worker_niceness", 15)),
                     "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": a.model})
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"overload-{a.region}{'-' + a.label if a.label else ''}.json"

@@ -39,6 +39,12 @@ SERVE_ENV = {
     # request path, so they run at 0 beside the raylet and anything else on the box
     # (docs/benchmarks.md, "Worker priority": measured with wrk beside them).
     "RAY_worker_niceness": "0",
+    # One HAProxy thread per four cores (Serve's default is 4 whatever the box): on two cores its
+    # four threads woke per request and took 0.41-0.46 of a core shedding 5x overload, one took
+    # 0.24-0.29 for the same sheds (docs/benchmarks.md, "Overload"); one thread proxies far more
+    # than a node's replicas serve.
+    "RAY_SERVE_HAPROXY_NBTHREAD": os.environ.get("RAY_SERVE_HAPROXY_NBTHREAD")
+    or str(max(1, min(4, (os.cpu_count() or 1) // 4))),
 }
 TOKEN_FILE = STATE_DIR / "ray_auth_token"
 
