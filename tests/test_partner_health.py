@@ -66,3 +66,20 @@ def test_a_partner_healthy_for_a_window_after_recovering_needs_the_short_streak_
     answers(h, "i" * S.window + "l" * 20)  # a window of answers since: a new fault, not a failed trial
     answers(h, "i" * S.recover_after)
     assert h.state("standard", CUTOFF, 0.0) == "ok"
+
+
+def test_the_streak_a_recovery_needs_stops_doubling_at_eight_times_the_first():
+    """Review, 2026-12-05: after enough failed trials the streak reached the window (200 in a row),
+    out of reach for a partner fixed but still late on 3-4% of its calls (healthy by the 5% rule):
+    it stayed throttled for 10^5-10^6 eligible requests. Now at most 8x ``recover_after``."""
+    from fleet.partners.health import MAX_NEED_FACTOR
+
+    h = PartnerHealth(S, random.Random(4))
+    answers(h, "i" * 200 + "l" * 20)
+    for _ in range(8):  # recovered and tripped again soon after, over and over: the need doubles
+        answers(h, "i" * (MAX_NEED_FACTOR * S.recover_after) + "l" * 20)
+    assert h.state("standard", CUTOFF, 0.0) == "slow"
+    answers(h, "i" * (MAX_NEED_FACTOR * S.recover_after - 1))
+    assert h.state("standard", CUTOFF, 0.0) == "slow"
+    answers(h, "i")
+    assert h.state("standard", CUTOFF, 0.0) == "ok"

@@ -26,15 +26,17 @@ later). ``decide`` is the whole rule, a pure function:
   (open). Trouble judged while the backoff runs is the probe re-measuring the known fault: it
   does not lengthen it. Once it ran out, the first window opened after it is the trial
   (half-open): troubled, the backoff doubles (up to ``max_backoff_s``); clean, the share comes
-  back (closed). A window whose latest ``recover_calls`` calls or more were all in time is clean
-  (a hang that ended mid-window is over): the partner answering again gets its share back at
-  the first judgement after its backoff.
+  back (closed). A window whose latest ``recover_calls`` calls or more were all in time, in the
+  reports of every replica that reported in it, is clean (a hang that ended mid-window is over):
+  the partner answering again gets its share back at the first judgement after its backoff. Its
+  failed trials are kept until it has been clean for ``forgive_s``: one that goes bad again soon
+  after starts from the backoff it had reached (a flapping partner backs off longer each time).
 - **Late together: time taken upstream.** When at least ``starve_min`` partners, and at least
   ``starve_share`` of the partners on a tier, are judged late within ``starve_window_s``, the common cause is
   upstream (seed 001, failure chain 1: a slower enrichment leaves the fan-out less time, and
-  partners that answer as fast as ever arrive late). A partner judged late again while backing
-  off for its own lateness counts only by its first judgement, which ages out (its fault is
-  known: one that always hangs must not make the one that just hung look starved). Throttling
+  partners that answer as fast as ever arrive late). A partner backing off for its own lateness
+  counts too (a partner that always hangs can therefore make the tier look starved; excluding it
+  let a real slowdown go unseen once every late partner was backing off). Throttling
   them would thin the auction further, so they keep their cutoffs and get their whole share
   (errors still count), and the tier is marked *starved* for ``starve_hold_s``:
   ``fleet.control.cutoffs.recompute`` then cuts its optional enrichment (to the floor share, not
@@ -60,6 +62,7 @@ import msgspec
 from fleet.control.records import _delta
 from fleet.partners.messages import PartnerCutoff, PartnerPolicy, PartnerTierStats, cutoff_from_value
 
+MAX_LEVEL = 16  # failed trials counted at most (2**16 x backoff_s is far past max_backoff_s)
 COUNTERS = ("eligible", "called", "in_time", "late", "errors", "participating", "won")
 REPLICA_GONE_S = 3600.0  # a replica not heard from this long is forgotten (as the pacer's books)
 
@@ -73,6 +76,7 @@ class Params(msgspec.Struct, frozen=True, kw_only=True):
     backoff_s: float = 30.0  # the first backoff (one policy interval); doubles per failed trial
     recover_calls: int = 15  # a window's latest calls all in time, at least this many: recovered
     max_backoff_s: float = 600.0
+    forgive_s: float = 600.0  # clean this long after its last backoff ran out: its failed trials are forgotten
     defining_share: float = 0.15  # of the tier's partner value won: defines its competition
     lowest_fraction: float = 0.5  # the poorest tier gives a slow non-defining partner this x ceiling
     min_cutoff_ms: float = 5.0
@@ -97,14 +101,22 @@ class Window(msgspec.Struct, kw_only=True):
     value_won: float = 0.0
     p95_ms: float | None = None  # the worst region's (a cutoff must hold where the partner is slowest)
     cutoff_ms: float = 0.0  # the largest cutoff a region used
-    clean_calls: int = 0  # calls in the reports since the last one with a late call or an error
+    # per reporting replica ("region|replica"): its calls since its last report with a late call
+    # or an error. Per replica, not summed: one region's clean reports arriving after another's
+    # late ones say nothing of the other region (a partner may hang in one region only).
+    clean: dict[str, int] = {}
     opened: float | None = None  # unix s of its first report (None: unknown, judged as fresh)
 
-    def add(self, s: PartnerTierStats) -> None:
+    @property
+    def clean_calls(self) -> int:
+        """The clean tail's calls when every replica that reported in the window ends clean, else 0."""
+        return sum(self.clean.values()) if self.clean and min(self.clean.values()) > 0 else 0
+
+    def add(self, s: PartnerTierStats, source: str = "") -> None:
         for k in COUNTERS:
             setattr(self, k, getattr(self, k) + max(0, int(getattr(s, k))))
         # The recent probes, in report order: a report with any late call or error starts over.
-        self.clean_calls = 0 if s.late > 0 or s.errors > 0 else self.clean_calls + max(0, int(s.called))
+        self.clean[source] = 0 if s.late > 0 or s.errors > 0 else self.clean.get(source, 0) + max(0, int(s.called))
         if math.isfinite(s.value_won) and s.value_won > 0:
             self.value_won += s.value_won
         if s.p95_ms is not None and math.isfinite(s.p95_ms) and s.p95_ms >= 0:
@@ -117,11 +129,6 @@ class Backoff(msgspec.Struct, kw_only=True):
     level: int = 0  # failed trials in a row (1: backing off after the first trouble)
     until: float = 0.0  # unix s: throttled at least until then
     cause: str = ""  # "late" or "errors"
-
-
-def own_lateness(bo: Backoff | None) -> bool:
-    """Backing off for its own lateness (its lateness is a known fault, not the tier's)."""
-    return bo is not None and bo.level > 0 and bo.cause == "late"
 
 
 def recovered(w: Window, p: Params) -> bool:
@@ -161,14 +168,20 @@ def decide(w: Window, *, ceiling_ms: float, rank: int, tiers: int, defining: boo
             # out, not yet the trial) neither lengthens the backoff nor gives the share back.
             why = f"backing off ({trouble})"
         else:  # the first trouble, or a failed trial (half-open): back off, doubling
-            wait = min(p.backoff_s * 2 ** backoff.level, p.max_backoff_s)
-            backoff = Backoff(level=backoff.level + 1, until=now + wait, cause="errors" if erring else "late")
+            wait = min(p.backoff_s * 2 ** min(backoff.level, MAX_LEVEL), p.max_backoff_s)
+            backoff = Backoff(level=min(backoff.level + 1, MAX_LEVEL), until=now + wait,
+                              cause="errors" if erring else "late")
             why = trouble
     elif now < backoff.until:
         share, why = p.probe_share, "backing off"
     else:
         why = "healthy" if not fresh or backoff.level == 0 else "answering again: the last %d calls in time" % w.clean_calls
-        backoff, share = Backoff(), 1.0
+        share = 1.0
+        # Closed. Its failed trials are kept until it has been clean for ``forgive_s``: a partner
+        # that goes bad again soon after starts from the backoff it had reached, so one that flaps
+        # between slow and fine backs off longer each time instead of starting over at 30 s.
+        if backoff.level > 0 and now - backoff.until >= p.forgive_s:
+            backoff = Backoff()
     # What it needs: its p95 with a margin (a late p95 is the cutoff itself: ask for more, up to the ceiling).
     need = (w.p95_ms if w.p95_ms is not None else used) * p.margin
     cap = ceiling_ms * tier_fraction(rank, tiers, p.lowest_fraction)
@@ -238,7 +251,7 @@ class PartnerBook:
                 ws = self.windows.setdefault(pid, {})
                 if tier not in ws:
                     ws[tier] = Window(opened=now)
-                ws[tier].add(s)
+                ws[tier].add(s, f"{region}|{replica}")
                 pinned = tier in self.pins.get(pid, {})
                 if not pinned and math.isfinite(s.cutoff_ms) and s.cutoff_ms > 0:
                     c = self.ceilings.setdefault(pid, {})
@@ -278,8 +291,7 @@ class PartnerBook:
                       and tier not in self.pins.get(pid, {}) and self.ceilings.get(pid, {}).get(tier)]
             late = {pid for pid in judged if ws[pid].late / ws[pid].called > self.p.late_limit
                     and not recovered(ws[pid], self.p)}
-            known = {pid for pid in judged if own_lateness(self.backoffs.get(pid, {}).get(tier))}
-            together = self._late_together(tier, late, set(judged), now, policy, known)
+            together = self._late_together(tier, late, set(judged), now, policy)
             for pid, w in ws.items():
                 if tier in self.pins.get(pid, {}):
                     del self.windows[pid][tier]  # pinned: the operator's word, not judged
@@ -302,18 +314,18 @@ class PartnerBook:
         self.policy = policy
         return policy
 
-    def _late_together(self, tier: str, late: set[str], judged: set[str], now: float, policy: PartnerPolicy,
-                       known: set[str] = frozenset()) -> set[str]:
+    def _late_together(self, tier: str, late: set[str], judged: set[str], now: float,
+                       policy: PartnerPolicy) -> set[str]:
         """The tier's partners late together (else none): judged late within ``starve_window_s``
         (windows fill at their own pace, so they are judged at different ticks), at least
         ``starve_min`` of them and ``starve_share`` of the partners on the tier. If so, the tier is
         marked starved and the ones judged late alone before are given their share back.
-        ``known``: already backing off for their own lateness; late again, they keep the time they
-        were first judged late (one throttled a moment before a cause upstream still counts)."""
+        A partner backing off for its own lateness counts like any other: excluding it let a real
+        slowdown upstream go unseen once every late partner was backing off (review, 2026-12-05)."""
         seen = self.late_at.setdefault(tier, {})
-        for pid in judged - (late & known):
+        for pid in judged:
             seen.pop(pid, None)
-        seen.update({pid: now for pid in late - known})
+        seen.update({pid: now for pid in late})
         recent = {pid for pid, t in seen.items() if now - t <= self.p.starve_window_s}
         on_tier = {pid for pid, cs in self.ceilings.items() if tier in cs and tier not in self.pins.get(pid, {})}
         if len(recent) < self.p.starve_min or len(recent) < self.p.starve_share * max(len(on_tier), 1):

@@ -10,7 +10,7 @@ fault's late calls and would refill at the probe share for minutes: ``recover_af
 answers in a row close it, and the window forgets its late calls (the fault is over; its in-time
 history stays, so one late call more does not trip it again). A partner tripped again within a
 window's worth of answers of its recovery failed the trial: the next recovery needs twice the
-streak (up to ``window``), so a partner that is still slow stays throttled. A partner whose
+streak (up to 8x ``recover_after``), so a partner that is still slow stays throttled. A partner whose
 recent calls error more than ``max_error_rate`` is **erroring**, throttled the same way; ``backoff_after`` consecutive errors **back it off**: no calls at all for
 ``backoff_s``, doubling up to ``max_backoff_s``, then one probe decides. Control's share
 (``PartnerCutoff.share``) applies always; the local throttle combines with it by min (control's
@@ -24,6 +24,9 @@ import random
 from collections import deque
 
 from fleet.config import PartnerSettings
+
+
+MAX_NEED_FACTOR = 8  # the recovery streak doubles per failed trial up to this x recover_after
 
 
 def p95(values) -> float | None:
@@ -82,7 +85,12 @@ class PartnerHealth:
     def _trip(self, w: TierWindow) -> None:
         """Throttled until the probes say otherwise; a trip soon after a recovery doubles the streak needed."""
         recent = w.since is not None and w.since < self.s.window
-        w.need = min(w.need * 2, self.s.window) if recent else self.s.recover_after
+        # At most 8x the first streak: an unbroken run of 200 probes is out of reach for a partner
+        # fixed but still late on 3-4% of calls (healthy by the 5% rule), which then stayed
+        # throttled for ~10^5-10^6 eligible requests (review, 2026-12-05); 40 in a row still keeps
+        # one late on 10% of its calls throttled for thousands.
+        cap = min(self.s.window, MAX_NEED_FACTOR * self.s.recover_after)
+        w.need = min(w.need * 2, cap) if recent else self.s.recover_after
         w.tripped, w.streak = True, 0
 
     def admit(self, tier: str, cutoff_ms: float, share: float, now: float) -> str | None:
