@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 
+import msgspec
 import pytest
 
 from fleet.config import load_regions
@@ -481,3 +482,14 @@ def test_a_slowdown_upstream_is_seen_while_the_late_partners_are_backing_off_for
     assert pols[0]["a"]["standard"].share == pytest.approx(0.1)
     assert "standard" in book.cut_tiers(1270.0)
     assert pols[-1]["a"]["standard"].share == 1.0 and pols[-1]["b"]["standard"].share == 1.0
+
+
+def test_a_report_with_nan_or_infinite_figures_keeps_the_book_strict_json():
+    """Review, 2026-12-05: a NaN p95 or an infinite cutoff in a report was copied into the region
+    counters, and a strict JSON dump of the book (``allow_nan=False``) raised."""
+    book = PartnerBook()
+    odd = msgspec.structs.replace(stats(40), p95_ms=float("nan"), cutoff_ms=float("inf"))
+    book.absorb("us-east", "odd", {"fast": {"standard": odd}}, 1000.0)
+    book.recompute(TIERS, 1000.0)
+    json.dumps(book.to_dict(), allow_nan=False)
+    assert book.regions["us-east"]["fast"]["called"] == 40

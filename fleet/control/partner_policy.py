@@ -261,9 +261,11 @@ class PartnerBook:
                     row[k] += max(0, int(getattr(s, k)))
                 if math.isfinite(s.value_won) and s.value_won > 0:
                     row["value_won"] = round(row["value_won"] + s.value_won, 6)
-                if s.p95_ms is not None:
+                # only finite figures are kept: the book is saved as JSON, where NaN is not a number
+                if s.p95_ms is not None and math.isfinite(s.p95_ms):
                     row["p95_ms"] = s.p95_ms
-                row.setdefault("cutoff_ms", {})[tier] = s.cutoff_ms
+                if math.isfinite(s.cutoff_ms):
+                    row.setdefault("cutoff_ms", {})[tier] = s.cutoff_ms
 
     def pending(self) -> bool:
         """Any window waiting to be judged."""
