@@ -337,19 +337,19 @@ def test_a_late_report_overtaken_by_a_newer_one_changes_no_lease():
         assert _spend_all(reps, SimpleNamespace(id="c"), clock) <= 1.0 + 1e-9
 
 
-class _RedisAway:
-    """Redis unreachable until ``back``; then a real dict."""
+class _FakeRedis:
+    """A dict behind Redis's get/set that refuses both while ``up`` is False."""
 
-    def __init__(self, doc: dict):
-        self.data, self.back = {STATE_KEY: json.dumps(doc)}, False
+    def __init__(self, data: dict | None = None, up: bool = True):
+        self.data, self.up = dict(data or {}), up
 
     async def get(self, key):
-        if not self.back:
+        if not self.up:
             raise ConnectionError("Redis away")
         return self.data.get(key)
 
     async def set(self, key, value, *a, **k):
-        if not self.back:
+        if not self.up:
             raise ConnectionError("Redis away")
         self.data[key] = value
         return True
@@ -366,7 +366,7 @@ def test_a_control_started_with_redis_away_grants_no_new_room_and_never_saves_ov
     _sync(old, reps, "a", clock)  # a holds the whole budget from the last incarnation
     saved = {"epoch": 7, "pacer": old.to_dict()}
     clock.t += 1.0
-    redis = _RedisAway(saved)
+    redis = _FakeRedis({STATE_KEY: json.dumps(saved)}, up=False)
     control = Control(load_regions(), redis, clock=clock)
 
     async def restart():
@@ -378,7 +378,7 @@ def test_a_control_started_with_redis_away_grants_no_new_room_and_never_saves_ov
         pb = await control.sync(_report("b", reps["b"], clock))  # a new replica
         reps["b"].apply(pb.leases, pb.epoch)
         assert not await control.save()
-        redis.back = True
+        redis.up = True
         await control.tick(1.0)  # the actor's loop: the state is read before anything is written
         assert json.loads(redis.data[STATE_KEY])["pacer"]["campaigns"], "the saved state was overwritten"
         await control.start()
@@ -459,22 +459,6 @@ def test_just_after_a_restart_a_replica_keeps_the_room_it_holds_and_nobody_gets_
     a, b, x = (pushes[n].leases["c"].amount for n in ("a", "b", "x"))
     assert 0.01 < a <= before["a"] - 0.3 + 1e-9 and 0 < b <= before["b"] + 1e-9, (before, a, b)
     assert x == 0.0, x  # a lease control never saved buys nothing new
-
-
-class _FakeRedis:
-    def __init__(self):
-        self.data, self.up = {}, True
-
-    async def get(self, key):
-        if not self.up:
-            raise ConnectionError("Redis away")
-        return self.data.get(key)
-
-    async def set(self, key, value, *a, **k):
-        if not self.up:
-            raise ConnectionError("Redis away")
-        self.data[key] = value
-        return True
 
 
 async def _csync(c, reps, name, clock, delivered=True):
