@@ -290,12 +290,13 @@ def run_capacity(base: str, targets: dict[str, str | None], region: str, *, slo_
 def _one_round(wrk, bodies, base: str, targets: dict, slo_ms: float, step_s: float, connections: int,
                start_rate: float, log, slo_by_target: dict[str, float]) -> dict:
     results: dict = {}
+    sat_conns = min(connections, SATURATION_CONNS)
     for label, (prefix, stats_prefix) in targets.items():
         url = f"{base}{prefix}/openrtb2/bid"
         log(f"{label}: {url}")
 
         def step(rate, seconds=step_s, _url=url, _sp=stats_prefix, _slo=slo_by_target.get(label, slo_ms)):
-            conns = min(connections, SATURATION_CONNS) if rate == float("inf") else connections
+            conns = sat_conns if rate == float("inf") else connections
             return wrk_step(wrk, _url, bodies, rate, seconds, conns, base, _sp, _slo)
 
         def step_cpu(rate):
@@ -321,7 +322,7 @@ def _one_round(wrk, bodies, base: str, targets: dict, slo_ms: float, step_s: flo
             for name, st in stages.items():
                 log(f"    stage {name:<11} p50 {st['p50_ms']} ms  p99 {st['p99_ms']} ms  (n={st['n']})")
         sat, sat_cpu = step_cpu(float("inf"))  # closed loop, no pacing: the saturation throughput
-        log(f"  saturation (closed loop, {min(connections, SATURATION_CONNS)} connections): {sat.achieved:.0f}/s  "
+        log(f"  saturation (closed loop, {sat_conns} connections): {sat.achieved:.0f}/s  "
             f"p50 {sat.p50_ms:.2f} ms  p99 {sat.p99_ms:.2f} ms")
         for name, by_role in (("50%", half_cpu), ("saturation", sat_cpu)):
             top = ", ".join(f"{r} {us:.0f}" for r, us in list(by_role.items())[:6])
