@@ -126,7 +126,7 @@ class Window(msgspec.Struct, kw_only=True):
 
 
 class Backoff(msgspec.Struct, kw_only=True):
-    level: int = 0  # failed trials in a row (1: backing off after the first trouble)
+    level: int = 0  # failed trials (1: backing off after the first trouble); kept until clean for forgive_s
     until: float = 0.0  # unix s: throttled at least until then
     cause: str = ""  # "late" or "errors"
 
@@ -175,7 +175,8 @@ def decide(w: Window, *, ceiling_ms: float, rank: int, tiers: int, defining: boo
     elif now < backoff.until:
         share, why = p.probe_share, "backing off"
     else:
-        why = "healthy" if not fresh or backoff.level == 0 else "answering again: the last %d calls in time" % w.clean_calls
+        closing = fresh and backoff.level > 0 and prev is not None and prev.share < 1.0
+        why = "answering again: the last %d calls in time" % w.clean_calls if closing else "healthy"
         share = 1.0
         # Closed. Its failed trials are kept until it has been clean for ``forgive_s``: a partner
         # that goes bad again soon after starts from the backoff it had reached, so one that flaps
