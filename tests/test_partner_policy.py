@@ -13,7 +13,8 @@ import pytest
 from fleet.config import load_regions
 from fleet.control.api import route
 from fleet.control.messages import Report
-from fleet.control.partner_policy import Backoff, PartnerBook, Params, Window, decide
+from fleet.control.partner_policy import PartnerBook
+from fleet.control.partner_rule import Backoff, Params, Window, decide
 from fleet.control.service import Control
 from fleet.harness.pacing_loop import Clock
 from fleet.partners.messages import PartnerTierStats, partner_policy_from_tiers
