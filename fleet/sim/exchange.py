@@ -3,13 +3,15 @@
 A separate process from the fleet (it is the ``fleet sim run`` command) that talks to it only over
 HTTP. Exchanges sit in regions and send to a region's endpoint, mostly their own; the round trip
 between them (``regions.yaml``'s latency matrix) is added as simulated network time against tmax,
-so a far exchange with a tight tmax gets late answers, which count as no-bids. Given a DNS
-(``fleet.sim.dns``, as the global Terraform module configures Route 53), an auction meant for a
-region that failed its health checks goes to the healthy region nearest the exchange instead;
-given an ejector (``fleet.sim.ejection``), a region that failed three auctions in a row is
-skipped for the next nearest within a second or two, long before the DNS moves it. A failed
-auction is not resent to another region (an exchange does not retry a bid request).
-Traffic follows a diurnal curve compressed into the run, with bursts, at a set mean rate.
+so a far exchange with a tight tmax gets late answers, which count as no-bids. An exchange waits
+for a bid request until its tmax plus a small margin (``SimConfig.timeout_margin_ms``), then gives
+up: a timeout, not answered in time. Given a DNS (``fleet.sim.dns``, as the global Terraform
+module configures Route 53), an auction meant for a region that failed its health checks goes to
+the healthy region nearest the exchange instead; given an ejector (``fleet.sim.ejection``), a
+region that failed three auctions in a row (a timeout is a failure) is skipped for the next
+nearest within a second or two, long before the DNS moves it. A failed auction is not resent to
+another region (an exchange does not retry a bid request). Traffic follows a diurnal curve
+compressed into the run, with bursts, at a set mean rate.
 
 After each auction the exchange behaves like a real one: win notice (``nurl``) and billing notice
 (``burl``, once the ad renders) with ``${AUCTION_PRICE}`` and friends substituted, a loss notice
@@ -63,6 +65,9 @@ class SimConfig:
     grace_s: float = 12.0  # time after the last auction for late notices
     cross_region_share: float = 0.1  # auctions from an exchange in another region (far away)
     concurrency: int = 256
+    # A bid request is waited for until its own tmax plus this, then given up (a timeout: not
+    # answered in time), as a real exchange stops waiting at its tmax (``Exchanges.wait_s``).
+    timeout_margin_ms: float = 50.0
     # The money bench's faults (all off by default)
     resend_rate: float = 0.0  # notices sent resend_copies extra times
     resend_copies: int = 3
@@ -99,6 +104,7 @@ class AuctionRecord:
     degraded: tuple[str, ...] = ()  # what the fleet said it degraded (x-fleet-degraded, ext.fleet)
     reason: str = ""  # a no-bid's x-fleet-reason
     partner: str = ""  # the answer resold a demand partner's bid (its id; the bid's ext.pricing)
+    timed_out: bool = False  # the exchange stopped waiting (tmax plus the margin): status 0, late
 
     @property
     def latency_ms(self) -> float:
@@ -181,6 +187,13 @@ class Exchanges:
 
     # -- one auction -----------------------------------------------------------------------
 
+    def wait_s(self, tmax_ms: float) -> float:
+        """How long the exchange waits for a bid request's answer: its tmax plus the margin, on
+        the loopback clock. The simulated network is added after (``latency_ms``), so an answer
+        past ``tmax - network`` is late whatever this is; waiting the whole tmax keeps those late
+        answers measured (and answers, not failures, to the ejector) instead of timeouts."""
+        return round((tmax_ms + self.cfg.timeout_margin_ms) / 1000.0, 6)
+
     async def auction(self, session: aiohttp.ClientSession, rec: AuctionRecord) -> None:
         opp = rec.opp
         spec = self.regions.regions[rec.region or opp.region]
@@ -196,13 +209,18 @@ class Exchanges:
         headers = {"content-type": "application/json", "x-openrtb-version": "2.6"}
         t0 = time.perf_counter()
         try:
-            async with session.post(url, data=body, headers=headers) as resp:
+            async with session.post(url, data=body, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=self.wait_s(opp.tmax))) as resp:
                 payload = await resp.read()
                 rec.status = resp.status
                 rec.reason = resp.headers.get("x-fleet-reason", "")
                 if resp.headers.get("x-fleet-degraded"):
                     rec.degraded = tuple(resp.headers["x-fleet-degraded"].split(","))
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:  # the exchange gave up at its tmax: not answered in time
+            rec.status, rec.late, rec.timed_out = 0, True, True
+            rec.server_ms = (time.perf_counter() - t0) * 1000
+            return
+        except aiohttp.ClientError:
             rec.status = 0
             return
         rec.server_ms = (time.perf_counter() - t0) * 1000
@@ -339,7 +357,7 @@ class Exchanges:
         cfg = self.cfg
         times = self.arrivals()
         connector = aiohttp.TCPConnector(limit=cfg.concurrency)
-        timeout = aiohttp.ClientTimeout(total=2.0)
+        timeout = aiohttp.ClientTimeout(total=2.0)  # notices; a bid request waits its own tmax (wait_s)
         stop = asyncio.Event()
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             notifier = asyncio.create_task(self._send_notices(session, stop))

@@ -42,6 +42,17 @@ def _bucket(ms: float) -> str:
     return "inf"
 
 
+def bucket_of(rec: AuctionRecord) -> str:
+    """The latency bucket of an auction, judged on the exchange's own clock: ``late`` for an
+    answer after tmax and for one the exchange stopped waiting for (a timeout), ``error`` for a
+    failed answer (refused, reset, 4xx/5xx)."""
+    if rec.timed_out:
+        return "late"
+    if rec.status not in (200, 204):
+        return "error"
+    return "late" if rec.late else _bucket(rec.latency_ms)
+
+
 def _summary(spend: float, value: float, clicks: float, wins: int, bids: int, n: int) -> dict:
     return {
         "opportunities": n, "bids": bids, "wins": wins,
@@ -98,8 +109,7 @@ def score(market: Market, records: list[AuctionRecord], campaigns: list[Campaign
     part = defaultdict(float)
     part_wins = Counter()
     for i, rec in enumerate(records):
-        key = "error" if rec.status not in (200, 204) else ("late" if rec.late else _bucket(rec.latency_ms))
-        b = buckets[key]
+        b = buckets[bucket_of(rec)]
         b["n"] += 1
         if i in orc:
             b["oracle_value"] += orc[i].value
