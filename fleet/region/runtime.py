@@ -273,18 +273,11 @@ class Region:
 
     async def _warm_up(self) -> None:
         """One warm-up bid through the whole path (``fleet.region.warmup``), retried until it
-        answers (the region's shards may still be starting)."""
-        from fleet.region.warmup import warm
+        answers (the region's shards may still be starting); each attempt bounded, and
+        ``warm_error`` says why it is not done (what it waited on), never a silent wait."""
+        from fleet.region.warmup import warm_up
 
-        n = 0
-        while not self.warm:
-            try:
-                await warm(self, n)
-                self.warm, self.warm_error = True, ""
-            except Exception as exc:
-                self.warm_error = repr(exc)[:200]
-                n += 1
-                await asyncio.sleep(min(0.1 * n, 2.0))
+        await warm_up(self)
 
     def ready(self) -> dict:
         """``ready``: the replica has run its warm-up bid (and a remote model version has loaded

@@ -13,10 +13,16 @@ OpenRTB test request (``test: 1``: nothing reserved, no frequency counted) with 
 own, looked up through every shard; its counters and latencies are not kept, and it emits no
 events. The lookups are awaited first; the bid itself runs without an await, so no real request's
 counters interleave with it.
+
+Readiness is bounded: each attempt has ``ATTEMPT_S``, and one that has not finished by then is
+given up and tried again, with ``/ready``'s ``warm_error`` naming what it was waiting on (a shard's
+socket or address, the lookup). A redeployed region's replica that waits on a shard which never
+answers says so, instead of a silent 503 for as long as the wait lasts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 
@@ -27,6 +33,7 @@ from fleet.pipeline.deadline import now
 
 log = logging.getLogger("ray.serve")
 WARMUP_USER = "fleet-warmup"
+ATTEMPT_S = 5.0  # one warm-up attempt's bound (an answering shard takes milliseconds)
 
 
 NATIVE_REQ = ('{"ver":"1.2","assets":[{"id":1,"required":1,"title":{"len":90}},'
@@ -73,18 +80,22 @@ def warmup_request(bidder, n: int = 0, fmt: str = "banner") -> dict:
             "user": {"id": WARMUP_USER}, "tmax": 1000, "cur": ["USD"], "at": 1}
 
 
-async def warm(region, n: int = 0) -> Answer:
+async def warm(region, n: int = 0, at: list[str] | None = None) -> Answer:
     """One warm-up bid per format through ``region``'s whole path (``fleet.region.runtime.Region``);
-    the banner one's answer."""
+    the banner one's answer. ``at``: what it is awaiting now (its one item), for ``warm_up``."""
     b = region.bidder
+    at = at if at is not None else [""]
     profile, lookup = None, "off"
     if region.cache is not None:  # every shard's socket, not only the warm-up user's shard
         for name, shard in region.cache.shards.items():
+            at[0] = f"shard {name}"
             try:
                 await shard.lookup([f"{WARMUP_USER}-{name}"])
             except Exception as exc:  # a shard not up yet: the readiness probe asks again
                 raise RuntimeError(f"shard {name}: {exc!r}") from exc
+        at[0] = "the warm-up user's lookup"
         profile, lookup = await region.cache.lookup(WARMUP_USER, 1.0)
+    at[0] = "the warm-up bids"
     stats, latency = b.stats, b.latency.counts
     b.stats, b.latency.counts = Counter(), {}
     answers = []
@@ -99,3 +110,24 @@ async def warm(region, n: int = 0) -> Answer:
         return answers[0]
     finally:
         b.stats, b.latency.counts = stats, latency
+
+
+async def warm_up(region, attempt_s: float | None = None) -> None:
+    """``warm`` until one attempt succeeds, each bounded by ``attempt_s`` (``ATTEMPT_S``); sets
+    ``region.warm`` and, while it is not, ``region.warm_error``: why the last attempt failed or
+    what it waited on when it was given up."""
+    limit = ATTEMPT_S if attempt_s is None else attempt_s
+    n = 0
+    while not region.warm:
+        at = [""]
+        try:
+            await asyncio.wait_for(warm(region, n, at), limit)
+            region.warm, region.warm_error = True, ""
+            return
+        except asyncio.TimeoutError:
+            region.warm_error = f"warm-up attempt {n + 1} gave up after {limit:g} s waiting on {at[0]}"
+            log.warning("region %s not ready: %s", region.name, region.warm_error)
+        except Exception as exc:
+            region.warm_error = repr(exc)[:200]
+        n += 1
+        await asyncio.sleep(min(0.1 * n, 2.0))
