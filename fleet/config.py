@@ -183,6 +183,9 @@ class ControlSettings(Strict):
     # still bill until its deadline (at least ledger.max_bill_window_s; checked below).
     hold_s: float = Field(default=3600.0, gt=0)
     catchup_s: float = Field(default=10.0, gt=0)  # a gap between spend and plan to date closes over this
+    # While control cannot save its state (Redis away) it grants at most this share of each
+    # flight's budget in new room (fleet.control.standin); every restart holds as much back.
+    standin_share: float = Field(default=0.002, ge=0, le=1)
     p_min: float = Field(default=0.0005, gt=0, le=1)
     p_start: float = Field(default=0.2, gt=0, le=1)
     sync_timeout_s: float = Field(default=1.0, gt=0)

@@ -403,17 +403,38 @@ class _Replica:
         return max(0.0, lease[0] - lease[2]) if self.alive and lease is not None and now < lease[1] else 0.0
 
 
-def test_spend_never_passes_the_budget_whatever_replicas_and_the_ledger_do(redis_srv, monkeypatch):
+@pytest.mark.parametrize("standin", [None, 0.05, 0.005])
+def test_spend_never_passes_the_budget_whatever_replicas_and_the_ledger_do(redis_srv, monkeypatch, standin):
     """Property-style, seeded, a few thousand steps: replicas bid under their leases, notices
     come late, twice, to another replica, or never; replicas are SIGKILLed (their bids still
     bill through others) and new ones start; the ledger lags, stops, is read with errors, reverses
     IVT; control restarts once. Throughout, with E the spend that is billed or may still bill
     (the ledger's truth plus every hold before its deadline, a dead replica's included) and R the
     room live leases still give: E + R <= budget; E <= control's spend + what its leases may
-    still commit; and a grant that gives new room leaves control's spend + outstanding <= budget."""
+    still commit; and a grant that gives new room leaves control's spend + outstanding <= budget.
+    With ``standin`` (a stand-in share): control's state cannot be saved at times (Redis away for it, seconds at a
+    time) and control crashes three times, each time while its saves fail and with a replica
+    dying beside it, unsaved leases and all (``fleet.control.standin``)."""
     from fleet.control import ledger_view
 
-    rng = random.Random(19)
+    rng = random.Random(19 if standin is None else 23)
+    outage = {"on": False, "restarts": 0, "unsaved": 0}
+
+    def guard(control):
+        """Control's saves fail while ``outage["on"]`` (the ledger's Redis stays up)."""
+        if standin is None:
+            return control
+        control.standin.share = standin
+        real_set = control.redis.set
+
+        async def state_set(k, *a, **kw):
+            if k == STATE_KEY and outage["on"]:
+                raise ConnectionError("Redis away")
+            return await real_set(k, *a, **kw)
+
+        control.redis.set = state_set
+        return control
+
     window = 120.0  # the bills' deadline; control counts a lapsed lease as long
     budget = 20.0
     real_read = ledger_view.read_ledger
@@ -427,7 +448,7 @@ def test_spend_never_passes_the_budget_whatever_replicas_and_the_ledger_do(redis
     clock = Clock(T0)
 
     async def go():
-        control = await _control(redis_srv.url, clock, Flight("c", budget, T0, T0 + 250.0, curve="even"))
+        control = guard(await _control(redis_srv.url, clock, Flight("c", budget, T0, T0 + 250.0, curve="even")))
         control.pacer.s.hold_s = window
         r = control.redis
         key = f"{ledger_prefix('us-east')}spend:{DAY}"
@@ -504,6 +525,7 @@ def test_spend_never_passes_the_budget_whatever_replicas_and_the_ledger_do(redis
                                                      reserved={"c": held}, units={"c": 0.6},
                                                      opportunities={"c": step}))
                     lease = push.leases.get("c")
+                    outage["unsaved"] += outage["on"] and lease is not None and lease.amount - held > 1e-9
                     x.lease = None if lease is None else [lease.amount, lease.expires_at, held]
                     if lease is not None and lease.amount - held > 1e-9:
                         checks["grants"] += 1
@@ -511,12 +533,35 @@ def test_spend_never_passes_the_budget_whatever_replicas_and_the_ledger_do(redis
                         assert c <= budget + 1e-9, (step, c)
             if step % 10 == 0:
                 await control.tick(1.0)
-            if step == 1500:  # control restarts from its saved state
+            if standin is None and step == 1500:  # control restarts from its saved state
                 await control.save()
                 control = await _control(redis_srv.url, clock)
                 control.pacer.s.hold_s = window
+            elif standin is not None:
+                crash = any(0 <= c - step <= 50 for c in (700, 1500, 2300))  # away from here to the crash
+                if rng.random() < 0.01 or step in (650, 1450, 2250):  # Redis away for control, or back
+                    outage["on"] = crash or not outage["on"]
+                    if step in (650, 1450, 2250):  # a replica starts: all its leases unsaved
+                        fresh = _Replica(f"a{len(reps)}", "us-east")
+                        reps.append(fresh)
+                        next_sync[fresh.name] = now
+                if outage["on"] and step in (700, 1500, 2300):
+                    # control crashes while its saves fail, and the replica holding the most
+                    # (unsaved leases and all) dies with it; it restarts once Redis is back,
+                    # from the last saved state
+                    victim = max((x for x in reps if x.alive), key=lambda x: x.reserved())
+                    victim.alive = False
+                    fresh = _Replica(f"a{len(reps)}", "us-east")
+                    reps.append(fresh)
+                    next_sync[fresh.name] = now + rng.uniform(0.0, 2.0)
+                    outage["on"] = False
+                    outage["restarts"] += 1
+                    control = guard(await _control(redis_srv.url, clock))
+                    control.pacer.s.hold_s = window
             # the bound
-            may_bill = sum(p for x in reps for p, dl in x.holds.values() if dl >= now)
+            # a dead replica's hold stays with it: one billed through another replica bills no more
+            billed_bids = {bid for _, bid, _ in stream}
+            may_bill = sum(p for x in reps for bid, (p, dl) in x.holds.items() if dl >= now and bid not in billed_bids)
             exposure = truth["billed"] + sum(price for t, bid, price in stream if bid not in applied) + may_bill
             room = sum(x.room(now) for x in reps)
             assert exposure + room <= budget + 1e-9, (step, exposure, room)
@@ -529,7 +574,9 @@ def test_spend_never_passes_the_budget_whatever_replicas_and_the_ledger_do(redis
 
     checks, billed, dead = asyncio.run(go())
     assert checks["steps"] == 3000 and checks["grants"] > 200 and dead >= 2
-    assert billed > 0.5 * budget  # the budget was actually contended for
+    if standin is not None:  # the attack happened: crashes mid-outage, new room pushed unsaved
+        assert outage["restarts"] >= 2 and outage["unsaved"] >= 10, outage
+    assert billed > 0.5 * budget, billed  # the budget was actually contended for
 
 
 # -- 4. a first day planned from its own start --------------------------------------------------------

@@ -29,8 +29,6 @@ import os
 import time
 from dataclasses import asdict
 
-import msgspec
-
 from fleet.control import failover
 from fleet.control.flight import DAY_S, Flight, daily_flight  # noqa: F401 (re-exported)
 from fleet.control.messages import Lease, Report
@@ -236,24 +234,6 @@ class Pacer:
         if total <= 0:
             return 1.0 / len(live)
         return self.replicas[replica].opp_rate.get(cid, 0.0) / total if replica in self.replicas else 0.0
-
-    def no_new_room(self, r: Report, leases: dict[str, Lease]) -> dict[str, Lease]:
-        """``leases`` cut to what control already counts: the replica's own reservations, or the
-        room left in a lease it holds that control knows (saved before it was pushed). What control
-        grants just after a restart (leases the last incarnation could not save may be live) and
-        before it has read its state: no new room, but a replica does not lose what it has."""
-        out = {}
-        for cid, lease in leases.items():
-            room = r.reserved.get(cid, 0.0)
-            held = self.prior.get(f"{cid}|{r.replica}")
-            if held is not None and r.held and r.held.get(cid) == held.id:
-                room = max(room, held.outstanding())
-            amount = min(lease.amount, room)
-            rec = self.leases.get(f"{cid}|{r.replica}")
-            if rec is not None and rec.id == lease.id:
-                rec.amount = amount
-            out[cid] = msgspec.structs.replace(lease, amount=amount)
-        return out
 
     def grant(self, r: Report, now: float) -> dict[str, Lease]:
         """Fresh leases for every campaign in flight; each replaces the replica's previous one.

@@ -26,6 +26,7 @@ from fleet.control.pace_view import pace_view
 from fleet.control.pacer import DAY_S, Flight, Pacer, daily_flight
 from fleet.control.partner_policy import PartnerBook
 from fleet.control.rollout import Rollout, Thresholds, VersionStats
+from fleet.control.standin import StandIn, no_new_room
 
 log = logging.getLogger("fleet.control")
 STATE_KEY = "fleet:control:state"
@@ -65,6 +66,7 @@ class Control:
         self.saves = 0
         self._lock = asyncio.Lock()
         self.quiet_until = 0.0  # after a restart: no new room until the last incarnation's leases ran out
+        self.standin = StandIn(s.standin_share)  # what may be granted while saves fail (fleet.control.standin)
         # The saved state has been read (or there is none to read): until then control grants no
         # new room and writes nothing, so a start with Redis away never saves an empty state over
         # the real one (``fleet.serve.control_actor`` retries ``start``).
@@ -80,8 +82,10 @@ class Control:
         if self.redis is not None:
             raw = await self.redis.get(STATE_KEY)
             if raw:
-                self.load(json.loads(raw))
+                doc = json.loads(raw)
+                self.load(doc)
                 self.quiet_until = self.clock() + self.settings.lease_ttl_s
+                StandIn.restore(self.pacer, doc.get("standin", {}), self.clock(), self.quiet_until)
             self.loaded = True
         # Past the saved epoch and past any an earlier incarnation reached without saving (it
         # moves by one per change, far slower than the clock's milliseconds): replicas drop a
@@ -132,7 +136,10 @@ class Control:
         if self.redis is None or not self.loaded:
             return False
         async with self._lock:
-            raw = json.dumps(self.to_dict(), separators=(",", ":"))
+            doc = self.to_dict()
+            saved = self.standin.take(self.pacer, self.clock())  # the counts of exactly this doc
+            doc["standin"] = saved.doc()
+            raw = json.dumps(doc, separators=(",", ":"))
             try:
                 await self.redis.set(STATE_KEY, raw)
             except Exception as exc:
@@ -140,6 +147,7 @@ class Control:
                     log.error("control state not persisted (Redis): %s", exc)
                 self.redis_up = False
                 return False
+            self.standin.adopt(saved)
             self.redis_up = True
             self.saves += 1
             return True
@@ -240,8 +248,9 @@ class Control:
             # Just restarted, or the saved state not read yet: the last incarnation may have
             # granted leases it could not save (Redis away), live for up to lease_ttl_s. No new
             # room until they have run out; reservations and saved leases' rest stay covered.
-            leases = self.pacer.no_new_room(r, leases)
-        await self.save()
+            leases = no_new_room(self.pacer, r, leases)
+        if not await self.save() and self.redis is not None:
+            leases = self.standin.cut(self.pacer, r, leases)  # pushed unsaved: within the allowance
         return self.push(leases)
 
     async def watch(self, epoch: int, wait_s: float) -> Push:
