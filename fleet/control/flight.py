@@ -81,3 +81,36 @@ def daily_flight(cid: str, budget: float, now: float, curve: str = "traffic", we
         return whole
     left = 1.0 - whole.shape().fraction(now)
     return Flight(cid, budget * left, now, day + DAY_S, curve, weights, paused, True, day_budget=budget)
+
+
+def flight_from_body(cid: str, body: dict, f: Flight | None, now: float) -> Flight:
+    """An operator's flight (the API's body) over the current one ``f``; unknown fields and
+    impossible values are refused (ValueError, a 422)."""
+    allowed = {"budget", "start", "end", "curve", "weights", "paused", "daily"}
+    unknown = set(body) - allowed
+    if unknown:
+        raise ValueError(f"unknown fields: {sorted(unknown)}")
+    day = now - now % DAY_S
+    # A daily flight's partial first day keeps its daily budget (the flight's is a share of it).
+    budget = float(body.get("budget", (f.budget if f.day_budget is None else f.day_budget) if f else -1))
+    if budget < 0:
+        raise ValueError("budget is required and must be >= 0")
+    daily = bool(body.get("daily", f.daily if f else "start" not in body))
+    start = float(body.get("start", f.start if f else day))
+    end = float(body.get("end", f.end if f else (day + DAY_S)))
+    curve = body.get("curve", f.curve if f else "traffic")
+    if curve not in ("even", "traffic"):
+        raise ValueError("curve is 'even' or 'traffic'")
+    weights = body.get("weights", f.weights if f else None)
+    if weights is not None and (not isinstance(weights, list) or not weights
+                                or any(not isinstance(w, (int, float)) or w < 0 for w in weights)):
+        raise ValueError("weights: a non-empty list of non-negative numbers")
+    if end <= start:
+        raise ValueError("end must be after start")
+    paused = bool(body.get("paused", f.paused if f else False))
+    if daily and (f is None and not {"start", "end"} & set(body)
+                  or f is not None and f.day_budget is not None and (start, end) == (f.start, f.end)):
+        # A new daily campaign is planned from now (the rest of today's budget and curve), and
+        # a change to such a first day keeps it so; later days renew whole.
+        return daily_flight(cid, budget, now if f is None else f.start, curve, weights, paused)
+    return Flight(cid, budget, start, end, curve, weights, paused, daily)

@@ -23,7 +23,8 @@ from fleet.control.idempotency import Idempotency
 from fleet.control.ledger_view import LedgerView
 from fleet.control.messages import ModelAssignment, Push, Report
 from fleet.control.pace_view import pace_view
-from fleet.control.pacer import DAY_S, Flight, Pacer, daily_flight
+from fleet.control.flight import flight_from_body
+from fleet.control.pacer import Pacer, daily_flight
 from fleet.control.partner_policy import PartnerBook
 from fleet.control.rollout import Rollout, Thresholds, VersionStats
 from fleet.control.standin import StandIn, no_new_room
@@ -313,40 +314,9 @@ class Control:
     # -- operator API -----------------------------------------------------------------------
 
     def put_campaign(self, cid: str, body: dict) -> dict:
-        """Create or change a campaign's flight; unknown fields are refused."""
-        now = self.clock()
+        """Create or change a campaign's flight (``fleet.control.flight.flight_from_body``)."""
         cp = self.pacer.campaigns.get(cid)
-        f = cp.flight if cp is not None else None
-        allowed = {"budget", "start", "end", "curve", "weights", "paused", "daily"}
-        unknown = set(body) - allowed
-        if unknown:
-            raise ValueError(f"unknown fields: {sorted(unknown)}")
-        day = now - now % DAY_S
-        # A daily flight's partial first day keeps its daily budget (the flight's is a share of it).
-        budget = float(body.get("budget", (f.budget if f.day_budget is None else f.day_budget) if f else -1))
-        if budget < 0:
-            raise ValueError("budget is required and must be >= 0")
-        daily = bool(body.get("daily", f.daily if f else "start" not in body))
-        start = float(body.get("start", f.start if f else day))
-        end = float(body.get("end", f.end if f else (day + DAY_S)))
-        curve = body.get("curve", f.curve if f else "traffic")
-        if curve not in ("even", "traffic"):
-            raise ValueError("curve is 'even' or 'traffic'")
-        weights = body.get("weights", f.weights if f else None)
-        if weights is not None and (not isinstance(weights, list) or not weights
-                                    or any(not isinstance(w, (int, float)) or w < 0 for w in weights)):
-            raise ValueError("weights: a non-empty list of non-negative numbers")
-        if end <= start:
-            raise ValueError("end must be after start")
-        paused = bool(body.get("paused", f.paused if f else False))
-        if daily and (f is None and not {"start", "end"} & set(body)
-                      or f is not None and f.day_budget is not None and (start, end) == (f.start, f.end)):
-            # A new daily campaign is planned from now (the rest of today's budget and curve), and
-            # a change to such a first day keeps it so; later days renew whole.
-            flight = daily_flight(cid, budget, now if f is None else f.start, curve, weights, paused)
-        else:
-            flight = Flight(cid, budget, start, end, curve, weights, paused, daily)
-        self.pacer.put_flight(flight)
+        self.pacer.put_flight(flight_from_body(cid, body, cp.flight if cp is not None else None, self.clock()))
         return self.campaign_view(cid)
 
     def campaign_view(self, cid: str) -> dict:
