@@ -168,9 +168,10 @@ def wait_noop(base: str, timeout: float = 120.0) -> None:
 
 
 @contextmanager
-def fleet_scope(ctx, up_cmd, down_cmd, region: str):
+def fleet_scope(ctx, up_cmd, down_cmd, region: str, noop: bool = True):
     """The whole fleet via ``fleet up`` (fresh Redis, no burst), the no-op app added to the same
-    Serve config; yields (base URL, redis pid). Stops it all after."""
+    Serve config unless ``noop`` is False (``fleet.bench.idle``: the fleet exactly as `up` starts
+    it); yields (base URL, redis pid). Stops it all after."""
     import yaml
 
     from fleet.cli.common import serve_config
@@ -180,14 +181,16 @@ def fleet_scope(ctx, up_cmd, down_cmd, region: str):
     if local.State.load() is not None:
         raise RuntimeError("the fleet is already up: `fleet down` first (the bench starts its own)")
     cfg = serve_config("serve_config.yaml")
-    cfg["applications"].append(noop_app_entry(load_regions().regions[region].max_ongoing_requests))
+    if noop:
+        cfg["applications"].append(noop_app_entry(load_regions().regions[region].max_ongoing_requests))
     local.STATE_DIR.mkdir(parents=True, exist_ok=True)
     path = local.STATE_DIR / "serve_config.cost.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     try:
         ctx.invoke(up_cmd, config_path=str(path), detach=True, burst=False, fresh=True)
         state = local.State.load()
-        wait_noop(state.http)
+        if noop:
+            wait_noop(state.http)
         os.environ.update(local.ray_env())
         import ray
 
