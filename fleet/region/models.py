@@ -37,6 +37,9 @@ from fleet.obs.histogram import StageHistograms
 log = logging.getLogger("ray.serve")
 
 
+WARMUP_CALL_S = 30.0  # one remote warm-up call's bound (a model's load on the inference side takes seconds)
+
+
 def _warm_rows() -> np.ndarray:
     return np.zeros((1, N_FEATURES), np.float32)
 
@@ -50,11 +53,16 @@ class Canary:
 
 class WarmUps:
     """Versions loaded on the inference side: one warm-up call each, off the requests' path (the
-    first call of a version loads it, which takes longer than any pricing budget)."""
+    first call of a version loads it, which takes longer than any pricing budget). A call is
+    bounded (``WARMUP_CALL_S``): one that has not answered by then is given up, ``error`` says so
+    (``/ready`` shows it), and the next ``ensure`` (every readiness probe) calls again; an
+    unanswered call held the version as warming for good, and the region not ready, silently."""
 
-    def __init__(self, warm_up: Callable[[str, np.ndarray], Awaitable]):
+    def __init__(self, warm_up: Callable[[str, np.ndarray], Awaitable], timeout_s: float | None = None):
         self.warm_up = warm_up  # (version, rows): a call of that version, answered once it is loaded
+        self.timeout_s = timeout_s  # None: WARMUP_CALL_S
         self.warm: set[str] = set()
+        self.error = ""  # why the last warm-up call failed ('' once one answered)
         self._warming: dict[str, asyncio.Task] = {}  # held: a task is weakly referenced
 
     def ready(self, version: str) -> bool:
@@ -65,10 +73,16 @@ class WarmUps:
             self._warming[version] = asyncio.get_running_loop().create_task(self._run(version))
 
     async def _run(self, version: str) -> None:
+        limit = WARMUP_CALL_S if self.timeout_s is None else self.timeout_s
         try:
-            await self.warm_up(version, _warm_rows())
+            await asyncio.wait_for(self.warm_up(version, _warm_rows()), limit)
             self.warm.add(version)
-        except Exception as exc:  # tried again on a later request or assignment
+            self.error = ""
+        except asyncio.TimeoutError:  # tried again on the next probe, request or assignment
+            self.error = f"{version}: inference warm-up call not answered within {limit:g} s"
+            log.warning("inference warm-up: %s", self.error)
+        except Exception as exc:
+            self.error = f"{version}: inference warm-up call failed: {exc!r}"[:200]
             log.warning("inference warm-up for %s failed: %s", version, exc)
         finally:
             self._warming.pop(version, None)

@@ -288,10 +288,12 @@ class Region:
         if current and not self.models.ready(current) and self.models.warmups is not None:
             self.models.warmups.ensure(current)  # a remote version loads before traffic, not on it
         ready = self.warm and (not current or self.models.ready(current))
+        warmups = self.models.warmups  # remote pricing: why the current version is not loaded yet
         return {"region": self.name, "ready": ready, "warm_error": self.warm_error or None,
                 "campaigns": len(self.bidder.index),
                 "pricing": f"model:{scorer.version}" if scorer else "rule",
-                "backend": scorer.backend if scorer else None, "model_error": self.models.error,
+                "backend": scorer.backend if scorer else None,
+                "model_error": self.models.error or (warmups.error if warmups is not None else ""),
                 "replica": self.replica}
 
     def stats(self) -> dict:
