@@ -45,6 +45,18 @@ SERVE_ENV = {
     # than a node's replicas serve.
     "RAY_SERVE_HAPROXY_NBTHREAD": os.environ.get("RAY_SERVE_HAPROXY_NBTHREAD")
     or str(max(1, min(4, (os.cpu_count() or 1) // 4))),
+    **{k: os.environ.get(k) or v for k, v in {
+        # Background work with no traffic at all (docs/benchmarks.md, "Idle background"; each can
+        # be set in the environment instead). With the fleet idle, Serve's controller took ~0.033
+        # of a core reconciling 10 times a second (its target groups and node cache each pass):
+        # at 0.5 s a dead replica's replacement and HAProxy's new target list wait up to 0.4 s
+        # more; health checks keep their own periods, HAProxy marks a dead server down itself.
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+        # Ray's log monitor re-listed the log directory every 0.1 s while under 1,000 files
+        # (~0.013 of a core, mostly glob): now every 0.5 s (LOG_NAME_UPDATE_INTERVAL_S); new
+        # lines are still read every 0.1 s.
+        "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+    }.items()},
 }
 TOKEN_FILE = STATE_DIR / "ray_auth_token"
 
