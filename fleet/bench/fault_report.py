@@ -9,6 +9,9 @@ partner at most its cutoff, and never past the request's deadline), and the part
 time again once released (its in-time share of calls after the hang at least 0.9 of the
 baseline's: the tail throttle re-measures it and lets it back).
 
+The region loss adds the lost region's own readiness once it is deployed again (``readiness``:
+when ``/<region>/ready`` said ready, and what it said until then).
+
 Value per opportunity is the expected value (true click probability times the click's value,
 ``fleet.sim.scorecard.impression_value``) of the impressions the fleet won, over every auction
 sent in the phase, answered or not.
@@ -85,6 +88,27 @@ def resume(records: list[AuctionRecord], lost: str, t_kill: float) -> dict:
             "answered_elsewhere": len(other),
             "answered_elsewhere_on_time_share": round(len(other) / sum(1 for r in meant if r.region != lost), 4)
             if any(r.region != lost for r in meant) else None}
+
+
+def readiness(samples: list[tuple[float, int, str]], restore_at: float | None) -> dict:
+    """The lost region's own ``/<region>/ready`` after it was deployed again, from samples of
+    (t, HTTP status or 0, what a not-ready answer said: ``warm_error``/``model_error``, or the
+    body): when it first said ready, how long after the restore, and every different reason it
+    gave before (in order, with its first time and count), so a region that stays not ready
+    says why in the result, and one that never answered says that."""
+    if restore_at is None:
+        return {"restore_at_s": None}
+    after = [(t, st, why) for t, st, why in samples if t >= restore_at]
+    ready_at = next((t for t, st, _ in after if st == 200), None)
+    said: dict[str, dict] = {}
+    for t, st, why in after:
+        if ready_at is not None and t >= ready_at:
+            break
+        key = f"{st} {why}".strip() if st else f"no answer {why}".strip()
+        said.setdefault(key, {"first_s": t, "n": 0})["n"] += 1
+    return {"restore_at_s": restore_at, "ready_at_s": ready_at, "samples": len(after),
+            "ready_after_restore_s": None if ready_at is None else round(ready_at - restore_at, 2),
+            "not_ready_said": [{"said": k, **v} for k, v in said.items()]}
 
 
 PARTNER_VIEW_LAG_S = 4.0  # a call shows in control's view after the replica's next report (1 s) and the next sample (2 s)

@@ -217,6 +217,8 @@ async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, r
     samples: list[tuple[float, dict]] = []
     states: list[tuple[float, dict]] = []
     partner_samples: list[tuple[float, dict]] = []  # control's GET /v1/partners, partner scenarios
+    ready_samples: list[tuple[float, int, str]] = []  # region-loss: the region's own /ready (report.readiness)
+    ready_url = f"{base_url}{regions.regions[region].route_prefix}/ready"
     stop = asyncio.Event()
     t0 = time.perf_counter()
 
@@ -252,6 +254,8 @@ async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, r
                         partner_samples.append((at(), (await http.get(f"{control_url}/v1/partners")).json()))
                     except Exception:
                         pass
+                if sc.name == "region-loss":
+                    ready_samples.append((at(), *(await _ready(http, ready_url))))
                 try:
                     await asyncio.wait_for(stop.wait(), 2.0)
                 except asyncio.TimeoutError:
@@ -307,6 +311,7 @@ async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, r
                            "ejection_events": ejector.events, "control_changes": changes,
                            "restore_at_s": next((e["t"] for e in events if e["event"] == "restore"), None),
                            "resume": report.resume(records, region, kill)}
+        doc["failover"]["readiness"] = report.readiness(ready_samples, doc["failover"]["restore_at_s"])
         if plot_dir is not None:
             doc["plot"] = str(report.timeline_plot(records, doc, plot_dir / f"faults-{sc.name}-timeline.png"))
     if sc.partners:
@@ -316,6 +321,22 @@ async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, r
             "after": (restore, duration)})
     doc["targets"] = report.targets(doc)
     return doc
+
+
+async def _ready(http: httpx.AsyncClient, url: str) -> tuple[int, str]:
+    """One look at a region's ``/ready``: (status or 0 for no answer, what a not-ready one said)."""
+    try:
+        resp = await http.get(url)
+    except Exception as exc:
+        return 0, type(exc).__name__
+    if resp.status_code == 200:
+        return 200, ""
+    try:
+        doc = resp.json()
+        why = (doc.get("warm_error") or doc.get("model_error") or "") if isinstance(doc, dict) else ""
+    except ValueError:
+        why = resp.text
+    return resp.status_code, str(why)[:160]
 
 
 def skip_reason(sc: Scenario) -> str | None:
@@ -341,6 +362,12 @@ def summary_lines(doc: dict) -> list[str]:
     if "failover" in doc:
         lines.append(f"failover  {doc['failover']['resume']}  dns {doc['failover']['dns_events']}  "
                      f"ejection {doc['failover']['ejection_events'][:6]}")
+        rd = doc["failover"].get("readiness") or {}
+        if rd.get("restore_at_s") is not None:
+            lines.append(f"readiness {doc['config']['region']} deployed again at "
+                         f"{rd['restore_at_s']} s: ready {rd['ready_after_restore_s']} s after"
+                         f"{' (never within the run)' if rd['ready_at_s'] is None else ''}; said before: "
+                         f"{[(x['said'], x['n']) for x in rd['not_ready_said']]}")
     if "partners" in doc:
         for name, f in doc["partners"]["phases"].items():
             lines.append(f"partner   {doc['partners']['partner']} {name:<8} eligible {f['eligible']:5d}  called {f['called']:5d}"
