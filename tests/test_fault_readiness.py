@@ -69,3 +69,16 @@ def test_the_bench_reads_what_a_not_ready_region_says():
     assert b == (503, "ctr/v1: not answered")
     assert c == (200, "")
     assert gone == (404, "Path not found")
+
+
+def test_the_short_region_loss_lasts_long_enough_for_the_dns_to_bring_the_region_back():
+    """``--quick``: after the redeploy there is time for the region to warm (~10 s), pass the
+    DNS's checks and outlast the resolvers' TTL; 0.4 of 120 s (48 s) ended every short run before
+    us-east's traffic and budget slices came back, which read as a region never back."""
+    from fleet.bench.faults import QUICK, SCENARIOS, lengths
+    from fleet.sim.dns import DnsSettings
+
+    d = DnsSettings()
+    _, settle = lengths(SCENARIOS["region-loss"], QUICK)
+    assert settle >= 10.0 + d.threshold * d.interval_s + d.ttl_s
+    assert lengths(SCENARIOS["cache-shard"], QUICK) == (12.0, 12.0)  # the others: 0.4 of the full lengths

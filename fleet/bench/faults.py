@@ -67,6 +67,7 @@ class Scenario:
     restore: Op | None = None  # after fault_s; None: the fault ends by itself (Ray, Serve restart it)
     fault_s: float = 30.0
     settle_s: float = 30.0
+    min_settle_s: float = 0.0  # what a short version (Timing.scale) keeps of settle_s at least
     burst: float = 1.0  # offered rate during fault_s, times the baseline's
     replicas: int | None = None  # ingress replicas per region the scenario needs
     remote_pricing: bool = False  # the region prices through its inference deployment
@@ -140,7 +141,9 @@ SCENARIOS = {s.name: s for s in [
     Scenario("ingress-kill", "one of two ingress replicas SIGKILLed", lambda c: _kill_replica(c, "ingress"),
              replicas=2),
     Scenario("region-loss", "a whole region's application removed for 90 s, then deployed again",
-             _remove_region, _restore_region, fault_s=90.0, settle_s=120.0),
+             _remove_region, _restore_region, fault_s=90.0, settle_s=120.0,
+             # the way back: the region warm (~10 s), the DNS's 3 passing checks 10 s apart, its 30 s TTL
+             min_settle_s=80.0),
     Scenario("partner-hang", f"demand partner {HUNG!r} stops answering for 30 s (every call held), then answers",
              _hang(True), _hang(False), settle_s=60.0, partners=True),
     Scenario("burst-3x", "offered traffic 3x for 30 s", burst=3.0, settle_s=15.0),
@@ -186,10 +189,15 @@ class Timing:
 QUICK = Timing(warmup_s=8.0, baseline_s=20.0, scale=0.4)
 
 
+def lengths(sc: Scenario, timing: Timing) -> tuple[float, float]:
+    """(fault_s, settle_s) of a run of ``sc`` with ``timing``."""
+    return sc.fault_s * timing.scale, max(sc.settle_s * timing.scale, sc.min_settle_s)
+
+
 async def run_fault(sc: Scenario, base_url: str, control_url: str, token: str, regions, campaigns, redis_url: str,
                     *, rate: float = 60.0, timing: Timing = Timing(), region: str = "us-east", seed: int = 11,
                     tight_usd: float = 0.05, progress=print, plot_dir: Path | None = None) -> dict:
-    fault_s, settle_s = sc.fault_s * timing.scale, sc.settle_s * timing.scale
+    fault_s, settle_s = lengths(sc, timing)
     duration = timing.fault_at + fault_s + settle_s
     names = list(regions.regions)
     ctl = ControlClient(control_url, token)
