@@ -581,6 +581,44 @@ def test_a_saved_lease_renewed_through_a_long_outage_stays_counted_after_the_res
     assert total <= 1.0 + 1e-9, total
 
 
+def test_a_reply_lost_just_after_a_restart_keeps_the_renewed_saved_lease_counted():
+    """x's saved lease (the whole budget) is renewed while control cannot save; control restarts
+    (x's saved lease restored); x's first sync to it names the unsaved renewal, and the reply is
+    lost, so x keeps it. Control dropped the restored record as soon as x named a lease it did not
+    know and counted only the new one: x committed its 1.0, a and b were granted 1.0 more.
+    (Found by the adversarial review of the stand-in, 2026-12-05.)"""
+    clock = Clock(T0)
+    redis = _FakeRedis()
+    reps = {n: LeaseBudget(hold_s=3600.0, clock=clock) for n in ("a", "b", "x")}
+    camp = SimpleNamespace(id="c")
+
+    async def go():
+        c1 = Control(load_regions(), redis, clock=clock)
+        await c1.start()
+        c1.pacer.put_flight(Flight("c", 1.0, T0, T0 + DAY_S, curve="even"))
+        await _csync(c1, reps, "x", clock)  # saved
+        clock.t += 1.0
+        redis.up = False
+        await _csync(c1, reps, "x", clock)  # renewed unsaved, within what the state counts for x
+        redis.up = True
+        clock.t += 0.5
+        c2 = Control(load_regions(), redis, clock=clock)
+        await c2.start()
+        await _csync(c2, reps, "x", clock, delivered=False)  # x keeps the unsaved renewal
+        _spend_all({"x": reps["x"]}, camp, clock)
+        clock.t = c2.quiet_until + 1.0
+        await c2.tick(1.0)
+        for _ in range(3):
+            for n in ("a", "b"):
+                await _csync(c2, reps, n, clock)
+            _spend_all({n: reps[n] for n in ("a", "b")}, camp, clock)
+            clock.t += 1.0
+        return sum(sum(r.reserved.values()) for r in reps.values())
+
+    total = asyncio.run(go())
+    assert total <= 1.0 + 1e-9, total
+
+
 def test_pushes_of_a_restarted_control_are_applied():
     """Liveness of the change: the old incarnation bumped its epoch (policy) after its last save;
     the restarted one pushes doc epoch + 1, which replicas drop as older (control_sync.apply), so

@@ -29,8 +29,8 @@ import os
 import time
 from dataclasses import asdict
 
-from fleet.control import failover
-from fleet.control.flight import DAY_S, Flight, daily_flight  # noqa: F401 (re-exported)
+from fleet.control import failover, standin
+from fleet.control.flight import DAY_S, Flight  # noqa: F401 (re-exported)
 from fleet.control.messages import Lease, Report
 from fleet.control.records import (CampaignPace, LeaseRec, PacingSettings, RegionPace,  # noqa: F401
                                    ReplicaBook, _delta, _known)
@@ -195,7 +195,8 @@ class Pacer:
         held, cur, prior = r.held.get(cid), self.leases.get(key), self.prior.get(key)
         if cur is not None and held == cur.id:
             self.prior[key] = cur
-        elif held is None or prior is None or held != prior.id:
+        elif not standin.held_unsaved(self, key, held, cur, prior) and (
+                held is None or prior is None or held != prior.id):
             self.prior.pop(key, None)
 
     def set_heirs(self, heirs: dict[str, str]) -> None:

@@ -18,13 +18,13 @@ import msgspec
 
 from fleet.control import dashboard_view, failover
 from fleet.control.cutoffs import PolicyBook, recompute, validate_tier
+from fleet.control.flight import daily_flight, flight_from_body
 from fleet.control.health import HealthBook
 from fleet.control.idempotency import Idempotency
 from fleet.control.ledger_view import LedgerView
 from fleet.control.messages import ModelAssignment, Push, Report
 from fleet.control.pace_view import pace_view
-from fleet.control.flight import flight_from_body
-from fleet.control.pacer import Pacer, daily_flight
+from fleet.control.pacer import Pacer
 from fleet.control.partner_policy import PartnerBook
 from fleet.control.rollout import Rollout, Thresholds, VersionStats
 from fleet.control.standin import StandIn, no_new_room
@@ -138,7 +138,8 @@ class Control:
             return False
         async with self._lock:
             doc = self.to_dict()
-            saved = self.standin.take(self.pacer, self.clock())  # the counts of exactly this doc
+            now = self.clock()
+            saved = self.standin.take(self.pacer, now, quiet=now < self.quiet_until)  # the counts of this doc
             doc["standin"] = saved.doc()
             raw = json.dumps(doc, separators=(",", ":"))
             try:

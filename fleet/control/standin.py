@@ -52,6 +52,23 @@ def no_new_room(pacer, r: Report, leases: dict[str, Lease]) -> dict[str, Lease]:
     return out
 
 
+def held_unsaved(pacer, key: str, held: str | None, cur: LeaseRec | None, prior: LeaseRec | None) -> bool:
+    """``Pacer.confirm`` for a replica naming a lease no saved state knows: one an earlier
+    incarnation pushed unsaved, most likely a renewal of the saved lease restored for it. Until it
+    names one of this incarnation's, that restored record stays counted (``prior``): otherwise a
+    reply lost just after a restart left the replica on the unsaved lease while control counted
+    only the new one. True when it decided."""
+    ours = f"{pacer.incarnation}-"
+    if held is None or held.startswith(ours) or (prior is not None and held == prior.id):
+        return False
+    old = [rec for rec in (prior, cur) if rec is not None and not rec.id.startswith(ours)]
+    if old:
+        pacer.prior[key] = max(old, key=LeaseRec.outstanding)
+    else:
+        pacer.prior.pop(key, None)
+    return True
+
+
 def _cut(pacer, r: Report, cid: str, lease: Lease, amount: float) -> Lease:
     rec = pacer.leases.get(f"{cid}|{r.replica}")
     if rec is not None and rec.id == lease.id:
@@ -86,16 +103,18 @@ class StandIn:
     saved: Saved | None = None  # the last state saved by this incarnation (None: none yet)
     used: dict[str, dict[str, float]] = field(default_factory=dict)  # campaign -> key -> charged
 
-    def take(self, pacer, now: float) -> Saved:
-        """The allowance and the counts of the state about to be written (``Control.save``)."""
+    def take(self, pacer, now: float, quiet: bool = False) -> Saved:
+        """The allowance and the counts of the state about to be written (``Control.save``).
+        None while ``quiet`` (just restarted: no new room is granted then, so a crash loop holds
+        nothing back); not capped by the room left, so a daily campaign on plan at midnight still
+        has one for the next day's flight (the lease a stand-in grant cuts is capped already)."""
         allowance = {}
         for cid, cp in pacer.campaigns.items():
             f = cp.flight
-            if f.paused or now >= f.end:
+            if quiet or f.paused or now >= f.end:
                 allowance[cid] = 0.0
                 continue
-            room = f.budget - cp.spent - pacer.outstanding(cid)
-            allowance[cid] = round(max(0.0, min(self.share * f.budget, room)), 9)
+            allowance[cid] = round(self.share * (f.budget if f.day_budget is None else f.day_budget), 9)
         cover = {}
         for key in set(pacer.leases) | set(pacer.prior):
             recs = [l for l in (pacer.leases.get(key), pacer.prior.get(key)) if l]
