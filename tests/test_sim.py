@@ -54,7 +54,8 @@ def test_simulated_exchange_against_the_fleet(fleet_http, regions):
     after = _notice_counts(fleet_http, regions)
 
     assert len(records) > 150
-    assert all(r.status in (200, 204) for r in records)
+    # answered, or given up at the auction's own tmax (+50 ms) by the exchange: never a failure
+    assert all(r.status in (200, 204) or r.timed_out for r in records)
     far = [r for r in records if r.source_region != r.opp.region]
     assert far and all(r.network_ms == regions.latency_ms[r.source_region][r.opp.region] for r in far)
     assert all(r.late == (r.latency_ms > r.opp.tmax) for r in records)
