@@ -5,7 +5,7 @@ No Ray here: the labeller is given the actor pids a run would ask Ray for."""
 from __future__ import annotations
 
 from fleet.bench.cost_roles import Labeller, cpu_seconds
-from fleet.bench.idle import cores, report_lines, summarise, total
+from fleet.bench.idle import cores, recorded_env, report_lines, summarise, total
 
 PIDS = {11: ("shard shard-us-east-0", "us-east"), 12: ("ledger us-east", "us-east"),
         21: ("shard shard-eu-west-0", "eu-west")}
@@ -56,3 +56,9 @@ def test_summary_is_the_median_window_per_process_and_the_range_of_totals():
     assert s["total_cores"] == 0.24 and s["total_range"] == [0.12, 0.3]
     lines = report_lines({"scope": "fleet", "summary": s})
     assert lines[0].startswith("== idle fleet: fleet 0.240 cores (windows 0.120-0.300)")
+
+
+def test_a_result_records_the_ray_settings_and_never_a_secret():
+    env = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_AUTH_TOKEN_PATH": "/x/.fleet/ray_auth_token",
+           "FLEET_NOTICE_KEYS": "k0:abcdef", "FLEET_CONTROL_TOKEN": "t", "RAY_SOME_API_KEY": "s", "HOME": "/root"}
+    assert recorded_env(env) == {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}

@@ -113,6 +113,13 @@ def _region(region: str, port: int, settle: float, seconds: float, windows: int,
         return measure(lab, seconds, windows, log)
 
 
+def recorded_env(environ) -> dict[str, str]:
+    """The Ray settings a run had (what a before/after differs in); never a secret: no
+    ``FLEET_*`` (notice keys, tokens) and nothing named like a token, key or password."""
+    return {k: v for k, v in environ.items() if k.startswith("RAY_")
+            and not any(w in k for w in ("TOKEN", "KEY", "PASSWORD", "SECRET"))}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scope", choices=["fleet", "region"], default="fleet")
@@ -129,8 +136,7 @@ def main(argv: list[str] | None = None) -> None:
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": {"cpus": os.cpu_count()},
            "method": {"seconds": a.seconds, "windows": a.windows, "settle_s": a.settle,
                       "cpu": "user+system per process over each window / its length (cores); no requests"},
-           "env": {k: v for k, v in os.environ.items() if k.startswith(("RAY_", "FLEET_"))
-                   and "TOKEN" not in k},
+           "env": recorded_env(os.environ),
            "summary": summarise(run), "windows": run}
     out = RESULTS / f"idle-{a.scope}{'-' + a.label if a.label else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
