@@ -479,6 +479,35 @@ def test_wire_callback_lookups_connect_first_then_answer_from_the_reader_and_fai
     assert isinstance(lost, ConnectionError)
 
 
+def test_a_shard_that_never_resolves_fails_its_callers_and_frees_them():
+    """Found in review: the connect had no bound, and every call (each callback lookup in a task
+    of its own) waited behind its lock for as long as the address or the connect hung. Now each
+    caller hears a ConnectionError, and the next connect is tried again."""
+    from fleet.cache import wire
+
+    hang = asyncio.Event()
+    tries = []
+
+    async def resolve():
+        tries.append(1)
+        await hang.wait()  # a shard's address that never comes
+        return ("127.0.0.1", 9)
+
+    async def go():
+        client = wire.WireClient(resolve, retry_s=0.0, connect_s=0.05)
+        loop = asyncio.get_running_loop()
+        waiting = [loop.create_future() for _ in range(5)]
+        for f in waiting:
+            client.lookup_start(["u"], f.set_result)
+        done, pending = await asyncio.wait(waiting, timeout=30)
+        return [f.result() for f in done], len(pending)
+
+    results, pending = run(go())
+    assert pending == 0 and len(results) == 5
+    assert all(isinstance(r, ConnectionError) for r in results), results
+    assert len(tries) >= 2  # tried again after the first gave up, not stuck behind it
+
+
 def test_wire_frames_are_cut_out_of_any_chunking_and_bad_input_closes_the_connection():
     from fleet.cache import wire
 

@@ -166,9 +166,15 @@ def _hand(reply, ok: bool, res) -> None:
 class WireClient:
     """One pipelined connection to a shard; ``resolve`` gives its current (host, port)."""
 
-    def __init__(self, resolve: Callable[[], Awaitable[tuple[str, int]]], retry_s: float = 0.1):
+    def __init__(self, resolve: Callable[[], Awaitable[tuple[str, int]]], retry_s: float = 0.1,
+                 connect_s: float = 1.0):
         self.resolve = resolve
         self.retry_s = retry_s
+        # Finding the shard and connecting take at most this long: every call waits behind the
+        # lock meanwhile (a callback lookup in a task of its own), so a shard address that never
+        # resolves or a connect that hangs (a partitioned node drops the SYN) piled them up for
+        # as long as the kernel kept trying.
+        self.connect_s = connect_s
         self._conn: _ClientSide | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -190,8 +196,9 @@ class WireClient:
             if c is not None:
                 return c
             try:
-                host, port = await self.resolve()
-                _, c = await loop.create_connection(_ClientSide, host, port)
+                async with asyncio.timeout(self.connect_s):
+                    host, port = await self.resolve()
+                    _, c = await loop.create_connection(_ClientSide, host, port)
             except Exception as exc:
                 self._down_until = loop.time() + self.retry_s  # don't stampede a restarting shard
                 raise ConnectionError(f"shard unreachable: {exc!r}") from None
