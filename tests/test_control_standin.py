@@ -211,3 +211,55 @@ def test_the_budget_holds_through_outages_crashes_and_lost_replies():
     broken = {(seed, share): v for seed, share in ((9, 0.05), (0, 0.5), (9, 0.5), (2, 0.002))
               if (v := _fuzz(seed, share, lost_p=0.15, steps=1500)) is not None}
     assert not broken, broken
+
+
+def test_a_restart_across_midnight_counts_the_new_days_spend_in_the_new_days_book():
+    """An outage spans UTC midnight and control crashes after it. The restarted control loads
+    the day before's flight, and the replicas' first reports reach it before its first tick:
+    their day-2 spend went into the ended day's book, the tick then rolled to a day-2 book at
+    zero, and once the held-back allowance lapsed the same room was granted again (share 0.5:
+    1.48 of day-2 bids against a budget of 1.0). Control now rolls the day over before it
+    counts a report, and when it loads a state saved the day before. (Second review, F1.)"""
+    mid = (T0 // DAY_S + 1) * DAY_S
+    clock = Clock(mid - 20)
+    redis = _FakeRedis()
+    reps = {n: LeaseBudget(hold_s=3600.0, clock=clock) for n in ("r0", "r1", "r2")}
+    budget, hold = 1.0, 60.0
+    bills: list[tuple[float, float]] = []
+    keys = itertools.count()
+
+    def control():
+        c = Control(load_regions(), redis, clock=clock)
+        c.standin.share = 0.5
+        c.pacer.s.hold_s = hold
+        return c
+
+    async def go():
+        c = control()
+        await c.start()
+        c.pacer.put_flight(Flight("c", budget, mid - DAY_S, mid, curve="even", daily=True))
+        c.pacer.campaigns["c"].book.add(REGION, budget * 0.9, clock.t)
+        assert await c.save()
+        crashed = False
+        while clock.t < mid + hold + 60:
+            rel = clock.t - mid
+            if rel >= -5 and not crashed:
+                redis.up = False
+            if rel >= 3 and not crashed:  # control crashes on day 2; Redis is back when it starts
+                crashed, redis.up = True, True
+                c = control()
+                await c.start()
+            for n, b in reps.items():
+                p = await c.sync(_report(n, b, clock, 0.05))
+                b.apply(p.leases, p.epoch)
+            await c.tick(1.0)
+            for b in reps.values():
+                while b.reserve(CAMP, 0.01, clock.t, key := f"k{next(keys)}", until=clock.t + 900):
+                    bills.append((clock.t, 0.01))
+                    b.settle(Notice("bill", key, "c", "cr", REGION, int(clock.t * 1000), "a", "1", 10.0,
+                                    "USD", None, our_bid=10.0))
+            clock.t += 1.0
+
+    asyncio.run(go())
+    day2 = sum(a for t, a in bills if t >= mid)
+    assert 0.5 < day2 <= budget + 1e-9, day2

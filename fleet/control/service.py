@@ -87,6 +87,7 @@ class Control:
                 self.load(doc)
                 self.quiet_until = self.clock() + self.settings.lease_ttl_s
                 StandIn.restore(self.pacer, doc.get("standin", {}), self.clock(), self.quiet_until)
+                self.pacer.roll_days(self.clock())  # saved before midnight: today's books, not yesterday's
             self.loaded = True
         # Past the saved epoch and past any an earlier incarnation reached without saving (it
         # moves by one per change, far slower than the clock's milliseconds): replicas drop a
@@ -219,6 +220,7 @@ class Control:
         now = self.clock()
         self.reported_model = r.model or self.reported_model
         self._declare(r, now)
+        self.pacer.roll_days(now)  # a report after midnight counts for the new day's book, never the ended one
         self.pacer.absorb(r, now)
         hb = dict(r.heartbeat)
         self.health.beat(r.region, r.replica, now, hb)
