@@ -64,12 +64,16 @@ def server_counts(base: str, prefix: str) -> dict[str, int]:
     return {k: int(b.get(k, 0)) for k in COUNTS}
 
 
+_NICE = os.getpriority(os.PRIO_PROCESS, 0)  # before ``--probe-niceness``: wrk's own
+
+
 def wrk_run(wrk: str, url: str, bodies: Path, connections: int, delay_ms: float, seconds: float,
             tmax_ms: int) -> dict:
     out = subprocess.run(
         [wrk, "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "2s", "-s", str(LUA), url,
          "--", str(bodies), str(delay_ms), uuid.uuid4().hex[:8], str(tmax_ms)],
-        check=True, capture_output=True, text=True).stdout
+        check=True, capture_output=True, text=True,
+        preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, _NICE)).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -209,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="the closed loop whose served-on-time rate is 1x (fixed: not the limits under test)")
     ap.add_argument("--split-cores", action="store_true",
                     help="the load generator on core 0, the fleet (Redis, Ray and all it starts) on the others")
+    ap.add_argument("--probe-niceness", type=int, default=None,
+                    help="the probe's thread at this nice value (e.g. -10): an exchange's own clock does not "
+                         "wait behind the fleet's CPU; wrk keeps its own")
     ap.add_argument("--label", default="")
     a = ap.parse_args(argv)
     cores = sorted(os.sched_getaffinity(0))
@@ -242,9 +249,11 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("region did not become ready")
         if a.split_cores:  # the exchange's side: the probe here and wrk (inherits it)
             _pin_process({cores[0]})
+        if a.probe_niceness is not None:  # this thread only: wrk is started from another one
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), a.probe_niceness)
         doc = run_overload(base, spec.route_prefix, a.region, a.seconds, a.tmax_ms, a.capacity_connections,
                            multiples=tuple(float(m) for m in a.multiples.split(",")), quick=a.quick)
-        doc.update({"split_cores": a.split_cores, "limits": limits_from_env().__dict__, "niceness": int(os.environ.get("RAY_worker_niceness", 15)),
+        doc.update({"split_cores": a.split_cores, "probe_niceness": a.probe_niceness, "limits": limits_from_env().__dict__, "niceness": int(os.environ.get("RAY_worker_niceness", 15)),
                     "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": a.model})
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"overload-{a.region}{'-' + a.label if a.label else ''}.json"
