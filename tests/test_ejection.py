@@ -9,6 +9,7 @@ from aiohttp import web
 
 from fleet.config import load_regions
 from fleet.sim.ejection import EjectionSettings, Ejector, failed
+from local_http import local_server
 
 LAT = load_regions().latency_ms
 
@@ -100,7 +101,6 @@ def test_with_every_region_ejected_it_sends_to_the_first_anyway():
 def test_the_exchange_sends_a_failing_regions_auctions_to_the_next_nearest():
     """us-east's routes answer 404 (its application gone) from the start: after three failed
     auctions its exchanges send to eu-west and pay eu-west's round trip; nothing is resent."""
-    from fleet.runtime.local import free_port
     from fleet.sim.exchange import Exchanges, SimConfig
     from fleet.sim.market import Market
 
@@ -116,21 +116,13 @@ def test_the_exchange_sends_a_failing_regions_auctions_to_the_next_nearest():
         return web.Response(status=200 if request.path.endswith("/ready") else 204)
 
     async def go():
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            cfg = SimConfig(base_url=f"http://127.0.0.1:{port}", duration_s=3.0, rate=60.0, seed=3,
+        async with local_server(handle) as base:
+            cfg = SimConfig(base_url=base, duration_s=3.0, rate=60.0, seed=3,
                             diurnal_amplitude=0.0, burst_every_s=1e9, cross_region_share=0.0, grace_s=0.0)
             ej = Ejector(regions.latency_ms)
             ex = Exchanges(Market(seed=3, regions=tuple(regions.regions)), regions, [], cfg,
                            progress=lambda _: None, ejector=ej)
             return await ex.run(), ej
-        finally:
-            await runner.cleanup()
 
     records, ej = asyncio.run(go())
     meant = [r for r in records if r.opp.region == "us-east"]

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from fleet.bench.fault_report import readiness
 from fleet.bench.faults import _ready, summary_lines
-from fleet.runtime.local import free_port
+from local_http import local_server
 
 
 def test_readiness_after_the_restore_with_what_it_said_before():
@@ -51,18 +51,8 @@ def test_the_bench_reads_what_a_not_ready_region_says():
         return web.Response(status=404, text="Path not found")
 
     async def go():
-        app = web.Application()
-        app.router.add_route("GET", "/{tail:.*}", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            async with httpx.AsyncClient(timeout=2.0) as http:
-                base = f"http://127.0.0.1:{port}"
-                return [await _ready(http, f"{base}{p}") for p in ("/a/ready", "/b/ready", "/c/ready", "/gone/ready")]
-        finally:
-            await runner.cleanup()
+        async with local_server(handle, "GET") as base, httpx.AsyncClient(timeout=2.0) as http:
+            return [await _ready(http, f"{base}{p}") for p in ("/a/ready", "/b/ready", "/c/ready", "/gone/ready")]
 
     a, b, c, gone = asyncio.run(go())
     assert a == (503, "shard cache-a-0: refused")

@@ -12,9 +12,9 @@ import aiohttp
 from aiohttp import web
 
 from fleet.config import load_regions
-from fleet.runtime.local import free_port
 from fleet.sim.exchange import AuctionRecord, Exchanges, SimConfig
 from fleet.sim.market import Market
+from local_http import local_server
 
 DELAY_S = 0.4  # well past a tmax of 80 ms plus the margin, well inside the old fixed 2 s
 
@@ -30,16 +30,9 @@ def _run(tmaxes: list[int], delay_s: float = DELAY_S) -> list[AuctionRecord]:
         return web.Response(status=204)
 
     async def go() -> list[AuctionRecord]:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
+        async with local_server(handle) as base:
             market = Market(seed=3, regions=tuple(regions.regions))
-            ex = Exchanges(market, regions, [], SimConfig(base_url=f"http://127.0.0.1:{port}"),
-                           progress=lambda _: None)
+            ex = Exchanges(market, regions, [], SimConfig(base_url=base), progress=lambda _: None)
             rng = random.Random(1)
             recs = []
             for tmax in tmaxes:
@@ -49,8 +42,6 @@ def _run(tmaxes: list[int], delay_s: float = DELAY_S) -> list[AuctionRecord]:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
                 await asyncio.gather(*(ex.auction(session, r) for r in recs))
             return recs
-        finally:
-            await runner.cleanup()
 
     return asyncio.run(go())
 

@@ -13,9 +13,8 @@ import os
 
 import psutil
 
-from fleet.bench.cpu import role_of
+from fleet.bench.cpu import Snapshot, cpu_seconds, role_of
 
-Snapshot = dict[int, tuple[str, float]]  # pid -> (label, CPU seconds)
 
 # What a stacked bar shows, bottom up; labels map to these.
 GROUPS = ("ingress", "cache shards", "ledger consumer", "redis", "control", "idle apps (other regions, no-op)", "haproxy",
@@ -123,18 +122,6 @@ class Labeller:
         rows = {lab: {"us": round(s * 1e6 / requests, 1), "group": self.group(lab)} for lab, s in used.items()
                 if s * 1e6 / requests >= 0.5}
         return dict(sorted(rows.items(), key=lambda kv: -kv[1]["us"]))
-
-
-def cpu_seconds(before: Snapshot, after: Snapshot) -> dict[str, float]:
-    """label -> CPU seconds used between two snapshots. A process born in between counts from
-    zero; one whose label changed (a Ray worker that took a new title) counts as new."""
-    used: dict[str, float] = {}
-    for pid, (label, cpu) in after.items():
-        prev = before.get(pid)
-        d = cpu - (prev[1] if prev is not None and prev[0] == label else 0.0)
-        if d > 0:
-            used[label] = used.get(label, 0.0) + d
-    return used
 
 
 def by_group(per_proc: dict[str, dict]) -> dict[str, float]:

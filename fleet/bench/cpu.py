@@ -59,18 +59,25 @@ def snapshot() -> Snapshot:
     return out
 
 
-def per_request(before: Snapshot, after: Snapshot, requests: int, min_us: float = 1.0) -> dict[str, float]:
-    """CPU microseconds per request by role between two snapshots, largest first. A process
-    born in between (or a Ray worker that took a new title) counts from zero; one gone in
-    between is not counted. Roles under ``min_us`` are left out."""
-    if requests <= 0:
-        return {}
-    by_role: dict[str, float] = {}
+def cpu_seconds(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """role (or label) -> CPU seconds used between two snapshots. A process born in between
+    counts from zero; one whose role changed (a Ray worker that took a new title) counts as
+    new; one gone in between is not counted."""
+    used: dict[str, float] = {}
     for pid, (role, cpu) in after.items():
         prev = before.get(pid)
-        used = cpu - (prev[1] if prev is not None and prev[0] == role else 0.0)
-        if used > 0:
-            by_role[role] = by_role.get(role, 0.0) + used
+        d = cpu - (prev[1] if prev is not None and prev[0] == role else 0.0)
+        if d > 0:
+            used[role] = used.get(role, 0.0) + d
+    return used
+
+
+def per_request(before: Snapshot, after: Snapshot, requests: int, min_us: float = 1.0) -> dict[str, float]:
+    """CPU microseconds per request by role between two snapshots (``cpu_seconds``), largest
+    first. Roles under ``min_us`` are left out."""
+    if requests <= 0:
+        return {}
+    by_role = cpu_seconds(before, after)
     return ranked({r: round(s * 1e6 / requests, 1) for r, s in by_role.items() if s * 1e6 / requests >= min_us})
 
 
