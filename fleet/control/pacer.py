@@ -182,7 +182,11 @@ class Pacer:
         as a bid made under them may still bill."""
         keys = {k for book in (self.leases, self.prior) for k, l in book.items() if l.campaign == cid}
         keys.discard(exclude)
-        return sum(max(l.outstanding() for l in (self.leases.get(k), self.prior.get(k)) if l) for k in keys)
+        return sum(self.counted(k) for k in keys)
+
+    def counted(self, key: str) -> float:
+        """What one "campaign|replica" may still commit or bill: the larger of its two leases."""
+        return max(l.outstanding() for l in (self.leases.get(key), self.prior.get(key)) if l)
 
     def confirm(self, cid: str, key: str, r: Report) -> None:
         """Which lease a replica spends under is the one it says it holds, not the last one control

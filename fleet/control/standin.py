@@ -115,11 +115,8 @@ class StandIn:
                 allowance[cid] = 0.0
                 continue
             allowance[cid] = round(self.share * (f.budget if f.day_budget is None else f.day_budget), 9)
-        cover = {}
-        for key in set(pacer.leases) | set(pacer.prior):
-            recs = [l for l in (pacer.leases.get(key), pacer.prior.get(key)) if l]
-            if _renewing(pacer, recs[0], now):
-                cover[key] = max(l.outstanding() for l in recs)
+        cover = {key: pacer.counted(key) for key, rec in {**pacer.prior, **pacer.leases}.items()
+                 if _renewing(pacer, rec, now)}
         return Saved(now, allowance, cover, {n: dict(b.spend) for n, b in pacer.replicas.items()})
 
     def adopt(self, saved: Saved) -> None:

@@ -61,18 +61,16 @@ def real_haproxy() -> str | None:
     except ImportError:
         return None
     set_to = os.environ.get(BINARY_VAR)
-    if set_to is not None and _ours(set_to):
+    ours = set_to is not None and _ours(set_to)
+    if ours:
         del os.environ[BINARY_VAR]  # get_haproxy_binary reads it there: the bundled one instead
-        try:
-            return get_haproxy_binary()
-        except OSError:
-            return None
-        finally:
-            os.environ[BINARY_VAR] = set_to
     try:
         return get_haproxy_binary()
     except OSError:
         return None
+    finally:
+        if ours:
+            os.environ[BINARY_VAR] = set_to
 
 
 def write_wrapper(path: Path, real: str, limits: Limits) -> Path:
