@@ -20,7 +20,7 @@ import pytest
 
 from fleet.config import load_regions
 from fleet.pipeline.deadline import ARRIVAL_HEADER, MAX_QUEUE_S
-from fleet.runtime.haproxy_shim import MARK, REST_SUFFIX, Limits, rewrite
+from fleet.runtime.haproxy_shim import MARK, REST_SUFFIX, TMAX_REASON, Limits, rewrite
 
 SERVE_LIKE = """global
     maxconn 4096
@@ -77,6 +77,7 @@ def test_shim_rewrites_serves_config(tmp_path):
     # the bid's own budget (us-east's numbers, by the backend's route prefix) times its replica
     assert "json_query('$.tmax','int')" in bids and "int(120) if" in bids and "int(100) if" in bids
     assert "http-request set-timeout server var(txn.fleet_tmax),sub(15)" in bids and "sub(10)" not in out
+    assert f"x-fleet-reason {TMAX_REASON} if {{ var(txn.fleet_tmax) -m int le 15 }}" in bids
     twin = out[out.index(f"\nbackend http-us-east{REST_SUFFIX}"):]
     assert "timeout queue 200ms" in twin and "queue() ge" not in twin and "httpchk" not in twin
     assert ("server SERVE_REPLICA_us-east-ingress-us-east-abc 127.0.0.1:30000 maxconn 8 "
@@ -330,6 +331,28 @@ def test_a_replica_stalled_with_bids_inside_still_answers_each_within_its_budget
     assert all(_shed(r, "deadline") for r in answers.values())
     assert order[0] == "tmax 60"  # 45 ms of budget before the default's 85
     assert served.status_code == 204 and "x-seen-arrival" in served.headers
+
+
+def test_a_tmax_that_leaves_no_budget_is_the_pipelines_no_bid_without_reaching_the_replica(tmp_path):
+    """tmax at or below us-east's 15 ms allowance: HAProxy gives the replica's own answer (204, nbr
+    15, ``tmax_below_allowance``) itself, so it cannot lose a race to its own deadline no-bid (a
+    timeout of 1 ms, which a trip through Serve on a loaded box overran in CI). The replica here
+    holds everything: only an answer that never reached it can come back."""
+    stub = Stub()
+    bodies = [b'{"id":"a","tmax":10}', b'{"id":"b","tmax":15}', b'{"id":"c","tmax":1}']
+
+    async def go():
+        async with haproxy_in_front(tmp_path, {}, stub) as base:
+            async with httpx.AsyncClient(timeout=30) as c:
+                answers = await asyncio.gather(*(c.post(f"{base}/openrtb2/bid", content=b) for b in bodies))
+                held = dict(stub.held)
+                stub.release.set()
+                budget = await c.post(f"{base}/openrtb2/bid", content=b'{"id":"d","tmax":60}')
+        return answers, held, budget
+
+    answers, held, budget = asyncio.run(go())
+    assert all(_shed(r, TMAX_REASON) for r in answers) and held == {}
+    assert budget.status_code == 204 and "x-seen-arrival" in budget.headers  # a budget: the replica's answer
 
 
 def test_a_refused_bid_is_answered_before_a_refused_notice(tmp_path):

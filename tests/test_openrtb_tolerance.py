@@ -21,6 +21,7 @@ from fleet.pipeline.bidder import RegionBidder
 from fleet.pipeline.enrichment import identity
 from fleet.pipeline.markup_native import fill, native_markup, native_spec
 from fleet.pipeline.markup_vast import vast, vast_version
+from fleet.runtime.haproxy_shim import DEADLINE_REASON, TMAX_REASON
 
 BANNER = {"id": "1", "banner": {"format": [{"w": 300, "h": 250}]}, "bidfloor": 0.1}
 BASE = {"id": "t1", "imp": [BANNER], "site": {"domain": "sports.example", "publisher": {"id": "pub-7"}},
@@ -176,10 +177,10 @@ def test_identity_prefers_our_synced_id():
 def test_running_out_of_time_is_nbr_15_insufficient_auction_time(bidder):
     a = bidder.bid(json.dumps({**BASE, "tmax": 5}).encode(), version="2.6")
     assert (a.status, a.body, a.headers["x-openrtb-nbr"], a.headers["x-fleet-reason"]) == (
-        204, b"", "15", "tmax_below_allowance")
+        204, b"", "15", TMAX_REASON)  # the same answer HAProxy gives in front of the replica
     late = bidder.bid(json.dumps({**BASE, "id": "late"}).encode(), version="2.6", arrival=deadline_mod.now() - 1.0)
     assert (late.status, late.body, late.headers["x-openrtb-nbr"], late.headers["x-fleet-reason"]) == (
-        204, b"", "15", "deadline")
+        204, b"", "15", DEADLINE_REASON)
 
 
 # -- VAST ---------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ work as before). What it adds (docs/ingress.md, "Arrival, queue and shedding"):
   (``min(tmax, max_tmax) - network allowance``, its region's, read from the body with
   ``json_query``) is answered by HAProxy: 204, nbr 15, ``x-fleet-reason: deadline`` (the reason
   the replica gives its own late no-bids), so a replica stalled with requests inside it still
-  answers the exchange in time (the replica's late answer, a no-bid anyway, is dropped).
+  answers the exchange in time (the replica's late answer, a no-bid anyway, is dropped); one
+  whose tmax leaves no budget at all is answered the replica's own immediate no-bid
+  (``x-fleet-reason: tmax_below_allowance``) by HAProxy, without the trip.
 
 Standard library only: it runs on every HAProxy start and reload, before anything else is
 imported (``python -I -S``).
@@ -92,6 +94,7 @@ _KEEP = ("timeout connect", "timeout server", "timeout client", "timeout http-re
 OVERLOAD_RESPONSE = (f"HTTP/1.1 204 No Content\r\nx-openrtb-nbr: {OVERLOAD_NBR}\r\n"
                      f"x-fleet-reason: {OVERLOAD_REASON}\r\ncontent-length: 0\r\n\r\n")
 DEADLINE_REASON = "deadline"  # the pipeline's own reason for a no-bid its deadline forced
+TMAX_REASON = "tmax_below_allowance"  # the pipeline's own reason for a tmax that leaves no budget
 DEADLINE_RESPONSE = OVERLOAD_RESPONSE.replace(OVERLOAD_REASON, DEADLINE_REASON)
 UNAVAILABLE_RESPONSE = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
 
@@ -193,7 +196,10 @@ def _deadline_rules(budget: tuple[int, int, int] | None) -> list[str]:
         f"    http-request set-var(txn.fleet_tmax) int({default}) if {bid} !{{ {tmax} -m found }}",
         f"    http-request set-var(txn.fleet_tmax) int({default}) if {{ {tmax} -m int le 0 }}",
         f"    http-request set-var(txn.fleet_tmax) int({top}) if {{ {tmax} -m int gt {top} }}",
-        f"    http-request set-var(txn.fleet_tmax) int({allowance + 1}) if {{ {tmax} -m int le {allowance} }}",
+        # no budget at all: the pipeline's immediate no-bid, given here (a trip to the replica and
+        # back in under 1 ms was a race HAProxy's own deadline no-bid could win)
+        f"    http-request return status 204 hdr x-openrtb-nbr {OVERLOAD_NBR} hdr x-fleet-reason {TMAX_REASON}"
+        f" if {{ {tmax} -m int le {allowance} }}",
         f"    http-request set-timeout server {tmax},sub({allowance}) if {{ {tmax} -m found }}",
     ]
 
