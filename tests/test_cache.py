@@ -508,6 +508,87 @@ def test_a_shard_that_never_resolves_fails_its_callers_and_frees_them():
     assert len(tries) >= 2  # tried again after the first gave up, not stuck behind it
 
 
+def _mute_shard(answers: set[str]):
+    """A shard's socket that reads every call and answers only the methods in ``answers`` (an
+    empty set: a frozen process, its kernel still accepting and acknowledging)."""
+    from fleet.cache import wire
+
+    class Mute(wire._Frames):
+        def message(self, msg):
+            rid, method, _ = msg
+            if method in answers:
+                self.transport.write(wire._frame((rid, True, [None])))
+
+    return Mute
+
+
+def test_a_shard_silent_on_an_open_connection_fails_its_callers_and_is_reconnected():
+    """Left alone last session: a shard that stops answering while its connection stays open
+    kept every call waiting for ever (each a pending entry). Now the callers hear a
+    ConnectionError once nothing has been heard for ``stall_s``, and the next call connects
+    afresh (here to a shard that answers)."""
+    from fleet.cache import wire
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        frozen = await loop.create_server(_mute_shard(set()), "127.0.0.1", 0)
+        alive = await loop.create_server(_mute_shard({"lookup"}), "127.0.0.1", 0)
+        addr = {"now": frozen.sockets[0].getsockname()[:2]}
+
+        async def resolve():
+            return addr["now"]
+
+        client = wire.WireClient(resolve, retry_s=0.0, stall_s=0.2)
+        waiting = [loop.create_future() for _ in range(5)]
+        for f in waiting:
+            client.lookup_start(["u"], f.set_result)
+        called = asyncio.create_task(client.lookup(["u"]))
+        done, pending = await asyncio.wait([*waiting, called], timeout=30)
+        stuck = client._conn.pending if client._conn else {}
+        addr["now"] = alive.sockets[0].getsockname()[:2]
+        after = await asyncio.wait_for(client.lookup(["u"]), 30)
+        client.close()
+        frozen.close()
+        alive.close()
+        return [f.result() for f in waiting], called.exception(), len(pending), dict(stuck), after
+
+    results, called, pending, stuck, after = run(go())
+    assert pending == 0 and stuck == {}
+    assert all(isinstance(r, ConnectionError) for r in results) and isinstance(called, ConnectionError)
+    assert after == [None]
+
+
+def test_a_slow_call_is_not_cut_while_the_shard_still_answers_others():
+    """A write waiting on the shard (a record behind a slow Redis) stays waiting while lookups on
+    the same connection are answered; only when the connection falls silent is it cut."""
+    from fleet.cache import wire
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_mute_shard({"lookup"}), "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()[:2]
+
+        async def resolve():
+            return addr
+
+        client = wire.WireClient(resolve, retry_s=0.0, stall_s=0.5)
+        record = asyncio.create_task(client.record([ev("s1", 1)]))
+        answered = 0
+        for _ in range(30):  # 1.5 s, three times stall_s, a lookup every 0.05 s
+            await client.lookup(["u"])
+            answered += 1
+            await asyncio.sleep(0.05)
+        still_waiting = not record.done()
+        await asyncio.wait([record], timeout=30)  # no more lookups: silent now
+        client.close()
+        server.close()
+        return answered, still_waiting, record.exception()
+
+    answered, still_waiting, exc = run(go())
+    assert answered == 30 and still_waiting
+    assert isinstance(exc, ConnectionError)
+
+
 def test_wire_frames_are_cut_out_of_any_chunking_and_bad_input_closes_the_connection():
     from fleet.cache import wire
 

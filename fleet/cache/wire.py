@@ -138,11 +138,23 @@ def _failure(res) -> Exception:
 
 class _ClientSide(_Frames):
     """Calls under way on one connection: id -> ``reply(ok, result-or-error)``, called from
-    ``data_received`` as the answer is read (or with a ConnectionError when the connection goes)."""
+    ``data_received`` as the answer is read (or with a ConnectionError when the connection goes).
+    ``heard``: when a frame last came; ``busy_since``: when ``pending`` last went from empty to
+    not (loop time, for the client's stall watch)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.pending: dict[int, Callable[[bool, object], None]] = {}
+        self.heard = self.busy_since = 0.0
+        self.watched = False
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = asyncio.get_running_loop().time()
+        super().data_received(data)
+
+    def silent_for(self, now: float) -> float:
+        """How long calls have waited with nothing heard (0 with none waiting)."""
+        return now - max(self.heard, self.busy_since) if self.pending else 0.0
 
     def message(self, msg) -> None:
         rid, ok, res = msg
@@ -167,7 +179,7 @@ class WireClient:
     """One pipelined connection to a shard; ``resolve`` gives its current (host, port)."""
 
     def __init__(self, resolve: Callable[[], Awaitable[tuple[str, int]]], retry_s: float = 0.1,
-                 connect_s: float = 1.0):
+                 connect_s: float = 1.0, stall_s: float = 2.0):
         self.resolve = resolve
         self.retry_s = retry_s
         # Finding the shard and connecting take at most this long: every call waits behind the
@@ -175,6 +187,13 @@ class WireClient:
         # resolves or a connect that hangs (a partitioned node drops the SYN) piled them up for
         # as long as the kernel kept trying.
         self.connect_s = connect_s
+        # A shard that stops answering with its connection still open (a frozen process or VM,
+        # a partition that drops packets: no reset ever comes) is cut off after this long with
+        # calls waiting and not a frame heard: its callers hear a ConnectionError, and the next
+        # call connects afresh. Before, every call on it waited for ever (each bid's lookup gave
+        # up at its deadline, its entry stayed). Answers normally come in milliseconds; a slow
+        # write (a record waiting on Redis) does not count while other answers still come.
+        self.stall_s = stall_s
         self._conn: _ClientSide | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -221,9 +240,30 @@ class WireClient:
 
     def _send(self, c: _ClientSide, method: str, arg, reply) -> int:
         rid = next(self._ids)
+        if not c.pending:
+            loop = asyncio.get_running_loop()
+            c.busy_since = loop.time()
+            if not c.watched:
+                c.watched = True
+                loop.call_later(self.stall_s, self._watch, c)
         c.pending[rid] = reply  # this connection's calls: a lost one fails them, never a newer one's
         c.transport.write(_frame((rid, method, arg)))
         return rid
+
+    def _watch(self, c: _ClientSide) -> None:
+        """Every ``stall_s`` while calls wait: cut a connection that has gone silent on them."""
+        if not c.pending or c.transport is None or c.transport.is_closing():
+            c.watched = False
+            return
+        loop = asyncio.get_running_loop()
+        silent = c.silent_for(loop.time())
+        if silent >= self.stall_s:
+            log.warning("shard connection silent for %.1f s with %d calls waiting: reconnecting",
+                        silent, len(c.pending))
+            c.watched = False
+            c.transport.abort()  # connection_lost fails every waiting call
+            return
+        loop.call_later(self.stall_s - silent, self._watch, c)
 
     def start(self, method: str, arg, done: Callable[[object], None]) -> None:
         """Send now when connected, and call ``done(result or exception)`` from the callback
