@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fleet.bench.canned_app import BODY as CANNED_BODY
-from fleet.bench.lean_http import LeanFront, canned, http_response, no_content
+from fleet.bench.lean_http import LeanFront, canned_handler, http_response, no_content
 
 
 @contextmanager
@@ -52,7 +52,7 @@ def test_keep_alive_no_content():
 
 
 def test_canned_answer_is_the_bid_sized_body():
-    with running(LeanFront(canned)) as base:
+    with running(LeanFront(canned_handler())) as base:
         r = httpx.post(f"{base}/openrtb2/bid", content=b"{}")
     assert r.status_code == 200
     assert r.content == CANNED_BODY and len(r.content) == 2163

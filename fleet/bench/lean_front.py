@@ -38,8 +38,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable
 
-from fleet.bench.canned_app import BODY as CANNED_BODY, HEADERS as CANNED_HEADERS
-from fleet.bench.lean_http import LeanFront, awaiting_bid_handler, bid_handler, canned, no_content
+from fleet.bench.lean_http import LeanFront, awaiting_bid_handler, bid_handler, canned_handler, no_content
 
 LEAN = ("lean-204", "lean-canned", "lean-bid", "lean-bid-await")
 UVICORN = ("uvicorn-204", "uvicorn-canned")
@@ -58,14 +57,20 @@ async def asgi_204(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-_CANNED_ASGI = [(k.encode(), v.encode()) for k, v in CANNED_HEADERS.items()] + [
-    (b"content-length", str(len(CANNED_BODY)).encode())]
+def asgi_canned():
+    """A bare ASGI app with ``fleet.bench.canned_app``'s answer (imported late, as ``canned_handler``)."""
+    from fleet.bench.canned_app import BODY, HEADERS
 
+    start = {"type": "http.response.start", "status": 200,
+             "headers": [(k.encode(), v.encode()) for k, v in HEADERS.items()]
+             + [(b"content-length", str(len(BODY)).encode())]}
 
-async def asgi_canned(scope, receive, send) -> None:
-    await _asgi_drain(receive)
-    await send({"type": "http.response.start", "status": 200, "headers": _CANNED_ASGI})
-    await send({"type": "http.response.body", "body": CANNED_BODY})
+    async def app(scope, receive, send) -> None:
+        await _asgi_drain(receive)
+        await send(start)
+        await send({"type": "http.response.body", "body": BODY})
+
+    return app
 
 
 def serve_one(variant: str, port: int) -> None:
@@ -76,7 +81,7 @@ def serve_one(variant: str, port: int) -> None:
     if variant in UVICORN:
         import uvicorn
 
-        app = asgi_204 if variant == "uvicorn-204" else asgi_canned
+        app = asgi_204 if variant == "uvicorn-204" else asgi_canned()
         uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", loop="uvloop",
                                       lifespan="off", access_log=False, log_level="warning")).run()
         return
@@ -86,7 +91,7 @@ def serve_one(variant: str, port: int) -> None:
     elif variant == "lean-bid-await":
         handler, statuses = awaiting_bid_handler()
     else:
-        handler = no_content if variant == "lean-204" else canned
+        handler = no_content if variant == "lean-204" else canned_handler()
     front = LeanFront(handler)
 
     async def main() -> None:

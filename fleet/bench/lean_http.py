@@ -14,8 +14,6 @@ from typing import Awaitable, Callable
 
 import httptools
 
-from fleet.bench.canned_app import BODY as CANNED_BODY, HEADERS as CANNED_HEADERS
-
 Handler = Callable[[bytes, dict[bytes, bytes]], bytes]  # body, headers (lower-case) -> the whole response
 AsyncHandler = Callable[[bytes, dict[bytes, bytes]], Awaitable[bytes]]
 
@@ -30,7 +28,6 @@ def http_response(status: int, headers: dict[str, str], body: bytes) -> bytes:
 
 
 NO_CONTENT = http_response(204, {}, b"")
-CANNED = http_response(200, CANNED_HEADERS, CANNED_BODY)
 BAD_REQUEST = http_response(400, {"content-type": "application/json", "connection": "close"}, b'{"error":"bad request"}')
 TOO_LARGE = http_response(413, {"content-type": "application/json", "connection": "close"}, b'{"error":"body too large"}')
 
@@ -39,8 +36,13 @@ def no_content(body: bytes, headers: dict[bytes, bytes]) -> bytes:
     return NO_CONTENT
 
 
-def canned(body: bytes, headers: dict[bytes, bytes]) -> bytes:
-    return CANNED
+def canned_handler() -> Handler:
+    """``fleet.bench.canned_app``'s 2,163 B bid answer with its headers (imported here: it
+    imports Ray's Serve, which a bench must not import before it sets Ray's environment)."""
+    from fleet.bench.canned_app import BODY, HEADERS
+
+    answer = http_response(200, HEADERS, BODY)
+    return lambda body, headers: answer
 
 
 def bid_handler(region: str = "us-east", model: str = "ctr/v1") -> tuple[Handler, Counter]:
