@@ -372,6 +372,12 @@ def test_rayservice_pod_templates_render(tmp_path):
     assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL"), "$(REDIS_PASSWORD) needs it defined first"
     assert all("valueFrom" in e for e in head["env"] if e["name"].startswith(("FLEET_", "REDIS_PASSWORD")))
     assert {"name": "serve", "containerPort": 8000} in head["ports"]
+    # every node starts with the fleet's environment, then KubeRay's own command (tests/test_pod_start.py)
+    for tpl in (out["head"]["value"], *(g["template"] for g in out["workers"]["value"])):
+        assert tpl["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
+        c = tpl["spec"]["containers"][0]
+        assert c["command"] == ["/bin/bash", "-c", "--"] and "python -m fleet.runtime.pod" in c["args"][0]
+        assert c["args"][0].endswith('exec /bin/bash -c "$KUBERAY_GEN_RAY_START_CMD"')
     assert head["volumeMounts"] == [{"name": "files", "mountPath": "/app/regions.yaml", "subPath": "regions.yaml",
                                      "readOnly": True}]
     cpu, gpu = out["workers"]["value"]

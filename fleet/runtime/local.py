@@ -26,6 +26,18 @@ from fleet.config import REPO_ROOT
 STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR") or REPO_ROOT / ".fleet")
 STATE_FILE = STATE_DIR / "state.json"
 
+def usable_cpus() -> int:
+    """The cores this node may use: a container's CPU limit (cgroup v2 ``cpu.max``) where there is
+    one, else the CPUs the process may run on. (``os.cpu_count()`` in a pod is the host's.)"""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, int(int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 # The ingress settings chosen on purpose (docs/ingress.md): HAProxy in front, replicas serving
 # HTTP directly, and Serve's throughput-optimised defaults. Without Serve's per-request HAProxy
 # metrics: HAProxy sent a log datagram per request for Ray's HAProxyManager to parse in Python,
@@ -44,7 +56,7 @@ SERVE_ENV = {
     # 0.24-0.29 for the same sheds (docs/benchmarks.md, "Overload"); one thread proxies far more
     # than a node's replicas serve.
     "RAY_SERVE_HAPROXY_NBTHREAD": os.environ.get("RAY_SERVE_HAPROXY_NBTHREAD")
-    or str(max(1, min(4, (os.cpu_count() or 1) // 4))),
+    or str(max(1, min(4, usable_cpus() // 4))),
     **{k: os.environ.get(k) or v for k, v in {
         # Background work with no traffic at all (docs/benchmarks.md, "Idle background"; each can
         # be set in the environment instead). With the fleet idle, Serve's controller took ~0.033

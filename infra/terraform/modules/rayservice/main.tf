@@ -17,8 +17,18 @@ locals {
   volumes    = length(var.config_files) > 0 ? [{ name = "files", configMap = { name = local.config_map } }] : []
 
   # A changed config file must reach every Ray process: the hash in the pod template makes it a
-  # cluster change (a new cluster, then the switch, under NewCluster).
-  pod_annotations = { "edge-fleet/files-sha256" = sha256(jsonencode(var.config_files)) }
+  # cluster change (a new cluster, then the switch, under NewCluster). KubeRay then leaves the
+  # container's command to us and hands its own `ray start` over in KUBERAY_GEN_RAY_START_CMD.
+  pod_annotations = {
+    "edge-fleet/files-sha256"        = sha256(jsonencode(var.config_files))
+    "ray.io/overwrite-container-cmd" = "true"
+  }
+
+  # Every node starts as `fleet up` starts a local one (fleet/runtime/pod.py): Ray's settings the
+  # fleet chose, and Serve's HAProxy through the fleet's wrapper (arrival stamp, per-replica
+  # limits, shedding at the door, the deadline no-bid; docs/ingress.md). Then KubeRay's command.
+  start_command = ["/bin/bash", "-c", "--"]
+  start_args    = ["ulimit -n 65536; eval \"$(python -m fleet.runtime.pod)\" && exec /bin/bash -c \"$KUBERAY_GEN_RAY_START_CMD\""]
 
   container_security = {
     allowPrivilegeEscalation = false
@@ -39,6 +49,8 @@ locals {
         name       = "ray-head"
         image      = var.image
         workingDir = var.app_dir
+        command    = local.start_command
+        args       = local.start_args
         env        = local.env
         ports = [
           { name = "gcs-server", containerPort = 6379 },
@@ -73,6 +85,8 @@ locals {
           name       = "ray-worker"
           image      = var.image
           workingDir = var.app_dir
+          command    = local.start_command
+          args       = local.start_args
           env        = local.env
           resources = {
             requests = merge({ cpu = g.cpu, memory = g.memory }, g.gpus > 0 ? { "nvidia.com/gpu" = tostring(g.gpus) } : {})
