@@ -10,6 +10,7 @@ import itertools
 from types import SimpleNamespace
 
 from fleet.config import load_regions
+from fleet.control.ledger_view import merge_ledger
 from fleet.control.messages import Report
 from fleet.control.pacer import DAY_S, Flight
 from fleet.control.service import Control
@@ -191,7 +192,7 @@ def _fuzz(seed: int, share: float, lost_p: float, steps: int) -> tuple | None:
                 c = control()
                 await c.start()
             mark = now - 2.0
-            c.pacer.merge_ledger(REGION, mark, {int(now // DAY_S): {"c": sum(a for t, a in bills if t <= mark)}})
+            merge_ledger(c.pacer, REGION, mark, {int(now // DAY_S): {"c": sum(a for t, a in bills if t <= mark)}})
             exposure = sum(sum(b.spend.values()) + sum(b.reserved.values()) for b in reps.values())
             room = sum(max(0.0, lease.amount - lease.committed) for n, b in reps.items() if alive[n]
                        for lease in b.leases.values() if now < lease.expires_at)

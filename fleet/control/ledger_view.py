@@ -13,11 +13,36 @@ from __future__ import annotations
 import logging
 
 from fleet.control.pacer import DAY_S, Pacer
-from fleet.control.spend import read_ledger
+from fleet.control.spend import flight_days, read_ledger
 
 log = logging.getLogger("fleet.control")
 READ_EVERY_S = 1.0
 DRIFT_EVERY_S = 10.0
+
+
+def ledger_days(pacer: Pacer, now: float) -> list[int]:
+    """The UTC days whose finalized spend the flights need (none after today), and today."""
+    today = int(now // DAY_S)
+    days = {today}
+    for cp in pacer.campaigns.values():
+        days.update(d for d in flight_days(cp.flight.start, cp.flight.end) if d <= today)
+    return sorted(days)
+
+
+def merge_ledger(pacer: Pacer, region: str, caught_up: float, hashes: dict[int, dict[str, float]]) -> None:
+    """One read of a region's ledger into the pacer's books: finalized spend per day (campaign ->
+    spend; empty when the day's key is missing) and its caught-up mark (``fleet.control.spend``)."""
+    seen = pacer.seen.setdefault(region, {})
+    for day, h in hashes.items():
+        if h:
+            seen[day] = h
+    for day in [d for d in seen if d < max(hashes, default=0) - 8]:
+        del seen[day]
+    for cid, cp in pacer.campaigns.items():
+        f = cp.flight
+        days = flight_days(f.start, f.end)
+        cp.book.merge(region, caught_up, {d: (h.get(cid, 0.0) if h else None)
+                                          for d, h in hashes.items() if d in days})
 
 
 class LedgerView:
@@ -37,7 +62,7 @@ class LedgerView:
             return True
         self.last_read = now
         try:
-            got = await read_ledger(redis, self.regions, self.pacer.ledger_days(now))
+            got = await read_ledger(redis, self.regions, ledger_days(self.pacer, now))
         except Exception as exc:  # the last good read stands; no delta is dropped
             self.read_failures += 1
             if self.up:
@@ -47,7 +72,7 @@ class LedgerView:
         self.up = True
         self.reads += 1
         for region, (caught_up, hashes) in got.items():
-            self.pacer.merge_ledger(region, caught_up, hashes)
+            merge_ledger(self.pacer, region, caught_up, hashes)
         if now - self.last_drift >= DRIFT_EVERY_S:
             self.last_drift = now
             self._drift(now, got)

@@ -34,7 +34,7 @@ from fleet.control.flight import DAY_S, Flight  # noqa: F401 (re-exported)
 from fleet.control.messages import Lease, Report
 from fleet.control.records import (CampaignPace, LeaseRec, PacingSettings, RegionPace,  # noqa: F401
                                    ReplicaBook, _delta, _known)
-from fleet.control.spend import SpendBook, flight_days
+from fleet.control.spend import SpendBook
 
 
 class Pacer:
@@ -100,31 +100,6 @@ class Pacer:
                 cp.flight = Flight(f.campaign, budget, day, day + DAY_S, f.curve, f.weights, f.paused, True)
                 cp.book = SpendBook()
                 self._restart(cp)
-
-    # -- the ledger's finalized spend ----------------------------------------------------
-
-    def ledger_days(self, now: float) -> list[int]:
-        """The UTC days whose finalized spend the flights need (none after today), and today."""
-        today = int(now // DAY_S)
-        days = {today}
-        for cp in self.campaigns.values():
-            days.update(d for d in flight_days(cp.flight.start, cp.flight.end) if d <= today)
-        return sorted(days)
-
-    def merge_ledger(self, region: str, caught_up: float, hashes: dict[int, dict[str, float]]) -> None:
-        """One read of a region's ledger: finalized spend per day (campaign -> spend; empty when
-        the day's key is missing) and its caught-up mark (see ``fleet.control.spend``)."""
-        seen = self.seen.setdefault(region, {})
-        for day, h in hashes.items():
-            if h:
-                seen[day] = h
-        for day in [d for d in seen if d < max(hashes, default=0) - 8]:
-            del seen[day]
-        for cid, cp in self.campaigns.items():
-            f = cp.flight
-            days = flight_days(f.start, f.end)
-            cp.book.merge(region, caught_up, {d: (h.get(cid, 0.0) if h else None)
-                                              for d, h in hashes.items() if d in days})
 
     # -- reports and leases -------------------------------------------------------------
 

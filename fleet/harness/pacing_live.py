@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 from fleet.control.api import route
 from fleet.control.curve import cosine_weights
+from fleet.control.ledger_view import ledger_days, merge_ledger
 from fleet.control.messages import Report
 from fleet.control.pace_view import pace_view
 from fleet.harness.pacing_loop import Clock, _reported, poisson, run_day
@@ -212,7 +213,7 @@ class LiveRun:
         (``ledger_lag_s`` None: no ledger, as control without Redis: the replicas' deltas only)."""
         if self.ledger_lag_s is None:
             return
-        days = self.control.pacer.ledger_days(now)
+        days = ledger_days(self.control.pacer, now)
         for region in self.names:
             q, led = self.ledger_queue[region], self.ledger[region]
             keep = []
@@ -223,8 +224,8 @@ class LiveRun:
                 else:
                     keep.append(e)
             self.ledger_queue[region] = keep
-            self.control.pacer.merge_ledger(region, now - self.ledger_lag_s,
-                                            {d: dict(led.get(d, {})) for d in days})
+            merge_ledger(self.control.pacer, region, now - self.ledger_lag_s,
+                         {d: dict(led.get(d, {})) for d in days})
 
     async def sync(self, region: str, t: float) -> None:
         b = self.budgets[region]

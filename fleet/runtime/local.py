@@ -26,6 +26,7 @@ from fleet.config import REPO_ROOT
 STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR") or REPO_ROOT / ".fleet")
 STATE_FILE = STATE_DIR / "state.json"
 
+
 def usable_cpus() -> int:
     """The cores this node may use: a container's CPU limit (cgroup v2 ``cpu.max``) where there is
     one, else the CPUs the process may run on. (``os.cpu_count()`` in a pod is the host's.)"""
