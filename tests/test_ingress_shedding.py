@@ -339,19 +339,25 @@ def test_a_tmax_that_leaves_no_budget_is_the_pipelines_no_bid_without_reaching_t
     timeout of 1 ms, which a trip through Serve on a loaded box overran in CI). The replica here
     holds everything: only an answer that never reached it can come back."""
     stub = Stub()
-    bodies = [b'{"id":"a","tmax":10}', b'{"id":"b","tmax":15}', b'{"id":"c","tmax":1}']
+    bodies = [b'{"id":"a","tmax":10}', b'{"id":"b","tmax":15}', b'{"id":"c","tmax":1}', b'{"id":"s","tmax":"10"}']
+    # what HAProxy's json_query reads up to the first non-digit (1, 15, 1) while the replica
+    # reads 100 or 1000, or drops the field for the default: not HAProxy's to answer
+    theirs = [b'{"id":"e","tmax":1e2}', b'{"id":"f","tmax":15.9}', b'{"id":"g","tmax":1E3}']
 
     async def go():
         async with haproxy_in_front(tmp_path, {}, stub) as base:
             async with httpx.AsyncClient(timeout=30) as c:
                 answers = await asyncio.gather(*(c.post(f"{base}/openrtb2/bid", content=b) for b in bodies))
                 held = dict(stub.held)
+                passed = await asyncio.gather(*(c.post(f"{base}/openrtb2/bid", content=b) for b in theirs))
+                held_after = dict(stub.held)
                 stub.release.set()
                 budget = await c.post(f"{base}/openrtb2/bid", content=b'{"id":"d","tmax":60}')
-        return answers, held, budget
+        return answers, held, passed, held_after, budget
 
-    answers, held, budget = asyncio.run(go())
+    answers, held, passed, held_after, budget = asyncio.run(go())
     assert all(_shed(r, TMAX_REASON) for r in answers) and held == {}
+    assert held_after == {"bid": 3} and not any(r.headers.get("x-fleet-reason") == TMAX_REASON for r in passed)
     assert budget.status_code == 204 and "x-seen-arrival" in budget.headers  # a budget: the replica's answer
 
 

@@ -192,7 +192,10 @@ def _deadline_rules(budget: tuple[int, int, int] | None) -> list[str]:
     return [
         f"    {MARK} a bid its replica has not answered within its budget: HAProxy's no-bid, in time",
         "    option http-buffer-request",
-        f"    http-request set-var(txn.fleet_tmax) req.body,json_query('$.tmax','int') if {bid}",
+        # a plain integer only: json_query reads 1e2 or 15.9 up to the first non-digit (1, 15),
+        # where the replica reads 100 or drops the field; anything else gets the default
+        f"    http-request set-var(txn.fleet_tmax) req.body,json_query('$.tmax','int') if {bid}"
+        """ { req.body -m reg '"tmax"\\s*:\\s*"?-?[0-9]{1,9}"?\\s*[,}]' }""",
         f"    http-request set-var(txn.fleet_tmax) int({default}) if {bid} !{{ {tmax} -m found }}",
         f"    http-request set-var(txn.fleet_tmax) int({default}) if {{ {tmax} -m int le 0 }}",
         f"    http-request set-var(txn.fleet_tmax) int({top}) if {{ {tmax} -m int gt {top} }}",
