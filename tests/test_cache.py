@@ -558,6 +558,46 @@ def test_a_shard_silent_on_an_open_connection_fails_its_callers_and_is_reconnect
     assert after == [None]
 
 
+def test_a_silent_shard_is_cut_even_when_every_caller_gives_up_first():
+    """Found in review: callers that stop waiting (``wait_for``) take their calls out of
+    ``pending``, and each new call restarted the watch's clock, so a frozen shard was never cut.
+    Sends that no frame followed count now, whoever still waits."""
+    from fleet.cache import wire
+
+    accepted = []
+
+    class Frozen(wire._Frames):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            accepted.append(transport)
+
+        def message(self, msg):
+            pass
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Frozen, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()[:2]
+
+        async def resolve():
+            return addr
+
+        client = wire.WireClient(resolve, retry_s=0.0, stall_s=0.2)
+        gave_up = 0
+        for _ in range(40):  # ~2.4 s, twelve times stall_s, a call every ~60 ms, each given up
+            try:
+                await asyncio.wait_for(client.lookup(["u"]), 0.05)
+            except (TimeoutError, ConnectionError):
+                gave_up += 1
+            await asyncio.sleep(0.01)
+        client.close()
+        server.close()
+        return gave_up, len(accepted)
+
+    gave_up, connections = run(go())
+    assert gave_up == 40 and connections >= 2  # cut, and connected afresh
+
+
 def test_a_slow_call_is_not_cut_while_the_shard_still_answers_others():
     """A write waiting on the shard (a record behind a slow Redis) stays waiting while lookups on
     the same connection are answered; only when the connection falls silent is it cut."""

@@ -139,13 +139,14 @@ def _failure(res) -> Exception:
 class _ClientSide(_Frames):
     """Calls under way on one connection: id -> ``reply(ok, result-or-error)``, called from
     ``data_received`` as the answer is read (or with a ConnectionError when the connection goes).
-    ``heard``: when a frame last came; ``busy_since``: when ``pending`` last went from empty to
-    not (loop time, for the client's stall watch)."""
+    For the client's stall watch (loop time): ``heard``, when a frame last came; ``busy_since``,
+    when ``pending`` last went from empty to not; ``unheard_since``, the first send after the
+    last frame heard (a caller that gave up takes its call out of ``pending``, not its send)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.pending: dict[int, Callable[[bool, object], None]] = {}
-        self.heard = self.busy_since = 0.0
+        self.heard = self.busy_since = self.unheard_since = 0.0
         self.watched = False
 
     def data_received(self, data: bytes) -> None:
@@ -153,8 +154,15 @@ class _ClientSide(_Frames):
         super().data_received(data)
 
     def silent_for(self, now: float) -> float:
-        """How long calls have waited with nothing heard (0 with none waiting)."""
-        return now - max(self.heard, self.busy_since) if self.pending else 0.0
+        """How long the shard has owed an answer with nothing heard: since a send that no frame
+        followed, or since calls began to wait (a lone slow call, its answer the last one due)."""
+        since = self.unheard_since if self.unheard_since > self.heard else now
+        if self.pending:
+            since = min(since, max(self.heard, self.busy_since))
+        return now - since
+
+    def owed(self) -> bool:
+        return bool(self.pending) or self.unheard_since > self.heard
 
     def message(self, msg) -> None:
         rid, ok, res = msg
@@ -240,19 +248,22 @@ class WireClient:
 
     def _send(self, c: _ClientSide, method: str, arg, reply) -> int:
         rid = next(self._ids)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if c.unheard_since <= c.heard:
+            c.unheard_since = now
         if not c.pending:
-            loop = asyncio.get_running_loop()
-            c.busy_since = loop.time()
-            if not c.watched:
-                c.watched = True
-                loop.call_later(self.stall_s, self._watch, c)
+            c.busy_since = now
+        if not c.watched:
+            c.watched = True
+            loop.call_later(self.stall_s, self._watch, c)
         c.pending[rid] = reply  # this connection's calls: a lost one fails them, never a newer one's
         c.transport.write(_frame((rid, method, arg)))
         return rid
 
     def _watch(self, c: _ClientSide) -> None:
         """Every ``stall_s`` while calls wait: cut a connection that has gone silent on them."""
-        if not c.pending or c.transport is None or c.transport.is_closing():
+        if not c.owed() or c.transport is None or c.transport.is_closing():
             c.watched = False
             return
         loop = asyncio.get_running_loop()
