@@ -376,10 +376,12 @@ def test_rayservice_pod_templates_render(tmp_path):
     for tpl in (out["head"]["value"], *(g["template"] for g in out["workers"]["value"])):
         assert tpl["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
         c = tpl["spec"]["containers"][0]
-        assert c["command"] == ["/bin/bash", "-c", "--"] and "python -m fleet.runtime.pod" in c["args"][0]
+        assert c["command"] == ["/bin/bash", "-c", "--"] and "python -m fleet.runtime.pod --dir /tmp/fleet" in c["args"][0]
+        assert "ulimit -n ${RAY_START_ULIMIT_OPEN_FILES:-65536};" in c["args"][0]
         assert c["args"][0].endswith('exec /bin/bash -c "$KUBERAY_GEN_RAY_START_CMD"')
     assert head["volumeMounts"] == [{"name": "files", "mountPath": "/app/regions.yaml", "subPath": "regions.yaml",
-                                     "readOnly": True}]
+                                     "readOnly": True}, {"name": "fleet-run", "mountPath": "/tmp/fleet"}]
+    assert {"name": "fleet-run", "emptyDir": {}} in out["head"]["value"]["spec"]["volumes"]
     cpu, gpu = out["workers"]["value"]
     assert "nvidia.com/gpu" not in cpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"

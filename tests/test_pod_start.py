@@ -24,10 +24,17 @@ from fleet.runtime.local import SERVE_ENV
 MAIN_TF = REPO_ROOT / "infra" / "terraform" / "modules" / "rayservice" / "main.tf"
 
 
-def _container_args() -> str:
-    m = re.search(r'^\s*start_args\s*=\s*\["((?:[^"\\]|\\.)*)"\]', MAIN_TF.read_text(), re.M)
-    assert m, "start_args not found in the RayService module"
+def _hcl_string(name: str) -> str:
+    m = re.search(rf'^\s*{name}\s*=\s*\[?"((?:[^"\\]|\\.)*)"\]?', MAIN_TF.read_text(), re.M)
+    assert m, f"{name} not found in the RayService module"
     return m.group(1).replace('\\"', '"').replace("\\\\", "\\")
+
+
+def _container_args(run_dir: str | None = None) -> str:
+    """The container's args as Terraform renders them (its two interpolations, done here)."""
+    args = _hcl_string("start_args").replace("${local.run_dir}", run_dir or _hcl_string("run_dir"))
+    assert "${" not in args.replace("$${", ""), "an interpolation this test does not render"
+    return args.replace("$${", "${")
 
 
 def _run_pod_start(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -41,9 +48,10 @@ def _run_pod_start(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
            if not k.startswith("RAY_") and not k.startswith("FLEET_INGRESS")}  # a pod's clean environment
     env.update(PATH=f"{bindir}:{env.get('PATH', '/usr/bin:/bin')}", TMPDIR=str(tmp_path),
                KUBERAY_GEN_RAY_START_CMD=f"env -0 > {dump}", **extra)
-    r = subprocess.run(["/bin/bash", "-c", "--", _container_args()], cwd=REPO_ROOT, env=env,
+    r = subprocess.run(["/bin/bash", "-c", "--", _container_args(str(tmp_path / "run"))], cwd=REPO_ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    if not dump.exists():
+        return {"rc": str(r.returncode), "stderr": r.stderr}
     return dict(line.split("=", 1) for line in dump.read_text().split("\0") if "=" in line)
 
 
@@ -51,6 +59,7 @@ def test_the_pods_ray_start_gets_the_fleets_settings_and_haproxy_wrapper(tmp_pat
     if real_haproxy() is None:
         pytest.skip("no bundled HAProxy")
     got = _run_pod_start(tmp_path, {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.2"})  # the operator's
+    assert "rc" not in got, got
     for k, v in SERVE_ENV.items():
         assert got.get(k) == ("0.2" if k == "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" else v), k
     wrapper = Path(got["RAY_SERVE_HAPROXY_BINARY_PATH"])
@@ -69,6 +78,16 @@ def test_the_pods_ray_start_gets_the_fleets_settings_and_haproxy_wrapper(tmp_pat
     assert "queue() ge" in new and "x-fleet-arrival" in new
 
 
+def test_a_node_that_cannot_have_the_fleets_environment_does_not_start(tmp_path):
+    """Found in review: ``eval "$(...)" && ...`` started the node whatever the module printed or
+    failed on (eval of nothing succeeds), so a bad setting brought up a stock node, serving
+    without the limits, shedding or deadlines. Now the container exits before ``ray start``."""
+    if real_haproxy() is None:
+        pytest.skip("no bundled HAProxy")
+    got = _run_pod_start(tmp_path, {"FLEET_INGRESS_MAXCONN": "sixteen"})
+    assert got.get("rc") not in (None, "0") and "ValueError" in got["stderr"]
+
+
 def test_the_pod_start_needs_no_kuberay_feature_beyond_its_annotation():
     """The module hands KubeRay's own command over unchanged, after the fleet's environment,
     on every node (head and workers) and only with the annotation that makes KubeRay keep it."""
@@ -76,4 +95,23 @@ def test_the_pod_start_needs_no_kuberay_feature_beyond_its_annotation():
     assert '"ray.io/overwrite-container-cmd" = "true"' in src
     assert src.count("command    = local.start_command") == 2 and src.count("args       = local.start_args") == 2
     args = _container_args()
-    assert args.endswith('exec /bin/bash -c "$KUBERAY_GEN_RAY_START_CMD"') and "ulimit -n 65536" in args
+    assert args.endswith('exec /bin/bash -c "$KUBERAY_GEN_RAY_START_CMD"') and "ulimit -n ${RAY_START_ULIMIT_OPEN_FILES:-65536}" in args
+    assert src.count("concat(local.mounts, [local.run_mount])") == 2  # the wrapper's own writable place
+
+
+@pytest.mark.parametrize("files,want", [
+    ({"cpu.max": "800000 100000\n"}, 8),                      # cgroup v2, a limit of 8
+    ({"cpu.max": "150000 100000\n"}, 1),                      # 1.5 cores: HAProxy's threads count whole ones
+    ({"cpu.max": "100000 0\n"}, None),                        # nonsense: the CPUs we may run on
+    ({"cpu.max": "max 100000\n"}, None),                      # no limit
+    ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),  # cgroup v1
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_usable_cpus_reads_a_containers_limit(tmp_path, files, want):
+    from fleet.runtime.local import usable_cpus
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert usable_cpus(tmp_path) == (want or len(os.sched_getaffinity(0)))

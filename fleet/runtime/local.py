@@ -27,15 +27,20 @@ STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR") or REPO_ROOT / ".fleet")
 STATE_FILE = STATE_DIR / "state.json"
 
 
-def usable_cpus() -> int:
-    """The cores this node may use: a container's CPU limit (cgroup v2 ``cpu.max``) where there is
-    one, else the CPUs the process may run on. (``os.cpu_count()`` in a pod is the host's.)"""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return max(1, int(int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this node may use: a container's CPU limit (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us``) where there is one, else the CPUs the process may run on.
+    (``os.cpu_count()`` in a pod is the host's.)"""
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
+                                    ("cpu,cpuacct/cpu.cfs_quota_us", "cpu,cpuacct/cpu.cfs_period_us")):
+        try:
+            words = (cgroup / quota_file).read_text().split()
+            quota, period = (words[0], words[1]) if period_file is None else (
+                words[0], (cgroup / period_file).read_text().split()[0])
+            if quota not in ("max", "-1") and int(period) > 0 and int(quota) > 0:
+                return max(1, int(quota) // int(period))
+        except (OSError, ValueError, IndexError):
+            continue
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

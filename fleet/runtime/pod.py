@@ -6,12 +6,14 @@ the handler, not at the fleet), no per-replica limits, no shedding at the door a
 no-bid from HAProxy (docs/ingress.md), and none of Ray's settings the fleet chose (``SERVE_ENV``:
 worker priority, HAProxy threads, the idle loops). The RayService module's containers run
 
-    eval "$(python -m fleet.runtime.pod)" && exec /bin/bash -c "$KUBERAY_GEN_RAY_START_CMD"
+    fleet_env="$(python -m fleet.runtime.pod --dir /tmp/fleet)" || exit 1; eval "$fleet_env"
+    exec /bin/bash -c "$KUBERAY_GEN_RAY_START_CMD"
 
 (with KubeRay's ``ray.io/overwrite-container-cmd`` annotation): this prints ``export`` lines for
 the settings and writes the HAProxy wrapper (``fleet.runtime.ingress``) into a directory of the
 pod's own, with the limits from the pod's ``FLEET_INGRESS_*`` and the deadlines from its
-``regions.yaml``. A value the pod's environment already sets wins, as it does locally.
+``regions.yaml``. A value the pod's environment already sets wins, as it does locally. A failure
+here stops the node (a stock node would serve without any of it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
-DEFAULT_DIR = "/tmp/fleet"  # a pod's own, writable under a read-only image
+DEFAULT_DIR = "/tmp/fleet"  # an emptyDir of the pod's own (the RayService module mounts it)
 
 
 def node_env(state_dir: Path, env=os.environ) -> dict[str, str]:

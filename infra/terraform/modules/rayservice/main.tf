@@ -27,8 +27,12 @@ locals {
   # Every node starts as `fleet up` starts a local one (fleet/runtime/pod.py): Ray's settings the
   # fleet chose, and Serve's HAProxy through the fleet's wrapper (arrival stamp, per-replica
   # limits, shedding at the door, the deadline no-bid; docs/ingress.md). Then KubeRay's command.
+  # A node that cannot have them does not start (a stock node would serve without them).
   start_command = ["/bin/bash", "-c", "--"]
-  start_args    = ["ulimit -n 65536; eval \"$(python -m fleet.runtime.pod)\" && exec /bin/bash -c \"$KUBERAY_GEN_RAY_START_CMD\""]
+  start_args    = ["ulimit -n $${RAY_START_ULIMIT_OPEN_FILES:-65536}; fleet_env=\"$(python -m fleet.runtime.pod --dir ${local.run_dir})\" || exit 1; eval \"$fleet_env\"; exec /bin/bash -c \"$KUBERAY_GEN_RAY_START_CMD\""]
+  run_dir       = "/tmp/fleet" # the wrapper's, on an emptyDir of the pod's own
+  run_volume    = { name = "fleet-run", emptyDir = {} }
+  run_mount     = { name = "fleet-run", mountPath = local.run_dir }
 
   container_security = {
     allowPrivilegeEscalation = false
@@ -44,7 +48,7 @@ locals {
     metadata = { labels = var.labels, annotations = local.pod_annotations }
     spec = {
       securityContext = local.pod_security
-      volumes         = local.volumes
+      volumes         = concat(local.volumes, [local.run_volume])
       containers = [{
         name       = "ray-head"
         image      = var.image
@@ -62,7 +66,7 @@ locals {
           requests = { cpu = var.head.cpu, memory = var.head.memory }
           limits   = { cpu = var.head.cpu, memory = var.head.memory }
         }
-        volumeMounts    = local.mounts
+        volumeMounts    = concat(local.mounts, [local.run_mount])
         securityContext = local.container_security
       }]
     }
@@ -80,7 +84,7 @@ locals {
         securityContext = local.pod_security
         nodeSelector    = g.node_selector
         tolerations     = [for t in g.tolerations : { for k, v in t : k => v if v != null }]
-        volumes         = local.volumes
+        volumes         = concat(local.volumes, [local.run_volume])
         containers = [{
           name       = "ray-worker"
           image      = var.image
@@ -92,7 +96,7 @@ locals {
             requests = merge({ cpu = g.cpu, memory = g.memory }, g.gpus > 0 ? { "nvidia.com/gpu" = tostring(g.gpus) } : {})
             limits   = merge({ cpu = g.cpu, memory = g.memory }, g.gpus > 0 ? { "nvidia.com/gpu" = tostring(g.gpus) } : {})
           }
-          volumeMounts    = local.mounts
+          volumeMounts    = concat(local.mounts, [local.run_mount])
           securityContext = local.container_security
         }]
       }
