@@ -16,7 +16,8 @@ compressed into the run, with bursts, at a set mean rate.
 After each auction the exchange behaves like a real one: win notice (``nurl``) and billing notice
 (``burl``, once the ad renders) with ``${AUCTION_PRICE}`` and friends substituted, a loss notice
 (``lurl``) with the loss reason and the price to beat, and a click notice drawn from the true
-click probability. Some notices are dropped, some duplicated, some sent late, at set rates.
+click probability. Some notices are dropped, some duplicated, some sent late, at set rates
+(``fleet.sim.notices``, this class's base).
 
 For the money bench (``fleet bench notices``) it misbehaves the way real exchanges do, at set
 rates: a notice resent several times, bills delayed by minutes, forged and kind-swapped notices
@@ -29,7 +30,6 @@ in USD, counted when the fleet acknowledged the bill.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 import random
 import time
@@ -44,6 +44,7 @@ from fleet.campaigns.model import Campaign
 from fleet.sim.dns import DNS, health_checks
 from fleet.sim.ejection import Ejector, probes
 from fleet.sim.market import Market, Opportunity, resolve
+from fleet.sim.notices import NoticeQueue, substitute  # noqa: F401 (substitute: re-exported)
 
 
 @dataclass
@@ -111,21 +112,7 @@ class AuctionRecord:
         return self.server_ms + self.network_ms
 
 
-def substitute(url: str, *, auction_id: str, imp_id: str, price: float | None = None,
-               loss: int | None = None, min_to_win: float | None = None, currency: str | None = "USD") -> str:
-    """Fill the OpenRTB macros the way an exchange does (``currency`` None: left unsubstituted,
-    as some exchanges do)."""
-    subs = {"${AUCTION_ID}": auction_id, "${AUCTION_IMP_ID}": imp_id,
-            "${AUCTION_CURRENCY}": "${AUCTION_CURRENCY}" if currency is None else currency,
-            "${AUCTION_PRICE}": "" if price is None else f"{price:.4f}",
-            "${AUCTION_LOSS}": "" if loss is None else str(loss),
-            "${AUCTION_MIN_TO_WIN}": "" if min_to_win is None else f"{min_to_win:.4f}"}
-    for k, v in subs.items():
-        url = url.replace(k, v)
-    return url
-
-
-class Exchanges:
+class Exchanges(NoticeQueue):
     """Drives one simulated run against the fleet and keeps the exchange-side ledger."""
 
     def __init__(self, market: Market, regions, campaigns: list[Campaign], cfg: SimConfig, progress=print,
@@ -266,84 +253,6 @@ class Exchanges:
         finally:
             if self.ejector is not None:
                 self.ejector.record(rec.region, rec.status, rec.t, time.perf_counter() - self._start)
-
-    def _forge(self, bid: dict, charged: float, ident: dict) -> None:
-        """What a fraudster holding our URLs tries: the loss URL called as a bill, and the bill
-        URL with our bid raised (so a higher price would pass the bid check)."""
-        swapped = substitute(bid["lurl"], loss=102, min_to_win=charged, **ident).replace("/notice/loss?", "/notice/bill?")
-        self._push(0.0, "forged", swapped + f"&px={charged:.4f}")
-        raised = substitute(bid["burl"], price=charged * 3, **ident)
-        head, _, tail = raised.partition("&b=")
-        value, _, rest = tail.partition("&")
-        self._push(0.0, "forged", f"{head}&b={float(value) * 4:.4f}&{rest}")
-
-    def _push(self, delay: float, kind: str, url: str, truth=None) -> None:
-        self._seq += 1
-        heapq.heappush(self._pending, (time.perf_counter() + delay, self._seq, kind, url, truth))
-
-    def _notice(self, kind: str, url: str, truth: tuple | None = None) -> None:
-        """Schedule a notice with the exchange's imperfections: drop, duplicate, delay, resend."""
-        self.notice_outcomes[f"{kind}.planned"] += 1
-        r = self.rng
-        if r.random() < self.cfg.drop_rate:
-            self.notice_outcomes[f"{kind}.dropped"] += 1
-            return
-        delay = 0.0
-        if r.random() < self.cfg.late_rate:
-            delay = r.uniform(self.cfg.late_min_s, self.cfg.late_max_s)
-            self.notice_outcomes[f"{kind}.late"] += 1
-        if kind == "bill" and self.cfg.bill_delay_rate and r.random() < self.cfg.bill_delay_rate:
-            delay = r.uniform(self.cfg.bill_delay_min_s, self.cfg.bill_delay_max_s)
-            self.notice_outcomes["bill.delayed"] += 1
-        copies = 2 if r.random() < self.cfg.dup_rate else 1
-        if copies == 2:
-            self.notice_outcomes[f"{kind}.duplicated"] += 1
-        if self.cfg.resend_rate and r.random() < self.cfg.resend_rate:
-            copies += self.cfg.resend_copies
-            self.notice_outcomes[f"{kind}.resent"] += 1
-        for i in range(copies):
-            self._push(delay + 0.2 * i, kind, url, truth)
-
-    async def _send_notices(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
-        sem = asyncio.Semaphore(64)
-
-        async def send(kind: str, url: str, truth) -> None:
-            u = urlsplit(url)
-            for attempt in range(self.cfg.notice_retries + 1):
-                if attempt:
-                    await asyncio.sleep(min(0.25 * 2 ** attempt, 4.0))
-                    self.notice_outcomes[f"{kind}.retried"] += 1
-                async with sem:
-                    try:
-                        async with session.get(f"{self._origin}{u.path}?{u.query}") as resp:
-                            await resp.read()
-                            status = resp.status
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
-                        self.notice_errors[f"{kind}.transport"] += 1
-                        continue
-                if kind == "forged":
-                    self.forged["refused" if status == 403 else f"accepted.{status}"] += 1
-                    return
-                if status == 200:
-                    self.notices[kind] += 1
-                    if truth is not None:
-                        self.billed.setdefault(*truth)
-                    return
-                self.notice_errors[f"{kind}.{status}"] += 1
-                if status < 500:
-                    return  # refused: an exchange does not resend what the bidder rejected
-
-        tasks: set[asyncio.Task] = set()
-        while not (stop.is_set() and not self._pending):
-            now = time.perf_counter()
-            while self._pending and self._pending[0][0] <= now:
-                _, _, kind, url, truth = heapq.heappop(self._pending)
-                t = asyncio.create_task(send(kind, url, truth))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
-            await asyncio.sleep(0.02)
-        if tasks:
-            await asyncio.gather(*tasks)
 
     # -- the run ---------------------------------------------------------------------------
 
