@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from fleet.sim.exchange import substitute
+from fleet.sim.notices import substitute
 from fleet.sim.traffic import RequestFactory
 
 pytestmark = pytest.mark.slow

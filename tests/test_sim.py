@@ -11,7 +11,8 @@ import pytest
 
 from fleet.config import REPO_ROOT
 from fleet.sim.catalog import read_catalog
-from fleet.sim.exchange import Exchanges, SimConfig, substitute
+from fleet.sim.exchange import Exchanges, SimConfig
+from fleet.sim.notices import substitute
 from fleet.sim.market import Market
 from fleet.sim.scorecard import score
 

@@ -4,7 +4,7 @@ path, so not in ``fleet.sim``).
 
 ``outcome(rng, bid)`` decides what the exchange says about one bid, as ``[(kind, price)]`` with
 kind ``win``, ``bill`` or ``loss``; each becomes that notice URL's query, macros substituted as
-the simulated exchanges do (``fleet.sim.exchange.substitute``, loss reason 102).
+the simulated exchanges do (``fleet.sim.notices.substitute``, loss reason 102).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from fleet.ledger.events import Event
-from fleet.sim.exchange import substitute
+from fleet.sim.notices import substitute
 from fleet.sim.traffic import RequestFactory
 
 URL_OF = {"win": "nurl", "bill": "burl", "loss": "lurl"}

@@ -44,7 +44,7 @@ from fleet.campaigns.model import Campaign
 from fleet.sim.dns import DNS, health_checks
 from fleet.sim.ejection import Ejector, probes
 from fleet.sim.market import Market, Opportunity, resolve
-from fleet.sim.notices import NoticeQueue, substitute  # noqa: F401 (substitute: re-exported)
+from fleet.sim.notices import NoticeQueue, substitute
 
 
 @dataclass
