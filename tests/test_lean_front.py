@@ -97,6 +97,7 @@ def test_oversized_body_is_a_413_not_handled():
     with running(front) as base:
         out = _raw(base, b"POST /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n" + b"a" * 5000)
     assert out.startswith(b"HTTP/1.1 413 ") and calls == []
+    assert LeanFront(no_content).max_body == 1 << 20  # the default docs/benchmarks.md states
 
 
 @pytest.mark.parametrize("status", [200, 204, 400])

@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 front for the lean-front bench (``fleet.bench.lean_front``, issue 24): httptools'
-parser under an ``asyncio.Protocol``, one synchronous handler call per request, keep-alive, no
-framework. What an ingress without Serve's, uvicorn's and Starlette's per-request Python would
+parser under an ``asyncio.Protocol``, one handler call per request (a coroutine handler in a
+task of its own), keep-alive, no framework. What an ingress without Serve's, uvicorn's and Starlette's per-request Python would
 cost; not the fleet's serving path. The handler gets the body and the headers (lower-case
 names, a repeated header's first value) and returns the whole response's bytes.
 """
