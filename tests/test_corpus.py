@@ -91,3 +91,19 @@ def test_stats_report_the_event_loop_lag(fleet_http):
     lag = httpx.get(f"{fleet_http}/us-east/stats").json()["loop_lag"]["loop_lag"]
     assert sum(lag) > sum(first) + 10
     assert quantile(lag, 0.5) is not None and quantile(lag, 0.5) < 1.0  # seconds: a live loop
+
+
+@pytest.mark.slow
+def test_bids_are_served_by_the_regions_bid_front(fleet_http, regions):
+    """Every region's bids come through its replica's bid front (fleet/serve/bid_front.py), past
+    Serve's HTTP; the answers above are that path's. A region whose front did not start (or whose
+    HAProxy does not route to it) would still answer, through Serve: this is what says which."""
+    case = dict(REQUESTS)["banner_site_us"]
+    for name, spec in regions.regions.items():
+        stats = f"{fleet_http}{spec.route_prefix}/stats"
+        before = httpx.get(stats, timeout=10).json()["bid_front"]
+        body, headers = wire({**case, "region": name, "request": {**case["request"], "id": f"front-{name}"}})
+        r = httpx.post(f"{fleet_http}{spec.route_prefix}/openrtb2/bid", content=body, headers=headers, timeout=10)
+        after = httpx.get(stats, timeout=10).json()["bid_front"]
+        assert r.status_code in (200, 204) and after["serving"], (name, after)
+        assert after["requests"] == before["requests"] + 1, (name, before, after)

@@ -45,7 +45,7 @@ def _run_pod_start(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
     python.chmod(0o755)
     dump = tmp_path / "env.out"
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RAY_") and not k.startswith("FLEET_INGRESS")}  # a pod's clean environment
+           if not k.startswith(("RAY_", "FLEET_INGRESS", "FLEET_BID_FRONT"))}  # a pod's clean environment
     env.update(PATH=f"{bindir}:{env.get('PATH', '/usr/bin:/bin')}", TMPDIR=str(tmp_path),
                KUBERAY_GEN_RAY_START_CMD=f"env -0 > {dump}", **extra)
     r = subprocess.run(["/bin/bash", "-c", "--", _container_args(str(tmp_path / "run"))], cwd=REPO_ROOT, env=env,
@@ -63,6 +63,7 @@ def test_the_pods_ray_start_gets_the_fleets_settings_and_haproxy_wrapper(tmp_pat
     for k, v in SERVE_ENV.items():
         assert got.get(k) == ("0.2" if k == "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" else v), k
     wrapper = Path(got["RAY_SERVE_HAPROXY_BINARY_PATH"])
+    assert got["FLEET_BID_FRONT_DIR"] == str(tmp_path / "run" / "fronts")  # the replicas' bid fronts
     assert MARK in wrapper.read_text() and os.access(wrapper, os.X_OK)
     # Serve's config through the wrapper: rewritten with the limits and each region's deadline,
     # and valid to HAProxy itself

@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from http import HTTPStatus
 from typing import Awaitable, Callable
 
 import httptools
 
+from fleet.serve.bid_front import http_response
+
 Handler = Callable[[bytes, dict[bytes, bytes]], bytes]  # body, headers (lower-case) -> the whole response
 AsyncHandler = Callable[[bytes, dict[bytes, bytes]], Awaitable[bytes]]
-
-
-def http_response(status: int, headers: dict[str, str], body: bytes) -> bytes:
-    """One HTTP/1.1 response, content-length added (none for 204 and 304, which carry no body)."""
-    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
-    head += [f"{k}: {v}" for k, v in headers.items()]
-    if status not in (204, 304):
-        head.append(f"content-length: {len(body)}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
 NO_CONTENT = http_response(204, {}, b"")

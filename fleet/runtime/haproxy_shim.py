@@ -60,15 +60,31 @@ class Limits:
     unlimited: tuple[str, ...] = ("http-control",)  # backends left as Serve wrote them
     # per route prefix, "PREFIX=MAX_TMAX/ALLOWANCE/DEFAULT_TMAX" (ms, the region's): the bid's budget
     deadlines: tuple[str, ...] = ()
+    # where each region replica's bid front publishes its port (fleet.serve.bid_front); "": none
+    fronts: str = ""
 
     def args(self) -> list[str]:
         return [str(self.server_maxconn), str(self.max_queue), str(self.bid_queue_ms), str(self.timeout_queue_ms),
-                ",".join(self.unlimited), ",".join(self.deadlines)]
+                ",".join(self.unlimited), ",".join(self.deadlines), self.fronts]
 
     @classmethod
     def parse(cls, argv: list[str]) -> "Limits":
-        maxconn, queue, bid_ms, timeout_ms, unlimited, deadlines = argv
-        return cls(int(maxconn), int(queue), int(bid_ms), int(timeout_ms), _words(unlimited), _words(deadlines))
+        maxconn, queue, bid_ms, timeout_ms, unlimited, deadlines, *fronts = argv
+        return cls(int(maxconn), int(queue), int(bid_ms), int(timeout_ms), _words(unlimited), _words(deadlines),
+                   fronts[0] if fronts else "")
+
+    def front_port(self, server: str) -> int | None:
+        """The port of the bid front of the replica named ``server`` in Serve's config (the name
+        ends ``-<replica unique id>``), when that replica published one on this node."""
+        if not self.fronts:
+            return None
+        uid = server.rsplit("-", 1)[-1]
+        try:
+            with open(os.path.join(self.fronts, uid)) as fh:
+                port = int(fh.read().strip())
+        except (OSError, ValueError):
+            return None
+        return port if 0 < port < 65536 else None
 
     def budget(self, prefix: str | None) -> tuple[int, int, int] | None:
         """(max tmax, network allowance, default tmax) of the region served at ``prefix``."""
@@ -149,6 +165,8 @@ def rewrite(cfg: str, limits: Limits, files: dict[str, str] | None = None) -> st
             if name in twins:
                 if m:
                     twins[name].append(_twin_server(name, m.group(1), m.group(2), m.group(3) or "", replica, limits))
+                    if replica:
+                        line = _to_front(line, m, limits)
                 elif line.strip().startswith(_KEEP) and not line.strip().startswith("timeout queue"):
                     twins[name].append(line)
         out.append(line)
@@ -205,6 +223,20 @@ def _deadline_rules(budget: tuple[int, int, int] | None) -> list[str]:
         f" if {{ {tmax} -m int le {allowance} }}",
         f"    http-request set-timeout server {tmax},sub({allowance}) if {{ {tmax} -m found }}",
     ]
+
+
+def _to_front(line: str, m: re.Match, limits: Limits) -> str:
+    """The bid backend's server line of a replica with a bid front on this node: bids go to the
+    front (loopback, where it listens), health checks stay on Serve's port (``check port``)."""
+    port = limits.front_port(m.group(2))
+    if port is None:
+        return line
+    head, _, addr = m.group(1).rpartition(" ")
+    serve_port = addr.rpartition(":")[2]
+    rest = line[len(m.group(1)):]
+    if " check" in rest and " port " not in rest:
+        rest = rest.replace(" check", f" check port {serve_port}", 1)
+    return f"{head} 127.0.0.1:{port}{rest}  {MARK} bid front"
 
 
 def _twin_server(backend: str, head: str, server: str, rest: str, replica: bool, limits: Limits) -> str:

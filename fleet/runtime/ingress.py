@@ -11,6 +11,7 @@ stamp, no limits).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import sys
@@ -88,11 +89,17 @@ def write_wrapper(path: Path, real: str, limits: Limits) -> Path:
 
 
 def wrapper_env(state_dir: Path, env=os.environ) -> dict[str, str]:
-    """``RAY_SERVE_HAPROXY_BINARY_PATH`` for Serve, or nothing (no bundled HAProxy, or turned off)."""
+    """``RAY_SERVE_HAPROXY_BINARY_PATH`` for Serve, and the directory where region replicas
+    publish their bid fronts (``fleet.serve.bid_front``; ``FLEET_BID_FRONT=0``: none), or
+    nothing (no bundled HAProxy, or turned off)."""
     if env.get("FLEET_INGRESS_SHIM", "1") == "0":
         return {}
     real = real_haproxy()
     if real is None:
         return {}
-    path = write_wrapper(state_dir / "haproxy", real, limits_from_env(env))
-    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(path)}
+    from fleet.serve.bid_front import DIR_VAR
+
+    fronts = "" if env.get("FLEET_BID_FRONT", "1") == "0" else (env.get(DIR_VAR) or str(state_dir / "fronts"))
+    limits = dataclasses.replace(limits_from_env(env), fronts=fronts)
+    path = write_wrapper(state_dir / "haproxy", real, limits)
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(path), **({DIR_VAR: fronts} if fronts else {})}

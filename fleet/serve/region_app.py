@@ -22,6 +22,7 @@ from fleet.config import RegionAppArgs, RegionsFile, load_regions
 from fleet.pipeline.deadline import now
 from fleet.region.runtime import Region, needs
 from fleet.runtime.placement import region_resources
+from fleet.serve import bid_front
 
 _json = msgspec.json.Encoder()
 ACCESS_LOG_OFF = {"enable_access_log": False}
@@ -92,6 +93,8 @@ class RegionIngress:
         except Exception:  # outside Serve (plain-Python use)
             replica = "local"
         self.region = connect(a, load_regions(a.regions_file), replica, inference)
+        # bids past Serve's HTTP, when the fleet's HAProxy wrapper can route them (docs/ingress.md)
+        self.front = bid_front.from_env(self.region, replica)
 
     def reconfigure(self, user_config: dict) -> None:
         """``user_config: {model: name/version}`` in serve_config.yaml: switch in place."""
@@ -99,11 +102,16 @@ class RegionIngress:
 
     async def __del__(self) -> None:
         """Serve's shutdown hook (scale-down, redeploy): flush buffered events, or spill them."""
+        if self.front is not None:
+            self.front.close()
         await self.region.stop()
 
     async def check_health(self) -> None:
         """Serve's periodic health check: also starts the region's loops and its warm-up on a
-        replica that no request has reached yet (so it becomes ready by itself)."""
+        replica that no request has reached yet (so it becomes ready by itself). The first runs
+        before Serve marks the replica running: the bid front serves from then on."""
+        if self.front is not None:
+            await self.front.start()
         self.region.start()
 
     async def __call__(self, request: Request) -> Response:
@@ -135,7 +143,10 @@ class RegionIngress:
             ready = region.ready()
             return _json_response(200 if ready["ready"] else 503, ready)
         if path == "/stats":
-            return _json_response(200, region.stats())
+            stats = region.stats()
+            if self.front is not None:
+                stats["bid_front"] = self.front.stats()
+            return _json_response(200, stats)
         if path == "/cache" and region.cache is not None:
             return _json_response(200, await region.cache_stats())
         return _json_response(404, {"error": f"no route {path}"})
