@@ -156,3 +156,80 @@ def test_haproxy_sends_a_replicas_bids_to_its_front_and_the_rest_to_serve(tmp_pa
 @pytest.fixture(autouse=True)
 def _no_env_leak(monkeypatch):
     monkeypatch.delenv("FLEET_BID_FRONT_DIR", raising=False)
+
+
+async def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(data)
+    await w.drain()
+    out = await asyncio.wait_for(r.read(), timeout)
+    w.close()
+    return out
+
+
+def _front(tmp_path, region, name="x"):
+    async def make():
+        front = BidFront(region, name, tmp_path)
+        front.bind()
+        await front.start()
+        return front
+    return make()
+
+
+def test_what_review_found_upgrade_cancel_disconnect_expect_and_head(tmp_path):
+    """Found in review (each failed before its fix): an Upgrade header escaped the parser's
+    error (no answer at all); a bid cancelled from inside stopped every answer behind it; a
+    client gone left its bids running; a client waiting for 100 Continue waited out its tmax;
+    HEAD got a body."""
+    class Slow(FakeRegion):
+        async def bid(self, body, headers, arrival):
+            self.calls.append((body, headers, arrival))
+            if body == b"cancel":
+                raise asyncio.CancelledError()
+            if body == b"slow":
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    self.cancelled = True
+                    raise
+            return SimpleNamespace(status=200, headers={}, body=body)
+
+    region = Slow()
+    region.cancelled = False
+
+    def post(body: bytes, extra: bytes = b"") -> bytes:
+        return b"POST /r/openrtb2/bid HTTP/1.1\r\nhost: x\r\n%scontent-length: %d\r\n\r\n%s" % (extra, len(body), body)
+
+    async def go():
+        front = await _front(tmp_path, region)
+        upgrade = await _raw(front.port, post(b"up", b"connection: upgrade\r\nupgrade: foo\r\n"))
+        chain = await _raw(front.port, post(b"cancel") + post(b"after") + b"GET /r/x HTTP/1.1\r\nconnection: close\r\n\r\n")
+        r, w = await asyncio.open_connection("127.0.0.1", front.port)
+        w.write(post(b"slow"))
+        await w.drain()
+        while len(region.calls) < 4:
+            await asyncio.sleep(0.01)
+        w.close()  # HAProxy giving up at the budget
+        for _ in range(500):
+            if region.cancelled:
+                break
+            await asyncio.sleep(0.01)
+        r, w = await asyncio.open_connection("127.0.0.1", front.port)
+        w.write(b"POST /r/openrtb2/bid HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
+        await w.drain()
+        interim = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        w.write(b"ok")
+        final = await asyncio.wait_for(r.readuntil(b"\r\n\r\nok"), 10)
+        w.close()
+        head = await _raw(front.port, b"HEAD /r/openrtb2/bid HTTP/1.1\r\nconnection: close\r\n\r\n")
+        front.close()
+        return upgrade, chain, interim, final, head
+
+    upgrade, chain, interim, final, head = run(go())
+    # an answer (the parser hands over what precedes the upgrade: here the headers), then the close
+    assert upgrade.startswith(b"HTTP/1.1 ") and upgrade.count(b"HTTP/1.1 ") == 1
+    assert chain.count(b"HTTP/1.1 ") == 3 and b"500 Internal Server Error" in chain and chain.find(b"after") > 0
+    assert chain.rstrip().endswith(b'"no route /r/x"}')
+    assert region.cancelled
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n" and final.startswith(b"HTTP/1.1 200 OK")
+    assert head.startswith(b"HTTP/1.1 405") and head.endswith(b"\r\n\r\n")

@@ -28,6 +28,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 import httptools
+import msgspec
 
 from fleet.pipeline.deadline import now
 
@@ -47,6 +48,9 @@ def http_response(status: int, headers: dict[str, str], body: bytes, close: bool
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
+_encode = msgspec.json.Encoder().encode
+
+
 def _json(status: int, body: bytes, close: bool = False) -> bytes:
     return http_response(status, {"content-type": "application/json"}, body, close)
 
@@ -64,6 +68,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.last: asyncio.Future | None = None  # the previous answer: written first
         self.refused = False  # a 400 or 413 is on its way: nothing after it is read
+        self.complete = False  # the current message was dispatched
         self._reset()
 
     def _reset(self) -> None:
@@ -72,9 +77,18 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
 
+    def connection_lost(self, exc) -> None:
+        """The client (HAProxy, at the budget) is gone: its bids stop, as Serve cancels them."""
+        for task in self.front.tasks_of(self):
+            task.cancel()
+
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # not a subclass of HttpParserError
+            # an Upgrade or CONNECT: what was asked is answered (Serve answers it plainly too),
+            # then the connection closes; a CONNECT never completes a message: a 400
+            self._refuse(b"" if self.complete else BAD_REQUEST)
         except httptools.HttpParserError:
             self._refuse(BAD_REQUEST)
 
@@ -84,10 +98,11 @@ class _Connection(asyncio.Protocol):
             return
         self.refused = True
         self.transport.pause_reading()
-        self.last = asyncio.ensure_future(self._answer(response, b"", {}, 0.0, False, self.last))
+        self.last = self.front.track(self, self._answer(response, b"", {}, 0.0, False, self.last))
 
     def on_message_begin(self) -> None:
         self._reset()
+        self.complete = False
         self.arrival = now()
 
     def on_url(self, url: bytes) -> None:
@@ -95,6 +110,12 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        # HAProxy answers 100-continue itself where it buffers the body (every bid backend with
+        # a deadline); elsewhere a client that waits for it would wait out its tmax
+        if self.headers.get("expect", "").lower() == "100-continue" and (self.last is None or self.last.done()):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, chunk: bytes) -> None:
         if self.refused:
@@ -106,6 +127,7 @@ class _Connection(asyncio.Protocol):
             self.body.append(chunk)
 
     def on_message_complete(self) -> None:
+        self.complete = True
         if self.refused or self.transport.is_closing():
             return
         keep = self.parser.should_keep_alive()
@@ -113,13 +135,15 @@ class _Connection(asyncio.Protocol):
         path = self.url.split(b"?", 1)[0].decode("latin-1")
         self.front.requests += 1
         if not path.endswith(BID_PATH):
-            answer = _json(404, f'{{"error":"no route {path[-200:]}"}}'.encode("utf-8", "replace"))
+            answer = _json(404, _encode({"error": f"no route {path[-200:]}"}))
+        elif method == b"HEAD":
+            answer = _json(405, b"")
         elif method != b"POST":
             answer = NOT_POST
         else:
             answer = None
-        self.last = asyncio.ensure_future(self._answer(answer, b"".join(self.body), self.headers,
-                                                       self.arrival, keep, self.last))
+        self.last = self.front.track(self, self._answer(answer, b"".join(self.body), self.headers,
+                                                        self.arrival, keep, self.last))
 
     async def _answer(self, answer: bytes | None, body: bytes, headers: dict[str, str], arrival: float,
                       keep: bool, before: asyncio.Future | None) -> None:
@@ -127,11 +151,15 @@ class _Connection(asyncio.Protocol):
             try:
                 a = await self.front.region.bid(body, headers, arrival)
                 answer = http_response(a.status, a.headers, a.body)
+            except asyncio.CancelledError:
+                if self.transport.is_closing():
+                    raise  # the connection is gone: nothing to answer
+                answer = FAILED  # cancelled from inside: the answers behind it still go out
             except Exception:
                 log.exception("bid front: the bid path failed")
                 answer = FAILED
         if before is not None and not before.done():
-            await before
+            await asyncio.wait([before])  # its failure is its own, never this answer's
         if not self.transport.is_closing():
             self.transport.write(answer)
             if not keep:
@@ -147,6 +175,23 @@ class BidFront:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
         self.requests = 0  # answered here (/stats: ``bid_front``)
+        self.tasks: dict[asyncio.Task, _Connection] = {}  # answers under way, by connection
+
+    def track(self, conn: _Connection, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self.tasks[task] = conn
+        task.add_done_callback(self.tasks.pop)
+        return task
+
+    def tasks_of(self, conn: _Connection) -> list[asyncio.Task]:
+        return [t for t, c in self.tasks.items() if c is conn]
+
+    async def drain(self, timeout_s: float = 2.0) -> None:
+        """Stop taking bids and let those under way answer (Serve's drain does not see them)."""
+        if self.server is not None:
+            self.server.close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout_s)
 
     def stats(self) -> dict:
         return {"port": self.port, "serving": self.server is not None, "requests": self.requests}

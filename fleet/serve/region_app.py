@@ -103,6 +103,7 @@ class RegionIngress:
     async def __del__(self) -> None:
         """Serve's shutdown hook (scale-down, redeploy): flush buffered events, or spill them."""
         if self.front is not None:
+            await self.front.drain()
             self.front.close()
         await self.region.stop()
 
