@@ -167,7 +167,9 @@ class Region:
         if self._tasks is not None:
             return
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(watch_loop_lag(self.loop_lag))]  # beside the stages in stats
+        # beside the stages in stats; resting while no request comes (an idle region's replica
+        # woke 50 times a second for it: docs/benchmarks.md, "Idle background")
+        self._tasks = [loop.create_task(watch_loop_lag(self.loop_lag, busy=self._work))]
         watch_gc(self.loop_lag)
         self._tasks.append(loop.create_task(self._warm_up()))
         slow_ms = os.environ.get("FLEET_SLOW_CALLBACK_MS")
@@ -187,6 +189,11 @@ class Region:
         if self.control is not None:
             self._tasks.append(loop.create_task(self.control.sync_loop()))
             self._tasks.append(loop.create_task(self.control.watch_loop()))
+
+    def _work(self) -> int:
+        """Bid requests (shed ones too) and notices so far: the loop-lag watch rests while this
+        stands still."""
+        return self.bidder.stats["requests"] + sum(self.notices.counter.counts.values())
 
     async def stop(self) -> None:
         """Stop the loops; flush buffered events, or spill them (nothing is left only in memory)."""
