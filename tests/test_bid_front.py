@@ -37,65 +37,43 @@ def run(coro):
     return asyncio.run(coro)
 
 
-LONG = "d" * 120  # a directory whose socket path would be too long: the front takes a TCP port
-
-
-async def _open(front: BidFront):
-    if front.address.startswith("unix:"):
-        return await asyncio.open_unix_connection(front.address[5:])
-    return await asyncio.open_connection("127.0.0.1", front.port)
-
-
-def _client(front: BidFront) -> httpx.AsyncClient:
-    uds = front.address[5:] if front.address.startswith("unix:") else None
-    base = "http://front" if uds else f"http://127.0.0.1:{front.port}"
-    return httpx.AsyncClient(base_url=base, timeout=10, transport=httpx.AsyncHTTPTransport(uds=uds))
-
-
-@pytest.fixture(params=["unix", "tcp"])
-def fronts(request, tmp_path):
-    """Where fronts publish: short enough for a UNIX socket, or not."""
-    return tmp_path if request.param == "unix" else tmp_path / LONG
-
-
-def test_a_bid_gets_the_regions_answer_and_every_other_request_a_clear_one(fronts):
+def test_a_bid_gets_the_regions_answer_and_every_other_request_a_clear_one(tmp_path):
     region = FakeRegion()
 
     async def go():
-        front = BidFront(region, "abc123", fronts)
-        address = front.bind()
+        front = BidFront(region, "abc123", tmp_path)
+        port = front.bind()
         await front.start()
-        async with _client(front) as c:
-            ok = await c.post("/us-east/openrtb2/bid", content=b'{"id":"1"}',
+        base = f"http://127.0.0.1:{port}/us-east"
+        async with httpx.AsyncClient(timeout=10) as c:
+            ok = await c.post(f"{base}/openrtb2/bid", content=b'{"id":"1"}',
                               headers=[("X-OpenRTB-Version", "2.6"), ("x-dup", "first"), ("x-dup", "second")])
-            get = await c.get("/us-east/openrtb2/bid")
-            other = await c.post("/us-east/notice/win", content=b"x")
-            big = await c.post("/us-east/openrtb2/bid", content=b"x" * 65)
+            get = await c.get(f"{base}/openrtb2/bid")
+            other = await c.post(f"{base}/notice/win", content=b"x")
+            big = await c.post(f"{base}/openrtb2/bid", content=b"x" * 65)
             conns = front.server.sockets  # still listening
-        published = (fronts / "abc123").read_text()
+        published = (tmp_path / "abc123").read_text()
         front.close()
-        return ok, get, other, big, conns, published, address
+        return ok, get, other, big, conns, published, port
 
-    ok, get, other, big, conns, published, address = run(go())
+    ok, get, other, big, conns, published, port = run(go())
     assert ok.status_code == 200 and ok.content == b'}"1":"di"{' and ok.headers["content-type"] == "application/json"
     body, headers, arrival = region.calls[0]
     assert headers["x-openrtb-version"] == "2.6" and headers["x-dup"] == "first" and arrival > 0
     assert (get.status_code, get.json()) == (405, {"error": "use POST"})
     assert other.status_code == 404
     assert big.status_code == 413 and big.json()["nbr"] == 2 and len(region.calls) == 1  # never reached the region
-    assert published == f"{address}\n" and conns and not (fronts / "abc123").exists()
-    assert address.startswith("unix:/") == (LONG not in str(fronts))
-    assert not (fronts / "abc123.sock").exists()  # closed, cleaned up
+    assert published == f"{port}\n" and conns and not (tmp_path / "abc123").exists()
 
 
-def test_answers_keep_the_requests_order_on_a_connection_and_a_failure_is_a_500(fronts):
+def test_answers_keep_the_requests_order_on_a_connection_and_a_failure_is_a_500(tmp_path):
     region = FakeRegion()
 
     async def go():
-        front = BidFront(region, "ord", fronts)
-        front.bind()
+        front = BidFront(region, "ord", tmp_path)
+        port = front.bind()
         await front.start()
-        r, w = await _open(front)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
         for i in range(3):  # pipelined: each later one finishes first inside the region
             body = f'{{"i":{i}}}'.encode()
             w.write(b"POST /r/openrtb2/bid HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
@@ -103,11 +81,11 @@ def test_answers_keep_the_requests_order_on_a_connection_and_a_failure_is_a_500(
         await w.drain()
         data = await asyncio.wait_for(r.read(), 10)  # the 400 closes the connection
         w.close()
-        failing = BidFront(FakeRegion(fail=True), "fail", fronts)
-        failing.bind()
+        failing = BidFront(FakeRegion(fail=True), "fail", tmp_path)
+        fport = failing.bind()
         await failing.start()
-        async with _client(failing) as c:
-            failed = await c.post("/r/openrtb2/bid", content=b"{}")
+        async with httpx.AsyncClient(timeout=10) as c:
+            failed = await c.post(f"http://127.0.0.1:{fport}/r/openrtb2/bid", content=b"{}")
         front.close()
         failing.close()
         return data, failed
@@ -122,7 +100,7 @@ def test_no_front_without_the_directory_or_outside_serve(tmp_path):
     assert from_env(FakeRegion(), "abc", {}) is None
     assert from_env(FakeRegion(), "local", {"FLEET_BID_FRONT_DIR": str(tmp_path)}) is None
     front = from_env(FakeRegion(), "abc", {"FLEET_BID_FRONT_DIR": str(tmp_path / "d")})
-    assert front is not None and (tmp_path / "d" / "abc").read_text() == f"{front.address}\n"
+    assert front is not None and (tmp_path / "d" / "abc").read_text() == f"{front.port}\n"
     front.close()
 
 
@@ -133,29 +111,21 @@ def test_haproxy_sends_a_replicas_bids_to_its_front_and_the_rest_to_serve(tmp_pa
 
     from fleet.runtime.haproxy_shim import Limits, rewrite
 
-    from test_ingress_shedding import _binary
-
     fronts = tmp_path / "fronts"
     cfg = SERVE_LIKE.format(port=18127)
     fronts.mkdir()
-    (fronts / "abc.sock").touch()
-    for published, where in (("41234", "127.0.0.1:41234"), (f"unix:{fronts}/abc.sock", f"unix@{fronts}/abc.sock")):
-        (fronts / "abc").write_text(published + "\n")
-        out = rewrite(cfg, Limits(fronts=str(fronts)))
-        bids = out[out.index("\nbackend http-us-east\n"):out.index("\nbackend http-control")]
-        rest = out[out.index("\nbackend http-us-east-rest"):]
-        assert (f"SERVE_REPLICA_us-east-ingress-us-east-abc {where} maxconn 16 check addr 127.0.0.1 port 30000"
-                in bids), bids
-        assert "127.0.0.1:30000 maxconn 16 track" in rest  # notices stay on Serve's port
-        path = tmp_path / "f.cfg"
-        path.write_text(out)
-        check = subprocess.run([_binary(), "-c", "-f", str(path)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-    for garbage in ("unix:/nowhere/x.sock", "0", "99999", "12 34", "unix:relative"):
-        (fronts / "abc").write_text(garbage)
-        assert "127.0.0.1:30000 maxconn 16 check observe" in rewrite(cfg, Limits(fronts=str(fronts)))
-    (fronts / "abc").unlink()
-    (fronts / "abc.sock").unlink()
+    (fronts / "abc").write_text("41234\n")
+    out = rewrite(cfg, Limits(fronts=str(fronts)))
+    bids = out[out.index("\nbackend http-us-east\n"):out.index("\nbackend http-control")]
+    rest = out[out.index("\nbackend http-us-east-rest"):]
+    assert "SERVE_REPLICA_us-east-ingress-us-east-abc 127.0.0.1:41234 maxconn 16 check port 30000" in bids
+    assert "127.0.0.1:30000 maxconn 16 track" in rest  # notices stay on Serve's port
+    path = tmp_path / "f.cfg"
+    path.write_text(out)
+    from test_ingress_shedding import _binary
+
+    check = subprocess.run([_binary(), "-c", "-f", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
 
     region, stub = FakeRegion(), Stub()
 
@@ -188,8 +158,8 @@ def _no_env_leak(monkeypatch):
     monkeypatch.delenv("FLEET_BID_FRONT_DIR", raising=False)
 
 
-async def _raw(front: BidFront, data: bytes, timeout: float = 10) -> bytes:
-    r, w = await _open(front)
+async def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
     w.write(data)
     await w.drain()
     out = await asyncio.wait_for(r.read(), timeout)
@@ -206,7 +176,7 @@ def _front(tmp_path, region, name="x"):
     return make()
 
 
-def test_what_review_found_upgrade_cancel_disconnect_expect_and_head(fronts):
+def test_what_review_found_upgrade_cancel_disconnect_expect_and_head(tmp_path):
     """Found in review (each failed before its fix): an Upgrade header escaped the parser's
     error (no answer at all); a bid cancelled from inside stopped every answer behind it; a
     client gone left its bids running; a client waiting for 100 Continue waited out its tmax;
@@ -231,10 +201,10 @@ def test_what_review_found_upgrade_cancel_disconnect_expect_and_head(fronts):
         return b"POST /r/openrtb2/bid HTTP/1.1\r\nhost: x\r\n%scontent-length: %d\r\n\r\n%s" % (extra, len(body), body)
 
     async def go():
-        front = await _front(fronts, region)
-        upgrade = await _raw(front, post(b"up", b"connection: upgrade\r\nupgrade: foo\r\n"))
-        chain = await _raw(front, post(b"cancel") + post(b"after") + b"GET /r/x HTTP/1.1\r\nconnection: close\r\n\r\n")
-        r, w = await _open(front)
+        front = await _front(tmp_path, region)
+        upgrade = await _raw(front.port, post(b"up", b"connection: upgrade\r\nupgrade: foo\r\n"))
+        chain = await _raw(front.port, post(b"cancel") + post(b"after") + b"GET /r/x HTTP/1.1\r\nconnection: close\r\n\r\n")
+        r, w = await asyncio.open_connection("127.0.0.1", front.port)
         w.write(post(b"slow"))
         await w.drain()
         while len(region.calls) < 4:
@@ -244,14 +214,14 @@ def test_what_review_found_upgrade_cancel_disconnect_expect_and_head(fronts):
             if region.cancelled:
                 break
             await asyncio.sleep(0.01)
-        r, w = await _open(front)
+        r, w = await asyncio.open_connection("127.0.0.1", front.port)
         w.write(b"POST /r/openrtb2/bid HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
         await w.drain()
         interim = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
         w.write(b"ok")
         final = await asyncio.wait_for(r.readuntil(b"\r\n\r\nok"), 10)
         w.close()
-        head = await _raw(front, b"HEAD /r/openrtb2/bid HTTP/1.1\r\nconnection: close\r\n\r\n")
+        head = await _raw(front.port, b"HEAD /r/openrtb2/bid HTTP/1.1\r\nconnection: close\r\n\r\n")
         front.close()
         return upgrade, chain, interim, final, head
 

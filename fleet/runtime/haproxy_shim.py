@@ -73,21 +73,18 @@ class Limits:
         return cls(int(maxconn), int(queue), int(bid_ms), int(timeout_ms), _words(unlimited), _words(deadlines),
                    fronts[0] if fronts else "")
 
-    def front_address(self, server: str) -> str | None:
-        """Where the bid front of the replica named ``server`` in Serve's config listens (the
-        name ends ``-<replica unique id>``), when that replica published one on this node:
-        HAProxy's ``unix@<path>`` or ``127.0.0.1:<port>``."""
+    def front_port(self, server: str) -> int | None:
+        """The port of the bid front of the replica named ``server`` in Serve's config (the name
+        ends ``-<replica unique id>``), when that replica published one on this node."""
         if not self.fronts:
             return None
         uid = server.rsplit("-", 1)[-1]
         try:
             with open(os.path.join(self.fronts, uid)) as fh:
-                where = fh.read().strip()
-        except OSError:
+                port = int(fh.read().strip())
+        except (OSError, ValueError):
             return None
-        if where.startswith("unix:/") and " " not in where and os.path.exists(where[5:]):
-            return f"unix@{where[5:]}"
-        return f"127.0.0.1:{where}" if where.isdigit() and 0 < int(where) < 65536 else None
+        return port if 0 < port < 65536 else None
 
     def budget(self, prefix: str | None) -> tuple[int, int, int] | None:
         """(max tmax, network allowance, default tmax) of the region served at ``prefix``."""
@@ -230,16 +227,16 @@ def _deadline_rules(budget: tuple[int, int, int] | None) -> list[str]:
 
 def _to_front(line: str, m: re.Match, limits: Limits) -> str:
     """The bid backend's server line of a replica with a bid front on this node: bids go to the
-    front, health checks stay on Serve's address and port (``check addr ... port ...``)."""
-    where = limits.front_address(m.group(2))
-    if where is None:
+    front (loopback, where it listens), health checks stay on Serve's port (``check port``)."""
+    port = limits.front_port(m.group(2))
+    if port is None:
         return line
     head, _, addr = m.group(1).rpartition(" ")
-    host, _, serve_port = addr.rpartition(":")
+    serve_port = addr.rpartition(":")[2]
     rest = line[len(m.group(1)):]
     if " check" in rest and " port " not in rest:
-        rest = rest.replace(" check", f" check addr {host} port {serve_port}", 1)
-    return f"{head} {where}{rest}  {MARK} bid front"
+        rest = rest.replace(" check", f" check port {serve_port}", 1)
+    return f"{head} 127.0.0.1:{port}{rest}  {MARK} bid front"
 
 
 def _twin_server(backend: str, head: str, server: str, rest: str, replica: bool, limits: Limits) -> str:

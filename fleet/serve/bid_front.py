@@ -5,8 +5,7 @@ Starlette) costs ~180-200 us of CPU, more than half the bid path itself; an HTTP
 httptools' parser under an ``asyncio.Protocol`` costs ~11 (docs/benchmarks.md, "A lean HTTP
 front, measured"). Each region ingress replica listens here too, on the loop its handler runs
 on, and tells the node's HAProxy its port by a file named for the replica
-(``<FLEET_BID_FRONT_DIR>/<replica unique id>``: a UNIX socket's path, else a loopback port):
-the fleet's HAProxy wrapper
+(``<FLEET_BID_FRONT_DIR>/<replica unique id>``): the fleet's HAProxy wrapper
 (``fleet.runtime.haproxy_shim``) points the replica's bid server at it, health checks still at
 Serve's port. Everything else (notices, readiness, stats) and every replica HAProxy has no file
 for (another node's, one whose front did not start) stays on Serve's HTTP. The socket is bound
@@ -36,7 +35,6 @@ from fleet.pipeline.deadline import now
 log = logging.getLogger("fleet.region")
 DIR_VAR = "FLEET_BID_FRONT_DIR"  # set by ray_env() / fleet.runtime.pod; unset: no front
 BID_PATH = "/openrtb2/bid"
-SOCKET_VAR = "FLEET_BID_FRONT_SOCKET"  # "tcp": a loopback port even where a UNIX socket would do
 
 
 def http_response(status: int, headers: dict[str, str], body: bytes, close: bool = False) -> bytes:
@@ -176,7 +174,6 @@ class BidFront:
         self.sock: socket.socket | None = None
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
-        self.address = ""  # what HAProxy is told: "unix:<path>" or a loopback port
         self.requests = 0  # answered here (/stats: ``bid_front``)
         self.tasks: dict[asyncio.Task, _Connection] = {}  # answers under way, by connection
 
@@ -197,47 +194,35 @@ class BidFront:
             await asyncio.wait(list(self.tasks), timeout=timeout_s)
 
     def stats(self) -> dict:
-        return {"address": self.address, "serving": self.server is not None, "requests": self.requests}
+        return {"port": self.port, "serving": self.server is not None, "requests": self.requests}
 
     @property
     def file(self) -> Path:
         return self.directory / self.replica
 
-    def bind(self, host: str = "127.0.0.1") -> str:
-        """Listen (the kernel queues what comes before ``start``) and publish where: a UNIX
-        socket beside the file (HAProxy's hop costs less than over TCP loopback; measured in
-        docs/benchmarks.md), or a loopback port where the path would be too long for one."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{self.replica}.sock"
-        if hasattr(socket, "AF_UNIX") and len(str(path)) < 100 and os.environ.get(SOCKET_VAR, "unix") != "tcp":
-            path.unlink(missing_ok=True)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(str(path))
-            self.address = f"unix:{path}"
-        else:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, 0))
-            self.port = sock.getsockname()[1]
-            self.address = str(self.port)
+    def bind(self, host: str = "127.0.0.1") -> int:
+        """Listen (the kernel queues what comes before ``start``) and publish the port."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
         sock.listen(1024)
         sock.setblocking(False)
-        self.sock = sock
+        self.sock, self.port = sock, sock.getsockname()[1]
+        self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_name(f".{self.replica}.{os.getpid()}")
-        tmp.write_text(f"{self.address}\n")
+        tmp.write_text(f"{self.port}\n")
         os.replace(tmp, self.file)
-        return self.address
+        return self.port
 
     async def start(self) -> None:
         if self.server is None and self.sock is not None:
             self.server = await asyncio.get_running_loop().create_server(lambda: _Connection(self), sock=self.sock)
 
     def close(self) -> None:
-        for path in (self.file, self.directory / f"{self.replica}.sock"):
-            try:
-                path.unlink()
-            except OSError:
-                pass
+        try:
+            self.file.unlink()
+        except OSError:
+            pass
         if self.server is not None:
             self.server.close()
         elif self.sock is not None:
