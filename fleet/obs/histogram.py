@@ -76,20 +76,27 @@ async def watch_loop_lag(hist: StageHistograms, every_s: float = 0.02, name: str
     costs ~150 us of CPU (4% of a core at 5 ms, for every shard and ingress); 50 samples a second
     still give a 4 s benchmark step its p99 (docs/benchmarks.md, loop lag).
 
-    ``busy``: a count of the process's work (requests, lookups); while it stands still the
-    watch sleeps ``idle_s`` between samples and records nothing, so an idle region's processes
-    do not wake 50 times a second each for a figure no request is waiting behind.
+    ``busy``: a count of the process's work (requests, lookups); once it has stood still for
+    ``idle_s`` the watch sleeps ``idle_s`` between looks at it and records nothing until it moves,
+    so an idle region's processes do not wake 50 times a second each for a figure no request is
+    waiting behind. (Standing still for one 20 ms sample is not idle: at a few requests a second
+    the watch would hardly sample.)
     """
     loop = asyncio.get_running_loop()
     last = busy() if busy is not None else None
+    moved = loop.time()
     while True:
         t0 = loop.time()
         await asyncio.sleep(every_s)
         hist.observe(name, max(0.0, loop.time() - t0 - every_s))
-        if busy is not None:
+        if busy is None:
+            continue
+        if (n := busy()) != last:
+            last, moved = n, loop.time()
+        elif loop.time() - moved >= idle_s:
             while (n := busy()) == last:
                 await asyncio.sleep(idle_s)
-            last = n
+            last, moved = n, loop.time()
 
 
 def watch_gc(hist: StageHistograms) -> None:
