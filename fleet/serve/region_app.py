@@ -85,6 +85,8 @@ def connect(a: RegionAppArgs, config: RegionsFile, replica: str, inference=None)
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 class RegionIngress:
+    front: bid_front.BidFront | None = None  # none until the constructor binds one
+
     def __init__(self, args: dict, inference=None):
         """``inference``: the DeploymentHandle of the region's inference, when it prices remotely."""
         a = RegionAppArgs.model_validate(args)
