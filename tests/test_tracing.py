@@ -55,7 +55,12 @@ def test_a_degraded_request_is_traced_with_its_degradation(bidder):
     roots = [s for s in spans if s.name == "bid"]
     assert kept == len(roots) > 0
     degraded = [r for r in roots if "pricing_rule_fallback" in r.attributes["fleet.degraded"]]
-    assert degraded and all(r.attributes["fleet.kept"] == "degraded" for r in degraded)
+    # kept as degraded; as failed only when it also ran out of time (a stall on a loaded box:
+    # CI once saw one, and failures outrank degradations in the tracer's decision)
+    assert degraded and all(r.attributes["fleet.kept"] == "degraded" or (
+        r.attributes["fleet.kept"] == "failed" and r.attributes["fleet.reason"] == "deadline") for r in degraded)
+    degraded = [r for r in degraded if r.attributes["fleet.kept"] == "degraded"]
+    assert degraded
     r = degraded[0]
     stages = [s for s in spans if s.parent is not None and s.parent.span_id == r.context.span_id]
     names = [s.name for s in stages]
