@@ -37,13 +37,21 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def _front(tmp_path, region, name="x"):
+    async def make():
+        front = BidFront(region, name, tmp_path)
+        front.bind()
+        await front.start()
+        return front
+    return make()
+
+
 def test_a_bid_gets_the_regions_answer_and_every_other_request_a_clear_one(tmp_path):
     region = FakeRegion()
 
     async def go():
-        front = BidFront(region, "abc123", tmp_path)
-        port = front.bind()
-        await front.start()
+        front = await _front(tmp_path, region, "abc123")
+        port = front.port
         base = f"http://127.0.0.1:{port}/us-east"
         async with httpx.AsyncClient(timeout=10) as c:
             ok = await c.post(f"{base}/openrtb2/bid", content=b'{"id":"1"}',
@@ -70,9 +78,8 @@ def test_answers_keep_the_requests_order_on_a_connection_and_a_failure_is_a_500(
     region = FakeRegion()
 
     async def go():
-        front = BidFront(region, "ord", tmp_path)
-        port = front.bind()
-        await front.start()
+        front = await _front(tmp_path, region, "ord")
+        port = front.port
         r, w = await asyncio.open_connection("127.0.0.1", port)
         for i in range(3):  # pipelined: each later one finishes first inside the region
             body = f'{{"i":{i}}}'.encode()
@@ -165,15 +172,6 @@ async def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
     out = await asyncio.wait_for(r.read(), timeout)
     w.close()
     return out
-
-
-def _front(tmp_path, region, name="x"):
-    async def make():
-        front = BidFront(region, name, tmp_path)
-        front.bind()
-        await front.start()
-        return front
-    return make()
 
 
 def test_what_review_found_upgrade_cancel_disconnect_expect_and_head(tmp_path):

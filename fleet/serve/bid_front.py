@@ -55,9 +55,12 @@ def _json(status: int, body: bytes, close: bool = False) -> bytes:
     return http_response(status, {"content-type": "application/json"}, body, close)
 
 
-TOO_LARGE = _json(413, b'{"error":"body over the size limit","nbr":2}', close=True)
+# what both HTTP paths refuse a bid request with (this front and the Serve handler, region_app)
+TOO_LARGE_ERROR = {"error": "body over the size limit", "nbr": 2}
+NOT_POST_ERROR = {"error": "use POST"}
+TOO_LARGE = _json(413, _encode(TOO_LARGE_ERROR), close=True)
 BAD_REQUEST = _json(400, b'{"error":"malformed HTTP request"}', close=True)
-NOT_POST = _json(405, b'{"error":"use POST"}')
+NOT_POST = _json(405, _encode(NOT_POST_ERROR))
 FAILED = _json(500, b'{"error":"internal error"}')
 
 

@@ -132,11 +132,11 @@ class RegionIngress:
         method = request.method
         if path == "/openrtb2/bid":
             if method != "POST":
-                return _json_response(405, {"error": "use POST"})
+                return _json_response(405, bid_front.NOT_POST_ERROR)
             headers = plain_headers(scope)
             body = await read_capped(request, region.max_body, headers)
             if body is None:
-                return _json_response(413, {"error": "body over the size limit", "nbr": 2})
+                return _json_response(413, bid_front.TOO_LARGE_ERROR)
             a = await region.bid(body, headers, arrival)
             return Response(a.body, status_code=a.status, headers=a.headers)
         if path.startswith("/notice/") and method == "GET":
