@@ -64,6 +64,29 @@ def load_keys() -> dict[str, bytes]:
     return {"k0": bytes.fromhex(read_or_create(KEY_FILE, lambda: secrets.token_hex(32)))}
 
 
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+class _KeyPads:
+    """HMAC-SHA256 (RFC 2104) from a key's two padded hash states, copied per message: exactly
+    ``hmac.new(key, msg, sha256).digest()``, without the Python-level ``HMAC`` object each copy
+    of which costs (a bid signs four URLs; this is ~40% of signing's cost)."""
+
+    def __init__(self, key: bytes):
+        if len(key) > 64:  # the block size: a longer key is hashed first, as hmac does
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self.inner = hashlib.sha256(key.translate(_IPAD))
+        self.outer = hashlib.sha256(key.translate(_OPAD))
+
+    def digest(self, inner) -> bytes:
+        """The MAC of the message ``inner`` (a copy of ``self.inner``) has been fed."""
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 def _b64(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
@@ -84,18 +107,18 @@ class NoticeSigner:
         self.current = next(iter(self.keys))
         self.ttl_s = ttl_s  # the deadline when the caller names none
         self.clock = clock
-        self._keyed: dict[bytes, object] = {}  # key -> an HMAC state holding only the key
+        self._keyed: dict[bytes, _KeyPads] = {}  # key -> its HMAC pads
 
     def _common(self, key: bytes, encoded: dict[str, str]):
-        """The HMAC state over the common fields, each as ``encode`` writes it: a separator (or
-        "=") in an exchange-supplied id cannot shift where one signed field ends and the next
-        begins."""
-        keyed = self._keyed.get(key)
-        if keyed is None:
-            keyed = self._keyed[key] = hmac.new(key, digestmod=hashlib.sha256)
-        h = keyed.copy()
+        """The key's pads, and the inner hash over the common fields, each as ``encode`` writes
+        it: a separator (or "=") in an exchange-supplied id cannot shift where one signed field
+        ends and the next begins."""
+        pads = self._keyed.get(key)
+        if pads is None:
+            pads = self._keyed[key] = _KeyPads(key)
+        h = pads.inner.copy()
         h.update("\x1f".join([f"{k}={encoded.get(k, '')}" for k in COMMON]).encode())
-        return h
+        return pads, h
 
     def sign_encoded(self, encoded: dict[str, str], kinds: tuple[str, ...],
                      expires_at: float | None = None) -> tuple[dict[str, str], dict[str, str]]:
@@ -104,12 +127,12 @@ class NoticeSigner:
         here would put a raw ``&`` or ``=`` into the URL and the signed text alike: encode first."""
         x = int(expires_at if expires_at is not None else self.clock() + self.ttl_s)
         out = {**encoded, "x": str(x), "k": encode(self.current)}
-        base = self._common(self.keys[self.current], out)
+        pads, base = self._common(self.keys[self.current], out)
         sigs = {}
         for kind in kinds:
             h = base.copy()
             h.update(f"\x1fn={encode(kind)}".encode())
-            sigs[kind] = _b64(h.digest())
+            sigs[kind] = _b64(pads.digest(h))
         return out, sigs
 
     def sign_kinds(self, fields: dict[str, str], kinds: tuple[str, ...],
@@ -131,9 +154,9 @@ class NoticeSigner:
         sig = q.get("s", "")
         if not key or not sig:  # an empty key is never one (load_keys refuses it too)
             raise SignatureError("unsigned or unknown key")
-        h = self._common(key, {k: encode(q.get(k, "")) for k in COMMON})
+        pads, h = self._common(key, {k: encode(q.get(k, "")) for k in COMMON})
         h.update(f"\x1fn={encode(q.get('n', ''))}".encode())
-        if not hmac.compare_digest(_b64(h.digest()).encode(), sig.encode("utf-8", "replace")):  # bytes: any text compares
+        if not hmac.compare_digest(_b64(pads.digest(h)).encode(), sig.encode("utf-8", "replace")):  # bytes: any text compares
             raise SignatureError("bad signature")
         if kind is not None and q.get("n") != kind:
             raise SignatureError("kind swapped")
