@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.config import AdmissionPolicy
 from fleet.openrtb.model import BidRequest
@@ -31,6 +35,29 @@ def test_ip_ranges_v4_and_v6():
     assert "10.200.1.1" in r
     assert "2001:db8::1" in r and "2001:db9::1" not in r
     assert "not an ip" not in r
+
+
+def _reference_in(cidrs: list[str], ip: str) -> bool:
+    """Membership as the standard library says it, without the code under test."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+CIDRS = ["52.0.0.0/11", "10.0.0.0/8", "0.0.0.0/32", "255.255.255.0/24", "2001:db8::/32", "::ffff:0:0/96"]
+NEAR_IPS = st.text(alphabet="0123456789.:xabf%+- \n\x00\u0661", max_size=20) | st.ip_addresses().map(str) | \
+    st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t))) | \
+    st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(f"{n:02d}" for n in t))
+
+
+@settings(max_examples=500, deadline=None)
+@given(NEAR_IPS)
+def test_ip_ranges_agree_with_the_standard_library_on_any_text(ip):
+    """The IPv4 fast path (the C parser) must take exactly what ``ipaddress`` takes: a form it
+    reads differently (leading zeros, short forms, stray spaces) would turn a data-centre check."""
+    assert (ip in IpRanges(CIDRS)) == _reference_in(CIDRS, ip)
 
 
 def _req(**kw) -> BidRequest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import re
+import socket
 import time
 from collections import OrderedDict
 
@@ -67,12 +68,16 @@ class IpRanges:
             self._tables[version] = (starts, ends)
 
     def __contains__(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        starts, ends = self._tables[addr.version]
-        value = int(addr)
+        try:  # a dotted quad, most requests' form: the C parser takes exactly what ipaddress
+            # takes for IPv4 (no leading zeros, four parts), at a tenth of its cost
+            value, version = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big"), 4
+        except (OSError, ValueError):
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            value, version = int(addr), addr.version
+        starts, ends = self._tables[version]
         i = bisect.bisect_right(starts, value) - 1
         return i >= 0 and value <= ends[i]
 
