@@ -109,16 +109,24 @@ def load_session(path: str | Path, prefer_cuda: bool,
     return session
 
 
-def predict_proba(session: ort.InferenceSession, X: np.ndarray) -> np.ndarray:
+def proba_output(session: ort.InferenceSession) -> str:
+    """The name of the output holding P(y=1): the tensorized graph's only one, or the
+    TreeEnsembleClassifier's probabilities (its label output is never fetched)."""
+    outputs = session.get_outputs()
+    return outputs[0 if len(outputs) == 1 else TREEENSEMBLE_PROBA_OUTPUT].name
+
+
+def predict_proba(session: ort.InferenceSession, X: np.ndarray, fetch: list[str] | None = None) -> np.ndarray:
     """P(y=1) [N] from either ONNX format.
 
-    The tensorized graph has one output, already [N]; the TreeEnsembleClassifier has (label,
-    probabilities [N, 2]) and column 1 is the positive class.
+    The tensorized graph's output is already [N]; the TreeEnsembleClassifier's probabilities are
+    [N, 2] and column 1 is the positive class. ``fetch``: ``[proba_output(session)]``, kept by a
+    caller that predicts on every request (the names are looked up once, not per call).
     """
-    outputs = session.run(None, {INPUT: np.ascontiguousarray(X, dtype=np.float32)})
-    if len(outputs) == 1:
-        return outputs[0]
-    return outputs[TREEENSEMBLE_PROBA_OUTPUT][:, POSITIVE_CLASS]
+    if X.dtype != np.float32 or not X.flags.c_contiguous:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+    out = session.run(fetch or [proba_output(session)], {INPUT: X})[0]
+    return out if out.ndim == 1 else out[:, POSITIVE_CLASS]
 
 
 def check_agreement(booster: xgb.Booster, out_dir: str | Path, X: np.ndarray) -> dict[str, float]:

@@ -62,11 +62,12 @@ class OnnxScorer(Scorer):
         # What the session really runs on: CUDA falls back to the CPU where it cannot load.
         self.providers: list[str] = self._session.get_providers()
         self._predict = export.predict_proba
+        self._fetch = [export.proba_output(self._session)]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         if X.ndim != 2 or X.shape[1] != N_FEATURES:
             raise ModelError(f"expected [N, {N_FEATURES}] rows, got {X.shape}")
-        return self._predict(self._session, X)
+        return self._predict(self._session, X, self._fetch)
 
 
 class XGBoostScorer(Scorer):
