@@ -22,7 +22,7 @@ import msgspec
 PARTS = {  # module attribute -> what it is (the bid path calls each through its module)
     "fleet.pipeline.bidder:build_response": "respond: the BidResponse with markup and notice URLs",
     "fleet.pipeline.respond:notice_urls": "respond: a bid's four signed notice URLs",
-    "fleet.pipeline.bidder:model_prices": "pricing: values, shading against the win-rate model",
+    "fleet.pipeline.bidder:model_prices_many": "pricing: values, shading against the win-rate model",
     "fleet.pipeline.request:Pending.rows": "pricing: the candidates' feature rows",
 }
 

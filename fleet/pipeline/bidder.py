@@ -35,7 +35,7 @@ from fleet.ledger.events import Event
 from fleet.pipeline.enrichment import enrich, identity, privacy_block
 from fleet.pipeline.fanout import partner_selected
 from fleet.pipeline.pacing import FrequencyCounter, LocalBudget, reserve_winners
-from fleet.pipeline.pricing import WinRateModel, model_prices
+from fleet.pipeline.pricing import WinRateModel, model_prices_many, price_job, score
 from fleet.pipeline.pricing import offers as price_offers
 from fleet.pipeline.request import Admitted, Answer, Pending
 from fleet.pipeline.respond import BidIds, NoticeUrlTooLong, build_response, response_currency
@@ -280,44 +280,26 @@ class RegionBidder:
                        a.accept_encoding, a.inv)
 
     def score_local(self, p: Pending, scorer=None) -> np.ndarray | None:
-        """Click probabilities from the in-process model, or None (rule pricing, flagged).
-
-        In-process scoring costs tens of microseconds for a request's rows; if the pricing
-        budget is already gone there is no call at all, and a failing model costs a rule price,
-        never the request.
-        """
+        """Click probabilities from the in-process model, or None (rule pricing, flagged): see
+        ``fleet.pipeline.pricing.score``."""
         scorer = self.scorer if scorer is None and p.model is None else scorer
-        if not p.paced:
-            return None
-        if scorer is None:
-            if p.model is not None:  # the version asked for is not loaded: a rule price, flagged
-                p.dl.degrade("pricing_rule_fallback")
-                self.stats["pricing.model_missing"] += 1
-            return None
-        if p.dl.over():
-            p.dl.degrade("pricing_rule_fallback")
-            self.stats["pricing.over_budget"] += 1
-            return None
-        try:
-            return scorer.predict(p.rows())
-        except Exception:
-            p.dl.degrade("pricing_rule_fallback")
-            self.stats["pricing.model_error"] += 1
-            return None
+        return score([p], scorer, self.stats)[0]
 
-    def finish(self, p: Pending, ctrs: np.ndarray | None, source: str) -> Answer:
-        """Stages 5-8: model prices when ``ctrs`` came back (from ``source``), else the rule."""
+    def finish(self, p: Pending, ctrs: np.ndarray | None, source: str, priced: list | None = None) -> Answer:
+        """Stages 5-8: model prices when ``ctrs`` came back (from ``source``), else the rule.
+        ``priced``: those prices already made (``model_prices_many``, for requests priced
+        together)."""
         req, dl, user, paced, wall = p.req, p.dl, p.user, p.paced, p.wall
         defaults = self.config.defaults
         # 5 pricing: the model's values for every candidate row; the rule when there are none.
-        priced = None
         if p.model is not None:
             self.stats[f"priced.{p.model}.{'model' if ctrs is not None else 'fallback'}"] += 1
-        if ctrs is not None:
+        if ctrs is None:
+            priced = None
+        else:
             self.stats["part.in_time"] += len(paced)
-            priced = model_prices(ctrs, [c[1] for c in paced], [c[5] not in (2, 3) for c in paced],
-                                  user.multiplier, self.win_rate, source, p.inv.publisher,
-                                  [c[2].format for c in paced])
+            if priced is None:
+                priced = model_prices_many([price_job(p, ctrs, source)], self.win_rate)[0]
         offers = price_offers(paced, priced, user.multiplier, defaults.first_price_shade)
         p.offered = bool(offers)
         for imp_id, extra in (p.partner_offers or {}).items():  # stage 6: one auction for both

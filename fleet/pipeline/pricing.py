@@ -128,11 +128,18 @@ class WinRateModel:
               segments: list[str | None] | None = None) -> np.ndarray:
         """The first-price bid maximising expected surplus (v - b) * W(b), per value (and per
         row's segment, when given)."""
-        bids = values[:, None] * self.GRID[None, :]
+        return self.shade_at(values, self.levels(key, segments))
+
+    def levels(self, key: str | None, segments: list[str | None] | None = None):
+        """ln m for ``shade_at``: one for the key, or a column of one per row's segment."""
         if segments is None:
-            log_m = self.log_m(key)
-        else:
-            log_m = np.array([self.log_m(key, s) for s in segments])[:, None]
+            return self.log_m(key)
+        return np.array([self.log_m(key, s) for s in segments])[:, None]
+
+    def shade_at(self, values: np.ndarray, log_m) -> np.ndarray:
+        """``shade`` at given levels (a number, or a column with one per row): element by
+        element, so rows shaded together come out as they would alone."""
+        bids = values[:, None] * self.GRID[None, :]
         win = 1.0 / (1.0 + np.exp(-self.slope * (np.log(np.maximum(bids, 1e-9)) - log_m)))
         best = np.argmax((values[:, None] - bids) * win, axis=1)
         return bids[np.arange(len(values)), best]
@@ -149,17 +156,83 @@ def click_values(ctrs: np.ndarray, campaigns: list[Campaign]) -> np.ndarray:
     return np.array([1000.0 * x * v for x, v in zip(ctrs, cv)])
 
 
+def score(ps: list, scorer, stats) -> list[np.ndarray | None]:
+    """Click probabilities per request (``Pending``) from one call of the in-process model over
+    all their rows, or None for a request priced by rule, flagged: one without candidates (no
+    flag), without the version it asked for, past its pricing budget, or in a call that failed
+    (a failing model costs a rule price, never the request). In-process scoring costs tens of
+    microseconds, most of it per call, not per row."""
+    out: list[np.ndarray | None] = [None] * len(ps)
+    live = []
+    for n, p in enumerate(ps):
+        if not p.paced:
+            continue
+        if scorer is None:
+            if p.model is not None:  # the version asked for is not loaded: a rule price, flagged
+                p.dl.degrade("pricing_rule_fallback")
+                stats["pricing.model_missing"] += 1
+        elif p.dl.over():
+            p.dl.degrade("pricing_rule_fallback")
+            stats["pricing.over_budget"] += 1
+        else:
+            live.append(n)
+    if not live:
+        return out
+    try:
+        rows = [ps[n].rows() for n in live]
+        ctrs = scorer.predict(rows[0] if len(rows) == 1 else np.concatenate(rows))
+    except Exception:
+        for n in live:
+            ps[n].dl.degrade("pricing_rule_fallback")
+            stats["pricing.model_error"] += 1
+        return out
+    at = 0
+    for n, r in zip(live, rows):
+        out[n], at = ctrs[at:at + len(r)], at + len(r)
+    return out
+
+
 def model_prices(ctrs: np.ndarray, campaigns: list[Campaign], first_price: list[bool],
                  multiplier: float, win_rate: WinRateModel, source: str,
                  publisher: str | None = None, segments: list[str | None] | None = None) -> list[Price]:
     """Value from the predicted click probability and the campaign's goal; shaded in first price."""
-    values = click_values(ctrs, campaigns)
-    values *= multiplier
-    shaded = win_rate.shade(values, publisher, segments) if any(first_price) else values
-    return [
-        Price(value=float(v), bid=float(min(s if fp else v, c.strategy.max_bid)), source=source)
-        for v, s, fp, c in zip(values, shaded, first_price, campaigns)
-    ]
+    return model_prices_many([(ctrs, campaigns, first_price, multiplier, source, publisher, segments)], win_rate)[0]
+
+
+def price_job(p, ctrs: np.ndarray, source: str) -> tuple:
+    """``model_prices_many``'s job for a request (``Pending``) and its probabilities: every
+    candidate's campaign, whether its auction is first price, the request's multiplier and
+    publisher, and each row's segment (its creative's format)."""
+    paced = p.paced
+    return (ctrs, [c[1] for c in paced], [c[5] not in (2, 3) for c in paced], p.user.multiplier, source,
+            p.inv.publisher, [c[2].format for c in paced])
+
+
+def model_prices_many(jobs: list[tuple], win_rate: WinRateModel) -> list[list[Price]]:
+    """``model_prices`` for several requests (each job its arguments but the win-rate model, in
+    order), shading all their first-price rows in one pass: the same prices as one call each
+    (shading is element by element, in float64 whatever the probabilities' dtype)."""
+    values, levels, shading = [], [], []
+    for n, (ctrs, campaigns, first_price, multiplier, _source, publisher, segments) in enumerate(jobs):
+        v = click_values(ctrs, campaigns)
+        v *= multiplier
+        values.append(v)
+        levels.append(win_rate.levels(publisher, segments) if any(first_price) else None)
+        if levels[-1] is not None:
+            shading.append(n)
+    shaded = list(values)
+    if len(shading) == 1:
+        shaded[shading[0]] = win_rate.shade_at(values[shading[0]], levels[shading[0]])
+    elif shading:
+        out = win_rate.shade_at(np.concatenate([values[n] for n in shading]), np.concatenate(
+            [levels[n] if isinstance(levels[n], np.ndarray) else np.full((len(values[n]), 1), levels[n])
+             for n in shading]))
+        at = 0
+        for n in shading:
+            shaded[n], at = out[at:at + len(values[n])], at + len(values[n])
+    return [[Price(value=float(v), bid=float(min(s if fp else v, c.strategy.max_bid)), source=job[4])
+             for v, s, fp, c in zip(values[n], shaded[n], job[2], job[1])]
+            for n, job in enumerate(jobs)]
 
 
 def offers(paced: list, priced: list[Price] | None, multiplier: float, shade: float) -> dict[str, list[Offer]]:

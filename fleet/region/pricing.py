@@ -2,7 +2,8 @@
 this process (``pricing: local``) or on the region's inference deployment (``pricing: remote``),
 and the outcome is counted for that version (``VersionOutcomes``).
 
-Remote pricing sends a request's candidate rows through the replica's micro-batcher to the
+Local pricing prices together the requests that reach it in the same pass of the event loop
+(``LocalPricing``); remote pricing sends a request's candidate rows through the replica's micro-batcher to the
 inference deployment and waits at most what is left of the pricing budget; a late or failed call
 (replica gone, overloaded) prices by rule, flagged. ``inference`` is anything with
 ``score(version, rows)`` (awaitable, batched) and ``call(version, rows)`` (one direct call, the
@@ -12,19 +13,83 @@ warm-up): ``fleet.serve.inference_app.InferenceClient`` in Serve, a fake in test
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 
 from fleet.pipeline.deadline import now
 from fleet.pipeline.fanout import collect_partners
+from fleet.pipeline.pricing import model_prices_many, price_job, score
 from fleet.pipeline.request import Answer, Pending
 from fleet.region.models import ModelSlots, VersionOutcomes
 
+log = logging.getLogger("fleet.region")
 
-def price_local(bidder, models: ModelSlots, versions: VersionOutcomes, p: Pending) -> Answer:
-    """Stages 5-8 priced by the in-process version the slots pick (or by rule)."""
-    answer = bidder.price_local(p, models.pick() if p.paced else None)
+
+def price_local(bidder, models: ModelSlots, versions: VersionOutcomes, p: Pending,
+                choice: tuple | None = None) -> Answer:
+    """Stages 5-8 priced by the in-process version the slots pick (or ``choice``), or by rule."""
+    answer = bidder.price_local(p, choice if choice is not None else models.pick() if p.paced else None)
     if p.model is not None:
         versions.observe(p)
     return answer
+
+
+class LocalPricing:
+    """Stages 5-8 in process, with one model call and one shading pass for every request that
+    reaches pricing in the same pass of the event loop (the cache shards' answers come back
+    together and wake their requests together): a call costs tens of microseconds whatever its
+    rows, another row a few (docs/benchmarks.md). The prices are each request's own, bit for
+    bit (``model_prices_many``); its auction, reservation and answer stay its own (``finish``).
+    A request alone in the replica (``busy`` false), or one with nothing to score, prices at
+    once without waiting the pass."""
+
+    def __init__(self, bidder, models: ModelSlots, versions: VersionOutcomes, busy: Callable[[], bool]):
+        self.bidder, self.models, self.versions, self.busy = bidder, models, versions, busy
+        self._waiting: list[tuple[Pending, object, asyncio.Future]] = []
+        self.batches = self.batched = 0  # passes that priced several requests, and those requests
+
+    async def price(self, p: Pending) -> Answer:
+        choice = self.models.pick() if p.paced else None
+        if choice is None or choice[0] is None or not self.busy():
+            return price_local(self.bidder, self.models, self.versions, p, choice)
+        scorer, p.model = choice
+        fut = asyncio.get_running_loop().create_future()
+        if not self._waiting:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._waiting.append((p, scorer, fut))
+        ctrs, priced, source = await fut
+        answer = self.bidder.finish(p, ctrs, source, priced)
+        if p.model is not None:
+            self.versions.observe(p)
+        return answer
+
+    def _flush(self) -> None:
+        waiting, self._waiting = [w for w in self._waiting if not w[2].done()], []  # done: gone
+        groups: dict[int, list] = {}
+        for w in waiting:
+            groups.setdefault(id(w[1]), []).append(w)
+        for group in groups.values():
+            ps, scorer = [w[0] for w in group], group[0][1]
+            source = f"model:{scorer.version}"
+            try:
+                t0 = now()
+                ctrs = score(ps, scorer, self.bidder.stats)
+                spent = now() - t0
+                jobs = [price_job(p, c, source) for p, c in zip(ps, ctrs) if c is not None]
+                priced = iter(model_prices_many(jobs, self.bidder.win_rate))
+                results = [(c, next(priced), source) if c is not None else (None, None, "rule") for c in ctrs]
+            except Exception:  # never a request left waiting: the rule prices them, flagged
+                log.exception("pricing %d requests together failed", len(ps))
+                for p in ps:
+                    p.dl.degrade("pricing_rule_fallback")
+                    self.bidder.stats["pricing.model_error"] += 1
+                spent, results = 0.0, [(None, None, "rule")] * len(ps)
+            if len(ps) > 1:
+                self.batches += 1
+                self.batched += len(ps)
+            for (p, _scorer, fut), result in zip(group, results):
+                p.pricing_s = spent
+                fut.set_result(result)
 
 
 class RemotePricing:

@@ -38,7 +38,7 @@ from fleet.region.control_sync import ControlSync
 from fleet.region.models import ModelSlots, VersionOutcomes, WarmUps
 from fleet.region.notices import NoticePath
 from fleet.region.overload import Shedder
-from fleet.region.pricing import RemotePricing, price_local
+from fleet.region.pricing import LocalPricing, RemotePricing
 
 log = logging.getLogger("ray.serve")
 
@@ -139,6 +139,8 @@ class Region:
         bidder.scorer = None
         self.versions = VersionOutcomes()
         self.remote = RemotePricing(bidder, self.models, self.versions, inference) if inference is not None else None
+        self.in_flight = 0  # bid requests inside ``bid`` now: a lone one prices without waiting a pass
+        self.local = LocalPricing(bidder, self.models, self.versions, lambda: self.in_flight > 1)
         # Stage 6: the region's demand partners (none configured: no fan-out at all).
         self.partners = None
         if spec.partners:
@@ -218,10 +220,14 @@ class Region:
         reading. The deadline starts at the ingress's arrival stamp when there is a plausible
         one (``fleet.region.overload``); a request it leaves too little time is shed, undecoded."""
         arrival, queued = self.shedder.arrived(headers, now() if arrival is None else arrival)
-        a = self.shedder.before_decode(arrival, queued) or await self._bid(
-            body, {"content_encoding": headers.get("content-encoding"),
-                   "accept_encoding": headers.get("accept-encoding"),
-                   "version": headers.get("x-openrtb-version"), "arrival": arrival})
+        self.in_flight += 1
+        try:
+            a = self.shedder.before_decode(arrival, queued) or await self._bid(
+                body, {"content_encoding": headers.get("content-encoding"),
+                       "accept_encoding": headers.get("accept-encoding"),
+                       "version": headers.get("x-openrtb-version"), "arrival": arrival})
+        finally:
+            self.in_flight -= 1
         if a.spent:
             a.spent = {"queue": queued, **a.spent}  # the first stage of the request's trace
         kept = self.tracer.keep(a, headers) if self.tracer is not None else None
@@ -262,7 +268,7 @@ class Region:
         if self.remote is None:
             if rnd is not None:
                 await collect_partners(p)
-            answer = price_local(b, self.models, self.versions, p)
+            answer = await self.local.price(p)
         else:
             answer = await self.remote.price(p)  # collects the partners after the model's answer
         if rnd is not None:
@@ -307,6 +313,7 @@ class Region:
         b = self.bidder
         return {"bidder": dict(b.stats), "notices": dict(self.notices.counter.counts),
                 "latency": b.latency.snapshot(), "loop_lag": self.loop_lag.snapshot(),
+                "priced_together": {"passes": self.local.batches, "requests": self.local.batched},
                 "cache": self.cache.summary() if self.cache is not None else None,
                 "ledger": self.emitter.summary() if self.emitter is not None else None,
                 "control": self.control.summary() if self.control is not None else None,

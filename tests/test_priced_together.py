@@ -1,0 +1,100 @@
+"""Requests that reach pricing in the same pass of a replica's loop are scored by one model call
+and shaded in one pass (``fleet.region.pricing.LocalPricing``): each must get the very prices
+it would get alone, its own auction and answer, and none may be left waiting when the call
+fails or a neighbour goes away. A region without Ray, the real model (ONNX, in process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import msgspec
+
+from fleet.config import RegionAppArgs
+from fleet.region.runtime import Region
+from fleet.sim.traffic import RequestFactory
+
+HEADERS = {"x-openrtb-version": "2.6"}
+N = 24
+
+
+def _region(regions) -> Region:
+    region = Region(RegionAppArgs(region="us-east", model_backend="onnx-cpu", cache=False, telemetry=False,
+                                  control=False, ledger=False), config=regions)
+    region.reconfigure({"model": "ctr/v1"})  # as serve_config's user_config sets it
+    return region
+
+
+def _bodies() -> list[bytes]:
+    factory = RequestFactory("us-east", seed=5)
+    return [msgspec.json.encode(factory.request()) for _ in range(N)]
+
+
+def _prices(answer) -> list[tuple]:
+    if answer.status != 200:
+        return [answer.status, answer.reason]
+    body = json.loads(answer.body)
+    return sorted((b["impid"], b["cid"], b["crid"], b["price"]) for sb in body["seatbid"] for b in sb["bid"])
+
+
+def test_requests_priced_together_bid_what_each_would_bid_alone(regions):
+    async def go():
+        alone, together = _region(regions), _region(regions)
+        alone.local.busy = lambda: False  # every request prices at once, by itself
+        together.local.busy = lambda: True  # every request waits for the pass
+        bodies = _bodies()
+        want = [_prices(await alone.bid(b, HEADERS)) for b in bodies]
+        got = [_prices(a) for a in await asyncio.gather(*(together.bid(b, HEADERS) for b in bodies))]
+        assert got == want
+        assert sum(p[0] != 204 for p in want) >= N // 5  # bids, not only no-bids, compared
+        shared = together.stats()["priced_together"]
+        priced = together.bidder.stats["priced.ctr/v1.model"]
+        assert shared == {"passes": 1, "requests": priced} and priced >= N // 4  # one call for them all
+        assert alone.stats()["priced_together"] == {"passes": 0, "requests": 0}
+        for r in (alone, together):
+            assert r.bidder.stats.get("pricing.model_error", 0) == 0
+            await r.stop()
+
+    asyncio.run(go())
+
+
+def test_a_failing_call_prices_every_waiting_request_by_rule_and_leaves_none_waiting(regions):
+    async def go():
+        region = _region(regions)
+        region.local.busy = lambda: True
+
+        def broken(rows):
+            raise RuntimeError("the model failed")
+
+        region.models.scorer.predict = broken
+        answers = await asyncio.wait_for(asyncio.gather(*(region.bid(b, HEADERS) for b in _bodies())), 10)
+        priced = [a for a in answers if a.status == 200]
+        assert priced and all("pricing_rule_fallback" in a.degraded for a in priced)
+        assert all(json.loads(a.body)["ext"]["fleet"]["pricing"] == "rule" for a in priced)
+        assert region.bidder.stats["pricing.model_error"] >= len(priced)
+        await region.stop()
+
+    asyncio.run(go())
+
+
+def test_a_request_gone_while_waiting_takes_nothing_from_the_others(regions):
+    async def go():
+        alone, region = _region(regions), _region(regions)
+        alone.local.busy = lambda: False
+        region.local.busy = lambda: True
+        bodies = _bodies()
+        want = [_prices(await alone.bid(b, HEADERS)) for b in bodies]
+        tasks = [asyncio.ensure_future(region.bid(b, HEADERS)) for b in bodies]
+        await asyncio.sleep(0)  # every request with candidates is waiting for the pass now
+        waiting = [i for i, t in enumerate(tasks) if not t.done()]
+        assert len(waiting) >= 2
+        gone = waiting[0]
+        tasks[gone].cancel()
+        done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        assert isinstance(done[gone], asyncio.CancelledError)
+        assert [_prices(a) for i, a in enumerate(done) if i != gone] == [w for i, w in enumerate(want) if i != gone]
+        assert region.in_flight == 0
+        for r in (alone, region):
+            await r.stop()
+
+    asyncio.run(go())
