@@ -35,6 +35,7 @@ def test_ip_ranges_v4_and_v6():
     assert "10.200.1.1" in r
     assert "2001:db8::1" in r and "2001:db9::1" not in r
     assert "not an ip" not in r
+    assert int(ipaddress.ip_address("10.0.0.1")) in r and b"10.0.0.1" not in r  # not text: as ipaddress reads it
 
 
 def _reference_in(cidrs: list[str], ip: str) -> bool:

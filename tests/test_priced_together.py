@@ -9,6 +9,8 @@ import asyncio
 import json
 
 import msgspec
+import numpy as np
+import pytest
 
 from fleet.config import RegionAppArgs
 from fleet.region.runtime import Region
@@ -19,15 +21,18 @@ N = 24
 
 
 def _region(regions) -> Region:
+    # deadlines out of the way: answers here must not depend on how busy the test's machine is
+    spec = regions.regions["us-east"].model_copy(update={"max_tmax_ms": 600_000})
+    config = regions.model_copy(update={"regions": {**regions.regions, "us-east": spec}})
     region = Region(RegionAppArgs(region="us-east", model_backend="onnx-cpu", cache=False, telemetry=False,
-                                  control=False, ledger=False), config=regions)
+                                  control=False, ledger=False), config=config)
     region.reconfigure({"model": "ctr/v1"})  # as serve_config's user_config sets it
     return region
 
 
 def _bodies() -> list[bytes]:
     factory = RequestFactory("us-east", seed=5)
-    return [msgspec.json.encode(factory.request()) for _ in range(N)]
+    return [msgspec.json.encode({**factory.request(), "tmax": 600_000}) for _ in range(N)]
 
 
 def _prices(answer) -> list[tuple]:
@@ -96,5 +101,92 @@ def test_a_request_gone_while_waiting_takes_nothing_from_the_others(regions):
         assert region.in_flight == 0
         for r in (alone, region):
             await r.stop()
+
+    asyncio.run(go())
+
+
+def test_one_request_the_model_fails_on_costs_only_that_request(regions, monkeypatch):
+    """Its rows fail, or the call fails whenever its rows are in it: it prices by rule, flagged;
+    every neighbour still gets the model's prices, the very ones it would get alone."""
+    from fleet.pipeline.request import Pending
+
+    async def go(poison: str):
+        alone, region = _region(regions), _region(regions)
+        alone.local.busy = lambda: False
+        region.local.busy = lambda: True
+        bodies = _bodies()
+        want = [_prices(await alone.bid(b, HEADERS)) for b in bodies]
+        ids = [json.loads(b)["id"] for b in bodies]
+        paced = [i for i, w in enumerate(want) if w[0] != 204]
+        bad = ids[paced[0]]
+        rows = Pending.rows
+        if poison == "rows":
+            monkeypatch.setattr(Pending, "rows", lambda p: (_ for _ in ()).throw(ValueError("x"))
+                                if p.req.id == bad else rows(p))
+        else:  # the model fails on any call that holds the bad request's rows
+            marked = []
+            monkeypatch.setattr(Pending, "rows", lambda p: marked.append(rows(p)) or marked[-1]
+                                if p.req.id == bad else rows(p))
+            scorer = region.models.scorer
+            predict = scorer.predict
+
+            def fails_with_bad(X):
+                if any(np.array_equal(r, m, equal_nan=True) for r in X for m in marked[0]):
+                    raise RuntimeError("the model fails on this row")
+                return predict(X)
+
+            scorer.predict = fails_with_bad
+        got = await asyncio.wait_for(asyncio.gather(*(region.bid(b, HEADERS) for b in bodies)), 10)
+        for i, a in enumerate(got):
+            if ids[i] == bad:
+                assert "pricing_rule_fallback" in a.degraded
+            else:
+                assert _prices(a) == want[i] and "pricing_rule_fallback" not in a.degraded
+        assert region.bidder.stats["pricing.model_error"] == 1  # the bad one, once
+        for r in (alone, region):
+            await r.stop()
+        monkeypatch.undo()
+
+    asyncio.run(go("rows"))
+    asyncio.run(go("call"))
+
+
+def test_each_request_is_charged_its_own_rows_and_its_share_of_the_call(regions, monkeypatch):
+    """``pricing_s`` feeds the canary's latency gate: a request priced in a pass of many must not
+    be charged everyone's rows and the whole call, or the version with more traffic looks slower
+    (a fake clock: each request's rows take 1 s, the call 10 s)."""
+    import fleet.pipeline.pricing as pricing
+    from fleet.pipeline.request import Pending
+
+    clock = [0.0]
+    monkeypatch.setattr(pricing, "now", lambda: clock[0])
+    rows = Pending.rows
+
+    def timed_rows(p):
+        clock[0] += 1.0
+        return rows(p)
+
+    monkeypatch.setattr(Pending, "rows", timed_rows)
+
+    async def go():
+        region = _region(regions)
+        region.local.busy = lambda: True
+        scorer = region.models.scorer
+        predict = scorer.predict
+
+        def slow(X):
+            clock[0] += 10.0
+            return predict(X)
+
+        scorer.predict = slow
+        seen = []
+        observe = region.versions.observe
+        region.versions.observe = lambda p: (seen.append((len(p.paced), p.pricing_s)), observe(p))
+        await asyncio.gather(*(region.bid(b, HEADERS) for b in _bodies()))
+        total = sum(n for n, _ in seen)
+        assert len(seen) >= 2
+        for n, s in seen:
+            assert s == pytest.approx(1.0 + 10.0 * n / total)
+        await region.stop()
 
     asyncio.run(go())

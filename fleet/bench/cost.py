@@ -65,20 +65,24 @@ def stage_means_us(counts: dict[str, list[int]]) -> dict[str, float]:
 def _stats(base: str, prefix: str | None) -> dict:
     if prefix is None:
         return {}
-    return httpx.get(f"{base}{prefix}/stats", timeout=5).json().get("latency", {})
+    return httpx.get(f"{base}{prefix}/stats", timeout=5).json()
 
 
 def measure(wrk: str, bodies: Path, base: str, prefix: str, stats_prefix: str | None, rate: float,
             seconds: float, connections: int, labeller: Labeller, slo_ms: float = 1e9) -> dict:
     """One step: wrk at ``rate`` (inf: closed loop), with every process's CPU around it."""
-    lat0 = _stats(base, stats_prefix)
+    st0 = _stats(base, stats_prefix)
     before = labeller.snapshot()
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     s = capacity.wrk_step(wrk, f"{base}{prefix}/openrtb2/bid", bodies, rate, seconds, connections, base,
                           stats_prefix, slo_ms)
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = labeller.snapshot()
-    stages = stage_means_us(histogram.delta(_stats(base, stats_prefix), lat0)) if stats_prefix else {}
+    st1 = _stats(base, stats_prefix)
+    stages = stage_means_us(histogram.delta(st1.get("latency", {}), st0.get("latency", {}))) if stats_prefix else {}
+    # requests priced with others in one model call (fleet.region.pricing.LocalPricing), and those calls
+    together = {k: st1.get("priced_together", {}).get(k, 0) - st0.get("priced_together", {}).get(k, 0)
+                for k in ("passes", "requests")} if stats_prefix else {}
     per_proc = labeller.per_request(before, after, s.requests)
     if s.requests:  # wrk has exited by the second snapshot: its CPU is this process's children's
         wrk_s = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
@@ -86,7 +90,7 @@ def measure(wrk: str, bodies: Path, base: str, prefix: str, stats_prefix: str | 
     return {"offered": s.offered, "rps": s.achieved, "requests": s.requests, "p50_ms": s.p50_ms,
             "p99_ms": s.p99_ms, "errors": s.errors, "late": s.late,
             "cpu_us": per_proc, "groups_us": by_group(per_proc), "fleet_us": fleet_total(per_proc),
-            "stages_us": stages}
+            "stages_us": stages, "priced_together": together}
 
 
 def run_rounds(base: str, targets: dict[str, tuple[str, str | None]], labellers: dict[str, Labeller],

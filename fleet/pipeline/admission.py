@@ -71,7 +71,7 @@ class IpRanges:
         try:  # a dotted quad, most requests' form: the C parser takes exactly what ipaddress
             # takes for IPv4 (no leading zeros, four parts), at a tenth of its cost
             value, version = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big"), 4
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):
             try:
                 addr = ipaddress.ip_address(ip)
             except ValueError:

@@ -16,6 +16,7 @@ import numpy as np
 
 from fleet.campaigns.model import Campaign
 from fleet.pipeline.auction import Offer
+from fleet.pipeline.deadline import now
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,14 +157,17 @@ def click_values(ctrs: np.ndarray, campaigns: list[Campaign]) -> np.ndarray:
     return np.array([1000.0 * x * v for x, v in zip(ctrs, cv)])
 
 
-def score(ps: list, scorer, stats) -> list[np.ndarray | None]:
+def score(ps: list, scorer, stats, spent: list[float] | None = None) -> list[np.ndarray | None]:
     """Click probabilities per request (``Pending``) from one call of the in-process model over
     all their rows, or None for a request priced by rule, flagged: one without candidates (no
-    flag), without the version it asked for, past its pricing budget, or in a call that failed
-    (a failing model costs a rule price, never the request). In-process scoring costs tens of
-    microseconds, most of it per call, not per row."""
+    flag), without the version it asked for, past its pricing budget, or whose rows or call
+    failed (a failing model costs a rule price, never the request). One request's failure is its
+    own: a failed call of several is made again for each alone. In-process scoring costs tens of
+    microseconds, most of it per call, not per row. ``spent``: filled with each request's share
+    of the time (its own rows, the call's time by its share of the rows)."""
     out: list[np.ndarray | None] = [None] * len(ps)
-    live = []
+    rows: dict[int, np.ndarray] = {}
+    own: dict[int, float] = {}
     for n, p in enumerate(ps):
         if not p.paced:
             continue
@@ -175,20 +179,36 @@ def score(ps: list, scorer, stats) -> list[np.ndarray | None]:
             p.dl.degrade("pricing_rule_fallback")
             stats["pricing.over_budget"] += 1
         else:
-            live.append(n)
-    if not live:
-        return out
+            t0 = now()
+            try:
+                rows[n] = p.rows()
+            except Exception:
+                p.dl.degrade("pricing_rule_fallback")
+                stats["pricing.model_error"] += 1
+            own[n] = now() - t0
+    live = list(rows)
+    t0 = now()
     try:
-        rows = [ps[n].rows() for n in live]
-        ctrs = scorer.predict(rows[0] if len(rows) == 1 else np.concatenate(rows))
+        if live:
+            ctrs = scorer.predict(rows[live[0]] if len(live) == 1 else np.concatenate([rows[n] for n in live]))
     except Exception:
-        for n in live:
-            ps[n].dl.degrade("pricing_rule_fallback")
+        if len(live) == 1:
+            ps[live[0]].dl.degrade("pricing_rule_fallback")
             stats["pricing.model_error"] += 1
-        return out
+        else:  # which one? each alone: only a request the model fails on falls back
+            for n in live:
+                one = [0.0]
+                out[n] = score([ps[n]], scorer, stats, one)[0]
+                own[n] += one[0]
+        live = []
+    call, total = now() - t0, sum(len(rows[n]) for n in live)
     at = 0
-    for n, r in zip(live, rows):
-        out[n], at = ctrs[at:at + len(r)], at + len(r)
+    for n in live:
+        k = len(rows[n])
+        out[n], at = ctrs[at:at + k], at + k
+        own[n] += call * k / total
+    if spent is not None:
+        spent[:] = [own.get(n, 0.0) for n in range(len(ps))]
     return out
 
 

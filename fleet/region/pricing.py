@@ -69,27 +69,36 @@ class LocalPricing:
         for w in waiting:
             groups.setdefault(id(w[1]), []).append(w)
         for group in groups.values():
-            ps, scorer = [w[0] for w in group], group[0][1]
-            source = f"model:{scorer.version}"
             try:
-                t0 = now()
-                ctrs = score(ps, scorer, self.bidder.stats)
-                spent = now() - t0
-                jobs = [price_job(p, c, source) for p, c in zip(ps, ctrs) if c is not None]
-                priced = iter(model_prices_many(jobs, self.bidder.win_rate))
-                results = [(c, next(priced), source) if c is not None else (None, None, "rule") for c in ctrs]
-            except Exception:  # never a request left waiting: the rule prices them, flagged
-                log.exception("pricing %d requests together failed", len(ps))
-                for p in ps:
+                self._price(group)
+            except Exception as exc:  # a bug, not the model's failure: these fail (500), none waits
+                log.exception("pricing %d requests together failed", len(group))
+                for _p, _scorer, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+
+    def _price(self, group: list) -> None:
+        ps, scorer = [w[0] for w in group], group[0][1]
+        source = f"model:{scorer.version}"
+        spent = [0.0] * len(ps)
+        ctrs = score(ps, scorer, self.bidder.stats, spent)  # each request's failure its own
+        try:
+            jobs = [price_job(p, c, source) for p, c in zip(ps, ctrs) if c is not None]
+            priced = iter(model_prices_many(jobs, self.bidder.win_rate))
+            results = [(c, next(priced), source) if c is not None else (None, None, "rule") for c in ctrs]
+        except Exception:  # never a request left waiting: the model's ones price by rule, flagged
+            log.exception("prices of %d requests together failed", len(ps))
+            for p, c in zip(ps, ctrs):
+                if c is not None:
                     p.dl.degrade("pricing_rule_fallback")
                     self.bidder.stats["pricing.model_error"] += 1
-                spent, results = 0.0, [(None, None, "rule")] * len(ps)
-            if len(ps) > 1:
-                self.batches += 1
-                self.batched += len(ps)
-            for (p, _scorer, fut), result in zip(group, results):
-                p.pricing_s = spent
-                fut.set_result(result)
+            results = [(None, None, "rule")] * len(ps)
+        if len(ps) > 1:
+            self.batches += 1
+            self.batched += len(ps)
+        for (p, _scorer, fut), result, t in zip(group, results, spent):
+            p.pricing_s = t  # its own rows, and the call by its share of the rows (canary gates)
+            fut.set_result(result)
 
 
 class RemotePricing:
