@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from fleet.pipeline.deadline import now
 from fleet.pipeline.fanout import collect_partners
@@ -40,17 +39,21 @@ class LocalPricing:
     together and wake their requests together): a call costs tens of microseconds whatever its
     rows, another row a few (docs/benchmarks.md). The prices are each request's own, bit for
     bit (``model_prices_many``); its auction, reservation and answer stay its own (``finish``).
-    A request alone in the replica (``busy`` false), or one with nothing to score, prices at
-    once without waiting the pass."""
+    A request with nothing to score prices at once. One with candidates waits one pass of the
+    loop even when it is alone: a replica cannot see the requests that have arrived but not
+    started (their tasks run after this one), so "alone" would be the usual verdict at saturation
+    too, which is where sharing the call counts. ``together`` false: every request prices at
+    once, alone (tests compare the two)."""
 
-    def __init__(self, bidder, models: ModelSlots, versions: VersionOutcomes, busy: Callable[[], bool]):
-        self.bidder, self.models, self.versions, self.busy = bidder, models, versions, busy
+    def __init__(self, bidder, models: ModelSlots, versions: VersionOutcomes):
+        self.bidder, self.models, self.versions = bidder, models, versions
+        self.together = True
         self._waiting: list[tuple[Pending, object, asyncio.Future]] = []
         self.batches = self.batched = 0  # passes that priced several requests, and those requests
 
     async def price(self, p: Pending) -> Answer:
         choice = self.models.pick() if p.paced else None
-        if choice is None or choice[0] is None or not self.busy():
+        if choice is None or choice[0] is None or not self.together:
             return price_local(self.bidder, self.models, self.versions, p, choice)
         scorer, p.model = choice
         fut = asyncio.get_running_loop().create_future()

@@ -139,8 +139,7 @@ class Region:
         bidder.scorer = None
         self.versions = VersionOutcomes()
         self.remote = RemotePricing(bidder, self.models, self.versions, inference) if inference is not None else None
-        self.in_flight = 0  # bid requests inside ``bid`` now: a lone one prices without waiting a pass
-        self.local = LocalPricing(bidder, self.models, self.versions, lambda: self.in_flight > 1)
+        self.local = LocalPricing(bidder, self.models, self.versions)
         # Stage 6: the region's demand partners (none configured: no fan-out at all).
         self.partners = None
         if spec.partners:
@@ -220,14 +219,10 @@ class Region:
         reading. The deadline starts at the ingress's arrival stamp when there is a plausible
         one (``fleet.region.overload``); a request it leaves too little time is shed, undecoded."""
         arrival, queued = self.shedder.arrived(headers, now() if arrival is None else arrival)
-        self.in_flight += 1
-        try:
-            a = self.shedder.before_decode(arrival, queued) or await self._bid(
-                body, {"content_encoding": headers.get("content-encoding"),
-                       "accept_encoding": headers.get("accept-encoding"),
-                       "version": headers.get("x-openrtb-version"), "arrival": arrival})
-        finally:
-            self.in_flight -= 1
+        a = self.shedder.before_decode(arrival, queued) or await self._bid(
+            body, {"content_encoding": headers.get("content-encoding"),
+                   "accept_encoding": headers.get("accept-encoding"),
+                   "version": headers.get("x-openrtb-version"), "arrival": arrival})
         if a.spent:
             a.spent = {"queue": queued, **a.spent}  # the first stage of the request's trace
         kept = self.tracer.keep(a, headers) if self.tracer is not None else None
