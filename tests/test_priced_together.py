@@ -184,3 +184,20 @@ def test_each_request_is_charged_its_own_rows_and_its_share_of_the_call(regions,
         await region.stop()
 
     asyncio.run(go())
+
+
+def test_a_bid_the_front_has_alone_prices_at_once_and_one_among_others_waits_the_pass(regions):
+    """``peers``: the bid front's bids under way. Alone, a bid pays no pass of the loop for a
+    call it would not share; among others it shares it."""
+    async def go():
+        region = _region(regions)
+        bodies = _bodies()
+        region.local.peers = lambda: 1
+        await asyncio.gather(*(region.bid(b, HEADERS) for b in bodies[: N // 2]))
+        assert region.stats()["priced_together"] == {"passes": 0, "requests": 0}
+        region.local.peers = lambda: N // 2
+        await asyncio.gather(*(region.bid(b, HEADERS) for b in bodies[N // 2:]))
+        assert region.stats()["priced_together"]["passes"] == 1
+        await region.stop()
+
+    asyncio.run(go())

@@ -30,6 +30,19 @@ def bench_loop_lag(seconds: float, rounds: int) -> None:
     run_looplag(RESULTS / "loop-lag.json", seconds, rounds, log=click.echo)
 
 
+@bench.command("pricing-together")
+@click.option("--requests", default=3000, show_default=True)
+@click.option("--rounds", default=5, show_default=True)
+@click.option("--concurrency", default="1,2,4,8", show_default=True, help="Requests under way at once.")
+def bench_priced_together(requests: int, rounds: int, concurrency: str) -> None:
+    """In process: requests priced together (one model call a pass) against alone
+    (bench/results/priced-together.json)."""
+    from fleet.bench.priced_together import run_priced_together
+
+    run_priced_together(RESULTS / "priced-together.json", requests, rounds,
+                        tuple(int(c) for c in concurrency.split(",")), log=click.echo)
+
+
 @bench.command("gc")
 @click.option("--requests", default=20_000, show_default=True)
 @click.option("--rounds", default=3, show_default=True)

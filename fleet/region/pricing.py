@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from fleet.pipeline.deadline import now
 from fleet.pipeline.fanout import collect_partners
@@ -39,21 +40,25 @@ class LocalPricing:
     together and wake their requests together): a call costs tens of microseconds whatever its
     rows, another row a few (docs/benchmarks.md). The prices are each request's own, bit for
     bit (``model_prices_many``); its auction, reservation and answer stay its own (``finish``).
-    A request with nothing to score prices at once. One with candidates waits one pass of the
-    loop even when it is alone: a replica cannot see the requests that have arrived but not
-    started (their tasks run after this one), so "alone" would be the usual verdict at saturation
-    too, which is where sharing the call counts. ``together`` false: every request prices at
-    once, alone (tests compare the two)."""
+    A request with nothing to score prices at once, and so does one with no other bid under way
+    (``peers``: the bid front's count of the bids it has taken and not answered, which includes
+    those not started yet; the wait would cost it a pass of the loop for nothing). Without that
+    count (Serve's own HTTP path) a request with candidates always waits the pass: the replica
+    cannot tell the requests that have arrived but not started, which is the usual case at
+    saturation, where sharing the call counts. ``together`` false: every request prices alone
+    (tests compare the two)."""
 
     def __init__(self, bidder, models: ModelSlots, versions: VersionOutcomes):
         self.bidder, self.models, self.versions = bidder, models, versions
         self.together = True
+        self.peers: Callable[[], int] | None = None
         self._waiting: list[tuple[Pending, object, asyncio.Future]] = []
         self.batches = self.batched = 0  # passes that priced several requests, and those requests
 
     async def price(self, p: Pending) -> Answer:
         choice = self.models.pick() if p.paced else None
-        if choice is None or choice[0] is None or not self.together:
+        if choice is None or choice[0] is None or not self.together or (
+                self.peers is not None and self.peers() <= 1):
             return price_local(self.bidder, self.models, self.versions, p, choice)
         scorer, p.model = choice
         fut = asyncio.get_running_loop().create_future()

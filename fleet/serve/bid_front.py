@@ -186,6 +186,10 @@ class BidFront:
         task.add_done_callback(self.tasks.pop)
         return task
 
+    def under_way(self) -> int:
+        """Bids taken and not yet answered (started or not)."""
+        return len(self.tasks)
+
     def tasks_of(self, conn: _Connection) -> list[asyncio.Task]:
         return [t for t, c in self.tasks.items() if c is conn]
 

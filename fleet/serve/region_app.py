@@ -97,6 +97,8 @@ class RegionIngress:
         self.region = connect(a, load_regions(a.regions_file), replica, inference)
         # bids past Serve's HTTP, when the fleet's HAProxy wrapper can route them (docs/ingress.md)
         self.front = bid_front.from_env(self.region, replica)
+        if self.front is not None:  # a bid priced alone when it is the only one the front has
+            self.region.local.peers = self.front.under_way
 
     def reconfigure(self, user_config: dict) -> None:
         """``user_config: {model: name/version}`` in serve_config.yaml: switch in place."""
