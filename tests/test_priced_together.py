@@ -201,3 +201,29 @@ def test_a_bid_the_front_has_alone_prices_at_once_and_one_among_others_waits_the
         await region.stop()
 
     asyncio.run(go())
+
+
+def test_the_version_a_request_is_counted_under_is_the_one_that_priced_it():
+    """A load swaps the current scorer in on another thread: the (scorer, version) pair a request
+    gets must come from one reading, never the old scorer with the new version's name."""
+    from types import SimpleNamespace
+
+    from fleet.region.models import ModelSlots
+
+    old, new = SimpleNamespace(version="ctr/v1"), SimpleNamespace(version="ctr/v2")
+
+    class Swapping(ModelSlots):
+        reads = 0
+
+        @property
+        def scorer(self):  # the swap lands just after the first reading of each pick
+            Swapping.reads += 1
+            return old if Swapping.reads == 1 else new
+
+        @scorer.setter
+        def scorer(self, value):
+            pass
+
+    slots = Swapping("us-east", "ctr/v1")
+    scorer, version = slots.pick()
+    assert scorer.version == version

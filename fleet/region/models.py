@@ -128,7 +128,8 @@ class ModelSlots:
         c = self.candidate
         if c is not None and c.share > 0 and self.ready(c.version) and self.rng.random() < c.share:
             return c.scorer, c.version
-        return self.scorer, self.current
+        s = self.scorer  # read once: a load swapping it in on its thread cannot split the pair
+        return s, (self.remote_version if self.warmups is not None else s.version if s is not None else None)
 
     def reconfigure(self, user_config: dict | None) -> None:
         """``user_config: {model: name/version, candidate: ...}`` in serve_config.yaml."""
