@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fleet.campaigns.catalog import load_catalog
-from fleet.pipeline.pricing import Price, WinRateModel, click_value, click_values, model_prices, model_prices_many
+from fleet.pipeline.pricing import Price, WinRateModel, click_value, click_values, model_prices_many
 
 
 def _reference(ctrs, campaigns, first_price, multiplier, win_rate, source, publisher=None, segments=None):
@@ -59,7 +59,7 @@ def test_model_prices_are_bit_for_bit_the_per_row_form(campaigns, kind):
         mult = rnd.choice([1.0, 0.5, 0.85, rnd.random()])
         pub = rnd.choice([None, "pub-1", "pub-3", "pub-new"])
         segs = rnd.choice([None, [rnd.choice(["banner", "video", None]) for _ in range(n)]])
-        got = model_prices(ctrs, cs, fp, mult, wr, "model:x", pub, segs)
+        got = model_prices_many([(ctrs, cs, fp, mult, "model:x", pub, segs)], wr)[0]
         want = _reference(ctrs, cs, fp, mult, wr, "model:x", pub, segs)
         assert got == want
         assert all(type(p.value) is float and type(p.bid) is float for p in got)

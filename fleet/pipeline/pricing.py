@@ -1,7 +1,7 @@
 """Stage 5, pricing: what one impression is worth to a campaign, and what to bid for it.
 
 ``offers`` is the stage: each candidate's price, lifted to its floor and capped (``meet_floor``).
-``model_prices`` turns predicted click probabilities into values by the campaign's goal (CPC,
+``model_prices_many`` turns predicted click probabilities into values by the campaign's goal (CPC,
 CPA, CPM) and shades first-price bids against a win-rate model. ``rule_price`` is the fallback: the campaign's base CPM,
 made conservative when user data is missing, shaded in first-price auctions, capped by the
 campaign's max bid. It costs microseconds, so it is what a late or failed model call falls to.
@@ -186,37 +186,35 @@ def score(ps: list, scorer, stats, spent: list[float] | None = None) -> list[np.
                 p.dl.degrade("pricing_rule_fallback")
                 stats["pricing.model_error"] += 1
             own[n] = now() - t0
+
+    def call(ns: list[int]) -> bool:
+        """One model call over these requests' rows: each its probabilities, and the call's time
+        by its share of the rows; False when the call failed."""
+        t0 = now()
+        try:
+            ctrs = scorer.predict(rows[ns[0]] if len(ns) == 1 else np.concatenate([rows[n] for n in ns]))
+        except Exception:
+            return False
+        took, total, at = now() - t0, sum(len(rows[n]) for n in ns), 0
+        for n in ns:
+            k = len(rows[n])
+            out[n], at = ctrs[at:at + k], at + k
+            own[n] += took * k / total
+        return True
+
     live = list(rows)
-    t0 = now()
-    try:
-        if live:
-            ctrs = scorer.predict(rows[live[0]] if len(live) == 1 else np.concatenate([rows[n] for n in live]))
-    except Exception:
-        if len(live) == 1:
-            ps[live[0]].dl.degrade("pricing_rule_fallback")
-            stats["pricing.model_error"] += 1
-        else:  # which one? each alone: only a request the model fails on falls back
-            for n in live:
-                one = [0.0]
-                out[n] = score([ps[n]], scorer, stats, one)[0]
-                own[n] += one[0]
-        live = []
-    call, total = now() - t0, sum(len(rows[n]) for n in live)
-    at = 0
-    for n in live:
-        k = len(rows[n])
-        out[n], at = ctrs[at:at + k], at + k
-        own[n] += call * k / total
+    if live and not call(live):
+        for n in live:  # which one? each alone (a lone one is not called again): only a request
+            # the model fails on falls back, and one whose budget the failed call used up
+            if len(live) > 1 and ps[n].dl.over():
+                ps[n].dl.degrade("pricing_rule_fallback")
+                stats["pricing.over_budget"] += 1
+            elif len(live) == 1 or not call([n]):
+                ps[n].dl.degrade("pricing_rule_fallback")
+                stats["pricing.model_error"] += 1
     if spent is not None:
         spent[:] = [own.get(n, 0.0) for n in range(len(ps))]
     return out
-
-
-def model_prices(ctrs: np.ndarray, campaigns: list[Campaign], first_price: list[bool],
-                 multiplier: float, win_rate: WinRateModel, source: str,
-                 publisher: str | None = None, segments: list[str | None] | None = None) -> list[Price]:
-    """Value from the predicted click probability and the campaign's goal; shaded in first price."""
-    return model_prices_many([(ctrs, campaigns, first_price, multiplier, source, publisher, segments)], win_rate)[0]
 
 
 def price_job(p, ctrs: np.ndarray, source: str) -> tuple:
@@ -229,9 +227,11 @@ def price_job(p, ctrs: np.ndarray, source: str) -> tuple:
 
 
 def model_prices_many(jobs: list[tuple], win_rate: WinRateModel) -> list[list[Price]]:
-    """``model_prices`` for several requests (each job its arguments but the win-rate model, in
-    order), shading all their first-price rows in one pass: the same prices as one call each
-    (shading is element by element, in float64 whatever the probabilities' dtype)."""
+    """Value from each row's predicted click probability and its campaign's goal, shaded in
+    first price, for one request or several (a job each, ``price_job``: probabilities,
+    campaigns, first price or not per row, multiplier, source, publisher, segments). The
+    first-price rows of all of them are shaded in one pass, with the same prices as one call
+    each (shading is element by element, in float64 whatever the probabilities' dtype)."""
     values, levels, shading = [], [], []
     for n, (ctrs, campaigns, first_price, multiplier, _source, publisher, segments) in enumerate(jobs):
         v = click_values(ctrs, campaigns)

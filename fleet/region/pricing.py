@@ -25,15 +25,6 @@ from fleet.region.models import ModelSlots, VersionOutcomes
 log = logging.getLogger("fleet.region")
 
 
-def price_local(bidder, models: ModelSlots, versions: VersionOutcomes, p: Pending,
-                choice: tuple | None = None) -> Answer:
-    """Stages 5-8 priced by the in-process version the slots pick (or ``choice``), or by rule."""
-    answer = bidder.price_local(p, choice if choice is not None else models.pick() if p.paced else None)
-    if p.model is not None:
-        versions.observe(p)
-    return answer
-
-
 class LocalPricing:
     """Stages 5-8 in process, with one model call and one shading pass for every request that
     reaches pricing in the same pass of the event loop (the cache shards' answers come back
@@ -59,14 +50,15 @@ class LocalPricing:
         choice = self.models.pick() if p.paced else None
         if choice is None or choice[0] is None or not self.together or (
                 self.peers is not None and self.peers() <= 1):
-            return price_local(self.bidder, self.models, self.versions, p, choice)
-        scorer, p.model = choice
-        fut = asyncio.get_running_loop().create_future()
-        if not self._waiting:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._waiting.append((p, scorer, fut))
-        ctrs, priced, source = await fut
-        answer = self.bidder.finish(p, ctrs, source, priced)
+            answer = self.bidder.price_local(p, choice)  # at once, alone (or by rule)
+        else:
+            scorer, p.model = choice
+            fut = asyncio.get_running_loop().create_future()
+            if not self._waiting:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._waiting.append((p, scorer, fut))
+            ctrs, priced, source = await fut
+            answer = self.bidder.finish(p, ctrs, source, priced)
         if p.model is not None:
             self.versions.observe(p)
         return answer
